@@ -1,0 +1,166 @@
+"""Enhancing files and folders from the command line, in process or through a running server.
+
+One bad file is reported and the batch goes on; an input is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from image_enhancer.imagefiles import READABLE_SUFFIXES, ImageFile, ImageFileError, read_image, write_image
+
+ProgressCallback = Callable[[str, int, int], None]
+EnhanceFunction = Callable[[np.ndarray, ProgressCallback], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def collect_jobs(inputs: list[str], output: str, suffix: str | None, recursive: bool) -> list[Job]:
+    """Pair each input image with its output path. Raises ValueError for unusable arguments."""
+    sources = list(_expand_inputs([Path(item) for item in inputs], recursive))
+    if not sources:
+        raise ValueError("no input images found (readable: " + ", ".join(sorted(READABLE_SUFFIXES)) + ")")
+    out = Path(output)
+    single_file_output = len(sources) == 1 and out.suffix.lower() in READABLE_SUFFIXES and not out.is_dir()
+    if single_file_output:
+        return [Job(sources[0], out)]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; with several inputs the output must be a folder")
+    jobs = []
+    for source in sources:
+        new_suffix = "." + suffix.lstrip(".") if suffix else source.suffix
+        jobs.append(Job(source, out / (source.stem + new_suffix)))
+    targets = [job.target for job in jobs]
+    if len(set(targets)) != len(targets):
+        raise ValueError("two inputs would write the same output name; give them separate output folders")
+    return jobs
+
+
+def _expand_inputs(paths: list[Path], recursive: bool) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            yield from sorted(p for p in path.glob(pattern) if p.suffix.lower() in READABLE_SUFFIXES)
+        elif path.exists():
+            yield path
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    try:
+        jobs = collect_jobs(args.inputs, args.output, args.format, args.recursive)
+        enhance = _make_enhance_function(args)
+    except (ValueError, LookupError, ConnectionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failures = 0
+    for index, job in enumerate(jobs, start=1):
+        label = f"[{index}/{len(jobs)}] {job.source.name}"
+        try:
+            _process(job, enhance, label, args.overwrite, args.compare)
+        except (ImageFileError, ValueError, LookupError, MemoryError, OSError, RuntimeError) as error:
+            failures += 1
+            print(f"{label}: failed: {error}", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(jobs)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _process(job: Job, enhance: EnhanceFunction, label: str, overwrite: bool, compare: bool) -> None:
+    if job.target.resolve() == job.source.resolve():
+        raise ValueError("output would overwrite the input; choose another output path")
+    if job.target.exists() and not overwrite:
+        raise ValueError(f"{job.target} exists (pass --overwrite to replace it)")
+    image = read_image(job.source)
+    with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
+
+        def report(stage: str, done: int, total: int) -> None:
+            bar.set_postfix_str(stage)
+            if total and bar.total != total:
+                bar.reset(total=total)
+            bar.n = done
+            bar.refresh()
+
+        result = enhance(image.pixels, report)
+    job.target.parent.mkdir(parents=True, exist_ok=True)
+    write_image(job.target, ImageFile(result, image.icc_profile, image.exif))
+    if compare:
+        compare_path = job.target.with_name(job.target.stem + "_compare.png")
+        write_image(compare_path, ImageFile(side_by_side(image.pixels, result), image.icc_profile))
+
+
+def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The input enlarged with nearest-neighbour (so its pixels stay visible) beside the result, 8-bit."""
+    from image_enhancer.imagefiles import to_uint8
+
+    before8, after8 = to_uint8(before), to_uint8(after)
+    height, width = after8.shape[:2]
+    rows = (np.arange(height) * before8.shape[0] // height).clip(0, before8.shape[0] - 1)
+    cols = (np.arange(width) * before8.shape[1] // width).clip(0, before8.shape[1] - 1)
+    enlarged = before8[rows][:, cols]
+    gap = np.full((height, 8, after8.shape[2]), 255, dtype=np.uint8)
+    return np.concatenate([enlarged, gap, after8], axis=1)
+
+
+def _make_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+    if args.server:
+        return _remote_enhance_function(args)
+    return _local_enhance_function(args)
+
+
+def _local_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+    from image_enhancer.engine.enhancer import Enhancer, EnhanceOptions
+    from image_enhancer.weights.store import ModelStore
+
+    store = ModelStore()
+    options = EnhanceOptions(
+        model=args.model or store.default_model,
+        scale=args.scale,
+        strength=args.strength,
+        tile=args.tile,
+        alpha_mode=args.alpha_mode,
+        colour_fidelity=args.colour_fidelity,
+        auto_contrast=args.auto_contrast,
+    )
+    limits = {}
+    if args.max_megapixels:
+        limits["max_pixels"] = int(args.max_megapixels * 1_000_000)
+    enhancer = Enhancer(store, device=args.device, precision=args.precision, **limits)
+
+    def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
+        return enhancer.enhance(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
+
+    return enhance
+
+
+def _remote_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+    from image_enhancer.client.grpc_client import EnhancerClient
+
+    client = EnhancerClient(args.server, token=args.token)
+
+    def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
+        return client.enhance_array(
+            pixels,
+            model=args.model or "",
+            scale=args.scale or 0.0,
+            strength=args.strength,
+            tile=args.tile,
+            alpha_mode=args.alpha_mode,
+            colour_fidelity=args.colour_fidelity,
+            auto_contrast=args.auto_contrast,
+            on_progress=lambda p: report(p.stage, p.done, p.total),
+        )
+
+    return enhance

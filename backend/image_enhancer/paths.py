@@ -1,0 +1,36 @@
+"""Where Image Enhancer keeps its files: the per-user cache and the repository's own weights folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HOME_ENV = "IMAGE_ENHANCER_HOME"
+
+
+def user_home() -> Path:
+    """The per-user data folder: `$IMAGE_ENHANCER_HOME`, else the platform's cache folder."""
+    override = os.environ.get(HOME_ENV)
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        root = Path(base) if base else Path.home() / "AppData" / "Local"
+        return root / "image-enhancer"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return root / "image-enhancer"
+
+
+def weights_dir() -> Path:
+    """Converted third-party weights live here (never in the repository)."""
+    return user_home() / "weights"
+
+
+def repo_weights_dir() -> Path:
+    """The committed `weights/` folder (manifest and our own small models).
+
+    Found relative to this file so it works from a source checkout or an editable install.
+    """
+    return Path(__file__).resolve().parents[2] / "weights"
