@@ -133,9 +133,9 @@ def _pillow_image(pixels: np.ndarray) -> Image.Image:
     if pixels.dtype == np.uint16:
         if channels != 1:
             raise ImageFileError("16-bit colour needs PNG or TIFF output")
-        return Image.fromarray(pixels[:, :, 0].astype("<u2"), mode="I;16")
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode=mode)
+        return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0].astype("<u2")))
+    # Pillow infers L / LA / RGB / RGBA from the array's shape.
+    return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0] if channels == 1 else pixels))
 
 
 def _is_16bit_colour_png(path: Path) -> bool:

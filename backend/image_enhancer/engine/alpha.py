@@ -1,0 +1,63 @@
+"""Alpha handling, in one place.
+
+Contract:
+- The alpha channel is upscaled on its own, by the network as a gray image ("model") or bicubic
+  interpolation ("bicubic"); a constant alpha passes through unchanged.
+- The colour of fully transparent pixels is meaningless (often black or left-over garbage) and must not
+  bleed into visible edges. Before the colour goes through the network, every fully transparent pixel
+  is filled from the nearest visible colours (a push-pull pyramid: alpha-weighted averages at coarser
+  levels fill the holes at finer ones). Visible pixels keep their colour, so nothing changes for an
+  opaque image and the network never sees the hidden colour.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ALPHA_MODES = ("model", "bicubic")
+
+
+def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(C, H, W)`` → colour channels and the alpha channel (None for 1 or 3 channels)."""
+    if image.shape[0] in (2, 4):
+        return image[:-1], image[-1:]
+    return image, None
+
+
+def constant_value(alpha: torch.Tensor) -> float | None:
+    """The alpha value if it is the same everywhere, else None."""
+    first = alpha.flatten()[0]
+    return float(first) if bool((alpha == first).all()) else None
+
+
+def fill_transparent(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Replace the colour of fully transparent pixels by a smooth extension of the visible colours.
+
+    ``colour`` is ``(C, H, W)``, ``alpha`` ``(1, H, W)``. Pixels with any opacity keep their colour.
+    """
+    visible = (alpha > 0).to(colour.dtype)
+    if bool(visible.all()) or not bool(visible.any()):
+        return colour  # nothing to fill, or nothing to fill from
+    # Push: alpha-weighted averages at halving resolutions until one pixel is left.
+    levels = [(colour * visible, visible)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        premultiplied, weight = levels[-1]
+        levels.append((F.avg_pool2d(premultiplied[None], 2, ceil_mode=True)[0],
+                       F.avg_pool2d(weight[None], 2, ceil_mode=True)[0]))
+    # Pull: each level's holes take the colour of the level below, scaled back up.
+    premultiplied, weight = levels[-1]
+    filled = premultiplied / weight.clamp(min=1e-12)
+    for premultiplied, weight in reversed(levels[:-1]):
+        coarse = F.interpolate(filled[None], size=weight.shape[-2:], mode="bilinear", align_corners=False)[0]
+        # weight·(own visible average) + (1 − weight)·(coarser fill); the premultiplied sum is the first term.
+        filled = premultiplied + (1 - weight) * coarse
+    return torch.where(visible.bool(), colour, filled)
+
+
+def upscale_bicubic(alpha: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic resize of a ``(1, H, W)`` alpha to ``height × width`` (antialiased when shrinking)."""
+    shrinking = height < alpha.shape[-2] or width < alpha.shape[-1]
+    resized = F.interpolate(alpha[None], size=(height, width), mode="bicubic", align_corners=False,
+                            antialias=shrinking)
+    return resized[0].clamp_(0.0, 1.0)

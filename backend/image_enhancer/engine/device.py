@@ -1,0 +1,174 @@
+"""Device and precision choice, and running a network on batches of tiles.
+
+``ModelRunner`` is the ``op`` the tiler calls: it moves a CPU batch to the device, runs the network in
+the chosen precision under ``torch.inference_mode``, and reruns in fp32 any batch whose reduced-precision
+output holds NaN or Inf (fp16 overflows inside some GAN models on bright areas).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is absent is a ValueError."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)} (or cuda:N)")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but this PyTorch build sees no CUDA GPU")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was requested but Metal (MPS) is not available here")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device, descriptor: ModelDescriptor) -> torch.dtype:
+    """The compute dtype. ``auto`` is fp16 on CUDA (bf16 if the model is not fp16-safe) and fp32 elsewhere;
+    an explicit reduced precision the device or model cannot honour falls back to fp32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        # CPU fp16/bf16 convolutions are slower than fp32 on most CPUs, and MPS lacks some bf16 kernels.
+        return torch.float32
+    if name == "auto":
+        if descriptor.supports_half:
+            return torch.float16
+        if descriptor.supports_bf16 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtype = _DTYPES[name]
+    if dtype is torch.float16 and not descriptor.supports_half:
+        return torch.float32
+    if dtype is torch.bfloat16 and not (descriptor.supports_bf16 and torch.cuda.is_bf16_supported()):
+        return torch.float32
+    return dtype
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for intra-op work (None: PyTorch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"thread count must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def memory_budget(device: torch.device, fraction: float = 0.6, cpu_cap: int = 1 << 30) -> int:
+    """Bytes the network's working memory may use for one batch on ``device``.
+
+    CUDA: a share of the free memory now. CPU: a share of the available RAM, capped at ``cpu_cap``,
+    because beyond a few hundred MB larger tiles no longer speed up CPU convolutions and only raise
+    the peak. MPS: a fixed 2 GiB (unified memory, no reliable free figure).
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * fraction)
+    if device.type == "mps":
+        return 2 << 30
+    return int(min(available_ram() * fraction, cpu_cap))
+
+
+def available_ram() -> int:
+    """Available RAM in bytes (Linux MemAvailable, else total physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def activation_bytes_per_pixel(module: torch.nn.Module, in_channels: int, multiple: int = 1,
+                               min_size: int = 1, dtype_bytes: int = 4) -> float:
+    """Estimated peak working memory per input pixel, from one tiny CPU forward pass.
+
+    Forward hooks record each layer's output size; the peak is taken as three times the largest
+    (input, output and a temporary of a layer are alive together) plus the network's output.
+    """
+    side = max(16, min_size)
+    side = -(-side // multiple) * multiple
+    largest = 0
+    output_numel = 0
+
+    def record(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel())
+
+    handles = [m.register_forward_hook(record) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            probe = torch.zeros(1, in_channels, side, side, dtype=next(module.parameters()).dtype,
+                                device=next(module.parameters()).device)
+            output_numel = module(probe).numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (3 * largest + output_numel) * dtype_bytes / (side * side)
+
+
+class ModelRunner:
+    """Runs one network on one device in one precision; callable as the tiler's ``op``."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
+                 channels_last: bool | None = None) -> None:
+        self.descriptor = loaded.descriptor
+        self.device = device
+        self.dtype = dtype
+        # channels_last pays on CUDA tensor cores; on CPU it was measured slower (see bench/README.md).
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        self._source = loaded.module
+        self._module = self._prepare(dtype)
+        self._fp32: torch.nn.Module | None = self._module if dtype is torch.float32 else None
+        self.fallbacks = 0  # batches rerun in fp32 because of NaN/Inf
+
+    def _prepare(self, dtype: torch.dtype) -> torch.nn.Module:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.device.type == "cpu" and dtype is torch.float32 and not self.channels_last:
+            return self._source  # already eval, fp32, on the CPU: no copy needed
+        module = copy.deepcopy(self._source)
+        return module.to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
+
+    def bytes_per_pixel(self) -> float:
+        """Peak working memory per input pixel at this runner's precision."""
+        d = self.descriptor
+        per_pixel = activation_bytes_per_pixel(self._source, d.in_channels, d.size_multiple, d.min_size)
+        return per_pixel * torch.finfo(self.dtype).bits / 32
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w)`` float32 (any device) → float32 output on this runner's device."""
+        with torch.inference_mode():
+            moved = batch.to(self.device, non_blocking=True)
+            output = self._forward(self._module, moved, self.dtype)
+            if self.dtype is not torch.float32 and not torch.isfinite(output).all():
+                self.fallbacks += 1
+                if self._fp32 is None:
+                    self._fp32 = self._prepare(torch.float32)
+                output = self._forward(self._fp32, moved, torch.float32)
+            return output
+
+    def _forward(self, module: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = batch.to(dtype=dtype).contiguous(memory_format=memory_format)
+        return module(batch).float()

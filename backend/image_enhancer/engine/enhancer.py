@@ -1,0 +1,243 @@
+"""The engine's one entry point: ``Enhancer.enhance(pixels, options)`` runs the whole pipeline.
+
+pixels (u8/u16/f32, 1–4 channels) → float32 CHW → alpha split and transparent colour filled →
+network over tiles → resampled to the requested scale → colour fidelity → auto contrast → alpha
+merged → the input's sample type and channel count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from image_enhancer.engine import alpha as alpha_ops
+from image_enhancer.engine import colour, pixels
+from image_enhancer.engine.device import (
+    ModelRunner,
+    memory_budget,
+    resolve_device,
+    resolve_precision,
+    set_cpu_threads,
+)
+from image_enhancer.engine.tiling import MIN_TILE, JobCancelled, Tiler, TileSettings, auto_tile
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+
+__all__ = ["EnhanceOptions", "Enhancer", "ImageTooLargeError", "JobCancelled", "Progress"]
+
+#: Default limits: a 40-megapixel input and a 160-megapixel result (≈1.9 GB as float32 RGB).
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_OUTPUT_PIXELS = 160_000_000
+#: Context a tile gets when the model's descriptor does not say (tile_pad = 0).
+DEFAULT_PAD = 16
+#: Overlap between neighbouring tile cores, blended with feathered weights, in input pixels.
+DEFAULT_OVERLAP = 8
+MAX_TILE = 8192
+
+
+class ModelSource(Protocol):
+    """What the engine needs from a model store (``weights.store.ModelStore`` is one)."""
+
+    def get(self, name: str, strength: float | None = None) -> LoadedModel: ...
+
+
+class ImageTooLargeError(Exception):
+    """The input or the result would exceed the pixel limit."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``stage`` is "loading model", "enhancing" (``done``/``total`` in tiles) or "finishing"."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    """Everything a request can ask of the engine.
+
+    model: name known to the store. scale: output/input size ratio in [1, 8] (None = the model's own).
+    strength: PSNR↔GAN interpolation α in [0, 1] (None = the model as it is). tile: tile core size in
+    input pixels (0 = chosen from free memory). alpha_mode: "model" or "bicubic". colour_fidelity: keep
+    the result's low-frequency colour matched to the input. auto_contrast: contrast/colour improvement
+    strength in [0, 1]. linear: the samples are linear light (converted to sRGB for the network and
+    back), for float layers in a linear working space.
+    """
+
+    model: str
+    scale: float | None = None
+    strength: float | None = None
+    tile: int = 0
+    alpha_mode: str = "model"
+    colour_fidelity: bool = False
+    auto_contrast: float = 0.0
+    linear: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError with a human message for any option out of range."""
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("a model name is required")
+        if self.scale is not None and not (math.isfinite(self.scale) and 1.0 <= self.scale <= 8.0):
+            raise ValueError(f"scale must be between 1 and 8, got {self.scale}")
+        if self.strength is not None and not (0.0 <= self.strength <= 1.0):
+            raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
+        if self.tile != 0 and not (MIN_TILE <= self.tile <= MAX_TILE):
+            raise ValueError(f"tile size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}, got {self.tile}")
+        if self.alpha_mode not in alpha_ops.ALPHA_MODES:
+            raise ValueError(f"unknown alpha mode {self.alpha_mode!r}; expected 'model' or 'bicubic'")
+        if not (0.0 <= self.auto_contrast <= 1.0):
+            raise ValueError(f"auto_contrast must be between 0 and 1, got {self.auto_contrast}")
+
+
+class Enhancer:
+    """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
+
+    ``batch_size`` (tiles per forward pass) defaults to 1 on CPU and 4 on CUDA/MPS; ``channels_last``
+    defaults to on for CUDA only; ``threads`` sets the CPU thread count (None: one per core).
+    """
+
+    def __init__(self, store: ModelSource, device: str = "auto", precision: str = "auto",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                 threads: int | None = None, batch_size: int | None = None,
+                 channels_last: bool | None = None) -> None:
+        self.store = store
+        self.device = resolve_device(device)
+        if precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, fp16 or bf16")
+        self.precision = precision
+        self.max_pixels = max_pixels
+        self.max_output_pixels = max_output_pixels
+        set_cpu_threads(threads)
+        self.batch_size = batch_size or (1 if self.device.type == "cpu" else 4)
+        self.channels_last = channels_last
+        self._runners: dict[tuple[int, torch.dtype], tuple[LoadedModel, ModelRunner, float]] = {}
+
+    def enhance(self, image: np.ndarray, options: EnhanceOptions,
+                progress: Callable[[Progress], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """Enhance an ``H×W×C`` (or ``H×W``) uint8/uint16/float32 image; same dtype and channels out.
+
+        ``progress`` receives a Progress per batch of tiles; ``cancelled`` is polled between batches and
+        a true answer raises JobCancelled. Bad input raises ValueError (PixelFormatError for the array);
+        too many pixels, ImageTooLargeError; unknown models, the store's LookupError.
+        """
+        pixels.check_image(image)
+        options.validate()
+        height, width = image.shape[:2]
+        if height * width > self.max_pixels:
+            raise ImageTooLargeError(
+                f"the image has {width}×{height} = {height * width / 1e6:.1f} megapixels; this server accepts "
+                f"at most {self.max_pixels / 1e6:.1f} megapixels"
+            )
+
+        def report(stage: str, done: int, total: int) -> None:
+            if progress is not None:
+                progress(Progress(stage, done, total))
+
+        def check_cancelled() -> None:
+            if cancelled is not None and cancelled():
+                raise JobCancelled("the job was cancelled")
+
+        report("loading model", 0, 1)
+        loaded = self.store.get(options.model, options.strength)
+        descriptor = loaded.descriptor
+        scale = options.scale if options.scale is not None else float(descriptor.scale)
+        out_height, out_width = max(1, round(height * scale)), max(1, round(width * scale))
+        if out_height * out_width > self.max_output_pixels:
+            raise ImageTooLargeError(
+                f"the result would be {out_width}×{out_height} = {out_height * out_width / 1e6:.1f} megapixels; "
+                f"this server produces at most {self.max_output_pixels / 1e6:.1f} megapixels — "
+                "choose a smaller scale or a smaller image"
+            )
+        report("loading model", 1, 1)
+        check_cancelled()
+
+        tensor = pixels.to_tensor(image)
+        colour_in, alpha_in = alpha_ops.split_alpha(tensor)
+        if options.linear:
+            colour_in = pixels.linear_to_srgb(colour_in)
+        alpha_constant = alpha_ops.constant_value(alpha_in) if alpha_in is not None else None
+        if alpha_in is not None and alpha_constant is None:
+            colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
+
+        runner, bytes_per_pixel = self._runner(loaded)
+        tiler = Tiler(runner, self._settings(options, descriptor, bytes_per_pixel),
+                      progress=lambda done, total: report("enhancing", done, total), cancelled=cancelled)
+        passes = self._passes(colour_in.shape[0], descriptor)
+        alpha_by_model = alpha_in is not None and alpha_constant is None and options.alpha_mode == "model"
+        total = tiler.count_tiles(height, width) * (passes + (self._passes(1, descriptor) if alpha_by_model else 0))
+
+        result = self._network(tiler, colour_in, descriptor, 0, total)
+        result = colour.resize(result, out_height, out_width)
+        report("finishing", 0, 1)
+        check_cancelled()
+        if options.colour_fidelity:
+            result = colour.match_colour(result, colour_in)
+        if options.auto_contrast > 0:
+            result = colour.apply_levels(result, colour.measure_levels(colour_in), options.auto_contrast)
+        if options.linear:
+            result = pixels.srgb_to_linear(result)
+
+        if alpha_in is not None:
+            if alpha_constant is not None:
+                alpha_out = torch.full((1, out_height, out_width), alpha_constant)
+            elif alpha_by_model:
+                done = tiler.count_tiles(height, width) * passes
+                alpha_out = colour.resize(self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1),
+                                          out_height, out_width)
+            else:
+                alpha_out = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
+            result = torch.cat([result, alpha_out])
+        output = pixels.from_tensor(result, image.dtype)
+        report("finishing", 1, 1)
+        return output[:, :, 0] if image.ndim == 2 else output
+
+    def _runner(self, loaded: LoadedModel) -> tuple[ModelRunner, float]:
+        """The prepared network for this model, reused across requests (the last two are kept)."""
+        dtype = resolve_precision(self.precision, self.device, loaded.descriptor)
+        key = (id(loaded.module), dtype)
+        if key not in self._runners:
+            runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
+            while len(self._runners) >= 2:
+                self._runners.pop(next(iter(self._runners)))
+            # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.
+            self._runners[key] = (loaded, runner, runner.bytes_per_pixel())
+        _, runner, bytes_per_pixel = self._runners[key]
+        return runner, bytes_per_pixel
+
+    def _settings(self, options: EnhanceOptions, descriptor: ModelDescriptor, bytes_per_pixel: float) -> TileSettings:
+        pad = descriptor.tile_pad or DEFAULT_PAD
+        tile = options.tile or auto_tile(memory_budget(self.device), bytes_per_pixel, pad, self.batch_size)
+        return TileSettings(tile=tile, scale=descriptor.scale, overlap=DEFAULT_OVERLAP, pad=pad,
+                            multiple=descriptor.size_multiple, min_size=descriptor.min_size,
+                            batch_size=self.batch_size)
+
+    @staticmethod
+    def _passes(channels: int, descriptor: ModelDescriptor) -> int:
+        """Network passes over the image: one, or one per channel for a gray network on colour."""
+        if channels == descriptor.in_channels or (channels == 1 and descriptor.in_channels == 3):
+            return 1
+        if descriptor.in_channels == 1:
+            return channels
+        raise ValueError(
+            f"the model takes {descriptor.in_channels}-channel images and cannot process {channels} channels"
+        )
+
+    @staticmethod
+    def _network(tiler: Tiler, image: torch.Tensor, descriptor: ModelDescriptor, done: int, total: int) -> torch.Tensor:
+        """Run the network over ``image``, adapting gray/RGB to what it takes; same channel count out."""
+        channels, height, width = image.shape
+        per_pass = tiler.count_tiles(height, width)
+        if channels == descriptor.in_channels:
+            return tiler.run(image, done, total)
+        if channels == 1:  # gray through an RGB network, folded back to gray
+            return pixels.rgb_to_gray(tiler.run(pixels.gray_to_rgb(image), done, total))
+        return torch.cat([tiler.run(image[c:c + 1], done + c * per_pass, total) for c in range(channels)])

@@ -1,0 +1,283 @@
+"""Tiled inference: a pure tile layout, split-and-blend around any ``op``, and out-of-memory back-off.
+
+The result is defined as if the whole image, reflect-padded by ``pad`` pixels at its edges, went
+through the network at once. Each tile is a *core* (the part of the image it is responsible for) plus
+``pad`` pixels of context on every side, taken from the image where it exists and mirrored beyond its
+edges; all windows of one layout have the same size, so they can be stacked into batches. Neighbouring
+cores overlap by ``overlap`` pixels, and in the overlaps the outputs are blended with feathered weights
+that sum to one, so a tiled result matches the untiled one and leaves no seam even for GAN models.
+
+Only one batch of windows is on the device at a time; the output canvas stays on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+#: Smallest tile core the back-off will go down to; below this the context dominates the work.
+MIN_TILE = 16
+
+Op = Callable[[torch.Tensor], torch.Tensor]
+
+
+class JobCancelled(Exception):
+    """The caller's ``cancelled()`` returned true; the work stopped between two batches."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis, in input pixels. ``window`` may reach beyond the image (mirrored)."""
+
+    core_start: int
+    core_end: int
+    window_start: int
+    window_end: int
+
+    @property
+    def core_size(self) -> int:
+        return self.core_end - self.core_start
+
+    @property
+    def window_size(self) -> int:
+        return self.window_end - self.window_start
+
+    def output_crop(self, scale: int) -> slice:
+        """Where the core's output lies inside the window's output."""
+        offset = self.core_start - self.window_start
+        return slice(offset * scale, (offset + self.core_size) * scale)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangular tile: one span per axis."""
+
+    y: Span
+    x: Span
+
+
+def plan_axis(start: int, end: int, tile: int, overlap: int, pad: int, multiple: int = 1,
+              min_size: int = 1) -> tuple[Span, ...]:
+    """Cover ``[start, end)`` with equal cores of at most ``tile`` pixels overlapping by ``overlap`` or more.
+
+    Every window is the core plus ``pad`` pixels each side, then grown at its far end until its size is
+    a multiple of ``multiple`` and at least ``min_size`` (what the network accepts).
+    """
+    length = end - start
+    if length <= 0:
+        raise ValueError(f"cannot tile an empty range [{start}, {end})")
+    if tile < 1 or pad < 0 or overlap < 0 or multiple < 1:
+        raise ValueError(f"invalid tiling parameters tile={tile} overlap={overlap} pad={pad} multiple={multiple}")
+    core = min(tile, length)
+    overlap = min(overlap, core // 2)  # beyond half a core, tiles would overlap three deep
+    count = 1 if core == length else 1 + math.ceil((length - core) / (core - overlap))
+    window = max(core + 2 * pad, min_size)
+    window = -(-window // multiple) * multiple
+    spans = []
+    for i in range(count):
+        core_start = start + (round(i * (length - core) / (count - 1)) if count > 1 else 0)
+        window_start = core_start - pad
+        spans.append(Span(core_start, core_start + core, window_start, window_start + window))
+    return tuple(spans)
+
+
+def plan_tiles(top: int, left: int, bottom: int, right: int, tile: int, overlap: int, pad: int,
+               multiple: int = 1, min_size: int = 1) -> list[Tile]:
+    """The tiles covering the rectangle ``[top, bottom) × [left, right)``, row by row."""
+    rows = plan_axis(top, bottom, tile, overlap, pad, multiple, min_size)
+    cols = plan_axis(left, right, tile, overlap, pad, multiple, min_size)
+    return [Tile(y, x) for y in rows for x in cols]
+
+
+def blend_weights(spans: Sequence[Span], scale: int, feather: int, shape: str = "cosine") -> list[torch.Tensor]:
+    """1-D weights over each span's core output that sum to one at every output pixel.
+
+    A core's weight rises from its edges over ``feather`` output pixels (no ramp where it meets the end
+    of the range), then all weights are divided by their sum. The 2-D weight of a tile is the product
+    of its row and column weights, which again sums to one over all tiles.
+    """
+    if shape not in ("linear", "cosine"):
+        raise ValueError(f"unknown feather shape {shape!r}; expected 'linear' or 'cosine'")
+    origin = spans[0].core_start * scale
+    total = spans[-1].core_end * scale - origin
+    raw = []
+    for span in spans:
+        size = span.core_size * scale
+        position = torch.arange(size, dtype=torch.float32) + 0.5
+        ramp = torch.ones(size)
+        if feather > 0:
+            if span is not spans[0]:
+                ramp = torch.minimum(ramp, position / feather)
+            if span is not spans[-1]:
+                ramp = torch.minimum(ramp, (size - position) / feather)
+        if shape == "cosine":
+            ramp = 0.5 - 0.5 * torch.cos(math.pi * ramp)
+        raw.append(ramp)
+    coverage = torch.zeros(total)
+    for span, ramp in zip(spans, raw, strict=True):
+        start = span.core_start * scale - origin
+        coverage[start:start + ramp.numel()] += ramp
+    weights = []
+    for span, ramp in zip(spans, raw, strict=True):
+        start = span.core_start * scale - origin
+        weights.append(ramp / coverage[start:start + ramp.numel()])
+    return weights
+
+
+def reflect_indices(start: int, end: int, length: int) -> torch.Tensor:
+    """Indices ``start..end-1`` mirrored into ``[0, length)`` (edge pixel not repeated), for any reach."""
+    index = torch.arange(start, end)
+    if length == 1:
+        return torch.zeros_like(index)
+    period = 2 * (length - 1)
+    index = index.remainder(period)
+    return torch.where(index >= length, period - index, index)
+
+
+def window_of(image: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """The tile's input window from a ``(C, H, W)`` image, mirrored where it leaves the image."""
+    height, width = image.shape[-2:]
+    y, x = tile.y, tile.x
+    if y.window_start >= 0 and x.window_start >= 0 and y.window_end <= height and x.window_end <= width:
+        return image[:, y.window_start:y.window_end, x.window_start:x.window_end]
+    rows = reflect_indices(y.window_start, y.window_end, height)
+    cols = reflect_indices(x.window_start, x.window_end, width)
+    return image.index_select(1, rows).index_select(2, cols)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure on any device (CUDA/MPS raise a typed error; the CPU allocator
+    raises a plain RuntimeError whose text is the only sign)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How to cut an image for a network. ``pad``, ``multiple`` and ``min_size`` come from the model."""
+
+    tile: int
+    scale: int
+    overlap: int = 8
+    pad: int = 16
+    multiple: int = 1
+    min_size: int = 1
+    batch_size: int = 1
+    feather: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.tile < MIN_TILE:
+            raise ValueError(f"tile size must be at least {MIN_TILE} pixels, got {self.tile}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+class Tiler:
+    """Runs ``op`` over an image tile batch by tile batch and blends the results.
+
+    ``op`` maps a float32 batch ``(N, C, h, w)`` on the CPU to ``(N, C', h·scale, w·scale)`` on any
+    device. On out-of-memory the batch is split, and a single tile that still does not fit is rendered
+    as smaller tiles (half the size, same context), which then becomes the size for the rest of the run.
+    """
+
+    def __init__(self, op: Op, settings: TileSettings,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> None:
+        self.op = op
+        self.settings = settings
+        self.tile = settings.tile
+        self.batch_size = settings.batch_size
+        self._progress = progress
+        self._cancelled = cancelled
+        self._done = 0
+        self._total = 0
+
+    def count_tiles(self, height: int, width: int) -> int:
+        """How many tiles (progress units) an image of this size takes at the current tile size."""
+        return len(self._plan(0, 0, height, width, self.tile))
+
+    def run(self, image: torch.Tensor, progress_offset: int = 0, progress_total: int | None = None) -> torch.Tensor:
+        """Process a ``(C, H, W)`` float32 CPU image; returns ``(C', H·scale, W·scale)`` on the CPU.
+
+        Progress reports ``progress_offset + tiles done`` out of ``progress_total`` (default: this
+        image's tile count), so several runs can share one progress range.
+        """
+        height, width = image.shape[-2:]
+        self._done = progress_offset
+        self._total = progress_total if progress_total is not None else progress_offset + self.count_tiles(height, width)
+        return self._render(image, 0, 0, height, width, self.tile, report=True)
+
+    def _plan(self, top: int, left: int, bottom: int, right: int, tile: int) -> list[Tile]:
+        s = self.settings
+        return plan_tiles(top, left, bottom, right, tile, s.overlap, s.pad, s.multiple, s.min_size)
+
+    def _render(self, image: torch.Tensor, top: int, left: int, bottom: int, right: int, tile: int,
+                report: bool) -> torch.Tensor:
+        s = self.settings
+        tiles = self._plan(top, left, bottom, right, tile)
+        rows = list(dict.fromkeys(t.y for t in tiles))
+        cols = list(dict.fromkeys(t.x for t in tiles))
+        feather = s.overlap * s.scale
+        row_weight = dict(zip(rows, blend_weights(rows, s.scale, feather, s.feather), strict=True))
+        col_weight = dict(zip(cols, blend_weights(cols, s.scale, feather, s.feather), strict=True))
+        canvas: torch.Tensor | None = None
+        index = 0
+        while index < len(tiles):
+            if self._cancelled is not None and self._cancelled():
+                raise JobCancelled("the job was cancelled")
+            batch = tiles[index:index + self.batch_size]
+            outputs = self._cores(image, batch, tile)
+            for t, core in zip(batch, outputs, strict=True):
+                weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(1, -1)
+                core = (core * weight).cpu()
+                if canvas is None:
+                    canvas = torch.zeros(core.shape[0], (bottom - top) * s.scale, (right - left) * s.scale)
+                y0, x0 = (t.y.core_start - top) * s.scale, (t.x.core_start - left) * s.scale
+                canvas[:, y0:y0 + core.shape[1], x0:x0 + core.shape[2]] += core
+            index += len(batch)
+            if report:
+                self._done += len(batch)
+                if self._progress is not None:
+                    self._progress(self._done, self._total)
+        assert canvas is not None  # a non-empty region always has a tile
+        return canvas
+
+    def _cores(self, image: torch.Tensor, batch: list[Tile], tile: int) -> list[torch.Tensor]:
+        """The core outputs of a batch of tiles, splitting the work on out-of-memory."""
+        s = self.settings
+        try:
+            windows = torch.stack([window_of(image, t) for t in batch])
+            output = self.op(windows)
+            return [output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)]
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(batch) > 1:
+            half = len(batch) // 2
+            self.batch_size = max(1, half)
+            return self._cores(image, batch[:half], tile) + self._cores(image, batch[half:], tile)
+        smaller = min(tile, max(batch[0].y.core_size, batch[0].x.core_size)) // 2
+        if smaller < MIN_TILE:
+            raise MemoryError(
+                f"out of memory even with {tile}-pixel tiles; free memory or choose a smaller model"
+            )
+        self.tile = min(self.tile, smaller)
+        t = batch[0]
+        return [self._render(image, t.y.core_start, t.x.core_start, t.y.core_end, t.x.core_end, smaller,
+                             report=False)]
+
+
+def auto_tile(budget_bytes: int, bytes_per_pixel: float, pad: int, batch_size: int = 1,
+              largest: int = 1024) -> int:
+    """The largest tile core whose batch of windows fits ``budget_bytes`` at ``bytes_per_pixel``
+    (the network's peak working memory per input pixel), rounded down to a multiple of 8."""
+    area = budget_bytes / max(bytes_per_pixel, 1.0) / batch_size
+    window = int(math.sqrt(max(area, 0.0)))
+    tile = (window - 2 * pad) // 8 * 8
+    return max(MIN_TILE, min(largest, tile))

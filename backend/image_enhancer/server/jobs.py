@@ -1,0 +1,165 @@
+"""The job queue: a bounded first-come-first-served queue and the one worker thread that owns the engine.
+
+RPC threads upload and download images in parallel; only the worker runs the engine, so the GPU (or
+the CPU cores) serve one job at a time at full speed. A job's events (queue position, progress, the
+result or the error) flow back to its RPC thread through the job's own event queue.
+
+Slots are taken when an upload *starts* (so a full queue refuses a client before it sends megabytes)
+and given back when the job starts running, is cancelled, or its upload fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from image_enhancer.engine.enhancer import EnhanceOptions, Progress
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray, EnhanceOptions, Callable[[Progress], None], Callable[[], bool]], np.ndarray]
+
+
+class QueueFullError(Exception):
+    """Every slot of the queue is taken."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a job's RPC thread receives: exactly one of the fields is set."""
+
+    progress: Progress | None = None
+    queue_position: int = 0
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class Job:
+    """One request on its way through the queue. Cancelling is safe from any thread at any time."""
+
+    def __init__(self, pixels: np.ndarray, options: EnhanceOptions) -> None:
+        self.pixels: np.ndarray | None = pixels
+        self.options = options
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+        self._queue: JobQueue | None = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._queue is not None:
+            self._queue.discard(self)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def post(self, event: Event) -> None:
+        self.events.put(event)
+
+
+class JobQueue:
+    """Bounded FIFO of jobs and the worker thread that runs them one at a time."""
+
+    def __init__(self, run: Runner, max_waiting: int, warm_up: Callable[[], Any] | None = None) -> None:
+        if max_waiting < 1:
+            raise ValueError(f"the queue must hold at least one job, got {max_waiting}")
+        self.max_waiting = max_waiting
+        self._run = run
+        self._warm_up = warm_up
+        self._lock = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._slots_taken = 0
+        self._running: Job | None = None
+        self._stopping = False
+        self.ready = threading.Event()  # set once warm-up has finished (or failed)
+        self._thread = threading.Thread(target=self._work, name="enhancer-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel whatever is queued or running and end the worker."""
+        with self._lock:
+            self._stopping = True
+            jobs = list(self._waiting) + ([self._running] if self._running else [])
+            self._lock.notify_all()
+        for job in jobs:
+            job.cancel()
+        self._thread.join(timeout)
+
+    def reserve(self) -> None:
+        """Take a slot for an upload about to start; QueueFullError when none is free."""
+        with self._lock:
+            if self._slots_taken >= self.max_waiting:
+                raise QueueFullError(
+                    f"the job queue is full ({self.max_waiting} jobs waiting); try again when one has finished"
+                )
+            self._slots_taken += 1
+
+    def release(self) -> None:
+        """Give back a slot whose upload failed."""
+        with self._lock:
+            self._slots_taken -= 1
+
+    def submit(self, job: Job) -> None:
+        """Queue a job whose upload has finished (its slot was reserved before the upload)."""
+        with self._lock:
+            job._queue = self
+            if job.is_cancelled():
+                self._slots_taken -= 1
+                return
+            self._waiting.append(job)
+            job.post(Event(queue_position=self._position(len(self._waiting) - 1)))
+            self._lock.notify_all()
+
+    def discard(self, job: Job) -> None:
+        """Take a cancelled job out of the queue and tell the jobs behind it that they moved up."""
+        with self._lock:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._slots_taken -= 1
+                self._announce_positions()
+
+    def _position(self, index: int) -> int:
+        """Jobs ahead of the job at `index` of the waiting list, counting the running one."""
+        return index + (1 if self._running is not None else 0)
+
+    def _announce_positions(self) -> None:
+        for index, job in enumerate(self._waiting):
+            job.post(Event(queue_position=self._position(index)))
+
+    def _next_job(self) -> Job | None:
+        with self._lock:
+            self._running = None
+            while not self._waiting and not self._stopping:
+                self._lock.wait()
+            if self._stopping:
+                return None
+            job = self._waiting.popleft()
+            self._slots_taken -= 1
+            self._running = job
+            self._announce_positions()
+            return job
+
+    def _work(self) -> None:
+        if self._warm_up is not None:
+            try:
+                self._warm_up()
+            except Exception:  # the server still answers (e.g. NOT_FOUND for a missing model)
+                log.exception("warm-up failed")
+        self.ready.set()
+        while (job := self._next_job()) is not None:
+            pixels, job.pixels = job.pixels, None  # the worker holds the only reference while it runs
+            try:
+                result = self._run(pixels, job.options, lambda p, job=job: job.post(Event(progress=p)), job.is_cancelled)
+            except BaseException as error:  # delivered to the job's RPC thread, which maps it to a status
+                job.post(Event(error=error))
+            else:
+                job.post(Event(result=result))
+            del pixels

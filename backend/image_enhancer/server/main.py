@@ -1,0 +1,76 @@
+"""`image-enhancer serve`: command-line arguments and the process's life (start, wait, stop on signal)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from image_enhancer.client.core import TOKEN_ENV
+from image_enhancer.server.app import DEFAULT_ADDRESS, DEFAULT_MAX_QUEUE, TlsFiles, serve
+from image_enhancer.server.auth import check_listen_safety
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help=f"HOST:PORT or unix:PATH (default {DEFAULT_ADDRESS}); non-loopback addresses need a token or TLS",
+    )
+    parser.add_argument("--token", default=None, help=f"access token clients must send (default: ${TOKEN_ENV})")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain for TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key for TLS")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="jobs that may wait; more are refused"
+    )
+    parser.add_argument("--max-megapixels", type=float, default=None, help="largest input accepted")
+    parser.add_argument("--no-warm-up", action="store_true", help="do not load the default model at start")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    return TlsFiles(certificate_chain=args.tls_cert.read_bytes(), private_key=args.tls_key.read_bytes())
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:
+        tls = _tls_files(args)
+        # Checked before models load, so a refused address fails at once.
+        check_listen_safety(args.address, token, tls is not None)
+    except (ValueError, OSError) as error:
+        print(f"image-enhancer serve: {error}", file=sys.stderr)
+        return 2
+
+    from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.weights.store import ModelStore
+
+    limits = {"max_pixels": int(args.max_megapixels * 1_000_000)} if args.max_megapixels else {}
+    try:
+        enhancer = Enhancer(ModelStore(), device=args.device, precision=args.precision, **limits)
+        running = serve(enhancer, args.address, max_queue=args.max_queue, token=token, tls=tls,
+                        warm_up=not args.no_warm_up)
+    except (ValueError, OSError) as error:
+        print(f"image-enhancer serve: {error}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"image-enhancer serving on {running.address} (device {enhancer.device})", flush=True)
+    stop.wait()
+    running.stop()
+    return 0

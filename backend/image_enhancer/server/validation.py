@@ -1,0 +1,132 @@
+"""Checks an Enhance call's messages and turns them into the engine's request.
+
+Everything a header or option can get wrong is caught here, before the server allocates memory for the
+upload or queues the job, so a bad request costs nothing and gets a human message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
+from image_enhancer.engine.enhancer import EnhanceOptions
+from image_enhancer.v1 import enhancer_pb2 as pb
+
+SAMPLE_TYPE_NAMES = {pb.SAMPLE_TYPE_U8: "u8", pb.SAMPLE_TYPE_U16: "u16", pb.SAMPLE_TYPE_F32: "f32"}
+SAMPLE_TYPE_VALUES = {name: value for value, name in SAMPLE_TYPE_NAMES.items()}
+ALPHA_MODE_NAMES = {pb.ALPHA_MODE_UNSPECIFIED: "model", pb.ALPHA_MODE_MODEL: "model", pb.ALPHA_MODE_BICUBIC: "bicubic"}
+COLOUR_ENCODINGS = {pb.COLOUR_ENCODING_UNSPECIFIED: False, pb.COLOUR_ENCODING_SRGB: False, pb.COLOUR_ENCODING_LINEAR: True}
+
+
+class RequestError(Exception):
+    """A request the server refuses; carries the gRPC status code to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The layout of an uploaded image, as announced by its header."""
+
+    width: int
+    height: int
+    channels: int
+    sample_type: str  # "u8" | "u16" | "f32"
+    linear: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.width * self.height * self.channels * SAMPLE_BYTES[self.sample_type]
+
+
+def _enum_name(enum, value: int) -> str:  # noqa: ANN001 - a generated protobuf enum wrapper
+    return enum.Name(value) if value in enum.values() else str(value)
+
+
+def image_spec(header: pb.ImageHeader, max_pixels: int) -> ImageSpec:
+    if header.width == 0 or header.height == 0:
+        raise invalid(f"image width and height must be positive, got {header.width}x{header.height}")
+    if header.channels not in (1, 2, 3, 4):
+        raise invalid(f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got {header.channels}")
+    if header.sample_type not in SAMPLE_TYPE_NAMES:
+        raise invalid(f"sample_type must be U8, U16 or F32, got {_enum_name(pb.SampleType, header.sample_type)}")
+    if header.colour_encoding not in COLOUR_ENCODINGS:
+        raise invalid(f"unknown colour_encoding {header.colour_encoding}; expected SRGB or LINEAR")
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the image has {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels; this server accepts"
+            f" at most {max_pixels / 1e6:.1f} megapixels",
+        )
+    return ImageSpec(
+        header.width,
+        header.height,
+        header.channels,
+        SAMPLE_TYPE_NAMES[header.sample_type],
+        COLOUR_ENCODINGS[header.colour_encoding],
+    )
+
+
+def engine_options(message: pb.EnhanceOptions, default_model: str) -> EnhanceOptions:
+    """The engine's options for a request; range errors come from the engine's own checks."""
+    if message.alpha_mode not in ALPHA_MODE_NAMES:
+        raise invalid(f"unknown alpha_mode {message.alpha_mode}; expected MODEL or BICUBIC")
+    options = EnhanceOptions(
+        model=message.model or default_model,
+        scale=message.scale or None,
+        strength=message.strength if message.HasField("strength") else None,
+        tile=message.tile,
+        alpha_mode=ALPHA_MODE_NAMES[message.alpha_mode],
+        colour_fidelity=message.colour_fidelity,
+        auto_contrast=message.auto_contrast,
+    )
+    try:
+        options.validate()
+    except ValueError as error:
+        raise invalid(str(error)) from None
+    return options
+
+
+def start_message(request: pb.EnhanceRequest) -> pb.EnhanceStart:
+    if request.WhichOneof("message") != "start":
+        raise invalid("the first message of an Enhance call must be `start` (image header and options)")
+    if not request.start.HasField("image"):
+        raise invalid("the start message has no image header")
+    return request.start
+
+
+def receive_samples(requests: Iterable[pb.EnhanceRequest], spec: ImageSpec) -> bytearray:
+    """Collect the image's chunks into one buffer of exactly the announced size.
+
+    Chunks are 1-4 MiB; only the one that completes the image may be smaller. Extra bytes, a second
+    start message or a stream that ends early are refused.
+    """
+    buffer = bytearray(spec.nbytes)
+    received = 0
+    for index, request in enumerate(requests):
+        if request.WhichOneof("message") != "chunk":
+            raise invalid(f"message {index + 2} of the upload is not a chunk; `start` must be sent exactly once")
+        size = len(request.chunk)
+        if received + size > spec.nbytes:
+            raise invalid(
+                f"too many bytes: a {spec.width}x{spec.height} image with {spec.channels} {spec.sample_type}"
+                f" channels has {spec.nbytes} bytes, got at least {received + size}"
+            )
+        if size == 0 or size > MAX_CHUNK or (size < MIN_CHUNK and received + size != spec.nbytes):
+            raise invalid(f"chunk {index + 1} has {size} bytes; chunks are 1-4 MiB, only the last may be smaller")
+        buffer[received : received + size] = request.chunk
+        received += size
+    if received != spec.nbytes:
+        raise invalid(f"the upload ended early: received {received} of {spec.nbytes} bytes")
+    return buffer

@@ -1,0 +1,1 @@
+"""Weight files: safe loading, ncnn conversion, the manifest, provisioning and the model store."""

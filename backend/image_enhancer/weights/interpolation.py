@@ -1,0 +1,38 @@
+"""Network interpolation for the strength control: θ = (1−α)·θ_PSNR + α·θ_GAN.
+
+Blending the weights of a PSNR-oriented network and its GAN fine-tune gives a continuous trade-off
+between faithful-but-soft and detailed-but-invented, at the cost of one forward pass.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+class IncompatiblePairError(ValueError):
+    """The two state dicts are not the same architecture with the same shapes."""
+
+
+def check_compatible(psnr: dict[str, Tensor], gan: dict[str, Tensor]) -> None:
+    only_psnr = sorted(psnr.keys() - gan.keys())
+    only_gan = sorted(gan.keys() - psnr.keys())
+    if only_psnr or only_gan:
+        raise IncompatiblePairError(
+            "cannot interpolate networks with different layers: "
+            f"only in the PSNR model: {only_psnr[:3]}, only in the GAN model: {only_gan[:3]}"
+        )
+    for key, value in psnr.items():
+        if value.shape != gan[key].shape:
+            raise IncompatiblePairError(
+                f"cannot interpolate: {key} has shape {tuple(value.shape)} in the PSNR model "
+                f"but {tuple(gan[key].shape)} in the GAN model"
+            )
+
+
+def interpolate(psnr: dict[str, Tensor], gan: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """Blend in fp32. Written as (1−α)·a + α·b rather than a lerp so that α = 0 and α = 1 give the
+    endpoints bit for bit (a + α·(b − a) does not round back to b at α = 1)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, not {alpha}")
+    check_compatible(psnr, gan)
+    return {k: (1.0 - alpha) * psnr[k].float() + alpha * gan[k].float() for k in psnr}

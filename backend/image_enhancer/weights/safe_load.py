@@ -1,0 +1,85 @@
+"""Read weight files without ever unpickling arbitrary Python objects.
+
+`.safetensors` holds only tensors by design; `.pth` / `.pt` / `.ckpt` go through `torch.load` with
+`weights_only=True`, whose restricted unpickler refuses anything but tensors and plain containers
+(a `.pth` from the internet can otherwise run code on load).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from image_enhancer.models.registry import strip_wrappers
+
+SAFETENSORS_SUFFIXES = {".safetensors"}
+PICKLE_SUFFIXES = {".pth", ".pt", ".ckpt"}
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, truncated, corrupt, unsafe or holds no usable tensors."""
+
+
+def load_state_dict(path: Path | str) -> dict[str, Tensor]:
+    """A flat `{name: tensor}` dict from `path`, unwrapped from training-checkpoint containers."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"{path.name}: unknown weight file type {suffix or '(none)'}; "
+            "expected .safetensors, .pth, .pt or .ckpt"
+        )
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file does not exist")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path.name}: weight file is empty")
+    raw = _read_safetensors(path) if suffix in SAFETENSORS_SUFFIXES else _read_pickle(path)
+    return _as_tensor_dict(path, raw)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path.name}: not a valid safetensors file (truncated or corrupt): {exc}"
+        ) from exc
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # Raised by the weights-only unpickler when the file asks for any non-tensor object.
+        raise WeightsError(
+            f"{path.name}: refused to load: the file asks to create Python objects other than tensors, "
+            f"which could run code (possibly malicious).{_refused_global(exc)}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+        raise WeightsError(
+            f"{path.name}: not a valid PyTorch weight file (truncated or corrupt): {exc}"
+        ) from exc
+
+
+def _refused_global(exc: Exception) -> str:
+    """The line of torch's message naming the refused object, without its advice to disable safety."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln]
+    return f" {lines[0]}" if lines else ""
+
+
+def _as_tensor_dict(path: Path, raw: Any) -> dict[str, Tensor]:
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path.name}: holds a {type(raw).__name__}, not a dictionary of tensors")
+    state_dict = strip_wrappers(raw)
+    if not state_dict:
+        raise WeightsError(f"{path.name}: holds no tensors")
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise WeightsError(f"{path.name}: entries that are not tensors: {', '.join(bad[:5])}")
+    return dict(state_dict)

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""AI Enhance for GIMP 3: Filters > Enhance > AI Enhance...
+
+A thin plug-in: it hands the selected layers' pixels (in the image's precision) to the Image Enhancer
+backend over gRPC and puts each result into a new layer above its original. The original layer's
+pixels are never touched and the whole change is one undo step. From scripts:
+
+    proc = Gimp.get_pdb().lookup_procedure("python-fu-ai-enhance")
+    cfg = proc.create_config()
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", [layer])
+    cfg.set_property("scale", "x2")
+    new_layer = proc.run(cfg).index(1)
+"""
+
+import os
+import sys
+from pathlib import Path
+
+# The client's dependencies are vendored beside the plug-in as pure-Python packages, because GIMP's
+# Python may be unable to load compiled wheels; these switches make the packages use their Python code.
+HERE = Path(__file__).resolve().parent
+os.environ["MULTIDICT_NO_EXTENSIONS"] = "1"
+os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
+sys.path.insert(0, str(HERE / "vendor"))
+
+import traceback  # noqa: E402
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+import layer_io  # noqa: E402
+import placement  # noqa: E402
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+from image_enhancer.client.core import ImageInfo, Options  # noqa: E402
+from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICES, Settings  # noqa: E402
+
+import backend  # noqa: E402
+
+PROCEDURE = "python-fu-ai-enhance"
+_DEFAULTS = Settings()
+
+
+def _report(text: str, fraction: float | None) -> None:
+    Gimp.progress_set_text(text)
+    if fraction is None:
+        Gimp.progress_pulse()
+    else:
+        Gimp.progress_update(fraction)
+
+
+def read_settings(config: Gimp.ProcedureConfig) -> Settings:
+    return Settings(
+        model=config.get_property("model") or "",
+        scale_choice=config.get_property("scale"),
+        custom_scale=config.get_property("custom-scale"),
+        strength=config.get_property("strength"),
+        colour_fidelity=config.get_property("colour-fidelity"),
+        auto_contrast=config.get_property("auto-contrast"),
+        alpha_mode=config.get_property("alpha-mode"),
+        tile=config.get_property("tile-size"),
+        server=(config.get_property("server") or "").strip(),
+    )
+
+
+def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settings) -> list[Gimp.Layer]:
+    """Enhance every layer through the backend, then change the image in one undo step.
+
+    All backend work happens before the image is touched, so a failure (or GIMP killing the plug-in
+    when the person cancels) leaves the image as it was.
+    """
+    scale = settings.scale
+    sources = [placement.plan_source(layer, scale) for layer in layers]
+    config = backend.load_config(HERE)
+    client = backend.connect(settings.server or config.address, config, _report)
+    try:
+        model = backend.find_model(backend.list_models(client), settings.model)
+        options = Options(
+            model=model.name,
+            scale=scale,
+            strength=settings.strength if model.has_strength else None,
+            tile=settings.tile,
+            colour_fidelity=settings.colour_fidelity,
+            auto_contrast=settings.auto_contrast,
+            alpha_mode=settings.alpha_mode,
+        )
+        results = []
+        for index, source in enumerate(sources):
+            name = source.layer.get_name()
+            prefix = f"{name} ({index + 1}/{len(sources)}): " if len(sources) > 1 else ""
+            backend.check_size(client, source.width, source.height, name)
+            fmt = layer_io.pixel_format(source.layer)
+            _report(f"{prefix}Reading the layer", None)
+            data = layer_io.read_pixels(source.layer, source.x, source.y, source.width, source.height, fmt)
+            sent = ImageInfo(source.width, source.height, fmt.channels, fmt.sample_type)
+            _report(f"{prefix}Sending the layer to the AI backend", None)
+            got, pixels = backend.enhance(
+                client, data, sent, options, lambda text, fraction, p=prefix: _report(p + text, fraction)
+            )
+            if (got.channels, got.sample_type) != (sent.channels, sent.sample_type):
+                raise backend.BackendError(
+                    f"The backend returned {got.channels} channels of {got.sample_type} for {sent.channels} "
+                    f"of {sent.sample_type}; the backend and the plug-in do not match. Reinstall both."
+                )
+            results.append((source, fmt, got, pixels))
+    finally:
+        client.close()
+
+    _report("Adding the enhanced layer", None)
+    Gimp.context_push()
+    image.undo_group_start()
+    try:
+        if scale != 1.0:
+            placement.enlarge_image(image, scale)
+        new_layers = [
+            placement.add_result_layer(image, source, scale, fmt, got.width, got.height, pixels)
+            for source, fmt, got, pixels in results
+        ]
+    finally:
+        image.undo_group_end()
+        Gimp.context_pop()
+    Gimp.displays_flush()
+    return new_layers
+
+
+def _failure(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+def _interactive_settings(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig) -> bool:
+    """Show the dialog with the backend's models (starting the backend if needed)."""
+    import dialog  # GTK is loaded only when a person is there to see it
+
+    Gimp.progress_init("AI Enhance: contacting the AI backend")
+    models, problem = [], None
+    try:
+        settings = read_settings(config)
+        backend_config = backend.load_config(HERE)
+        client = backend.connect(settings.server or backend_config.address, backend_config, _report)
+        try:
+            models = backend.list_models(client)
+        finally:
+            client.close()
+    except backend.BackendError as error:
+        problem = str(error)
+    Gimp.progress_end()
+    return dialog.run_dialog(procedure, config, models, problem)
+
+
+def run(
+    procedure: Gimp.Procedure,
+    run_mode: Gimp.RunMode,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+    data: object,
+) -> Gimp.ValueArray:
+    Gegl.init(None)
+    try:
+        layers = placement.check_drawables(list(drawables))
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive_settings(procedure, config):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        Gimp.progress_init("AI Enhance")
+        new_layers = enhance_layers(image, layers, read_settings(config))
+    except (backend.BackendError, placement.PlacementError, ValueError) as error:
+        return _failure(procedure, str(error))
+    except Exception as error:  # a bug: say so plainly, keep the details for the error console
+        traceback.print_exc()
+        return _failure(procedure, f"AI Enhance failed unexpectedly ({type(error).__name__}: {error}).")
+    finally:
+        Gimp.progress_end()
+    values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    values.remove(1)
+    values.insert(1, GObject.Value(Gimp.Layer, new_layers[0]))
+    return values
+
+
+class AIEnhance(Gimp.PlugIn):
+    def do_set_i18n(self, name: str) -> bool:
+        return False
+
+    def do_query_procedures(self) -> list[str]:
+        return [PROCEDURE]
+
+    def do_create_procedure(self, name: str) -> Gimp.Procedure:
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(
+            Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES
+        )
+        procedure.set_menu_label("AI _Enhance...")
+        procedure.add_menu_path("<Image>/Filters/Enhance")
+        procedure.set_documentation(
+            "Upscale and restore layers with AI models",
+            "Sends the selected layers to the Image Enhancer backend (ESRGAN-family models) and adds each "
+            "result as a new layer above its original. Above x1 the canvas and the other layers are scaled "
+            "with GIMP's interpolation so everything stays aligned; at x1 the result is limited to the "
+            "selection through a layer mask. Returns the new layer.",
+            name,
+        )
+        procedure.set_attribution("Image Enhancer contributors", "BSD-3-Clause", "2026")
+        rw = GObject.ParamFlags.READWRITE
+        procedure.add_string_argument(
+            "model",
+            "_Model",
+            "Model name as the backend lists it; empty uses its default",
+            _DEFAULTS.model,
+            rw,
+        )
+        scales = Gimp.Choice.new()
+        for index, key in enumerate(SCALE_CHOICES):
+            scales.add(key, index, "Custom" if key == "custom" else key.replace("x", "\u00d7"), "")
+        procedure.add_choice_argument("scale", "_Scale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
+        procedure.add_double_argument(
+            "custom-scale",
+            "C_ustom scale",
+            "Scale factor when scale is custom",
+            MIN_SCALE,
+            MAX_SCALE,
+            _DEFAULTS.custom_scale,
+            rw,
+        )
+        procedure.add_double_argument(
+            "strength",
+            "S_trength",
+            "0 = faithful (PSNR model), 1 = sharpest (GAN model); only for models with a PSNR/GAN pair",
+            0.0,
+            1.0,
+            _DEFAULTS.strength,
+            rw,
+        )
+        procedure.add_boolean_argument(
+            "colour-fidelity",
+            "_Keep colours",
+            "Keep the result's colours matched to the original",
+            _DEFAULTS.colour_fidelity,
+            rw,
+        )
+        procedure.add_double_argument(
+            "auto-contrast",
+            "_Auto contrast and colour",
+            "Strength of automatic contrast and colour correction",
+            0.0,
+            1.0,
+            _DEFAULTS.auto_contrast,
+            rw,
+        )
+        alphas = Gimp.Choice.new()
+        alphas.add(ALPHA_CHOICES[0], 0, "Enhance with the model", "")
+        alphas.add(ALPHA_CHOICES[1], 1, "Bicubic", "")
+        procedure.add_choice_argument(
+            "alpha-mode", "A_lpha", "How transparency is upscaled", alphas, _DEFAULTS.alpha_mode, rw
+        )
+        procedure.add_int_argument(
+            "tile-size",
+            "_Tile size",
+            "Tile size in input pixels; 0 chooses automatically",
+            0,
+            MAX_TILE,
+            _DEFAULTS.tile,
+            rw,
+        )
+        procedure.add_string_argument(
+            "server",
+            "Ser_ver address",
+            "HOST:PORT or unix:PATH; empty uses the installed backend",
+            _DEFAULTS.server,
+            rw,
+        )
+        procedure.add_layer_return_value("layer", "Layer", "The new, enhanced layer", False, rw)
+        return procedure
+
+
+if __name__ == "__main__":
+    Gimp.main(AIEnhance.__gtype__, sys.argv)

@@ -1,0 +1,106 @@
+"""Where a layer's pixels come from and where the enhanced result goes in the image.
+
+Nothing here touches pixel values: GIMP itself blends (layer masks) and resamples (image scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp  # noqa: E402
+from layer_io import PixelFormat, layer_type, write_pixels  # noqa: E402
+
+# Extra pixels read around a selection at x1, so the model sees context at the selection's edge;
+# the layer mask hides them again.
+SELECTION_CONTEXT = 16
+
+
+class PlacementError(ValueError):
+    """The selected drawables cannot be enhanced as asked (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One layer to enhance: the rectangle to read (layer coordinates) and where the layer sat."""
+
+    layer: Gimp.Layer
+    x: int
+    y: int
+    width: int
+    height: int
+    offset_x: int  # the layer's offsets in the image before anything changed
+    offset_y: int
+    masked: bool  # x1 with a selection: the result is blended through a mask made from the selection
+
+
+def check_drawables(drawables: list[Gimp.Drawable]) -> list[Gimp.Layer]:
+    """The selected layers, or a PlacementError a person can act on."""
+    if not drawables:
+        raise PlacementError("Select a layer to enhance.")
+    layers = []
+    for drawable in drawables:
+        if drawable.is_group_layer():
+            raise PlacementError(
+                f'"{drawable.get_name()}" is a layer group. AI Enhance works on pixel layers: select the '
+                "layers inside the group, or merge the group first."
+            )
+        if not drawable.is_layer():
+            raise PlacementError(
+                f'"{drawable.get_name()}" is a mask or channel. Select the layer itself to enhance it.'
+            )
+        layers.append(drawable)
+    return layers
+
+
+def plan_source(layer: Gimp.Layer, scale: float) -> Source:
+    """What to read from `layer`: at x1 the selection's bounds (plus context), otherwise the whole layer."""
+    _, offset_x, offset_y = layer.get_offsets()
+    full = Source(layer, 0, 0, layer.get_width(), layer.get_height(), offset_x, offset_y, False)
+    image = layer.get_image()
+    if scale != 1.0 or Gimp.Selection.is_empty(image):
+        return full
+    touches, x, y, width, height = layer.mask_intersect()
+    if not touches:
+        raise PlacementError(f'The selection does not touch the layer "{layer.get_name()}".')
+    x0 = max(0, x - SELECTION_CONTEXT)
+    y0 = max(0, y - SELECTION_CONTEXT)
+    x1 = min(layer.get_width(), x + width + SELECTION_CONTEXT)
+    y1 = min(layer.get_height(), y + height + SELECTION_CONTEXT)
+    return Source(layer, x0, y0, x1 - x0, y1 - y0, offset_x, offset_y, True)
+
+
+def enlarge_image(image: Gimp.Image, scale: float) -> None:
+    """Scale the canvas and every layer, channel and path with GIMP's own interpolation."""
+    width = round(image.get_width() * scale)
+    height = round(image.get_height() * scale)
+    if not image.scale(width, height):
+        raise PlacementError(f"GIMP could not scale the image to {width}x{height}.")
+
+
+def add_result_layer(
+    image: Gimp.Image, source: Source, scale: float, fmt: PixelFormat, width: int, height: int, data: bytes
+) -> Gimp.Layer:
+    """A new layer holding the result, right above the original, aligned with it."""
+    original = source.layer
+    layer = Gimp.Layer.new(
+        image,
+        f"{original.get_name()} (AI x{scale:g})",
+        width,
+        height,
+        layer_type(fmt),
+        original.get_opacity(),
+        original.get_mode(),
+    )
+    image.insert_layer(layer, original.get_parent(), image.get_item_position(original))
+    layer.set_offsets(
+        round((source.offset_x + source.x) * scale),
+        round((source.offset_y + source.y) * scale),
+    )
+    write_pixels(layer, width, height, fmt, data)
+    if source.masked:
+        # A mask from the selection blends the result in by the selection's (soft) values.
+        layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+    return layer

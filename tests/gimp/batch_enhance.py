@@ -1,0 +1,89 @@
+"""Runs inside GIMP (python-fu-eval batch): build an image from raw samples, run AI Enhance, dump the result.
+
+The test writes `job.json` and `input.raw` into a folder and sets JOB_DIR before exec'ing this file.
+Everything the test checks is written back as raw samples plus `result.json`, so nothing here
+compares pixels: the test does that on the host with numpy.
+"""
+
+import json
+import os
+
+from gi.repository import Gegl, Gimp
+
+PRECISIONS = {"u8": Gimp.Precision.U8_NON_LINEAR, "u16": Gimp.Precision.U16_NON_LINEAR}
+COMPONENTS = {"u8": "u8", "u16": "u16", "f32": "float"}
+MODELS = {3: "R'G'B'", 4: "R'G'B'A", 1: "Y'", 2: "Y'A"}
+TYPES = {3: Gimp.ImageType.RGB_IMAGE, 4: Gimp.ImageType.RGBA_IMAGE}
+
+
+def babl(channels: int, sample: str) -> str:
+    return f"{MODELS[channels]} {COMPONENTS[sample]}"
+
+
+def dump(drawable, name: str, fmt: str) -> dict:
+    width, height = drawable.get_width(), drawable.get_height()
+    rect = Gegl.Rectangle.new(0, 0, width, height)
+    data = drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
+    with open(os.path.join(out_dir, name), "wb") as handle:
+        handle.write(bytes(data))
+    _, x, y = drawable.get_offsets()
+    return {"file": name, "width": width, "height": height, "x": x, "y": y, "format": fmt}
+
+
+out_dir = os.environ["JOB_DIR"]
+with open(os.path.join(out_dir, "job.json")) as handle:
+    job = json.load(handle)
+width, height, channels, sample = job["width"], job["height"], job["channels"], job["sample_type"]
+fmt = babl(channels, sample)
+
+canvas_width, canvas_height = job.get("canvas", [width, height])
+image = Gimp.Image.new_with_precision(canvas_width, canvas_height, Gimp.ImageBaseType.RGB, PRECISIONS[sample])
+background = Gimp.Layer.new(image, "background", canvas_width, canvas_height, TYPES[3], 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(background, None, 0)
+background.fill(Gimp.FillType.WHITE)
+layer = Gimp.Layer.new(image, "photo", width, height, TYPES[channels], 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(layer, None, 0)
+layer.set_offsets(*job.get("offset", [0, 0]))
+with open(os.path.join(out_dir, "input.raw"), "rb") as handle:
+    layer.get_buffer().set(Gegl.Rectangle.new(0, 0, width, height), fmt, handle.read())
+layer.get_buffer().flush()
+if "ellipse" in job:
+    x, y, w, h = job["ellipse"]
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, x, y, w, h)
+    Gimp.Selection.feather(image, job.get("feather", 0.0))
+image.clean_all()
+
+procedure = Gimp.get_pdb().lookup_procedure("python-fu-ai-enhance")
+config = procedure.create_config()
+config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", [layer])
+for key, value in job.get("arguments", {}).items():
+    config.set_property(key, value)
+values = procedure.run(config)
+status = values.index(0)
+
+result = {
+    "status": status.value_nick,
+    "image": [image.get_width(), image.get_height()],
+    "layers": [
+        [item.get_name(), item.get_width(), item.get_height(), *item.get_offsets()[1:]] for item in image.get_layers()
+    ],
+    "dirty": image.is_dirty(),
+    "original": dump(layer, "original.raw", fmt),
+}
+if status == Gimp.PDBStatusType.SUCCESS:
+    new_layer = values.index(1)
+    result["new_layer"] = dump(new_layer, "new_layer.raw", fmt)
+    result["new_layer"]["name"] = new_layer.get_name()
+    result["background"] = dump(background, "background.raw", babl(3, sample))
+    mask = new_layer.get_mask()
+    if mask is not None:
+        result["mask"] = dump(mask, "mask.raw", f"Y' {COMPONENTS[sample]}")
+        result["selection"] = dump(image.get_selection(), "selection.raw", f"Y' {COMPONENTS[sample]}")
+    visible = Gimp.Layer.new_from_visible(image, image, "visible")
+    result["visible"] = dump(visible, "visible.raw", babl(3, sample))
+else:
+    result["error"] = values.index(1) if values.length() > 1 else ""
+with open(os.path.join(out_dir, "result.json"), "w") as handle:
+    json.dump(result, handle)

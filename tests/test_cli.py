@@ -1,0 +1,87 @@
+"""The `image-enhancer` command on real files with the real default model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_enhancer.cli import main
+from image_enhancer.imagefiles import ImageFile, read_image, write_image
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_MODEL = "realesr-animevideov3"
+
+
+@pytest.fixture()
+def small_photo(tmp_path: Path) -> Path:
+    with Image.open(REPO / "tests" / "data" / "forest_256.png") as im:
+        im.crop((0, 0, 40, 32)).save(tmp_path / "photo.png")
+    return tmp_path / "photo.png"
+
+
+def test_enhance_one_file_with_the_default_model(model_store, small_photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.png"
+    assert main(["enhance", str(small_photo), "-o", str(out), "--compare"]) == 0
+    result = read_image(out).pixels
+    assert result.shape == (128, 160, 3)
+    assert result.dtype == np.uint8
+    assert (tmp_path / "result_compare.png").exists()
+
+
+def test_sixteen_bit_input_gives_sixteen_bit_output(model_store, small_photo: Path, tmp_path: Path) -> None:
+    pixels16 = read_image(small_photo).pixels.astype(np.uint16) * 257
+    pixels16[:, :, 0] += np.arange(pixels16.shape[1], dtype=np.uint16)[None, :]  # sub-8-bit detail
+    source = tmp_path / "deep.png"
+    write_image(source, ImageFile(pixels16))
+    out = tmp_path / "deep_x2.tif"
+    assert main(["enhance", str(source), "-o", str(out), "-m", FAST_MODEL, "--scale", "2"]) == 0
+    result = read_image(out).pixels
+    assert result.dtype == np.uint16
+    assert result.shape == (64, 80, 3)
+    assert np.any(result % 257 != 0), "16-bit output must not be 8-bit values scaled up"
+
+
+def test_batch_reports_a_bad_file_and_finishes_the_rest(model_store, small_photo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small_photo.rename(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    code = main(["enhance", str(folder), "-o", str(out), "-m", FAST_MODEL, "--scale", "2"])
+    assert code == 1
+    assert (out / "good.png").exists()
+    assert not (out / "bad.png").exists()
+
+
+def test_input_is_never_overwritten(model_store, small_photo: Path) -> None:
+    before = small_photo.read_bytes()
+    code = main(["enhance", str(small_photo), "-o", str(small_photo), "--overwrite", "-m", FAST_MODEL])
+    assert code == 1
+    assert small_photo.read_bytes() == before
+
+
+def test_pixel_limit_gives_a_clear_error(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "big.png"
+    code = main(["enhance", str(small_photo), "-o", str(out), "-m", FAST_MODEL, "--max-megapixels", "0.001"])
+    assert code == 1
+    assert not out.exists()
+    assert "pixel" in capsys.readouterr().err.lower()
+
+
+def test_unknown_model_is_named_in_the_error(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
+    code = main(["enhance", str(small_photo), "-o", str(tmp_path / "x.png"), "-m", "no-such-model"])
+    assert code != 0
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_models_command_lists_installed_models(model_store) -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "image_enhancer", "models"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "realesrgan-x4plus (default)" in listing
+    assert "yes" in listing

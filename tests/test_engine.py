@@ -1,0 +1,236 @@
+"""The whole engine with real converted weights on real photos (small crops to keep CPU time low)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from image_enhancer.engine.device import ModelRunner, resolve_device, resolve_precision
+from image_enhancer.engine.enhancer import (
+    EnhanceOptions,
+    Enhancer,
+    ImageTooLargeError,
+    JobCancelled,
+    Progress,
+)
+from image_enhancer.engine.pixels import PixelFormatError
+from image_enhancer.engine.tiling import Tiler, TileSettings
+from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+
+DATA = Path(__file__).parent / "data"
+COMPACT = "realesr-animevideov3"
+X4PLUS = "realesrgan-x4plus"
+
+
+@pytest.fixture(scope="module")
+def forest() -> np.ndarray:
+    return np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def enhancer(model_store) -> Enhancer:
+    return Enhancer(model_store, device="cpu")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(peak**2 / mse))
+
+
+def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average downscale (Pillow), to compare a result with its input."""
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def test_tiled_equals_untiled_on_a_real_photo(enhancer, forest):
+    crop = forest[64:160, 96:192]
+    whole = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, tile=96))
+    tiled = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, tile=48))
+    assert whole.shape == tiled.shape == (384, 384, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def column_step_energy(image: np.ndarray) -> np.ndarray:
+    """Mean absolute horizontal step between each column and the next."""
+    return np.abs(np.diff(image.astype(np.float64), axis=1)).mean(axis=(0, 2))
+
+
+def test_gan_model_leaves_no_seams(model_store, forest):
+    crop = pixels_crop = forest[100:172, 40:112]  # 72×72: two tiles of 40 per axis, cores meet near 36
+    loaded = model_store.get(X4PLUS)
+    runner = ModelRunner(loaded, torch.device("cpu"), torch.float32)
+    from image_enhancer.engine import pixels
+
+    image = pixels.to_tensor(pixels_crop)
+    ours = Tiler(runner, TileSettings(tile=40, scale=4, overlap=8, pad=loaded.descriptor.tile_pad)).run(image)
+    # Tiles pasted without context or blending: the seam this measure must see.
+    naive = Tiler(runner, TileSettings(tile=36, scale=4, overlap=0, pad=0)).run(image)
+    ours_u8, naive_u8 = pixels.from_tensor(ours, np.uint8), pixels.from_tensor(naive, np.uint8)
+    for result in (ours_u8, naive_u8):
+        assert result.shape == (288, 288, 3)
+    band = slice(32 * 4 - 4, 40 * 4 + 4)  # the overlap of our tiles, where a seam would be
+    seam = 36 * 4 - 1  # the step between the naive tiles' columns
+    ours_energy, naive_energy = column_step_energy(ours_u8), column_step_energy(naive_u8)
+    typical = np.median(ours_energy)
+    assert ours_energy[band].max() < 1.5 * typical
+    assert naive_energy[seam] > 2.0 * np.median(naive_energy)  # the measure does see a real seam
+    assert crop.shape == (72, 72, 3)
+
+
+def test_result_is_sharper_than_bicubic_yet_faithful(enhancer, forest):
+    crop = forest[:64, :64]
+    result = enhancer.enhance(crop, EnhanceOptions(model=COMPACT))
+    assert result.shape == (256, 256, 3) and result.dtype == np.uint8
+    assert psnr(shrink(result, (64, 64)), crop) > 28
+    bicubic = np.asarray(Image.fromarray(crop).resize((256, 256), Image.Resampling.BICUBIC))
+    assert column_step_energy(result).mean() > 1.2 * column_step_energy(bicubic).mean()
+
+
+def test_sixteen_bit_in_gives_sixteen_bit_out(enhancer, forest):
+    crop16 = forest[:48, :48].astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 200, (48, 48, 3),
+                                                                                           dtype=np.uint16)
+    result = enhancer.enhance(crop16, EnhanceOptions(model=COMPACT))
+    assert result.dtype == np.uint16 and result.shape == (192, 192, 3)
+    assert len(np.unique(result)) > 4096  # far more than the 256 levels of 8 bits
+    result8 = enhancer.enhance(forest[:48, :48], EnhanceOptions(model=COMPACT))
+    assert psnr(result / 257.0, result8.astype(np.float64)) > 30
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_every_channel_layout_keeps_its_layout(enhancer, forest, channels):
+    rgb = forest[:40, :40]
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    alpha = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (40, 1))
+    image = {1: gray[:, :, None], 2: np.dstack([gray, alpha]), 3: rgb, 4: np.dstack([rgb, alpha])}[channels]
+    result = enhancer.enhance(image, EnhanceOptions(model=COMPACT, alpha_mode="bicubic"))
+    assert result.shape == (160, 160, channels) and result.dtype == np.uint8
+    colour = 1 if channels < 3 else 3
+    assert psnr(shrink(np.squeeze(result[:, :, :colour]), (40, 40)), np.squeeze(image[:, :, :colour])) > 25
+
+
+def test_two_dimensional_gray_stays_two_dimensional(enhancer, forest):
+    gray = np.asarray(Image.fromarray(forest[:24, :24]).convert("L"))
+    assert enhancer.enhance(gray, EnhanceOptions(model=COMPACT)).shape == (96, 96)
+
+
+def test_float32_in_gives_float32_out(enhancer, forest):
+    image = forest[:32, :32].astype(np.float32) / 255
+    result = enhancer.enhance(image, EnhanceOptions(model=COMPACT))
+    assert result.dtype == np.float32 and result.shape == (128, 128, 3)
+    assert 0.0 <= result.min() and result.max() <= 1.0
+    as_u8 = enhancer.enhance(forest[:32, :32], EnhanceOptions(model=COMPACT))
+    assert np.abs(result * 255 - as_u8).max() <= 1.0
+
+
+def test_linear_light_input_is_returned_in_linear_light(enhancer, forest):
+    from image_enhancer.engine import pixels
+
+    srgb = forest[:32, :32].astype(np.float32) / 255
+    linear = pixels.srgb_to_linear(torch.from_numpy(srgb)).numpy()
+    from_srgb = enhancer.enhance(srgb, EnhanceOptions(model=COMPACT))
+    from_linear = enhancer.enhance(linear, EnhanceOptions(model=COMPACT, linear=True))
+    back = pixels.linear_to_srgb(torch.from_numpy(from_linear)).numpy()
+    assert np.abs(back - from_srgb).max() < 2e-3
+
+
+@pytest.mark.parametrize(("scale", "size"), [(1, 24), (1.5, 36), (3, 72), (8, 192), (None, 96)])
+def test_any_output_scale(enhancer, forest, scale, size):
+    crop = forest[:24, :24]
+    result = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, scale=scale))
+    assert result.shape == (size, size, 3)
+    assert psnr(shrink(result, (24, 24)), crop) > 25
+
+
+def test_progress_reports_every_stage_in_order(enhancer, forest):
+    seen: list[Progress] = []
+    enhancer.enhance(forest[:64, :64], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append)
+    stages = [p.stage for p in seen]
+    assert stages[0] == "loading model" and stages[-1] == "finishing"
+    tiles = [p for p in seen if p.stage == "enhancing"]
+    assert len(tiles) >= 9 and tiles[-1].done == tiles[-1].total
+    assert [p.done for p in tiles] == sorted(p.done for p in tiles)
+
+
+def test_cancel_stops_between_batches(enhancer, forest):
+    seen: list[Progress] = []
+    with pytest.raises(JobCancelled):
+        enhancer.enhance(forest[:64, :64], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append,
+                         cancelled=lambda: any(p.stage == "enhancing" for p in seen))
+    tiles = [p for p in seen if p.stage == "enhancing"]
+    assert len(tiles) == 1 and tiles[0].done < tiles[0].total
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(EnhanceOptions(model=COMPACT, scale=0.5), "scale must be between 1 and 8"),
+     (EnhanceOptions(model=COMPACT, scale=9), "scale must be between 1 and 8"),
+     (EnhanceOptions(model=COMPACT, scale=float("nan")), "scale"),
+     (EnhanceOptions(model=COMPACT, strength=1.5), "strength must be between 0 and 1"),
+     (EnhanceOptions(model=COMPACT, tile=8), "tile size"),
+     (EnhanceOptions(model=COMPACT, tile=100_000), "tile size"),
+     (EnhanceOptions(model=COMPACT, alpha_mode="magic"), "unknown alpha mode 'magic'"),
+     (EnhanceOptions(model=COMPACT, auto_contrast=-0.1), "auto_contrast"),
+     (EnhanceOptions(model=""), "model name")],
+)
+def test_bad_options_are_refused_clearly(enhancer, forest, options, message):
+    with pytest.raises(ValueError, match=message):
+        enhancer.enhance(forest[:16, :16], options)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [(np.zeros((8, 8, 5), np.uint8), "channels"), (np.zeros((8, 8, 3), np.int64), "sample type"),
+     (np.zeros((0, 8, 3), np.uint8), "empty")],
+)
+def test_bad_pixels_are_refused_clearly(enhancer, image, message):
+    with pytest.raises(PixelFormatError, match=message):
+        enhancer.enhance(image, EnhanceOptions(model=COMPACT))
+
+
+def test_unknown_model_is_a_lookup_error(enhancer, forest):
+    with pytest.raises(LookupError):
+        enhancer.enhance(forest[:16, :16], EnhanceOptions(model="no-such-model"))
+
+
+def test_pixel_limits_on_input_and_output(model_store, forest):
+    small = Enhancer(model_store, device="cpu", max_pixels=1000)
+    with pytest.raises(ImageTooLargeError, match="megapixels"):
+        small.enhance(forest[:40, :40], EnhanceOptions(model=COMPACT))
+    capped = Enhancer(model_store, device="cpu", max_output_pixels=100 * 100)
+    with pytest.raises(ImageTooLargeError, match="smaller scale"):
+        capped.enhance(forest[:40, :40], EnhanceOptions(model=COMPACT))
+    assert capped.enhance(forest[:40, :40], EnhanceOptions(model=COMPACT, scale=2)).shape == (80, 80, 3)
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    descriptor = ModelDescriptor(architecture="test", scale=2, in_channels=3, out_channels=3)
+    assert resolve_precision("fp16", torch.device("cpu"), descriptor) is torch.float32
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("int8", torch.device("cpu"), descriptor)
+
+
+class Overflowing(torch.nn.Module):
+    """A ×1 network whose intermediate values overflow fp16 (max 65504) but not fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 1e5) / 1e5
+
+
+def test_reduced_precision_batches_with_nan_or_inf_are_rerun_in_fp32():
+    loaded = LoadedModel(Overflowing(), ModelDescriptor(architecture="test", scale=1, in_channels=3, out_channels=3))
+    runner = ModelRunner(loaded, torch.device("cpu"), torch.float16)
+    batch = torch.rand(2, 3, 8, 8) * 0.5 + 0.5
+    assert not torch.isfinite(Overflowing()(batch.half())).all()  # fp16 alone would give Inf
+    output = runner(batch)
+    assert output.dtype == torch.float32 and runner.fallbacks == 1
+    torch.testing.assert_close(output, batch)

@@ -1,0 +1,337 @@
+"""The plug-in in the real GIMP 3 (Debian trixie chroot), against a real backend on the host.
+
+The plug-in is installed with the installer into the chroot GIMP's per-user folder and driven
+non-interactively (python-fu-eval and Script-Fu batch). Pixels come back raw and are compared with
+what the backend returns for the same input and settings through the Python client.
+
+Needs root (chroot). Outside CI the tests skip when that is impossible; under CI=true they fail.
+The chroot comes from .ci/gimp-chroot.sh (reused when cached, built otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_enhancer.client.grpc_client import EnhancerClient
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "gimp_plugin"))
+import install_gimp  # noqa: E402
+
+pytestmark = [pytest.mark.gimp, pytest.mark.slow]
+
+MODEL = "realesr-animevideov3"  # the compact model: seconds on CPU for these sizes
+GIMP_TIMEOUT = 240
+IN_CI = os.environ.get("CI") == "true"
+DTYPES = {"u8": np.uint8, "u16": np.uint16}
+ONE_STEP = {"u8": 1, "u16": 257}  # 1/255 in each sample type
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"the real-GIMP tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def gimp_root() -> Path:
+    """The chroot with GIMP 3, built or reused by the CI script."""
+    if os.name != "posix" or os.geteuid() != 0:
+        _unavailable("running GIMP in a chroot needs root")
+    built = subprocess.run(
+        ["bash", str(REPO / ".ci" / "gimp-chroot.sh")], capture_output=True, text=True, timeout=1800
+    )
+    if built.returncode != 0:
+        _unavailable(f"no GIMP chroot could be built:\n{built.stderr[-3000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def backend_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real backend on the host's loopback, which the chroot shares."""
+    address = f"127.0.0.1:{_free_port()}"
+    log = tmp_path_factory.mktemp("backend") / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with EnhancerClient(address) as client:
+            client.wait_until_serving(timeout=120)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL), log.read_text()
+
+
+class Gimp:
+    """A GIMP profile inside the chroot with the plug-in installed, and a way to run batch jobs in it."""
+
+    def __init__(self, root: Path, address: str, backend_command: list[str]) -> None:
+        self.root = root
+        self.sandbox = Path("/tmp") / f"image-enhancer-test-{uuid.uuid4().hex[:8]}"  # as GIMP sees it
+        self.home = self.sandbox / "home"
+        plugins = self.host(self.home / ".config" / "GIMP" / "3.0" / "plug-ins")
+        self.plugin = install_gimp.install(plugins, backend_command, address)
+        shutil.copy(REPO / "tests" / "gimp" / "batch_enhance.py", self.host(self.sandbox / "batch_enhance.py"))
+
+    def host(self, inside: Path) -> Path:
+        """The host path of a path inside the chroot."""
+        return self.root / inside.relative_to("/")
+
+    def command(self, code: str, interpreter: str, env: dict[str, str]) -> list[str]:
+        variables = [f"{key}={value}" for key, value in env.items()]
+        return [
+            "timeout", "-k", "10", str(GIMP_TIMEOUT), "chroot", str(self.root),
+            "env", "-i", f"HOME={self.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", *variables,
+            "gimp-console-3.0", "-i", "--quit", "--batch-interpreter", interpreter, "-b", code,
+        ]  # fmt: skip
+
+    def job_dir(self, name: str) -> Path:
+        """A fresh folder for one job, as GIMP sees it."""
+        inside = self.sandbox / name
+        shutil.rmtree(self.host(inside), ignore_errors=True)
+        self.host(inside).mkdir(parents=True)
+        return inside
+
+    def start_job(self, name: str, pixels: np.ndarray, **job: object) -> tuple[subprocess.Popen, Path]:
+        """Start GIMP on a batch job: `pixels` (H x W x C) as the layer "photo" above a white background."""
+        inside = self.job_dir(name)
+        folder = self.host(inside)
+        height, width, channels = pixels.shape
+        sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16"}[pixels.dtype]
+        spec = {"width": width, "height": height, "channels": channels, "sample_type": sample, **job}
+        (folder / "job.json").write_text(json.dumps(spec))
+        (folder / "input.raw").write_bytes(np.ascontiguousarray(pixels).tobytes())
+        code = f'exec(open("{self.sandbox}/batch_enhance.py").read())'
+        process = subprocess.Popen(
+            self.command(code, "python-fu-eval", {"JOB_DIR": str(inside)}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return process, folder
+
+    def run_job(self, name: str, pixels: np.ndarray, **job: object) -> dict:
+        process, folder = self.start_job(name, pixels, **job)
+        output, _ = process.communicate()
+        assert process.returncode == 0, output
+        result = json.loads((folder / "result.json").read_text())
+        result["folder"] = folder
+        return result
+
+    def remove(self) -> None:
+        shutil.rmtree(self.host(self.sandbox), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gimp(gimp_root: Path, backend_address: str) -> Iterator[Gimp]:
+    instance = Gimp(gimp_root, backend_address, ["/usr/bin/false"])
+    yield instance
+    instance.remove()
+
+
+def _read(result: dict, key: str, dtype: type, channels: int) -> np.ndarray:
+    entry = result[key]
+    data = np.fromfile(result["folder"] / entry["file"], dtype=dtype)
+    return data.reshape(entry["height"], entry["width"], channels)
+
+
+def _direct(address: str, pixels: np.ndarray, scale: float) -> np.ndarray:
+    """What the backend returns for the same samples and settings, without GIMP."""
+    height, width, channels = pixels.shape
+    sample = "u16" if pixels.dtype == np.uint16 else "u8"
+    with EnhancerClient(address) as client:
+        info, data = client.enhance(pixels.tobytes(), width, height, channels, sample, model=MODEL, scale=scale)
+    return np.frombuffer(data, dtype=pixels.dtype).reshape(info.height, info.width, info.channels)
+
+
+def _max_difference(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape
+    return int(np.abs(a.astype(np.int64) - b.astype(np.int64)).max())
+
+
+def _photo(size: int, offset: int = 0) -> np.ndarray:
+    photo = np.asarray(Image.open(REPO / "tests" / "data" / "forest_256.png").convert("RGB"))
+    return np.ascontiguousarray(photo[offset : offset + size, offset : offset + size])
+
+
+def test_rgb_u8_photo_at_x4(gimp: Gimp, backend_address: str) -> None:
+    photo = _photo(64)
+    result = gimp.run_job("rgb-x4", photo, arguments={"model": MODEL, "scale": "x4"})
+    assert result["status"] == "success", result.get("error")
+    assert result["image"] == [256, 256]
+    # New layer above the original; the background was scaled with GIMP's interpolation.
+    assert result["layers"] == [
+        ["photo (AI x4)", 256, 256, 0, 0],
+        ["photo", 256, 256, 0, 0],
+        ["background", 256, 256, 0, 0],
+    ]
+    enhanced = _read(result, "new_layer", np.uint8, 3)
+    assert _max_difference(enhanced, _direct(backend_address, photo, 4.0)) <= ONE_STEP["u8"]
+
+
+def test_rgba_u16_layer_with_offset_at_x2(gimp: Gimp, backend_address: str) -> None:
+    photo = _photo(48, offset=100).astype(np.uint16) * 257
+    rng = np.random.default_rng(7)
+    photo += rng.integers(0, 200, photo.shape, dtype=np.uint16)  # true 16-bit content, not u8 scaled
+    ys, xs = np.mgrid[0:48, 0:48]
+    alpha = np.clip(65535 * (1.2 - np.hypot(ys - 24, xs - 24) / 24), 0, 65535).astype(np.uint16)
+    layer = np.dstack([photo[:, :40], alpha[:, :40]])  # 48 high, 40 wide: catches swapped sides
+    result = gimp.run_job(
+        "rgba16-x2", layer, canvas=[64, 56], offset=[8, 4], arguments={"model": MODEL, "scale": "x2"}
+    )
+    assert result["status"] == "success", result.get("error")
+    assert result["image"] == [128, 112]
+    assert result["layers"][0] == ["photo (AI x2)", 80, 96, 16, 8]
+    assert result["layers"][1] == ["photo", 80, 96, 16, 8]
+    enhanced = _read(result, "new_layer", np.uint16, 4)
+    direct = _direct(backend_address, layer, 2.0)
+    assert _max_difference(enhanced, direct) <= ONE_STEP["u16"]
+    assert enhanced[..., 3].min() == 0 and enhanced[..., 3].max() == 65535  # alpha kept, not flattened
+
+
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * np.power(v, 1 / 2.4) - 0.055)
+
+
+def test_soft_selection_at_x1_blends_through_a_layer_mask(gimp: Gimp, backend_address: str) -> None:
+    photo = _photo(64, offset=40)
+    result = gimp.run_job(
+        "selection-x1", photo, ellipse=[20, 16, 28, 24], feather=10.0, arguments={"model": MODEL, "scale": "x1"}
+    )
+    assert result["status"] == "success", result.get("error")
+    assert result["image"] == [64, 64]
+    layer = result["new_layer"]
+    x, y, w, h = layer["x"], layer["y"], layer["width"], layer["height"]
+    # The selection's bounds plus context, inside the layer.
+    assert 0 <= x < 20 and 0 <= y < 16 and x + w <= 64 and y + h <= 64 and w < 64
+    assert _read(result, "original", np.uint8, 3).tobytes() == photo.tobytes()  # the original is untouched
+
+    enhanced = _read(result, "new_layer", np.uint8, 3)
+    assert _max_difference(enhanced, _direct(backend_address, photo[y : y + h, x : x + w], 1.0)) <= 1
+    mask = _read(result, "mask", np.uint8, 1)
+    selection = _read(result, "selection", np.uint8, 1)[y : y + h, x : x + w]
+    assert np.array_equal(mask, selection)
+    assert 0 < np.count_nonzero((mask > 0) & (mask < 255))  # the selection really is soft
+
+    # What GIMP shows: original and result blended by the mask (GIMP 3 blends in linear light).
+    coverage = mask.astype(np.float64) / 255
+    under = _srgb_to_linear(photo[y : y + h, x : x + w] / 255)
+    over = _srgb_to_linear(enhanced / 255)
+    expected = _linear_to_srgb(under * (1 - coverage) + over * coverage) * 255
+    visible = _read(result, "visible", np.uint8, 3)
+    assert np.abs(visible[y : y + h, x : x + w] - expected).max() <= 2
+    outside = np.ones((64, 64), bool)
+    outside[y : y + h, x : x + w] = False
+    assert np.array_equal(visible[outside], photo[outside])
+
+
+def test_backend_down_and_not_startable_leaves_the_image_unchanged(gimp_root: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    down = Gimp(gimp_root, address, ["/usr/bin/false"])
+    try:
+        photo = _photo(32)
+        result = down.run_job("down", photo, arguments={"model": MODEL, "scale": "x2"})
+    finally:
+        down.remove()
+    assert result["status"] == "execution-error"
+    assert "could not be started (it exited with code 1)" in result["error"]
+    assert "Traceback" not in result["error"]
+    assert result["image"] == [32, 32]
+    assert [name for name, *_ in result["layers"]] == ["photo", "background"]
+    assert result["dirty"] is False
+    assert _read(result, "original", np.uint8, 3).tobytes() == photo.tobytes()
+
+
+def _plugin_pids(plugin: Path) -> list[int]:
+    """Host ids of the plug-in's processes (chroot processes are ordinary processes on the host)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"ai_enhance/ai_enhance.py") for part in command):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_plugin_leaves_the_backend_serving(gimp: Gimp, backend_address: str) -> None:
+    big = np.asarray(Image.open(REPO / "tests" / "data" / "forest_256.png").convert("RGB"))
+    big = np.ascontiguousarray(np.tile(big, (2, 2, 1)))  # 512 x 512: tens of seconds at x4 here
+    process, folder = gimp.start_job("killed", big, arguments={"model": MODEL, "scale": "x4", "tile-size": 64})
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids := _plugin_pids(gimp.plugin)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pids, "the plug-in never started"
+        time.sleep(6)  # well into the job: the upload is done and tiles are running
+        assert process.poll() is None, "the job ended before it could be cancelled"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # what GIMP does when the person cancels
+        output, _ = process.communicate(timeout=GIMP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    result = json.loads((folder / "result.json").read_text())
+    assert result["status"] != "success", output
+    assert [name for name, *_ in result["layers"]] == ["photo", "background"]
+
+    # The backend noticed the dropped stream: it is healthy and the next job is not stuck behind it.
+    with EnhancerClient(backend_address) as client:
+        assert client.health() == "SERVING"
+        started = time.monotonic()
+        small = _photo(32)
+        info, _ = client.enhance(small.tobytes(), 32, 32, 3, "u8", model=MODEL, scale=2.0, timeout=60)
+        assert (info.width, info.height) == (64, 64)
+        assert time.monotonic() - started < 15
+
+
+def test_script_fu_call_returns_the_new_layer(gimp: Gimp) -> None:
+    out = gimp.job_dir("script-fu")
+    code = f"""
+(let* ((image (car (gimp-image-new 24 16 RGB)))
+       (layer (car (gimp-layer-new image "l" 24 16 RGB-IMAGE 100 LAYER-MODE-NORMAL))))
+  (gimp-image-insert-layer image layer 0 0)
+  (gimp-drawable-fill layer FILL-WHITE)
+  (let* ((new (car (python-fu-ai-enhance #:run-mode RUN-NONINTERACTIVE #:image image
+                                         #:drawables (vector layer) #:model "{MODEL}" #:scale "x2"))))
+    (gimp-file-save RUN-NONINTERACTIVE image "{out}/result.xcf")
+    (gimp-message (string-append "new layer " (number->string (car (gimp-drawable-get-width new))) "x"
+                                 (number->string (car (gimp-drawable-get-height new)))))))
+"""
+    done = subprocess.run(gimp.command(code, "plug-in-script-fu-eval", {}), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "new layer 48x32" in done.stdout + done.stderr

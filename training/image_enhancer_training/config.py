@@ -1,0 +1,221 @@
+"""Training configuration: dataclasses filled from a TOML or JSON file, with clear errors.
+
+Relative paths in the file are resolved against the current directory; `{weights_dir}` expands to
+the user's converted-weights folder and `~` to the home folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+; on 3.10 configs must be JSON.
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
+    tomllib = None  # type: ignore[assignment]
+
+from .data import SourceConfig
+from .degradations import DegradationConfig
+
+
+class ConfigError(ValueError):
+    """The training config file is missing, malformed or inconsistent."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "srvgg"  # "srvgg" (SRVGGNetCompact) or "rrdb" (RRDBNet)
+    scale: int = 4
+    num_feat: int = 48
+    num_conv: int = 16  # srvgg
+    num_block: int = 23  # rrdb
+    num_grow_ch: int = 32  # rrdb
+    # Weights to start the PSNR stage from (e.g. the converted x4plus); empty = random init.
+    init: str = ""
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    patch_size: int = 128  # HR crop side; must be a multiple of the scale
+    batch_size: int = 16  # per process
+    workers: int = 0  # DataLoader worker processes
+    # Distillation: when set, the target is this teacher's output for the degraded input.
+    teacher: str = ""
+
+
+@dataclass
+class ValidationConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    crops: int = 8  # held-out crops, chosen once from the seed
+    crop_size: int = 192
+    every: int = 500  # iterations between validations (0 = only at the end of a stage)
+    # "bicubic": inputs are bicubic downscales; "train": the training degradations, fixed seed.
+    degradation: str = "bicubic"
+
+
+@dataclass
+class PSNRStageConfig:
+    iterations: int = 1000
+    lr: float = 2e-4
+    loss: str = "l1"  # "l1" or "charbonnier"
+    schedule: str = "cosine"  # "cosine", "multistep" or "constant"
+    milestones: list[int] = field(default_factory=list)  # multistep: iterations where lr halves
+    warmup: int = 0
+    ema_decay: float = 0.999
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@dataclass
+class GANStageConfig:
+    iterations: int = 0  # 0 skips the stage
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    pixel_loss: str = "l1"
+    pixel_weight: float = 1.0
+    gan_weight: float = 0.1
+    perceptual_weight: float = 1.0
+    # VGG19 weights (safetensors or .pth, loaded safely) for the perceptual loss; empty = no VGG loss.
+    vgg_weights: str = ""
+    disc_feat: int = 64
+    ema_decay: float = 0.999
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@dataclass
+class ExportConfig:
+    name: str = ""  # model name prefix; "" = no export
+    dir: str = "weights"  # where the fp16 safetensors go
+    manifest: str = "weights/manifest.json"
+    cards: str = "weights/cards"
+    description: str = ""
+    licence: str = "BSD-3-Clause"
+    # Strengths plotted in the card's α sweep.
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
+    checkpoint_every: int = 200
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    psnr: PSNRStageConfig = field(default_factory=PSNRStageConfig)
+    gan: GANStageConfig = field(default_factory=GANStageConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        if self.model.arch not in ("srvgg", "rrdb"):
+            raise ConfigError(f"model.arch must be 'srvgg' or 'rrdb', got {self.model.arch!r}")
+        if self.data.patch_size % self.model.scale:
+            raise ConfigError(
+                f"data.patch_size {self.data.patch_size} is not a multiple of the scale {self.model.scale}"
+            )
+        if self.validation.crop_size % self.model.scale:
+            raise ConfigError(f"validation.crop_size must be a multiple of the scale {self.model.scale}")
+        if not self.data.sources:
+            raise ConfigError("data.sources is empty: list at least one [[data.sources]] entry")
+        for loss in (self.psnr.loss, self.gan.pixel_loss):
+            if loss not in ("l1", "charbonnier"):
+                raise ConfigError(f"pixel loss must be 'l1' or 'charbonnier', got {loss!r}")
+        if self.psnr.schedule not in ("cosine", "multistep", "constant"):
+            raise ConfigError(f"psnr.schedule must be cosine, multistep or constant: {self.psnr.schedule!r}")
+        if self.validation.degradation not in ("bicubic", "train"):
+            raise ConfigError("validation.degradation must be 'bicubic' or 'train'")
+        if self.psnr.iterations < 0 or self.gan.iterations < 0:
+            raise ConfigError("stage iterations must be non-negative")
+        try:
+            self.degradation.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def expand_path(value: str) -> Path:
+    """`{weights_dir}` → the user's weights folder, `~` → home; relative paths stay relative to cwd."""
+    if "{weights_dir}" in value:
+        from image_enhancer.paths import weights_dir
+
+        value = value.replace("{weights_dir}", str(weights_dir()))
+    return Path(value).expanduser()
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a dict, recursively, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(sorted(unknown))}")
+    values = {key: _convert(hints[key], value, f"{where}.{key}".lstrip(".")) for key, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        _, value_type = typing.get_args(hint)
+        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    is_bool_as_int = hint is int and isinstance(value, bool)
+    if hint in (int, str, bool) and (not isinstance(value, hint) or is_bool_as_int):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    if hint is float:
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any]) -> TrainConfig:
+    config = _build(TrainConfig, data, "")
+    config.validate()
+    return config
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a `.toml` or `.json` training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config {path} does not exist")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+        elif tomllib is None:
+            raise ConfigError(f"{path}: TOML configs need Python 3.11 or newer; use a JSON config")
+        else:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    return parse_config(data)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,63 @@
+"""Image quality metrics on the Y channel (BT.601), the usual way super-resolution papers report them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rgb_to_y(image: Tensor) -> Tensor:
+    """(…, 3, H, W) sRGB in [0, 1] → (…, 1, H, W) BT.601 luma in [16, 235] / 255."""
+    r, g, b = image[..., 0:1, :, :], image[..., 1:2, :, :], image[..., 2:3, :, :]
+    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def _crop(image: Tensor, border: int) -> Tensor:
+    return image[..., border:-border, border:-border] if border > 0 else image
+
+
+def _check(a: Tensor, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def psnr_y(output: Tensor, target: Tensor, border: int = 0) -> float:
+    """PSNR in dB on the Y channel of 8-bit-quantised images, ignoring `border` pixels at each edge."""
+    _check(output, target)
+    y1 = _crop(rgb_to_y(torch.round(output.clamp(0, 1) * 255) / 255), border).double()
+    y2 = _crop(rgb_to_y(torch.round(target.clamp(0, 1) * 255) / 255), border).double()
+    mse = torch.mean((y1 - y2) ** 2)
+    if mse == 0:
+        return float("inf")
+    return float(10 * torch.log10(1.0 / mse))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    axis = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(axis**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] @ g[None, :])[None, None]
+
+
+def ssim_y(output: Tensor, target: Tensor, border: int = 0) -> float:
+    """SSIM (11×11 Gaussian window, σ = 1.5) on the Y channel in 8-bit units."""
+    _check(output, target)
+    x = _crop(rgb_to_y(torch.round(output.clamp(0, 1) * 255) / 255), border).double() * 255
+    y = _crop(rgb_to_y(torch.round(target.clamp(0, 1) * 255) / 255), border).double() * 255
+    x, y = x.reshape(-1, 1, *x.shape[-2:]), y.reshape(-1, 1, *y.shape[-2:])
+    window = _gaussian_window().to(x)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    sxx = F.conv2d(x * x, window) - mu_x**2
+    syy = F.conv2d(y * y, window) - mu_y**2
+    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return float(ssim_map.mean())
+
+
+def sharpness(image: Tensor) -> float:
+    """Mean absolute Laplacian of the Y channel: higher means more fine detail / edge contrast."""
+    y = rgb_to_y(image.clamp(0, 1)).reshape(-1, 1, *image.shape[-2:]).double()
+    kernel = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float64)[None, None]
+    return float(F.conv2d(y, kernel).abs().mean() * 255)
