@@ -7,7 +7,7 @@
 # ~/.cache/image-enhancer/gimp-trixie), and is rebuilt only when it is missing, broken, built from a
 # different package list, or older than $IMAGE_ENHANCER_GIMP_MAX_AGE_DAYS days (default 30).
 # Needs root (debootstrap, chroot) and network access to a Debian mirror ($DEBIAN_MIRROR, optional).
-# --with-xvfb adds an X server for taking screenshots of the plug-in's dialog.
+# --with-xvfb adds an X server and xwd, for screenshots of the plug-in's dialog.
 set -euo pipefail
 
 ROOT="${IMAGE_ENHANCER_GIMP_ROOT:-${HOME}/.cache/image-enhancer/gimp-trixie}"
@@ -15,10 +15,9 @@ MAX_AGE_DAYS="${IMAGE_ENHANCER_GIMP_MAX_AGE_DAYS:-30}"
 SUITE=trixie
 PACKAGES="gimp python3-gi gir1.2-gimp-3.0"
 if [[ "${1:-}" == "--with-xvfb" ]]; then
-    PACKAGES="$PACKAGES xvfb xauth"
+    PACKAGES="$PACKAGES xvfb xauth x11-apps"
 fi
-# What the chroot was built from; a different list means a rebuild.
-STAMP_TEXT="suite=$SUITE packages=$PACKAGES"
+# The stamp records the suite and the packages the chroot was built with.
 STAMP="$ROOT/.image-enhancer-stamp"
 
 log() { echo "gimp-chroot: $*" >&2; }
@@ -30,7 +29,12 @@ fi
 
 usable() {
     [[ -f "$STAMP" ]] || return 1
-    [[ "$(cat "$STAMP")" == "$STAMP_TEXT" ]] || { log "package list changed"; return 1; }
+    local built
+    built=" $(sed -n 's/^packages=//p' "$STAMP") "
+    [[ "$(sed -n 's/^suite=//p' "$STAMP")" == "$SUITE" ]] || { log "built for another suite"; return 1; }
+    for package in $PACKAGES; do
+        [[ "$built" == *" $package "* ]] || { log "$package is missing"; return 1; }
+    done
     [[ -z "$(find "$STAMP" -mtime +"$MAX_AGE_DAYS")" ]] || { log "older than $MAX_AGE_DAYS days"; return 1; }
     chroot "$ROOT" gimp-console-3.0 --version >/dev/null 2>&1 || { log "gimp does not run"; return 1; }
     chroot "$ROOT" python3 -c 'import gi; gi.require_version("Gimp", "3.0")' 2>/dev/null \
@@ -45,6 +49,9 @@ if usable; then
     log "reusing $ROOT"
     echo "$ROOT"
     exit 0
+fi
+if [[ -f "$STAMP" ]]; then  # keep what an earlier build had (e.g. --with-xvfb)
+    PACKAGES="$(printf '%s\n' $PACKAGES $(sed -n 's/^packages=//p' "$STAMP") | sort -u | xargs)"
 fi
 
 if ! command -v debootstrap >/dev/null; then
@@ -77,7 +84,7 @@ chroot "$BUILD" apt-get clean
 umount "$BUILD/proc"
 mkdir -p "$BUILD/tmp/home"
 chmod 1777 "$BUILD/tmp"
-echo "$STAMP_TEXT" >"$BUILD/.image-enhancer-stamp"
+printf 'suite=%s\npackages=%s\n' "$SUITE" "$PACKAGES" >"$BUILD/.image-enhancer-stamp"
 
 remove_tree "$ROOT"
 mv "$BUILD" "$ROOT"

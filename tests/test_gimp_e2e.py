@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from image_enhancer.client.grpc_client import EnhancerClient
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "gimp_plugin"))
@@ -99,7 +99,9 @@ class Gimp:
         self.home = self.sandbox / "home"
         plugins = self.host(self.home / ".config" / "GIMP" / "3.0" / "plug-ins")
         self.plugin = install_gimp.install(plugins, backend_command, address)
-        shutil.copy(REPO / "tests" / "gimp" / "batch_enhance.py", self.host(self.sandbox / "batch_enhance.py"))
+        shutil.copy(
+            REPO / "tests" / "gimp" / "batch_enhance.py", self.host(self.sandbox / "batch_enhance.py")
+        )
 
     def host(self, inside: Path) -> Path:
         """The host path of a path inside the chroot."""
@@ -168,7 +170,9 @@ def _direct(address: str, pixels: np.ndarray, scale: float) -> np.ndarray:
     height, width, channels = pixels.shape
     sample = "u16" if pixels.dtype == np.uint16 else "u8"
     with EnhancerClient(address) as client:
-        info, data = client.enhance(pixels.tobytes(), width, height, channels, sample, model=MODEL, scale=scale)
+        info, data = client.enhance(
+            pixels.tobytes(), width, height, channels, sample, model=MODEL, scale=scale
+        )
     return np.frombuffer(data, dtype=pixels.dtype).reshape(info.height, info.width, info.channels)
 
 
@@ -214,7 +218,7 @@ def test_rgba_u16_layer_with_offset_at_x2(gimp: Gimp, backend_address: str) -> N
     enhanced = _read(result, "new_layer", np.uint16, 4)
     direct = _direct(backend_address, layer, 2.0)
     assert _max_difference(enhanced, direct) <= ONE_STEP["u16"]
-    assert enhanced[..., 3].min() == 0 and enhanced[..., 3].max() == 65535  # alpha kept, not flattened
+    assert enhanced[..., 3].min() < 1000 and enhanced[..., 3].max() > 64500  # alpha kept, not flattened
 
 
 def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
@@ -226,16 +230,20 @@ def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
 
 
 def test_soft_selection_at_x1_blends_through_a_layer_mask(gimp: Gimp, backend_address: str) -> None:
-    photo = _photo(64, offset=40)
+    photo = _photo(96, offset=40)
     result = gimp.run_job(
-        "selection-x1", photo, ellipse=[20, 16, 28, 24], feather=10.0, arguments={"model": MODEL, "scale": "x1"}
+        "selection-x1",
+        photo,
+        ellipse=[40, 30, 28, 24],
+        feather=8.0,
+        arguments={"model": MODEL, "scale": "x1"},
     )
     assert result["status"] == "success", result.get("error")
-    assert result["image"] == [64, 64]
+    assert result["image"] == [96, 96]
     layer = result["new_layer"]
     x, y, w, h = layer["x"], layer["y"], layer["width"], layer["height"]
-    # The selection's bounds plus context, inside the layer.
-    assert 0 <= x < 20 and 0 <= y < 16 and x + w <= 64 and y + h <= 64 and w < 64
+    # The selection's (feathered) bounds plus some context, well inside the layer.
+    assert 0 < x < 40 and 0 < y < 30 and 68 < x + w < 96 and 54 < y + h < 96
     assert _read(result, "original", np.uint8, 3).tobytes() == photo.tobytes()  # the original is untouched
 
     enhanced = _read(result, "new_layer", np.uint8, 3)
@@ -243,7 +251,7 @@ def test_soft_selection_at_x1_blends_through_a_layer_mask(gimp: Gimp, backend_ad
     mask = _read(result, "mask", np.uint8, 1)
     selection = _read(result, "selection", np.uint8, 1)[y : y + h, x : x + w]
     assert np.array_equal(mask, selection)
-    assert 0 < np.count_nonzero((mask > 0) & (mask < 255))  # the selection really is soft
+    assert np.count_nonzero((mask > 0) & (mask < 255)) > 0  # the selection really is soft
 
     # What GIMP shows: original and result blended by the mask (GIMP 3 blends in linear light).
     coverage = mask.astype(np.float64) / 255
@@ -252,7 +260,7 @@ def test_soft_selection_at_x1_blends_through_a_layer_mask(gimp: Gimp, backend_ad
     expected = _linear_to_srgb(under * (1 - coverage) + over * coverage) * 255
     visible = _read(result, "visible", np.uint8, 3)
     assert np.abs(visible[y : y + h, x : x + w] - expected).max() <= 2
-    outside = np.ones((64, 64), bool)
+    outside = np.ones((96, 96), bool)
     outside[y : y + h, x : x + w] = False
     assert np.array_equal(visible[outside], photo[outside])
 
@@ -263,6 +271,7 @@ def test_backend_down_and_not_startable_leaves_the_image_unchanged(gimp_root: Pa
     try:
         photo = _photo(32)
         result = down.run_job("down", photo, arguments={"model": MODEL, "scale": "x2"})
+        original = _read(result, "original", np.uint8, 3)
     finally:
         down.remove()
     assert result["status"] == "execution-error"
@@ -271,7 +280,7 @@ def test_backend_down_and_not_startable_leaves_the_image_unchanged(gimp_root: Pa
     assert result["image"] == [32, 32]
     assert [name for name, *_ in result["layers"]] == ["photo", "background"]
     assert result["dirty"] is False
-    assert _read(result, "original", np.uint8, 3).tobytes() == photo.tobytes()
+    assert original.tobytes() == photo.tobytes()
 
 
 def _plugin_pids(plugin: Path) -> list[int]:
@@ -288,19 +297,43 @@ def _plugin_pids(plugin: Path) -> list[int]:
     return pids
 
 
+class _Probe(threading.Thread):
+    """A small job sent straight to the backend; it waits in the queue while another job runs."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.address = address
+        self.finished_at: float | None = None
+        self.size: tuple[int, int] | None = None
+
+    def run(self) -> None:
+        with EnhancerClient(self.address) as client:
+            small = _photo(32)
+            info, _ = client.enhance(small.tobytes(), 32, 32, 3, "u8", model=MODEL, scale=2.0, timeout=240)
+        self.size = (info.width, info.height)
+        self.finished_at = time.monotonic()
+
+
 def test_killed_plugin_leaves_the_backend_serving(gimp: Gimp, backend_address: str) -> None:
     big = np.asarray(Image.open(REPO / "tests" / "data" / "forest_256.png").convert("RGB"))
-    big = np.ascontiguousarray(np.tile(big, (2, 2, 1)))  # 512 x 512: tens of seconds at x4 here
-    process, folder = gimp.start_job("killed", big, arguments={"model": MODEL, "scale": "x4", "tile-size": 64})
+    big = np.ascontiguousarray(np.tile(big, (2, 2, 1)))  # 512 x 512 at x4: about a minute here
+    process, folder = gimp.start_job(
+        "killed", big, arguments={"model": MODEL, "scale": "x4", "tile-size": 64}
+    )
     try:
-        deadline = time.monotonic() + 60
-        while not (pids := _plugin_pids(gimp.plugin)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert pids, "the plug-in never started"
-        time.sleep(6)  # well into the job: the upload is done and tiles are running
-        assert process.poll() is None, "the job ended before it could be cancelled"
+        # Wait until the plug-in's job occupies the backend: a small probe job then stays queued.
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and process.poll() is None, "the plug-in's job never ran"
+            probe = _Probe(backend_address)
+            probe.start()
+            probe.join(timeout=3.0)
+            if probe.is_alive() and (pids := _plugin_pids(gimp.plugin)):
+                break
+            probe.join()
+        killed_at = time.monotonic()
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)  # what GIMP does when the person cancels
+            os.kill(pid, signal.SIGKILL)  # what GIMP does when the person cancels from the status bar
         output, _ = process.communicate(timeout=GIMP_TIMEOUT)
     finally:
         if process.poll() is None:
@@ -309,18 +342,15 @@ def test_killed_plugin_leaves_the_backend_serving(gimp: Gimp, backend_address: s
     assert result["status"] != "success", output
     assert [name for name, *_ in result["layers"]] == ["photo", "background"]
 
-    # The backend noticed the dropped stream: it is healthy and the next job is not stuck behind it.
+    # The backend noticed the dropped stream: the queued job runs at once, not after the killed one.
+    probe.join(timeout=60)
+    assert probe.size == (64, 64)
+    assert probe.finished_at - killed_at < 15
     with EnhancerClient(backend_address) as client:
         assert client.health() == "SERVING"
-        started = time.monotonic()
-        small = _photo(32)
-        info, _ = client.enhance(small.tobytes(), 32, 32, 3, "u8", model=MODEL, scale=2.0, timeout=60)
-        assert (info.width, info.height) == (64, 64)
-        assert time.monotonic() - started < 15
 
 
 def test_script_fu_call_returns_the_new_layer(gimp: Gimp) -> None:
-    out = gimp.job_dir("script-fu")
     code = f"""
 (let* ((image (car (gimp-image-new 24 16 RGB)))
        (layer (car (gimp-layer-new image "l" 24 16 RGB-IMAGE 100 LAYER-MODE-NORMAL))))
@@ -328,7 +358,6 @@ def test_script_fu_call_returns_the_new_layer(gimp: Gimp) -> None:
   (gimp-drawable-fill layer FILL-WHITE)
   (let* ((new (car (python-fu-ai-enhance #:run-mode RUN-NONINTERACTIVE #:image image
                                          #:drawables (vector layer) #:model "{MODEL}" #:scale "x2"))))
-    (gimp-file-save RUN-NONINTERACTIVE image "{out}/result.xcf")
     (gimp-message (string-append "new layer " (number->string (car (gimp-drawable-get-width new))) "x"
                                  (number->string (car (gimp-drawable-get-height new)))))))
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from image_enhancer.engine import pixels
 from image_enhancer.engine.pixels import PixelFormatError
 
@@ -17,7 +16,7 @@ def test_integer_images_round_trip_exactly(channels, dtype):
     image = rng.integers(0, np.iinfo(dtype).max + 1, size=(7, 5, channels), dtype=dtype)
     tensor = pixels.to_tensor(image)
     assert tensor.dtype == torch.float32 and tensor.shape == (channels, 7, 5)
-    assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
     back = pixels.from_tensor(tensor, dtype)
     assert back.dtype == dtype
     np.testing.assert_array_equal(back, image)
@@ -46,7 +45,9 @@ def test_two_dimensional_arrays_are_gray():
     assert pixels.to_tensor(np.zeros((4, 6), np.uint8)).shape == (1, 4, 6)
 
 
-@pytest.mark.parametrize(("sample_type", "dtype"), [("u8", np.uint8), ("u16", np.uint16), ("f32", np.float32)])
+@pytest.mark.parametrize(
+    ("sample_type", "dtype"), [("u8", np.uint8), ("u16", np.uint16), ("f32", np.float32)]
+)
 def test_bytes_round_trip_little_endian(sample_type, dtype):
     image = (np.arange(3 * 4 * 2) * 3).astype(dtype).reshape(3, 4, 2)
     data = pixels.to_bytes(image)
@@ -71,9 +72,14 @@ def test_from_bytes_rejects_bad_descriptions():
 
 @pytest.mark.parametrize(
     ("array", "message"),
-    [(np.zeros((4, 4, 5), np.uint8), "channels"), (np.zeros((2, 4, 4, 3), np.uint8), "dimensions"),
-     (np.zeros((4, 4, 3), np.int32), "sample type"), (np.zeros((0, 4, 3), np.uint8), "empty"),
-     (np.zeros((4, 4, 3), np.float64), "sample type"), ([[0, 1]], "numpy array")],
+    [
+        (np.zeros((4, 4, 5), np.uint8), "channels"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "dimensions"),
+        (np.zeros((4, 4, 3), np.int32), "sample type"),
+        (np.zeros((0, 4, 3), np.uint8), "empty"),
+        (np.zeros((4, 4, 3), np.float64), "sample type"),
+        ([[0, 1]], "numpy array"),
+    ],
 )
 def test_check_image_explains_what_is_wrong(array, message):
     with pytest.raises(PixelFormatError, match=message):
@@ -87,7 +93,9 @@ def test_from_tensor_rejects_other_sample_types():
 
 def test_transfer_functions_invert_and_hit_known_values():
     values = torch.linspace(0, 1, 1001)
-    torch.testing.assert_close(pixels.srgb_to_linear(pixels.linear_to_srgb(values)), values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        pixels.srgb_to_linear(pixels.linear_to_srgb(values)), values, atol=1e-5, rtol=0
+    )
     assert abs(float(pixels.srgb_to_linear(torch.tensor(0.5))) - 0.21404) < 1e-4
     assert abs(float(pixels.linear_to_srgb(torch.tensor(0.18))) - 0.46135) < 1e-4
 

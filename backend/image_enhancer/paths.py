@@ -28,6 +28,11 @@ def weights_dir() -> Path:
     return user_home() / "weights"
 
 
+def user_models_dir() -> Path:
+    """Community model files dropped here (.safetensors / .pth) are listed next to the manifest's."""
+    return user_home() / "models"
+
+
 def repo_weights_dir() -> Path:
     """The committed `weights/` folder (manifest and our own small models).
 

@@ -211,7 +211,7 @@ class AIEnhance(Gimp.PlugIn):
         scales = Gimp.Choice.new()
         for index, key in enumerate(SCALE_CHOICES):
             scales.add(key, index, "Custom" if key == "custom" else key.replace("x", "\u00d7"), "")
-        procedure.add_choice_argument("scale", "_Scale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
+        procedure.add_choice_argument("scale", "S_cale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
         procedure.add_double_argument(
             "custom-scale",
             "C_ustom scale",
@@ -223,7 +223,7 @@ class AIEnhance(Gimp.PlugIn):
         )
         procedure.add_double_argument(
             "strength",
-            "S_trength",
+            "St_rength",
             "0 = faithful (PSNR model), 1 = sharpest (GAN model); only for models with a PSNR/GAN pair",
             0.0,
             1.0,
@@ -250,7 +250,7 @@ class AIEnhance(Gimp.PlugIn):
         alphas.add(ALPHA_CHOICES[0], 0, "Enhance with the model", "")
         alphas.add(ALPHA_CHOICES[1], 1, "Bicubic", "")
         procedure.add_choice_argument(
-            "alpha-mode", "A_lpha", "How transparency is upscaled", alphas, _DEFAULTS.alpha_mode, rw
+            "alpha-mode", "Alp_ha", "How transparency is upscaled", alphas, _DEFAULTS.alpha_mode, rw
         )
         procedure.add_int_argument(
             "tile-size",

@@ -49,6 +49,9 @@ def run_dialog(
     """Show the dialog; True when the person pressed OK. Without models (backend unreachable) the model
     is a text field and `problem` says why."""
     GimpUi.init("ai-enhance")
+    for name in ("model", "server"):  # text fields cannot show an unset string
+        if config.get_property(name) is None:
+            config.set_property(name, "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
     try:
         dialog.get_label("advanced-label", "Advanced", False, False)
@@ -65,8 +68,9 @@ def run_dialog(
         ]
         dialog.fill(fields if models else ["model", *fields])
 
-        strength = dialog.get_widget("strength", GimpUi.SpinScale.__gtype__)
-        custom = dialog.get_widget("custom-scale", GimpUi.SpinScale.__gtype__)
+        strength = dialog.get_spin_scale("strength", 100.0)  # shown in percent
+        dialog.get_spin_scale("auto-contrast", 100.0)
+        custom = dialog.get_spin_scale("custom-scale", 1.0)
         strength.set_no_show_all(True)
 
         def show_strength(name: str) -> None:

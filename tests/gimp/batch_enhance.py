@@ -38,7 +38,9 @@ fmt = babl(channels, sample)
 
 canvas_width, canvas_height = job.get("canvas", [width, height])
 image = Gimp.Image.new_with_precision(canvas_width, canvas_height, Gimp.ImageBaseType.RGB, PRECISIONS[sample])
-background = Gimp.Layer.new(image, "background", canvas_width, canvas_height, TYPES[3], 100.0, Gimp.LayerMode.NORMAL)
+background = Gimp.Layer.new(
+    image, "background", canvas_width, canvas_height, TYPES[3], 100.0, Gimp.LayerMode.NORMAL
+)
 image.insert_layer(background, None, 0)
 background.fill(Gimp.FillType.WHITE)
 layer = Gimp.Layer.new(image, "photo", width, height, TYPES[channels], 100.0, Gimp.LayerMode.NORMAL)
@@ -67,7 +69,8 @@ result = {
     "status": status.value_nick,
     "image": [image.get_width(), image.get_height()],
     "layers": [
-        [item.get_name(), item.get_width(), item.get_height(), *item.get_offsets()[1:]] for item in image.get_layers()
+        [item.get_name(), item.get_width(), item.get_height(), *item.get_offsets()[1:]]
+        for item in image.get_layers()
     ],
     "dirty": image.is_dirty(),
     "original": dump(layer, "original.raw", fmt),
@@ -79,8 +82,8 @@ if status == Gimp.PDBStatusType.SUCCESS:
     result["background"] = dump(background, "background.raw", babl(3, sample))
     mask = new_layer.get_mask()
     if mask is not None:
-        result["mask"] = dump(mask, "mask.raw", f"Y' {COMPONENTS[sample]}")
-        result["selection"] = dump(image.get_selection(), "selection.raw", f"Y' {COMPONENTS[sample]}")
+        result["mask"] = dump(mask, "mask.raw", f"Y {COMPONENTS[sample]}")
+        result["selection"] = dump(image.get_selection(), "selection.raw", f"Y {COMPONENTS[sample]}")
     visible = Gimp.Layer.new_from_visible(image, image, "visible")
     result["visible"] = dump(visible, "visible.raw", babl(3, sample))
 else:

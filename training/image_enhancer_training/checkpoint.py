@@ -60,7 +60,9 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     tmp = directory / "latest.json.tmp"
     tmp.write_text(json.dumps({"checkpoint": stem}), encoding="utf-8")
     os.replace(tmp, directory / "latest.json")
-    stems = sorted(p.stem for p in directory.glob("*_*.json"))
+    # Oldest first by write time (names sort by stage, not by age).
+    stems = [p.stem for p in sorted(directory.glob("*_*.json"), key=lambda p: p.stat().st_mtime_ns)]
+    stems = [s for s in stems if s != stem] + [stem]
     for old in stems[:-keep] if keep > 0 else []:
         for suffix in (".safetensors", ".json"):
             (directory / f"{old}{suffix}").unlink(missing_ok=True)

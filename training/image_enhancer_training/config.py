@@ -53,7 +53,7 @@ class DataConfig:
 class ValidationConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     crops: int = 8  # held-out crops, chosen once from the seed
-    crop_size: int = 192
+    crop_size: int = 192  # 0 = whole images (one per file)
     every: int = 500  # iterations between validations (0 = only at the end of a stage)
     # "bicubic": inputs are bicubic downscales; "train": the training degradations, fixed seed.
     degradation: str = "bicubic"
@@ -90,13 +90,19 @@ class GANStageConfig:
 @dataclass
 class ExportConfig:
     name: str = ""  # model name prefix; "" = no export
-    dir: str = "weights"  # where the fp16 safetensors go
-    manifest: str = "weights/manifest.json"
-    cards: str = "weights/cards"
+    # Where the fp16 safetensors, the manifest and the cards go; "" = the repository's weights/,
+    # its manifest.json and its cards/ folder.
+    dir: str = ""
+    manifest: str = ""
+    cards: str = ""
     description: str = ""
     licence: str = "BSD-3-Clause"
     # Strengths plotted in the card's α sweep.
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    # Independent photos scored in the card (bicubic degradation); never used for training.
+    evaluation: list[SourceConfig] = field(default_factory=list)
+    evaluation_crops: int = 16
+    evaluation_crop_size: int = 0  # 0 = whole images
 
 
 @dataclass

@@ -53,7 +53,9 @@ class SourceConfig:
 
 
 def _decode(data: bytes | Path, downscale: int) -> Tensor:
-    """Decode an image file to float32 (3, H, W) in [0, 1], optionally downscaled (antialiased)."""
+    """Decode an image file to uint8 (3, H, W), optionally downscaled (antialiased).
+
+    uint8 keeps cached sources small and makes cropping and augmenting cheap."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             im = im.convert("RGB")
@@ -63,7 +65,7 @@ def _decode(data: bytes | Path, downscale: int) -> Tensor:
     except OSError as exc:
         where = data if isinstance(data, Path) else "<zip entry>"
         raise DataError(f"cannot read training image {where}: {exc}") from exc
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class FileSource:
@@ -187,7 +189,7 @@ class PatchDataset(Dataset):
             )
         else:
             image = source.load(int(torch.randint(0, len(source), (), generator=gen)))
-            patch = random_crop(image, self.patch_size, gen)
+            patch = random_crop(image, self.patch_size, gen).float() / 255.0
         return augment(patch, gen).contiguous()
 
 

@@ -85,7 +85,7 @@ class PSNRStage:
         loss.backward()
         self.optimizer.step()
         self.ema.update(self.generator)
-        return {"loss_pixel": float(loss)}
+        return {"loss_pixel": loss.item()}
 
 
 class GANStage:
@@ -127,11 +127,11 @@ class GANStage:
         l_pix = cfg.pixel_weight * self.pixel(output, target)
         l_gan = cfg.gan_weight * generator_adversarial_loss(self.discriminator(output))
         loss = l_pix + l_gan
-        logs = {"loss_pixel": float(l_pix), "loss_gan": float(l_gan)}
+        logs = {"loss_pixel": l_pix.item(), "loss_gan": l_gan.item()}
         if self.perceptual is not None:
             l_per = cfg.perceptual_weight * self.perceptual(output, target)
             loss = loss + l_per
-            logs["loss_perceptual"] = float(l_per)
+            logs["loss_perceptual"] = l_per.item()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -143,7 +143,7 @@ class GANStage:
         self.opt_d.zero_grad(set_to_none=True)
         l_d.backward()
         self.opt_d.step()
-        logs["loss_d"] = float(l_d)
+        logs["loss_d"] = l_d.item()
         return logs
 
 

@@ -29,7 +29,8 @@ def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:
 
 
 class ValidationSet:
-    """Fixed (LR, HR) crop pairs drawn once from held-out images with a seed."""
+    """Fixed (LR, HR) pairs from held-out images: seeded random crops, or whole images when
+    `crop_size` is 0 (trimmed to a multiple of the scale)."""
 
     def __init__(
         self, config: ValidationConfig, scale: int, seed: int, degradation: DegradationConfig | None = None
@@ -40,30 +41,38 @@ class ValidationSet:
         self.scale = scale
         gen = torch.Generator().manual_seed(seed + 7919)
         images = [(source, i) for source in sources for i in range(len(source))]
-        hr = []
-        for k in range(config.crops):
+        self.hr: list[Tensor] = []
+        for k in range(config.crops if config.crop_size else len(images)):
             source, index = images[k % len(images)]
-            hr.append(random_crop(source.load(index), config.crop_size, gen))
-        self.hr = torch.stack(hr)
-        if config.degradation == "train" and degradation is not None:
-            self.lr = Degrader(degradation, scale, seed=seed + 104729)(self.hr)
+            image = source.load(index)
+            if config.crop_size:
+                image = random_crop(image, config.crop_size, gen)
+            else:
+                h, w = image.shape[-2:]
+                image = image[:, : h - h % scale, : w - w % scale]
+            self.hr.append(image.float() / 255.0)
+        degrader = Degrader(degradation, scale, seed=seed + 104729) if config.degradation == "train" else None
+        if degrader is not None and degradation is not None:
+            self.lr = [degrader(hr[None])[0] for hr in self.hr]
         else:
-            self.lr = bicubic_downscale(self.hr, scale)
-        self.bicubic = self.score_outputs(bicubic_upscale(self.lr, scale))
+            self.lr = [bicubic_downscale(hr[None], scale)[0] for hr in self.hr]
+        self.bicubic = self.score_outputs([bicubic_upscale(lr[None], scale)[0] for lr in self.lr])
 
-    def score_outputs(self, outputs: Tensor) -> Scores:
+    def score_outputs(self, outputs: list[Tensor]) -> Scores:
         border = self.scale
-        n = len(self.hr)
-        psnr = sum(psnr_y(outputs[i], self.hr[i], border) for i in range(n)) / n
-        ssim = sum(ssim_y(outputs[i], self.hr[i], border) for i in range(n)) / n
-        sharp = sum(sharpness(outputs[i]) for i in range(n)) / n
+        pairs = list(zip(outputs, self.hr, strict=True))
+        n = len(pairs)
+        psnr = sum(psnr_y(out, hr, border) for out, hr in pairs) / n
+        ssim = sum(ssim_y(out, hr, border) for out, hr in pairs) / n
+        sharp = sum(sharpness(out) for out, _ in pairs) / n
         return Scores(psnr, ssim, sharp)
 
     @torch.no_grad()
-    def run(self, model: nn.Module, device: torch.device) -> Tensor:
+    def run(self, model: nn.Module, device: torch.device, inputs: list[Tensor] | None = None) -> list[Tensor]:
+        """The model's outputs for the set's LR inputs (or for `inputs`, e.g. damaged versions)."""
         was_training = model.training
         model.eval()
-        outputs = torch.cat([model(lr[None].to(device)).float().clamp(0, 1).cpu() for lr in self.lr])
+        outputs = [model(lr[None].to(device)).float().clamp(0, 1).cpu()[0] for lr in inputs or self.lr]
         model.train(was_training)
         return outputs
 

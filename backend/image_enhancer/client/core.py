@@ -183,6 +183,9 @@ def enhance_requests(
     """The request stream: the start message, then the samples in chunks of `chunk_size` bytes."""
     if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be 1-4 MiB, got {chunk_size} bytes")
+    start = pb.EnhanceRequest(
+        start=pb.EnhanceStart(image=header_message(image), options=options_message(options))
+    )
     view = memoryview(data).cast("B")
     if view.nbytes != image.nbytes:
         raise EnhancerError(
@@ -190,7 +193,7 @@ def enhance_requests(
             f"{image.width}x{image.height}x{image.channels} {image.sample_type} needs {image.nbytes} bytes,"
             f" got {view.nbytes}",
         )
-    yield pb.EnhanceRequest(start=pb.EnhanceStart(image=header_message(image), options=options_message(options)))
+    yield start
     for offset in range(0, view.nbytes, chunk_size):
         yield pb.EnhanceRequest(chunk=bytes(view[offset : offset + chunk_size]))
 
@@ -227,7 +230,9 @@ class ResultAssembler:
                 raise EnhancerError("protocol", "the server sent result bytes before the result header")
             self._received += len(response.chunk)
             if self._received > self.image.nbytes:
-                raise EnhancerError("protocol", f"the server sent more than the {self.image.nbytes} bytes announced")
+                raise EnhancerError(
+                    "protocol", f"the server sent more than the {self.image.nbytes} bytes announced"
+                )
             self._chunks.append(response.chunk)
 
     def result(self) -> tuple[ImageInfo, bytes]:
@@ -243,7 +248,9 @@ class ResultAssembler:
         return self.image, data
 
 
-def assemble(responses: Iterable[pb.EnhanceResponse], on_progress: ProgressCallback | None) -> tuple[ImageInfo, bytes]:
+def assemble(
+    responses: Iterable[pb.EnhanceResponse], on_progress: ProgressCallback | None
+) -> tuple[ImageInfo, bytes]:
     assembler = ResultAssembler(on_progress)
     for response in responses:
         assembler.feed(response)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -19,7 +20,6 @@ from ..v1 import enhancer_pb2 as pb
 from ..v1 import enhancer_pb2_grpc
 from . import core
 from .core import DEFAULT_ADDRESS, EnhancerError, ImageInfo, ModelInfo, Options, ProgressCallback, ServerInfo
-
 
 # numpy dtypes of the wire's sample types (little-endian, as the wire is).
 _DTYPES = {"u8": np.dtype("<u1"), "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}
@@ -99,7 +99,9 @@ class EnhancerClient:
 
     def describe(self, timeout: float = 30.0) -> ServerInfo:
         try:
-            reply = self._stub.DescribeServer(pb.DescribeServerRequest(), timeout=timeout, metadata=self._metadata)
+            reply = self._stub.DescribeServer(
+                pb.DescribeServerRequest(), timeout=timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _error(error) from None
         return core.server_info(reply)
@@ -127,7 +129,10 @@ class EnhancerClient:
         options = options or Options(**option_fields)  # type: ignore[arg-type]
         image = ImageInfo(width, height, channels, sample_type, colour_encoding)
         requests = core.enhance_requests(data, image, options, self._chunk_size)
-        call = self._stub.Enhance(requests, timeout=timeout, metadata=self._metadata)
+        start = next(requests)  # checks the layout against the data here, not in grpc's sending thread
+        call = self._stub.Enhance(
+            itertools.chain([start], requests), timeout=timeout, metadata=self._metadata
+        )
         try:
             return core.assemble(call, on_progress)
         except grpc.RpcError as error:
@@ -137,20 +142,37 @@ class EnhancerClient:
             raise
 
     def enhance_array(
-        self, pixels: np.ndarray, *, on_progress: ProgressCallback | None = None, timeout: float | None = None,
+        self,
+        pixels: np.ndarray,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
         **option_fields: object,
     ) -> np.ndarray:
         """`enhance` for an H×W×C (or H×W) uint8/uint16/float32 array; returns an array of the same kind."""
-        sample_type = next((name for name, dtype in _DTYPES.items() if pixels.dtype == dtype.newbyteorder("=")),
-                           None)
+        sample_type = next(
+            (name for name, dtype in _DTYPES.items() if pixels.dtype == dtype.newbyteorder("=")), None
+        )
         if sample_type is None or pixels.ndim not in (2, 3):
-            raise EnhancerError("invalid", f"expected an H×W×C uint8/uint16/float32 array, got {pixels.dtype}"
-                                f" with shape {pixels.shape}")
+            raise EnhancerError(
+                "invalid",
+                f"expected an H×W×C uint8/uint16/float32 array, got {pixels.dtype} with shape {pixels.shape}",
+            )
         height, width = pixels.shape[:2]
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
         data = np.ascontiguousarray(pixels, dtype=_DTYPES[sample_type])
-        info, result = self.enhance(data, width, height, channels, sample_type, on_progress=on_progress,
-                                    timeout=timeout, **option_fields)
-        array = np.frombuffer(result, dtype=_DTYPES[sample_type]).reshape(info.height, info.width, info.channels)
+        info, result = self.enhance(
+            data,
+            width,
+            height,
+            channels,
+            sample_type,
+            on_progress=on_progress,
+            timeout=timeout,
+            **option_fields,
+        )
+        array = np.frombuffer(result, dtype=_DTYPES[sample_type]).reshape(
+            info.height, info.width, info.channels
+        )
         array = array.astype(pixels.dtype, copy=False)
         return array[:, :, 0] if pixels.ndim == 2 else array

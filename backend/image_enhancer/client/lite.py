@@ -29,11 +29,13 @@ import contextlib
 import functools
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto
-from grpclib.client import Channel
+from google.protobuf.message import Message
+from grpclib.client import Channel, Stream
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -44,6 +46,10 @@ from .core import DEFAULT_ADDRESS, EnhancerError, ImageInfo, ModelInfo, Options,
 
 # Large HTTP/2 windows: the default 64 KiB window would cap throughput on multi-megabyte chunks.
 _WINDOW = 16 * core.MIB
+_CALL_ERRORS = (GRPCError, asyncio.TimeoutError, StreamTerminatedError, OSError)
+FieldType = FieldDescriptorProto.Type
+Label = FieldDescriptorProto.Label
+T = TypeVar("T")
 
 
 def _error(error: BaseException) -> EnhancerError:
@@ -56,11 +62,6 @@ def _error(error: BaseException) -> EnhancerError:
     return core.error_from_status("UNAVAILABLE", str(error) or type(error).__name__)
 
 
-FieldType = FieldDescriptorProto.Type
-Label = FieldDescriptorProto.Label
-_CALL_ERRORS = (GRPCError, asyncio.TimeoutError, StreamTerminatedError, OSError)
-
-
 @functools.cache
 def _health_messages() -> tuple[type, type]:
     """grpc.health.v1 request and reply classes, built in a private descriptor pool.
@@ -68,13 +69,19 @@ def _health_messages() -> tuple[type, type]:
     The standard health messages may already sit in the default pool under another file name (grpcio's
     and grpclib's copies differ), and registering them twice fails; a private pool cannot clash.
     """
-    file = descriptor_pb2.FileDescriptorProto(name="image_enhancer_lite/health.proto", package="grpc.health.v1",
-                                              syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="image_enhancer_lite/health.proto", package="grpc.health.v1", syntax="proto3"
+    )
     request = file.message_type.add(name="HealthCheckRequest")
     request.field.add(name="service", number=1, type=FieldType.TYPE_STRING, label=Label.LABEL_OPTIONAL)
     reply = file.message_type.add(name="HealthCheckResponse")
-    reply.field.add(name="status", number=1, type=FieldType.TYPE_ENUM, label=Label.LABEL_OPTIONAL,
-                    type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus")
+    reply.field.add(
+        name="status",
+        number=1,
+        type=FieldType.TYPE_ENUM,
+        label=Label.LABEL_OPTIONAL,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+    )
     statuses = reply.enum_type.add(name="ServingStatus")
     for number, name in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
         statuses.value.add(name=name, number=number)
@@ -101,7 +108,9 @@ class LiteClient:
         host, port, path = core.split_address(address)
         context: ssl.SSLContext | None = None
         if tls or root_certificates is not None:
-            context = ssl.create_default_context(cadata=root_certificates.decode() if root_certificates else None)
+            context = ssl.create_default_context(
+                cadata=root_certificates.decode() if root_certificates else None
+            )
             context.set_alpn_protocols(["h2"])
         config = Configuration(http2_connection_window_size=_WINDOW, http2_stream_window_size=_WINDOW)
         self._loop = asyncio.new_event_loop()
@@ -125,15 +134,20 @@ class LiteClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, coroutine):  # noqa: ANN001, ANN202 - returns what the coroutine returns
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         try:
             return self._loop.run_until_complete(coroutine)
         except _CALL_ERRORS as error:
             raise _error(error) from None
 
-    async def _unary(self, method: str, request, reply_type, timeout: float | None):  # noqa: ANN001, ANN202
+    async def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
         async with self._channel.request(
-            method, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=timeout, metadata=self._metadata
+            method,
+            Cardinality.UNARY_UNARY,
+            type(request),
+            reply_type,
+            timeout=timeout,
+            metadata=self._metadata,
         ) as stream:
             await stream.send_message(request, end=True)
             reply = await stream.recv_message()
@@ -163,7 +177,9 @@ class LiteClient:
             time.sleep(0.1)
 
     def list_models(self, timeout: float = 30.0) -> list[ModelInfo]:
-        reply = self._run(self._unary(core.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout))
+        reply = self._run(
+            self._unary(core.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
+        )
         return [core.model_info(m) for m in reply.models]
 
     def describe(self, timeout: float = 30.0) -> ServerInfo:
@@ -186,7 +202,7 @@ class LiteClient:
         timeout: float | None = None,
         **option_fields: object,
     ) -> tuple[ImageInfo, bytes]:
-        """Enhance raw samples (row-major, interleaved, little-endian); returns the result's layout and bytes."""
+        """Enhance raw samples (row-major, interleaved, little-endian); returns the result's layout, bytes."""
         options = options or Options(**option_fields)  # type: ignore[arg-type]
         image = ImageInfo(width, height, channels, sample_type, colour_encoding)
         requests = core.enhance_requests(data, image, options, self._chunk_size)
@@ -227,7 +243,9 @@ class LiteClient:
             return assembler.result()
 
     @staticmethod
-    async def _send_all(stream, start: pb.EnhanceRequest, chunks: Iterator[pb.EnhanceRequest]) -> None:  # noqa: ANN001
+    async def _send_all(
+        stream: Stream, start: pb.EnhanceRequest, chunks: Iterator[pb.EnhanceRequest]
+    ) -> None:
         await stream.send_message(start)
         for chunk in chunks:
             await stream.send_message(chunk)

@@ -43,8 +43,12 @@ def fill_transparent(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     levels = [(colour * visible, visible)]
     while max(levels[-1][1].shape[-2:]) > 1:
         premultiplied, weight = levels[-1]
-        levels.append((F.avg_pool2d(premultiplied[None], 2, ceil_mode=True)[0],
-                       F.avg_pool2d(weight[None], 2, ceil_mode=True)[0]))
+        levels.append(
+            (
+                F.avg_pool2d(premultiplied[None], 2, ceil_mode=True)[0],
+                F.avg_pool2d(weight[None], 2, ceil_mode=True)[0],
+            )
+        )
     # Pull: each level's holes take the colour of the level below, scaled back up.
     premultiplied, weight = levels[-1]
     filled = premultiplied / weight.clamp(min=1e-12)
@@ -58,6 +62,7 @@ def fill_transparent(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 def upscale_bicubic(alpha: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic resize of a ``(1, H, W)`` alpha to ``height × width`` (antialiased when shrinking)."""
     shrinking = height < alpha.shape[-2] or width < alpha.shape[-1]
-    resized = F.interpolate(alpha[None], size=(height, width), mode="bicubic", align_corners=False,
-                            antialias=shrinking)
+    resized = F.interpolate(
+        alpha[None], size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking
+    )
     return resized[0].clamp_(0.0, 1.0)

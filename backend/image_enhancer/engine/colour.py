@@ -20,8 +20,9 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if image.shape[-2:] == (height, width):
         return image
     shrinking = height < image.shape[-2] or width < image.shape[-1]
-    resized = F.interpolate(image[None], size=(height, width), mode="bicubic", align_corners=False,
-                            antialias=shrinking)
+    resized = F.interpolate(
+        image[None], size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking
+    )
     return resized[0].clamp_(0.0, 1.0)
 
 
@@ -39,8 +40,9 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[:, 0].reshape(channels, *image.shape[-2:])
 
 
-def match_colour(output: torch.Tensor, reference: torch.Tensor, chroma_sigma: float = 1.5,
-                 luma_sigma: float = 4.0) -> torch.Tensor:
+def match_colour(
+    output: torch.Tensor, reference: torch.Tensor, chroma_sigma: float = 1.5, luma_sigma: float = 4.0
+) -> torch.Tensor:
     """Give ``output`` the low-frequency colour of ``reference`` (the network's input), keeping its detail.
 
     The difference between the reference and the output shrunk to the reference's size is split into
@@ -55,7 +57,9 @@ def match_colour(output: torch.Tensor, reference: torch.Tensor, chroma_sigma: fl
         difference = gaussian_blur(chroma, chroma_sigma) + gaussian_blur(luma, luma_sigma)
     else:
         difference = gaussian_blur(difference, luma_sigma)
-    correction = F.interpolate(difference[None], size=output.shape[-2:], mode="bilinear", align_corners=False)[0]
+    correction = F.interpolate(
+        difference[None], size=output.shape[-2:], mode="bilinear", align_corners=False
+    )[0]
     return (output + correction).clamp_(0.0, 1.0)
 
 
@@ -68,8 +72,9 @@ class Levels:
     saturation: float
 
 
-def measure_levels(image: torch.Tensor, clip: float = 0.005, max_gain: float = 2.5,
-                   saturation: float = 1.15) -> Levels:
+def measure_levels(
+    image: torch.Tensor, clip: float = 0.005, max_gain: float = 2.5, saturation: float = 1.15
+) -> Levels:
     """Black and white points at the ``clip`` and ``1 − clip`` luma percentiles.
 
     The stretch is kept mild: the black point never above 0.25, the white point never below 0.75, and

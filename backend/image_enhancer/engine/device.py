@@ -99,8 +99,9 @@ def available_ram() -> int:
         return 4 << 30
 
 
-def activation_bytes_per_pixel(module: torch.nn.Module, in_channels: int, multiple: int = 1,
-                               min_size: int = 1, dtype_bytes: int = 4) -> float:
+def activation_bytes_per_pixel(
+    module: torch.nn.Module, in_channels: int, multiple: int = 1, min_size: int = 1, dtype_bytes: int = 4
+) -> float:
     """Estimated peak working memory per input pixel, from one tiny CPU forward pass.
 
     Forward hooks record each layer's output size; the peak is taken as three times the largest
@@ -119,8 +120,14 @@ def activation_bytes_per_pixel(module: torch.nn.Module, in_channels: int, multip
     handles = [m.register_forward_hook(record) for m in module.modules() if not list(m.children())]
     try:
         with torch.inference_mode():
-            probe = torch.zeros(1, in_channels, side, side, dtype=next(module.parameters()).dtype,
-                                device=next(module.parameters()).device)
+            probe = torch.zeros(
+                1,
+                in_channels,
+                side,
+                side,
+                dtype=next(module.parameters()).dtype,
+                device=next(module.parameters()).device,
+            )
             output_numel = module(probe).numel()
     finally:
         for handle in handles:
@@ -131,8 +138,9 @@ def activation_bytes_per_pixel(module: torch.nn.Module, in_channels: int, multip
 class ModelRunner:
     """Runs one network on one device in one precision; callable as the tiler's ``op``."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
-                 channels_last: bool | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, channels_last: bool | None = None
+    ) -> None:
         self.descriptor = loaded.descriptor
         self.device = device
         self.dtype = dtype

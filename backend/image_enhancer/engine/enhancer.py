@@ -90,7 +90,9 @@ class EnhanceOptions:
         if self.strength is not None and not (0.0 <= self.strength <= 1.0):
             raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
         if self.tile != 0 and not (MIN_TILE <= self.tile <= MAX_TILE):
-            raise ValueError(f"tile size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}, got {self.tile}")
+            raise ValueError(
+                f"tile size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}, got {self.tile}"
+            )
         if self.alpha_mode not in alpha_ops.ALPHA_MODES:
             raise ValueError(f"unknown alpha mode {self.alpha_mode!r}; expected 'model' or 'bicubic'")
         if not (0.0 <= self.auto_contrast <= 1.0):
@@ -104,10 +106,17 @@ class Enhancer:
     defaults to on for CUDA only; ``threads`` sets the CPU thread count (None: one per core).
     """
 
-    def __init__(self, store: ModelSource, device: str = "auto", precision: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-                 threads: int | None = None, batch_size: int | None = None,
-                 channels_last: bool | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelSource,
+        device: str = "auto",
+        precision: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
         self.store = store
         self.device = resolve_device(device)
         if precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -120,9 +129,13 @@ class Enhancer:
         self.channels_last = channels_last
         self._runners: dict[tuple[int, torch.dtype], tuple[LoadedModel, ModelRunner, float]] = {}
 
-    def enhance(self, image: np.ndarray, options: EnhanceOptions,
-                progress: Callable[[Progress], None] | None = None,
-                cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+    def enhance(
+        self,
+        image: np.ndarray,
+        options: EnhanceOptions,
+        progress: Callable[[Progress], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """Enhance an ``H×W×C`` (or ``H×W``) uint8/uint16/float32 image; same dtype and channels out.
 
         ``progress`` receives a Progress per batch of tiles; ``cancelled`` is polled between batches and
@@ -134,8 +147,8 @@ class Enhancer:
         height, width = image.shape[:2]
         if height * width > self.max_pixels:
             raise ImageTooLargeError(
-                f"the image has {width}×{height} = {height * width / 1e6:.1f} megapixels; this server accepts "
-                f"at most {self.max_pixels / 1e6:.1f} megapixels"
+                f"the image has {width}×{height} = {height * width / 1e6:.1f} megapixels; "
+                f"this server accepts at most {self.max_pixels / 1e6:.1f} megapixels"
             )
 
         def report(stage: str, done: int, total: int) -> None:
@@ -153,8 +166,8 @@ class Enhancer:
         out_height, out_width = max(1, round(height * scale)), max(1, round(width * scale))
         if out_height * out_width > self.max_output_pixels:
             raise ImageTooLargeError(
-                f"the result would be {out_width}×{out_height} = {out_height * out_width / 1e6:.1f} megapixels; "
-                f"this server produces at most {self.max_output_pixels / 1e6:.1f} megapixels — "
+                f"the result would be {out_width}×{out_height} = "
+                f"{out_height * out_width / 1e6:.1f} megapixels; this server produces at most {self.max_output_pixels / 1e6:.1f} megapixels — "
                 "choose a smaller scale or a smaller image"
             )
         report("loading model", 1, 1)
@@ -169,11 +182,17 @@ class Enhancer:
             colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
 
         runner, bytes_per_pixel = self._runner(loaded)
-        tiler = Tiler(runner, self._settings(options, descriptor, bytes_per_pixel),
-                      progress=lambda done, total: report("enhancing", done, total), cancelled=cancelled)
+        tiler = Tiler(
+            runner,
+            self._settings(options, descriptor, bytes_per_pixel),
+            progress=lambda done, total: report("enhancing", done, total),
+            cancelled=cancelled,
+        )
         passes = self._passes(colour_in.shape[0], descriptor)
         alpha_by_model = alpha_in is not None and alpha_constant is None and options.alpha_mode == "model"
-        total = tiler.count_tiles(height, width) * (passes + (self._passes(1, descriptor) if alpha_by_model else 0))
+        total = tiler.count_tiles(height, width) * (
+            passes + (self._passes(1, descriptor) if alpha_by_model else 0)
+        )
 
         result = self._network(tiler, colour_in, descriptor, 0, total)
         result = colour.resize(result, out_height, out_width)
@@ -191,8 +210,11 @@ class Enhancer:
                 alpha_out = torch.full((1, out_height, out_width), alpha_constant)
             elif alpha_by_model:
                 done = tiler.count_tiles(height, width) * passes
-                alpha_out = colour.resize(self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1),
-                                          out_height, out_width)
+                alpha_out = colour.resize(
+                    self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1),
+                    out_height,
+                    out_width,
+                )
             else:
                 alpha_out = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
             result = torch.cat([result, alpha_out])
@@ -213,12 +235,20 @@ class Enhancer:
         _, runner, bytes_per_pixel = self._runners[key]
         return runner, bytes_per_pixel
 
-    def _settings(self, options: EnhanceOptions, descriptor: ModelDescriptor, bytes_per_pixel: float) -> TileSettings:
+    def _settings(
+        self, options: EnhanceOptions, descriptor: ModelDescriptor, bytes_per_pixel: float
+    ) -> TileSettings:
         pad = descriptor.tile_pad or DEFAULT_PAD
         tile = options.tile or auto_tile(memory_budget(self.device), bytes_per_pixel, pad, self.batch_size)
-        return TileSettings(tile=tile, scale=descriptor.scale, overlap=DEFAULT_OVERLAP, pad=pad,
-                            multiple=descriptor.size_multiple, min_size=descriptor.min_size,
-                            batch_size=self.batch_size)
+        return TileSettings(
+            tile=tile,
+            scale=descriptor.scale,
+            overlap=DEFAULT_OVERLAP,
+            pad=pad,
+            multiple=descriptor.size_multiple,
+            min_size=descriptor.min_size,
+            batch_size=self.batch_size,
+        )
 
     @staticmethod
     def _passes(channels: int, descriptor: ModelDescriptor) -> int:
@@ -232,7 +262,9 @@ class Enhancer:
         )
 
     @staticmethod
-    def _network(tiler: Tiler, image: torch.Tensor, descriptor: ModelDescriptor, done: int, total: int) -> torch.Tensor:
+    def _network(
+        tiler: Tiler, image: torch.Tensor, descriptor: ModelDescriptor, done: int, total: int
+    ) -> torch.Tensor:
         """Run the network over ``image``, adapting gray/RGB to what it takes; same channel count out."""
         channels, height, width = image.shape
         per_pass = tiler.count_tiles(height, width)
@@ -240,4 +272,4 @@ class Enhancer:
             return tiler.run(image, done, total)
         if channels == 1:  # gray through an RGB network, folded back to gray
             return pixels.rgb_to_gray(tiler.run(pixels.gray_to_rgb(image), done, total))
-        return torch.cat([tiler.run(image[c:c + 1], done + c * per_pass, total) for c in range(channels)])
+        return torch.cat([tiler.run(image[c : c + 1], done + c * per_pass, total) for c in range(channels)])

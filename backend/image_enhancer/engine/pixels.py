@@ -33,9 +33,7 @@ def sample_type_of(pixels: np.ndarray) -> str:
     for name, dtype in SAMPLE_DTYPES.items():
         if pixels.dtype == dtype or pixels.dtype == dtype.newbyteorder("="):
             return name
-    raise PixelFormatError(
-        f"unsupported sample type {pixels.dtype}; expected uint8, uint16 or float32"
-    )
+    raise PixelFormatError(f"unsupported sample type {pixels.dtype}; expected uint8, uint16 or float32")
 
 
 def check_image(pixels: np.ndarray) -> None:
@@ -54,15 +52,18 @@ def check_image(pixels: np.ndarray) -> None:
         raise PixelFormatError(f"the image is empty ({pixels.shape[1]}×{pixels.shape[0]} pixels)")
 
 
-def from_bytes(data: bytes | bytearray | memoryview, width: int, height: int, channels: int,
-               sample_type: str) -> np.ndarray:
+def from_bytes(
+    data: bytes | bytearray | memoryview, width: int, height: int, channels: int, sample_type: str
+) -> np.ndarray:
     """Interpret raw samples (row-major, interleaved channels, little-endian) as an ``H×W×C`` array.
 
     The array is a read-only view of ``data`` when possible (no copy). Raises PixelFormatError when the
     description is invalid or the byte count does not match it.
     """
     if sample_type not in SAMPLE_DTYPES:
-        raise PixelFormatError(f"unknown sample type {sample_type!r}; expected one of {sorted(SAMPLE_DTYPES)}")
+        raise PixelFormatError(
+            f"unknown sample type {sample_type!r}; expected one of {sorted(SAMPLE_DTYPES)}"
+        )
     if channels not in (1, 2, 3, 4):
         raise PixelFormatError(f"channels must be 1, 2, 3 or 4, got {channels}")
     if width <= 0 or height <= 0:

@@ -59,40 +59,62 @@ class Tile:
     x: Span
 
 
-def plan_axis(start: int, end: int, tile: int, overlap: int, pad: int, multiple: int = 1,
-              min_size: int = 1) -> tuple[Span, ...]:
+def plan_axis(
+    start: int, end: int, tile: int, overlap: int, pad: int, multiple: int = 1, min_size: int = 1
+) -> tuple[Span, ...]:
     """Cover ``[start, end)`` with equal cores of at most ``tile`` pixels overlapping by ``overlap`` or more.
 
     Every window is the core plus ``pad`` pixels each side, then grown at its far end until its size is
-    a multiple of ``multiple`` and at least ``min_size`` (what the network accepts).
+    a multiple of ``multiple`` and at least ``min_size`` (what the network accepts). Cores start on
+    multiples of ``multiple`` (absolute), so a network that folds pixels into groups (pixel-unshuffle)
+    sees each tile on the same grid as the whole image; a core is clipped to the range where that grid
+    makes it overhang.
     """
-    length = end - start
-    if length <= 0:
+    if end <= start:
         raise ValueError(f"cannot tile an empty range [{start}, {end})")
     if tile < 1 or pad < 0 or overlap < 0 or multiple < 1:
-        raise ValueError(f"invalid tiling parameters tile={tile} overlap={overlap} pad={pad} multiple={multiple}")
-    core = min(tile, length)
-    overlap = min(overlap, core // 2)  # beyond half a core, tiles would overlap three deep
-    count = 1 if core == length else 1 + math.ceil((length - core) / (core - overlap))
-    window = max(core + 2 * pad, min_size)
+        raise ValueError(
+            f"invalid tiling parameters tile={tile} overlap={overlap} pad={pad} multiple={multiple}"
+        )
+    # Plan in units of `multiple` pixels, then convert back.
+    first, last = start // multiple, -(-end // multiple)
+    units = last - first
+    core = max(1, min(tile // multiple, units))
+    overlap = min(-(-overlap // multiple), core // 2)  # beyond half a core, tiles would overlap three deep
+    count = 1 if core == units else 1 + math.ceil((units - core) / (core - overlap))
+    if count > 1:  # the smallest equal cores that still cover the range: no work wasted on extra overlap
+        core = max(core // 2 + 1, min(core, -(-(units + (count - 1) * overlap) // count)))
+    window = max(core * multiple + 2 * pad, min_size)
     window = -(-window // multiple) * multiple
     spans = []
     for i in range(count):
-        core_start = start + (round(i * (length - core) / (count - 1)) if count > 1 else 0)
-        window_start = core_start - pad
-        spans.append(Span(core_start, core_start + core, window_start, window_start + window))
+        unit = first + (round(i * (units - core) / (count - 1)) if count > 1 else 0)
+        window_start = unit * multiple - pad
+        core_start, core_end = max(start, unit * multiple), min(end, (unit + core) * multiple)
+        spans.append(Span(core_start, core_end, window_start, window_start + window))
     return tuple(spans)
 
 
-def plan_tiles(top: int, left: int, bottom: int, right: int, tile: int, overlap: int, pad: int,
-               multiple: int = 1, min_size: int = 1) -> list[Tile]:
+def plan_tiles(
+    top: int,
+    left: int,
+    bottom: int,
+    right: int,
+    tile: int,
+    overlap: int,
+    pad: int,
+    multiple: int = 1,
+    min_size: int = 1,
+) -> list[Tile]:
     """The tiles covering the rectangle ``[top, bottom) × [left, right)``, row by row."""
     rows = plan_axis(top, bottom, tile, overlap, pad, multiple, min_size)
     cols = plan_axis(left, right, tile, overlap, pad, multiple, min_size)
     return [Tile(y, x) for y in rows for x in cols]
 
 
-def blend_weights(spans: Sequence[Span], scale: int, feather: int, shape: str = "cosine") -> list[torch.Tensor]:
+def blend_weights(
+    spans: Sequence[Span], scale: int, feather: int, shape: str = "cosine"
+) -> list[torch.Tensor]:
     """1-D weights over each span's core output that sum to one at every output pixel.
 
     A core's weight rises from its edges over ``feather`` output pixels (no ramp where it meets the end
@@ -119,11 +141,11 @@ def blend_weights(spans: Sequence[Span], scale: int, feather: int, shape: str = 
     coverage = torch.zeros(total)
     for span, ramp in zip(spans, raw, strict=True):
         start = span.core_start * scale - origin
-        coverage[start:start + ramp.numel()] += ramp
+        coverage[start : start + ramp.numel()] += ramp
     weights = []
     for span, ramp in zip(spans, raw, strict=True):
         start = span.core_start * scale - origin
-        weights.append(ramp / coverage[start:start + ramp.numel()])
+        weights.append(ramp / coverage[start : start + ramp.numel()])
     return weights
 
 
@@ -142,7 +164,7 @@ def window_of(image: torch.Tensor, tile: Tile) -> torch.Tensor:
     height, width = image.shape[-2:]
     y, x = tile.y, tile.x
     if y.window_start >= 0 and x.window_start >= 0 and y.window_end <= height and x.window_end <= width:
-        return image[:, y.window_start:y.window_end, x.window_start:x.window_end]
+        return image[:, y.window_start : y.window_end, x.window_start : x.window_end]
     rows = reflect_indices(y.window_start, y.window_end, height)
     cols = reflect_indices(x.window_start, x.window_end, width)
     return image.index_select(1, rows).index_select(2, cols)
@@ -184,9 +206,13 @@ class Tiler:
     as smaller tiles (half the size, same context), which then becomes the size for the rest of the run.
     """
 
-    def __init__(self, op: Op, settings: TileSettings,
-                 progress: Callable[[int, int], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        op: Op,
+        settings: TileSettings,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self.op = op
         self.settings = settings
         self.tile = settings.tile
@@ -200,7 +226,9 @@ class Tiler:
         """How many tiles (progress units) an image of this size takes at the current tile size."""
         return len(self._plan(0, 0, height, width, self.tile))
 
-    def run(self, image: torch.Tensor, progress_offset: int = 0, progress_total: int | None = None) -> torch.Tensor:
+    def run(
+        self, image: torch.Tensor, progress_offset: int = 0, progress_total: int | None = None
+    ) -> torch.Tensor:
         """Process a ``(C, H, W)`` float32 CPU image; returns ``(C', H·scale, W·scale)`` on the CPU.
 
         Progress reports ``progress_offset + tiles done`` out of ``progress_total`` (default: this
@@ -208,15 +236,20 @@ class Tiler:
         """
         height, width = image.shape[-2:]
         self._done = progress_offset
-        self._total = progress_total if progress_total is not None else progress_offset + self.count_tiles(height, width)
+        self._total = (
+            progress_total
+            if progress_total is not None
+            else progress_offset + self.count_tiles(height, width)
+        )
         return self._render(image, 0, 0, height, width, self.tile, report=True)
 
     def _plan(self, top: int, left: int, bottom: int, right: int, tile: int) -> list[Tile]:
         s = self.settings
         return plan_tiles(top, left, bottom, right, tile, s.overlap, s.pad, s.multiple, s.min_size)
 
-    def _render(self, image: torch.Tensor, top: int, left: int, bottom: int, right: int, tile: int,
-                report: bool) -> torch.Tensor:
+    def _render(
+        self, image: torch.Tensor, top: int, left: int, bottom: int, right: int, tile: int, report: bool
+    ) -> torch.Tensor:
         s = self.settings
         tiles = self._plan(top, left, bottom, right, tile)
         rows = list(dict.fromkeys(t.y for t in tiles))
@@ -229,15 +262,17 @@ class Tiler:
         while index < len(tiles):
             if self._cancelled is not None and self._cancelled():
                 raise JobCancelled("the job was cancelled")
-            batch = tiles[index:index + self.batch_size]
+            batch = tiles[index : index + self.batch_size]
             outputs = self._cores(image, batch, tile)
             for t, core in zip(batch, outputs, strict=True):
-                weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(1, -1)
+                weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(
+                    1, -1
+                )
                 core = (core * weight).cpu()
                 if canvas is None:
                     canvas = torch.zeros(core.shape[0], (bottom - top) * s.scale, (right - left) * s.scale)
                 y0, x0 = (t.y.core_start - top) * s.scale, (t.x.core_start - left) * s.scale
-                canvas[:, y0:y0 + core.shape[1], x0:x0 + core.shape[2]] += core
+                canvas[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]] += core
             index += len(batch)
             if report:
                 self._done += len(batch)
@@ -252,7 +287,9 @@ class Tiler:
         try:
             windows = torch.stack([window_of(image, t) for t in batch])
             output = self.op(windows)
-            return [output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)]
+            return [
+                output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)
+            ]
         except (RuntimeError, torch.OutOfMemoryError) as error:
             if not is_out_of_memory(error):
                 raise
@@ -269,12 +306,16 @@ class Tiler:
             )
         self.tile = min(self.tile, smaller)
         t = batch[0]
-        return [self._render(image, t.y.core_start, t.x.core_start, t.y.core_end, t.x.core_end, smaller,
-                             report=False)]
+        return [
+            self._render(
+                image, t.y.core_start, t.x.core_start, t.y.core_end, t.x.core_end, smaller, report=False
+            )
+        ]
 
 
-def auto_tile(budget_bytes: int, bytes_per_pixel: float, pad: int, batch_size: int = 1,
-              largest: int = 1024) -> int:
+def auto_tile(
+    budget_bytes: int, bytes_per_pixel: float, pad: int, batch_size: int = 1, largest: int = 1024
+) -> int:
     """The largest tile core whose batch of windows fits ``budget_bytes`` at ``bytes_per_pixel``
     (the network's peak working memory per input pixel), rounded down to a multiple of 8."""
     area = budget_bytes / max(bytes_per_pixel, 1.0) / batch_size

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from image_enhancer.client.core import MAX_MESSAGE_BYTES, SERVICE_NAME
-from image_enhancer.engine.enhancer import Enhancer, EnhanceOptions
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
 from image_enhancer.server.jobs import JobQueue
 from image_enhancer.server.service import EnhancerService
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_QUEUE = 8
 # A tiny image run once at start so the first real job does not pay for lazy initialisation.
-_WARM_UP_SIDE = 32
+_WARM_UP_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,14 @@ class TlsFiles:
 class RunningServer:
     """A started server. `address` is where it listens (with the real port when 0 was asked for)."""
 
-    def __init__(self, server: grpc.Server, address: str, jobs: JobQueue, health_servicer: health.HealthServicer,
-                 socket_path: Path | None) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        address: str,
+        jobs: JobQueue,
+        health_servicer: health.HealthServicer,
+        socket_path: Path | None,
+    ) -> None:
         self.server = server
         self.address = address
         self.jobs = jobs
@@ -68,15 +75,21 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
-def _warm_up(enhancer: Enhancer, health_servicer: health.HealthServicer) -> None:
-    """Load the default model and run it once, then report SERVING (also when that failed)."""
+def _set_health(health_servicer: health.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, status)
+
+
+def _warm_up(enhancer: Enhancer, models: Sequence[str], health_servicer: health.HealthServicer) -> None:
+    """Load the models and run each once, then report SERVING (also when that failed)."""
     try:
-        model = enhancer.store.default_model
-        log.info("loading and warming up %s", model)
-        enhancer.enhance(np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), np.uint8), EnhanceOptions(model=model))
+        for model in models:
+            log.info("loading and warming up %s", model)
+            enhancer.enhance(
+                np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), np.uint8), EnhanceOptions(model=model)
+            )
     finally:
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
 
 
 def _prepare_socket(path: Path) -> None:
@@ -101,7 +114,7 @@ def _listen(server: grpc.Server, address: str, tls: TlsFiles | None) -> tuple[st
     """Bind the listener; Unix sockets are created owner-only (mode 0600)."""
     socket_path = None
     if address.startswith("unix:"):
-        socket_path = Path(address[len("unix:"):].removeprefix("//"))
+        socket_path = Path(address[len("unix:") :].removeprefix("//"))
         _prepare_socket(socket_path)
     credentials = grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)]) if tls else None
     # The umask makes the socket private from the moment it exists; chmod below makes sure of it.
@@ -131,26 +144,26 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     token: str | None = None,
     tls: TlsFiles | None = None,
-    warm_up: bool = True,
+    warm_up: Sequence[str] | None = None,
 ) -> RunningServer:
     """Start serving `enhancer` on `address` (host:port, port 0 picks one, or unix:PATH) and return.
+
+    Health answers NOT_SERVING until the `warm_up` models (default: the store's default model; empty:
+    none) are loaded and have run once.
 
     Raises UnsafeListenError (a ValueError) for a non-loopback address without token or TLS, and
     OSError when the address cannot be bound.
     """
     check_listen_safety(address, token, tls is not None)
 
+    models = [enhancer.store.default_model] if warm_up is None else list(warm_up)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     jobs = JobQueue(
         lambda pixels, options, progress, cancelled: enhancer.enhance(pixels, options, progress, cancelled),
         max_queue,
-        warm_up=(lambda: _warm_up(enhancer, health_servicer)) if warm_up else None,
+        warm_up=lambda: _warm_up(enhancer, models, health_servicer),
     )
-    if not warm_up:
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     server = grpc.server(
         # Threads for every queued upload, the running job, downloads of finished jobs and small calls.

@@ -69,7 +69,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        sent = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
+        sent = next(
+            (value for key, value in details.invocation_metadata or () if key == "authorization"), None
+        )
         if sent is None:
             return _deny(handler, "this server requires an access token (authorization: Bearer <token>)")
         sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)

@@ -80,6 +80,12 @@ class JobQueue:
         self.ready = threading.Event()  # set once warm-up has finished (or failed)
         self._thread = threading.Thread(target=self._work, name="enhancer-worker", daemon=True)
 
+    @property
+    def slots_taken(self) -> int:
+        """Jobs uploading or waiting (not the running one)."""
+        with self._lock:
+            return self._slots_taken
+
     def start(self) -> None:
         self._thread.start()
 
@@ -98,7 +104,7 @@ class JobQueue:
         with self._lock:
             if self._slots_taken >= self.max_waiting:
                 raise QueueFullError(
-                    f"the job queue is full ({self.max_waiting} jobs waiting); try again when one has finished"
+                    f"the job queue is full ({self.max_waiting} jobs waiting); try again when one finishes"
                 )
             self._slots_taken += 1
 
@@ -157,7 +163,9 @@ class JobQueue:
         while (job := self._next_job()) is not None:
             pixels, job.pixels = job.pixels, None  # the worker holds the only reference while it runs
             try:
-                result = self._run(pixels, job.options, lambda p, job=job: job.post(Event(progress=p)), job.is_cancelled)
+                result = self._run(
+                    pixels, job.options, lambda p, job=job: job.post(Event(progress=p)), job.is_cancelled
+                )
             except BaseException as error:  # delivered to the job's RPC thread, which maps it to a status
                 job.post(Event(error=error))
             else:

@@ -19,9 +19,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         default=DEFAULT_ADDRESS,
-        help=f"HOST:PORT or unix:PATH (default {DEFAULT_ADDRESS}); non-loopback addresses need a token or TLS",
+        help=f"HOST:PORT or unix:PATH (default {DEFAULT_ADDRESS}); public addresses need a token or TLS",
     )
-    parser.add_argument("--token", default=None, help=f"access token clients must send (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", default=None, help=f"access token clients must send (default: ${TOKEN_ENV})"
+    )
     parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain for TLS")
     parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key for TLS")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -44,8 +46,10 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; returns the process exit status."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
         tls = _tls_files(args)
@@ -61,8 +65,14 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = {"max_pixels": int(args.max_megapixels * 1_000_000)} if args.max_megapixels else {}
     try:
         enhancer = Enhancer(ModelStore(), device=args.device, precision=args.precision, **limits)
-        running = serve(enhancer, args.address, max_queue=args.max_queue, token=token, tls=tls,
-                        warm_up=not args.no_warm_up)
+        running = serve(
+            enhancer,
+            args.address,
+            max_queue=args.max_queue,
+            token=token,
+            tls=tls,
+            warm_up=[] if args.no_warm_up else None,
+        )
     except (ValueError, OSError) as error:
         print(f"image-enhancer serve: {error}", file=sys.stderr)
         return 2

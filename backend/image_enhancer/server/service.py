@@ -10,18 +10,19 @@ import queue
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
 import image_enhancer
 from image_enhancer.client.core import MAX_CHUNK
 from image_enhancer.engine import pixels
-from image_enhancer.engine.enhancer import Enhancer, EnhanceOptions, ImageTooLargeError, JobCancelled
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer, ImageTooLargeError, JobCancelled
 from image_enhancer.server import validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
 from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
-from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 from image_enhancer.v1 import enhancer_pb2_grpc
+from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
 
     # --- Enhance -------------------------------------------------------------------------------------
 
-    def Enhance(self, request_iterator: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext):  # noqa: N802
+    def Enhance(
+        self, request_iterator: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.EnhanceResponse]:
         try:
             yield from self._enhance(request_iterator, context)
         except Exception as error:  # every failure becomes a status with a message, never a crash
@@ -65,13 +68,15 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
                 log.exception("Enhance failed")
             context.abort(code, message)
 
-    def _enhance(self, requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext):
+    def _enhance(
+        self, requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.EnhanceResponse]:
         first = next(requests, None)
         if first is None:
             raise validation.invalid("the Enhance call ended before its start message")
         start = validation.start_message(first)
         spec = validation.image_spec(start.image, self._max_pixels)
-        options = validation.engine_options(start.options, self._store.default_model)
+        options = validation.engine_options(start.options, spec, self._store.default_model)
         self._check_model(options)
 
         self._jobs.reserve()
@@ -116,7 +121,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             yield pb.EnhanceResponse(chunk=data[offset : offset + MAX_CHUNK])
 
     @staticmethod
-    def _handle_event(event: Event):  # noqa: ANN205 - a response to send, or the finished result array
+    def _handle_event(event: Event) -> pb.EnhanceResponse | np.ndarray:
+        """A progress message to send on, or the finished result; a failed job's error is raised."""
         if event.error is not None:
             raise event.error
         if event.result is not None:
@@ -131,11 +137,14 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         info = next((m for m in self._store.list() if m.name == options.model), None)
         if info is None:
             names = ", ".join(m.name for m in self._store.list())
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown model {options.model!r}; known models: {names}")
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND, f"unknown model {options.model!r}; known models: {names}"
+            )
         if not info.installed:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {options.model!r} is not installed; install it with: {INSTALL_COMMAND} --models {info.name}",
+                f"model {options.model!r} is not installed; install it with: "
+                f"{INSTALL_COMMAND} --models {info.name}",
             )
         if options.strength is not None and not info.has_strength:
             raise validation.invalid(
@@ -144,10 +153,12 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
 
     # --- metadata ------------------------------------------------------------------------------------
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:  # noqa: N802
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_message(m) for m in self._store.list()])
 
-    def DescribeServer(  # noqa: N802
+    def DescribeServer(
         self, request: pb.DescribeServerRequest, context: grpc.ServicerContext
     ) -> pb.ServerDescription:
         device, name, memory = describe_device(self._enhancer.device)

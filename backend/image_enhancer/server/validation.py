@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
 from image_enhancer.engine.enhancer import EnhanceOptions
@@ -17,8 +18,16 @@ from image_enhancer.v1 import enhancer_pb2 as pb
 
 SAMPLE_TYPE_NAMES = {pb.SAMPLE_TYPE_U8: "u8", pb.SAMPLE_TYPE_U16: "u16", pb.SAMPLE_TYPE_F32: "f32"}
 SAMPLE_TYPE_VALUES = {name: value for value, name in SAMPLE_TYPE_NAMES.items()}
-ALPHA_MODE_NAMES = {pb.ALPHA_MODE_UNSPECIFIED: "model", pb.ALPHA_MODE_MODEL: "model", pb.ALPHA_MODE_BICUBIC: "bicubic"}
-COLOUR_ENCODINGS = {pb.COLOUR_ENCODING_UNSPECIFIED: False, pb.COLOUR_ENCODING_SRGB: False, pb.COLOUR_ENCODING_LINEAR: True}
+ALPHA_MODE_NAMES = {
+    pb.ALPHA_MODE_UNSPECIFIED: "model",
+    pb.ALPHA_MODE_MODEL: "model",
+    pb.ALPHA_MODE_BICUBIC: "bicubic",
+}
+COLOUR_ENCODINGS = {
+    pb.COLOUR_ENCODING_UNSPECIFIED: False,
+    pb.COLOUR_ENCODING_SRGB: False,
+    pb.COLOUR_ENCODING_LINEAR: True,
+}
 
 
 class RequestError(Exception):
@@ -49,7 +58,7 @@ class ImageSpec:
         return self.width * self.height * self.channels * SAMPLE_BYTES[self.sample_type]
 
 
-def _enum_name(enum, value: int) -> str:  # noqa: ANN001 - a generated protobuf enum wrapper
+def _enum_name(enum: EnumTypeWrapper, value: int) -> str:
     return enum.Name(value) if value in enum.values() else str(value)
 
 
@@ -57,16 +66,20 @@ def image_spec(header: pb.ImageHeader, max_pixels: int) -> ImageSpec:
     if header.width == 0 or header.height == 0:
         raise invalid(f"image width and height must be positive, got {header.width}x{header.height}")
     if header.channels not in (1, 2, 3, 4):
-        raise invalid(f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got {header.channels}")
+        raise invalid(
+            f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got {header.channels}"
+        )
     if header.sample_type not in SAMPLE_TYPE_NAMES:
-        raise invalid(f"sample_type must be U8, U16 or F32, got {_enum_name(pb.SampleType, header.sample_type)}")
+        raise invalid(
+            f"sample_type must be U8, U16 or F32, got {_enum_name(pb.SampleType, header.sample_type)}"
+        )
     if header.colour_encoding not in COLOUR_ENCODINGS:
         raise invalid(f"unknown colour_encoding {header.colour_encoding}; expected SRGB or LINEAR")
     pixels = header.width * header.height
     if pixels > max_pixels:
         raise RequestError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the image has {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels; this server accepts"
+            f"the image has {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels; this server takes"
             f" at most {max_pixels / 1e6:.1f} megapixels",
         )
     return ImageSpec(
@@ -78,7 +91,7 @@ def image_spec(header: pb.ImageHeader, max_pixels: int) -> ImageSpec:
     )
 
 
-def engine_options(message: pb.EnhanceOptions, default_model: str) -> EnhanceOptions:
+def engine_options(message: pb.EnhanceOptions, image: ImageSpec, default_model: str) -> EnhanceOptions:
     """The engine's options for a request; range errors come from the engine's own checks."""
     if message.alpha_mode not in ALPHA_MODE_NAMES:
         raise invalid(f"unknown alpha_mode {message.alpha_mode}; expected MODEL or BICUBIC")
@@ -90,6 +103,7 @@ def engine_options(message: pb.EnhanceOptions, default_model: str) -> EnhanceOpt
         alpha_mode=ALPHA_MODE_NAMES[message.alpha_mode],
         colour_fidelity=message.colour_fidelity,
         auto_contrast=message.auto_contrast,
+        linear=image.linear,
     )
     try:
         options.validate()
@@ -114,17 +128,21 @@ def receive_samples(requests: Iterable[pb.EnhanceRequest], spec: ImageSpec) -> b
     """
     buffer = bytearray(spec.nbytes)
     received = 0
-    for index, request in enumerate(requests):
+    short_chunk = 0  # number of a chunk under 1 MiB; only the last chunk may be one
+    for index, request in enumerate(requests, start=1):
         if request.WhichOneof("message") != "chunk":
-            raise invalid(f"message {index + 2} of the upload is not a chunk; `start` must be sent exactly once")
+            raise invalid(f"message {index + 1} of the upload is not a chunk; `start` must come exactly once")
         size = len(request.chunk)
         if received + size > spec.nbytes:
             raise invalid(
                 f"too many bytes: a {spec.width}x{spec.height} image with {spec.channels} {spec.sample_type}"
                 f" channels has {spec.nbytes} bytes, got at least {received + size}"
             )
-        if size == 0 or size > MAX_CHUNK or (size < MIN_CHUNK and received + size != spec.nbytes):
-            raise invalid(f"chunk {index + 1} has {size} bytes; chunks are 1-4 MiB, only the last may be smaller")
+        if short_chunk or size == 0 or size > MAX_CHUNK:
+            bad, bad_size = (short_chunk, "under 1 MiB") if short_chunk else (index, f"{size} bytes")
+            raise invalid(f"chunk {bad} has {bad_size}; chunks are 1-4 MiB, only the last may be smaller")
+        if size < MIN_CHUNK:
+            short_chunk = index
         buffer[received : received + size] = request.chunk
         received += size
     if received != spec.nbytes:

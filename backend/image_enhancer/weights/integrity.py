@@ -47,8 +47,9 @@ def record_hash(path: Path, digest: str) -> None:
 def accepted_hashes(spec: WeightsFile, path: Path) -> set[str]:
     accepted = {spec.sha256} if spec.sha256 else set()
     sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        accepted.add(sidecar.read_text(encoding="utf-8").split()[0])
+    recorded = sidecar.read_text(encoding="utf-8").split() if sidecar.is_file() else []
+    if recorded:
+        accepted.add(recorded[0])
     return accepted
 
 

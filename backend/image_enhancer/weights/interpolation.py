@@ -6,7 +6,10 @@ between faithful-but-soft and detailed-but-invented, at the cost of one forward 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+from image_enhancer.models.tensors import as_fp32
 
 
 class IncompatiblePairError(ValueError):
@@ -35,4 +38,8 @@ def interpolate(psnr: dict[str, Tensor], gan: dict[str, Tensor], alpha: float) -
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, not {alpha}")
     check_compatible(psnr, gan)
-    return {k: (1.0 - alpha) * psnr[k].float() + alpha * gan[k].float() for k in psnr}
+    # NumPy arithmetic on fp32 copies: one pass per tensor, no per-op thread start-up (see as_fp32).
+    return {
+        k: torch.from_numpy((1.0 - alpha) * as_fp32(psnr[k]).numpy() + alpha * as_fp32(gan[k]).numpy())
+        for k in psnr
+    }

@@ -189,6 +189,12 @@ def convert(param_text: str, bin_data: bytes) -> dict[str, Tensor]:
     arch = "SRVGGNetCompact" if "PReLU" in kinds else "RRDBNet"
     unknown = kinds - _KNOWN[arch]
     _expect(not unknown, f"unexpected layer types {sorted(unknown)} for {arch}")
+    for layer in layers:
+        # Residual joins must be additions: BinaryOp type 0 is add, Eltwise type 1 is a weighted sum.
+        if layer.kind == "BinaryOp":
+            _expect(layer.params.get("0", "0") == "0", f"{layer.name} is not an addition")
+        if layer.kind == "Eltwise":
+            _expect(layer.params.get("0") == "1", f"{layer.name} is not a sum")
     return _srvgg(layers) if arch == "SRVGGNetCompact" else _rrdbnet(layers)
 
 

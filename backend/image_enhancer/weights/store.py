@@ -3,6 +3,10 @@
 Files are hash-verified the first time they are read; loaded networks and blended (interpolated)
 networks are kept in one small LRU cache, with strengths rounded to 0.01 so that a slider never
 rebuilds weights per tile or per request. Safe to call from several threads.
+
+Besides the manifest's models, any supported file in the user models folder is offered under its
+file name without suffix (the manifest wins on a name clash): a community ESRGAN-family model just
+needs to be dropped there.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ from pathlib import Path
 
 from torch import Tensor
 
-from image_enhancer.models.descriptor import LoadedModel
-from image_enhancer.models.registry import load_model
+from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.models.registry import UnsupportedModelError, describe, load_model
+from image_enhancer.paths import user_models_dir
 from image_enhancer.paths import weights_dir as default_weights_dir
 from image_enhancer.weights.integrity import problem_with
 from image_enhancer.weights.interpolation import interpolate
 from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest
 from image_enhancer.weights.provision import model_path
-from image_enhancer.weights.safe_load import WeightsError, load_state_dict
+from image_enhancer.weights.safe_load import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    WeightsError,
+    load_state_dict,
+)
 
 INSTALL_COMMAND = "python install.py"
 
@@ -53,10 +63,17 @@ _Key = tuple[str, float | None]
 
 class ModelStore:
     def __init__(
-        self, manifest: Manifest | None = None, weights_dir: Path | None = None, max_loaded: int = 3
+        self,
+        manifest: Manifest | None = None,
+        weights_dir: Path | None = None,
+        max_loaded: int = 3,
+        models_dir: Path | None = None,
     ) -> None:
         self.manifest = manifest or load_manifest()
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.models_dir = Path(models_dir) if models_dir else user_models_dir()
+        # Descriptors of user files by (path, size, mtime), so listing reads each file once.
+        self._user_descriptors: dict[tuple[str, int, int], ModelDescriptor | str] = {}
         self.max_loaded = max(1, max_loaded)
         self._models: OrderedDict[_Key, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -74,10 +91,40 @@ class ModelStore:
     def _entry(self, name: str) -> ModelEntry:
         entry = self.manifest.get(name)
         if entry is None:
-            raise ModelNotFoundError(
-                f"unknown model {name!r}; available: {', '.join(self.manifest.names())}"
-            )
+            names = self.manifest.names() + [n for n in self._user_files() if n not in self.manifest.names()]
+            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(names)}")
         return entry
+
+    def _user_files(self) -> dict[str, Path]:
+        if not self.models_dir.is_dir():
+            return {}
+        suffixes = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
+        files = sorted(p for p in self.models_dir.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+        return {p.stem: p for p in files}
+
+    def _user_descriptor(self, path: Path) -> ModelDescriptor | str:
+        """The file's descriptor, or why it cannot be used."""
+        stat = path.stat()
+        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+        if stamp not in self._user_descriptors:
+            try:
+                self._user_descriptors[stamp] = describe(load_state_dict(path))
+            except (WeightsError, UnsupportedModelError) as exc:
+                self._user_descriptors[stamp] = str(exc)
+        return self._user_descriptors[stamp]
+
+    def _user_infos(self) -> list[ModelInfo]:
+        infos = []
+        for name, path in self._user_files().items():
+            d = self._user_descriptor(path)
+            if name in self.manifest.names() or isinstance(d, str):
+                continue
+            precisions = ("fp32",) + ("fp16",) * d.supports_half + ("bf16",) * d.supports_bf16
+            infos.append(
+                ModelInfo(name, d.architecture, d.scale, True, False, precisions,
+                          "see the file's origin", f"user model file {path.name}", False)
+            )
+        return infos
 
     def _installed(self, entry: ModelEntry) -> bool:
         return model_path(entry, self.weights_dir).is_file()
@@ -101,9 +148,12 @@ class ModelStore:
                 is_default=e.default,
             )
             for e in self.manifest.models
-        ]
+        ] + self._user_infos()
 
     def get(self, name: str, strength: float | None = None) -> LoadedModel:
+        user_file = self._user_files().get(name) if self.manifest.get(name) is None else None
+        if user_file is not None:
+            return self._get_user(name, user_file, strength)
         entry = self._entry(name)
         if strength is not None:
             if entry.pair is None:
@@ -124,12 +174,29 @@ class ModelStore:
                     self._models.move_to_end(key)
                     return self._models[key]
             model = load_model(self._blended(entry, strength) if strength is not None else self._read(entry))
-            with self._lock:
-                self._models[key] = model
-                while len(self._models) > self.max_loaded:
-                    self._models.popitem(last=False)
-                self._build_locks.pop(key, None)
+            self._remember(key, model)
             return model
+
+    def _remember(self, key: _Key, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > self.max_loaded:
+                self._models.popitem(last=False)
+            self._build_locks.pop(key, None)
+
+    def _get_user(self, name: str, path: Path, strength: float | None) -> LoadedModel:
+        if strength is not None:
+            raise ValueError(f"model {name!r} is a single file without a PSNR/GAN pair: no strength")
+        stat = path.stat()
+        # The file's size and time are part of the key: replacing the file replaces the model.
+        key: _Key = (f"{path}|{stat.st_size}|{stat.st_mtime_ns}", None)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        model = load_model(load_state_dict(path))
+        self._remember(key, model)
+        return model
 
     def _blended(self, entry: ModelEntry, strength: float) -> dict[str, Tensor]:
         assert entry.pair is not None

@@ -1,0 +1,114 @@
+"""The real GIMP 3 in a Debian chroot, with the plug-in installed: used by the GIMP tests, the dialog
+screenshot and the round-trip benchmark. Runs on the host, as root.
+
+The chroot comes from `.ci/gimp-chroot.sh`; it shares the host's loopback network, so a backend
+started on the host is reachable from the plug-in inside.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "gimp_plugin"))
+import install_gimp  # noqa: E402
+
+GIMP_TIMEOUT = 300
+BATCH_SCRIPT = Path(__file__).resolve().parent / "batch_enhance.py"
+
+
+def build_chroot(*flags: str) -> Path:
+    """Build or reuse the chroot; raises RuntimeError with the script's output when that fails."""
+    built = subprocess.run(
+        ["bash", str(REPO / ".ci" / "gimp-chroot.sh"), *flags], capture_output=True, text=True, timeout=1800
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"no GIMP chroot could be built:\n{built.stderr[-3000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def free_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+class ChrootGimp:
+    """A fresh GIMP profile inside the chroot with the plug-in installed by the installer."""
+
+    def __init__(self, root: Path, address: str, backend_command: list[str]) -> None:
+        self.root = root
+        self.sandbox = Path("/tmp") / f"image-enhancer-test-{uuid.uuid4().hex[:8]}"  # as GIMP sees it
+        self.home = self.sandbox / "home"
+        plugins = self.host(self.home / ".config" / "GIMP" / "3.0" / "plug-ins")
+        self.plugin = install_gimp.install(plugins, backend_command, address)
+        shutil.copy(BATCH_SCRIPT, self.host(self.sandbox / BATCH_SCRIPT.name))
+
+    def host(self, inside: Path) -> Path:
+        """The host path of a path inside the chroot."""
+        return self.root / inside.relative_to("/")
+
+    def command(self, code: str, interpreter: str = "python-fu-eval", env: dict[str, str] | None = None) -> list[str]:
+        """The command line that runs batch `code` in GIMP (killed after GIMP_TIMEOUT seconds)."""
+        variables = [f"{key}={value}" for key, value in (env or {}).items()]
+        return [
+            "timeout", "-k", "10", str(GIMP_TIMEOUT), "chroot", str(self.root),
+            "env", "-i", f"HOME={self.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", *variables,
+            "gimp-console-3.0", "-i", "--quit", "--batch-interpreter", interpreter, "-b", code,
+        ]  # fmt: skip
+
+    def job_dir(self, name: str) -> Path:
+        """A fresh folder for one job, as GIMP sees it."""
+        inside = self.sandbox / name
+        shutil.rmtree(self.host(inside), ignore_errors=True)
+        self.host(inside).mkdir(parents=True)
+        return inside
+
+    def start_job(
+        self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object
+    ) -> tuple[subprocess.Popen, Path]:
+        """Start GIMP on batch_enhance.py: `pixels` (H x W x C, u8 or u16) become the layer "photo" above
+        a white background; `job` holds the rest of job.json (arguments, selection, canvas, offset)."""
+        inside = self.job_dir(name)
+        folder = self.host(inside)
+        height, width, channels = pixels.shape
+        sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16"}[pixels.dtype]
+        spec = {"width": width, "height": height, "channels": channels, "sample_type": sample, **job}
+        (folder / "job.json").write_text(json.dumps(spec))
+        (folder / "input.raw").write_bytes(np.ascontiguousarray(pixels).tobytes())
+        code = f'exec(open("{self.sandbox / BATCH_SCRIPT.name}").read())'
+        process = subprocess.Popen(
+            self.command(code, env={"JOB_DIR": str(inside), **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return process, folder
+
+    def run_job(self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object) -> dict:
+        """Run a job to its end; returns result.json plus "folder" (host path) and "output" (GIMP's)."""
+        process, folder = self.start_job(name, pixels, env, **job)
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"GIMP exited with {process.returncode}:\n{output}")
+        result = json.loads((folder / "result.json").read_text())
+        result["folder"] = folder
+        result["output"] = output
+        return result
+
+    def read(self, result: dict, key: str, dtype: type, channels: int) -> np.ndarray:
+        """A raw dump from a job's result (e.g. "new_layer") as an H x W x C array."""
+        entry = result[key]
+        data = np.fromfile(result["folder"] / entry["file"], dtype=dtype)
+        return data.reshape(entry["height"], entry["width"], channels)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.host(self.sandbox), ignore_errors=True)

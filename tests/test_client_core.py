@@ -1,0 +1,150 @@
+"""The clients' shared core: request chunking, result assembly, status-to-error mapping, addresses.
+
+These are pure functions; the clients themselves are tested against the real server elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from image_enhancer.client import core
+from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.v1 import enhancer_pb2 as pb
+
+MIB = core.MIB
+
+
+def test_requests_are_a_start_then_chunks_that_rebuild_the_data():
+    image = ImageInfo(1000, 700, 4, "u16")  # 5.6 MB: two full chunks and a short last one
+    data = bytes(range(256)) * (image.nbytes // 256) + bytes(image.nbytes % 256)
+    requests = list(
+        core.enhance_requests(data, image, Options(model="m", scale=2, strength=0.25, alpha_mode="bicubic"))
+    )
+    start = requests[0].start
+    assert (start.image.width, start.image.height, start.image.channels) == (1000, 700, 4)
+    assert (
+        start.image.sample_type == pb.SAMPLE_TYPE_U16
+        and start.image.colour_encoding == pb.COLOUR_ENCODING_SRGB
+    )
+    assert (start.options.model, start.options.scale, start.options.strength) == ("m", 2.0, 0.25)
+    assert start.options.alpha_mode == pb.ALPHA_MODE_BICUBIC
+    sizes = [len(r.chunk) for r in requests[1:]]
+    assert sizes[:-1] == [core.DEFAULT_CHUNK] * (len(sizes) - 1) and 0 < sizes[-1] <= core.DEFAULT_CHUNK
+    assert b"".join(r.chunk for r in requests[1:]) == data
+
+
+def test_no_strength_means_the_field_is_absent():
+    start = next(core.enhance_requests(b"\0" * 3, ImageInfo(1, 1, 3, "u8"), Options()))
+    assert not start.start.options.HasField("strength")
+
+
+@pytest.mark.parametrize(
+    ("image", "size", "chunk", "message"),
+    [
+        (ImageInfo(4, 4, 3, "u8"), 47, core.DEFAULT_CHUNK, "needs 48 bytes, got 47"),
+        (ImageInfo(4, 4, 3, "u9"), 48, core.DEFAULT_CHUNK, "unknown sample type 'u9'"),
+        (ImageInfo(4, 4, 3, "u8", "adobe"), 48, core.DEFAULT_CHUNK, "unknown colour encoding 'adobe'"),
+        (ImageInfo(4, 4, 3, "u8"), 48, MIB // 2, "chunk_size must be 1-4 MiB"),
+    ],
+)
+def test_bad_requests_fail_before_anything_is_sent(image, size, chunk, message):
+    with pytest.raises((EnhancerError, ValueError), match=message):
+        next(core.enhance_requests(bytes(size), image, Options(), chunk))
+
+
+def test_unknown_option_names_are_refused():
+    with pytest.raises(EnhancerError, match="unknown alpha mode 'soft'"):
+        next(core.enhance_requests(b"\0" * 3, ImageInfo(1, 1, 3, "u8"), Options(alpha_mode="soft")))
+
+
+def responses(*messages: pb.EnhanceResponse) -> list[pb.EnhanceResponse]:
+    return list(messages)
+
+
+HEADER = pb.ImageHeader(
+    width=2, height=1, channels=3, sample_type=pb.SAMPLE_TYPE_U8, colour_encoding=pb.COLOUR_ENCODING_LINEAR
+)
+
+
+def test_assembler_reports_progress_and_joins_chunks():
+    events = []
+    info, data = core.assemble(
+        responses(
+            pb.EnhanceResponse(progress=pb.Progress(stage="queued", queue_position=2)),
+            pb.EnhanceResponse(progress=pb.Progress(stage="enhancing", done=1, total=4)),
+            pb.EnhanceResponse(result=HEADER),
+            pb.EnhanceResponse(chunk=b"abc"),
+            pb.EnhanceResponse(chunk=b"def"),
+        ),
+        events.append,
+    )
+    assert info == ImageInfo(2, 1, 3, "u8", "linear") and data == b"abcdef"
+    assert events[0].queue_position == 2 and events[1].fraction == 0.25
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        ([], "without a result"),
+        ([pb.EnhanceResponse(chunk=b"x")], "before the result header"),
+        ([pb.EnhanceResponse(result=HEADER), pb.EnhanceResponse(chunk=b"abcde")], "truncated: 5 of 6"),
+        ([pb.EnhanceResponse(result=HEADER), pb.EnhanceResponse(chunk=b"abcdefg")], "more than the 6 bytes"),
+        ([pb.EnhanceResponse(result=HEADER), pb.EnhanceResponse(result=HEADER)], "two result headers"),
+        ([pb.EnhanceResponse(result=pb.ImageHeader(width=1, height=1, channels=1))], "unknown sample type"),
+    ],
+)
+def test_assembler_refuses_malformed_replies(stream, message):
+    with pytest.raises(EnhancerError, match=message) as caught:
+        core.assemble(stream, None)
+    assert caught.value.kind == "protocol"
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "kind"),
+    [
+        ("UNAVAILABLE", "connection refused", "unavailable"),
+        ("NOT_FOUND", "unknown model", "not_found"),
+        ("INVALID_ARGUMENT", "scale", "invalid"),
+        ("RESOURCE_EXHAUSTED", "the job queue is full", "queue_full"),
+        ("RESOURCE_EXHAUSTED", "the image has 50 megapixels", "too_large"),
+        ("CANCELLED", "", "cancelled"),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", "deadline"),
+        ("UNAUTHENTICATED", "token", "unauthenticated"),
+        ("INTERNAL", "boom", "internal"),
+    ],
+)
+def test_status_codes_map_to_error_kinds(code, details, kind):
+    error = core.error_from_status(code, details)
+    assert error.kind == kind and error.code == code and str(error)
+    assert details in str(error)
+
+
+@pytest.mark.parametrize(
+    ("address", "parts"),
+    [
+        ("127.0.0.1:50051", ("127.0.0.1", 50051, None)),
+        ("[::1]:7", ("::1", 7, None)),
+        ("example.org:443", ("example.org", 443, None)),
+        ("unix:/run/ie.sock", ("", None, "/run/ie.sock")),
+        ("unix:///run/ie.sock", ("", None, "/run/ie.sock")),
+    ],
+)
+def test_addresses_are_split(address, parts):
+    assert core.split_address(address) == parts
+
+
+@pytest.mark.parametrize("address", ["localhost", "host:port", ""])
+def test_malformed_addresses_are_refused(address):
+    with pytest.raises(EnhancerError, match="HOST:PORT or unix:PATH"):
+        core.split_address(address)
+
+
+def test_package_and_client_imports_stay_light():
+    # GIMP's Python has neither grpcio nor numpy nor torch.
+    code = (
+        "import sys, image_enhancer, image_enhancer.client, image_enhancer.client.core\n"
+        "print(sorted({'grpc', 'numpy', 'torch'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr

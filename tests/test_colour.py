@@ -1,0 +1,109 @@
+"""Resampling to any scale, colour fidelity and automatic contrast, asserted with numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_enhancer.engine import colour, pixels
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from PIL import Image
+
+DATA = Path(__file__).parent / "data"
+MODEL = "realesr-animevideov3"
+
+
+@pytest.fixture(scope="module")
+def crop() -> np.ndarray:
+    return np.asarray(Image.open(DATA / "cups_192.png").convert("RGB"))[40:88, 60:108]
+
+
+@pytest.fixture(scope="module")
+def enhancer(model_store) -> Enhancer:
+    return Enhancer(model_store, device="cpu")
+
+
+def low_frequency_colour_error(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean absolute difference of the two images' blurred colours, at the reference's size."""
+    small = colour.resize(image, *reference.shape[-2:])
+    return float((colour.gaussian_blur(small, 2.0) - colour.gaussian_blur(reference, 2.0)).abs().mean())
+
+
+def detail(image: torch.Tensor) -> float:
+    """Energy of what a blur of 4 pixels removes: the fine detail."""
+    return float((image - colour.gaussian_blur(image, 4.0)).abs().mean())
+
+
+def test_resize_shrinks_without_aliasing():
+    checkerboard = (torch.arange(64).view(1, 64) + torch.arange(64).view(64, 1)) % 2
+    small = colour.resize(checkerboard.float().expand(3, 64, 64), 24, 24)
+    assert small.shape == (3, 24, 24)
+    assert float((small - 0.5).abs().max()) < 0.05  # the pattern averages out instead of aliasing
+
+
+def test_resize_to_the_same_size_is_identity():
+    image = torch.rand(3, 5, 7)
+    assert colour.resize(image, 5, 7) is image
+
+
+def test_colour_fidelity_undoes_a_colour_shift_and_keeps_detail(enhancer, crop):
+    reference = pixels.to_tensor(crop)
+    output = pixels.to_tensor(enhancer.enhance(crop, EnhanceOptions(model=MODEL)))
+    # A colour cast and a brightness drift, the kind of shift users see from some upscalers.
+    ramp = torch.linspace(-0.06, 0.06, output.shape[-1]).view(1, 1, -1)
+    shifted = (output * torch.tensor([1.12, 1.0, 0.85]).view(3, 1, 1) + ramp).clamp(0, 1)
+    corrected = colour.match_colour(shifted, reference)
+    before = low_frequency_colour_error(shifted, reference)
+    after = low_frequency_colour_error(corrected, reference)
+    assert after < before / 10
+    assert abs(detail(corrected) / detail(shifted) - 1) < 0.1
+
+
+def test_colour_fidelity_option_pulls_the_result_towards_the_input(enhancer, crop):
+    reference = pixels.to_tensor(crop)
+    plain = pixels.to_tensor(enhancer.enhance(crop, EnhanceOptions(model=MODEL)))
+    faithful = pixels.to_tensor(enhancer.enhance(crop, EnhanceOptions(model=MODEL, colour_fidelity=True)))
+    assert low_frequency_colour_error(faithful, reference) < 0.3 * low_frequency_colour_error(
+        plain, reference
+    )
+    assert abs(detail(faithful) / detail(plain) - 1) < 0.1
+
+
+def test_colour_fidelity_works_on_gray():
+    reference = torch.full((1, 8, 8), 0.5)
+    corrected = colour.match_colour(torch.full((1, 32, 32), 0.4), reference)
+    torch.testing.assert_close(corrected, torch.full((1, 32, 32), 0.5))
+
+
+def luma_spread(image: np.ndarray) -> float:
+    luma = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return float(np.percentile(luma, 99) - np.percentile(luma, 1))
+
+
+def test_auto_contrast_widens_a_flat_histogram(enhancer, crop):
+    flat = (crop.astype(np.float64) * 0.4 + 80).astype(np.uint8)
+    plain = enhancer.enhance(flat, EnhanceOptions(model=MODEL))
+    stretched = enhancer.enhance(flat, EnhanceOptions(model=MODEL, auto_contrast=1.0))
+    half = enhancer.enhance(flat, EnhanceOptions(model=MODEL, auto_contrast=0.5))
+    assert luma_spread(stretched) > 1.8 * luma_spread(plain)
+    assert luma_spread(plain) < luma_spread(half) < luma_spread(stretched)
+
+
+def test_auto_contrast_keeps_hue_and_adds_mild_saturation():
+    image = torch.tensor([0.3, 0.4, 0.5]).view(3, 1, 1) * torch.linspace(0.5, 1, 50).view(1, 1, 50)
+    levels = colour.measure_levels(image)
+    result = colour.apply_levels(image, levels, 1.0)
+    before, after = image[:, 0, 25], result[:, 0, 25]
+    assert after[0] < after[1] < after[2]  # same channel order: the hue is kept
+    assert (after[2] - after[0]) > (before[2] - before[0])  # and the colour is a bit stronger
+
+
+def test_auto_contrast_strength_zero_is_identity_and_limits_hold():
+    image = torch.rand(3, 16, 16) * 0.1 + 0.45
+    levels = colour.measure_levels(image)
+    assert colour.apply_levels(image, levels, 0.0) is image
+    assert levels.white - levels.black >= 1 / 2.5 - 1e-6  # gain never above 2.5
+    dark = torch.rand(1, 16, 16) * 0.2
+    assert colour.measure_levels(dark).white >= 0.75  # a dark picture is not pushed to white

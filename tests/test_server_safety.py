@@ -1,0 +1,153 @@
+"""Who can reach the server: Unix sockets are private, non-loopback listeners need a token or TLS,
+and `image-enhancer serve` reports NOT_SERVING until its model is warm."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST_MODEL, REPO_ROOT
+from image_enhancer.client.core import EnhancerError
+from image_enhancer.client.grpc_client import EnhancerClient
+from image_enhancer.server.app import serve
+from image_enhancer.server.auth import UnsafeListenError, is_local_address
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def socket_dir():
+    # Unix socket paths are limited to about 100 bytes, so not pytest's deep tmp_path.
+    with tempfile.TemporaryDirectory(prefix="ie-") as folder:
+        yield Path(folder)
+
+
+def test_unix_socket_is_private_and_serves(grpc_enhancer, socket_dir):
+    path = socket_dir / "enhancer.sock"
+    running = serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with EnhancerClient(f"unix:{path}") as client:
+            client.wait_until_serving(60)
+            result = client.enhance_array(np.full((8, 8, 3), 128, np.uint8), model=FAST_MODEL)
+        assert result.shape == (32, 32, 3)
+        # A second server cannot take over a socket in use.
+        with pytest.raises(OSError, match="already listening"):
+            serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+    finally:
+        running.stop()
+    assert not path.exists()
+
+
+def test_stale_socket_file_is_replaced(grpc_enhancer, socket_dir):
+    path = socket_dir / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(path))
+    leftover.close()  # the file stays, nobody listens: what a crashed server leaves behind
+    running = serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+    try:
+        with EnhancerClient(f"unix:{path}") as client:
+            assert client.health() == "SERVING"
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("127.0.0.1:1", True),
+        ("127.5.0.1:1", True),
+        ("[::1]:1", True),
+        ("localhost:1", True),
+        ("unix:/x", True),
+        ("0.0.0.0:1", False),
+        ("[::]:1", False),
+        ("192.168.1.5:1", False),
+        ("example.org:1", False),
+    ],
+)
+def test_loopback_addresses_are_recognised(address, local):
+    assert is_local_address(address) is local
+
+
+def test_all_interfaces_without_token_or_tls_is_refused(grpc_enhancer):
+    with pytest.raises(UnsafeListenError, match="--token"):
+        serve(grpc_enhancer, "0.0.0.0:0", warm_up=[])
+
+
+def test_token_is_required_when_set(grpc_enhancer):
+    running = serve(grpc_enhancer, "0.0.0.0:0", token="s3cret", warm_up=[])
+    address = f"127.0.0.1:{running.port}"
+    try:
+        with EnhancerClient(address) as anonymous:
+            assert anonymous.health() == "SERVING"  # health stays open for supervisors
+            for call in (
+                anonymous.list_models,
+                anonymous.describe,
+                lambda: anonymous.enhance(b"\0" * 48, 4, 4, 3, "u8", model=FAST_MODEL),
+            ):
+                with pytest.raises(EnhancerError, match="requires an access token") as caught:
+                    call()
+                assert caught.value.kind == "unauthenticated"
+        with EnhancerClient(address, token="wrong") as wrong, pytest.raises(EnhancerError, match="wrong"):
+            wrong.list_models()
+        with EnhancerClient(address, token="s3cret") as client:
+            assert client.list_models()
+            result = client.enhance_array(np.zeros((4, 4, 3), np.uint8), model=FAST_MODEL)
+            assert result.shape == (16, 16, 3)
+    finally:
+        running.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "image_enhancer", "serve", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        text=True,
+        **popen,
+    )
+
+
+def test_cli_refuses_an_unprotected_public_address():
+    child = run_cli("--address", "0.0.0.0:0", env={"IMAGE_ENHANCER_TOKEN": ""}, stderr=subprocess.PIPE)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 2 and "refusing to listen on 0.0.0.0:0" in stderr
+
+
+@pytest.mark.slow
+def test_cli_serves_after_warming_up_and_stops_on_sigterm(model_store):
+    address = f"127.0.0.1:{free_port()}"
+    child = run_cli("--address", address, "--device", "cpu", stdout=subprocess.PIPE)
+    try:
+        with EnhancerClient(address) as client:
+            statuses = []
+            deadline = time.monotonic() + 300
+            while "SERVING" not in statuses and time.monotonic() < deadline:
+                try:
+                    statuses.append(client.health(timeout=2))
+                except EnhancerError:
+                    time.sleep(0.05)
+            # The default model takes seconds to load and run once on CPU: health says so meanwhile.
+            assert statuses[0] == "NOT_SERVING" and statuses[-1] == "SERVING"
+            assert client.describe().default_model == model_store.default_model
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(60) == 0
+        assert address in child.stdout.read()
+    finally:
+        if child.poll() is None:
+            child.kill()

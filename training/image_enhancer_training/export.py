@@ -1,0 +1,279 @@
+"""Export a trained PSNR/GAN pair: fp16 safetensors, a model card, and weights-manifest entries.
+
+The GAN entry carries `pair = {psnr, gan}` so the engine's strength control blends the two. The card
+records data, steps, losses, validation and held-out scores, and an α sweep (PSNR falls, sharpness
+rises) plotted as a PNG next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from image_enhancer.models.registry import load_model
+from image_enhancer.paths import repo_weights_dir
+from image_enhancer.weights.interpolation import interpolate
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .config import TrainConfig, ValidationConfig
+from .curves import save_chart
+from .degradations import jpeg, quantize
+from .validation import Scores, ValidationSet, bicubic_upscale
+
+_ARCH_KEYS = {"srvgg": ("num_feat", "num_conv"), "rrdb": ("num_feat", "num_block", "num_grow_ch")}
+# The fixed damage used for the card's restoration example and scores.
+DAMAGE_NOISE_SIGMA = 10.0
+DAMAGE_JPEG_QUALITY = 40
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folders(config: TrainConfig) -> tuple[Path, Path, Path]:
+    out = Path(config.export.dir).expanduser() if config.export.dir else repo_weights_dir()
+    manifest = Path(config.export.manifest).expanduser() if config.export.manifest else out / "manifest.json"
+    cards = Path(config.export.cards).expanduser() if config.export.cards else out / "cards"
+    return out, manifest, cards
+
+
+def _half(path: Path) -> dict[str, Tensor]:
+    return {k: v.half().contiguous() for k, v in load_file(str(path)).items()}
+
+
+def _evaluate(state: dict[str, Tensor], data: ValidationSet) -> Scores:
+    return data.evaluate(_module(state), torch.device("cpu"))
+
+
+def damaged_inputs(data: ValidationSet, seed: int = 0) -> list[Tensor]:
+    """The set's LR inputs with fixed Gaussian noise and JPEG, for the restoration scores."""
+    gen = torch.Generator().manual_seed(seed)
+    damaged = []
+    for lr in data.lr:
+        noisy = lr + torch.randn(lr.shape, generator=gen) * DAMAGE_NOISE_SIGMA / 255.0
+        damaged.append(jpeg(quantize(noisy[None]), [DAMAGE_JPEG_QUALITY])[0])
+    return damaged
+
+
+def _module(state: dict[str, Tensor]) -> torch.nn.Module:
+    return load_model({k: v.float() for k, v in state.items()}).module
+
+
+def _restoration_figure(path: Path, data: ValidationSet, states: dict[str, dict[str, Tensor]]) -> None:
+    """One damaged crop: bicubic of the damaged input | each model's output | ground truth."""
+    lr = damaged_inputs(data)[:1]
+    tiles = [bicubic_upscale(lr[0][None], data.scale)[0]]
+    tiles += [data.run(_module(state), torch.device("cpu"), lr)[0] for state in states.values()]
+    tiles.append(data.hr[0])
+    row = torch.cat(tiles, dim=2)
+    Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+
+
+def _damaged_scores(state: dict[str, Tensor] | None, data: ValidationSet) -> Scores:
+    lr = damaged_inputs(data)
+    if state is None:
+        return data.score_outputs([bicubic_upscale(x[None], data.scale)[0] for x in lr])
+    return data.score_outputs(data.run(_module(state), torch.device("cpu"), lr))
+
+
+def _entry(config: TrainConfig, name: str, filename: str, sha: str, arch: str, pair: dict | None) -> dict:
+    role = "GAN fine-tune" if name.endswith("-gan") else "PSNR-oriented"
+    entry: dict[str, Any] = {
+        "name": name,
+        "architecture": arch,
+        "scale": config.model.scale,
+        "description": f"{config.export.description} ({role}).".strip(),
+        "license": config.export.licence,
+        "source": "ours",
+        "card": f"cards/{config.export.name}.md",
+        "files": [{"role": "weights", "filename": filename, "sha256": sha, "sources": [{"kind": "repo"}]}],
+    }
+    if pair:
+        entry["pair"] = pair
+    return entry
+
+
+def update_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace (or add) our entries by name, leaving every other entry exactly as it was."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"version": 1, "models": []}
+    names = {e["name"] for e in entries}
+    models = [m for m in data.get("models", []) if m.get("name") not in names]
+    data["models"] = models + entries
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def export_models(config: TrainConfig, result: Any, validation: ValidationSet | None) -> list[Path]:
+    """Write the pair, the card and manifest entries; returns the files written."""
+    out_dir, manifest_path, cards_dir = _folders(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    name = config.export.name
+    states = {"psnr": _half(result.psnr_weights)}
+    if result.gan_weights is not None:
+        states["gan"] = _half(result.gan_weights)
+    # Loading through the engine's registry checks that the exported files are usable as they are.
+    arch = load_model({k: v.float() for k, v in states["psnr"].items()}).descriptor.architecture
+
+    written: list[Path] = []
+    files: dict[str, tuple[str, str]] = {}
+    for kind, state in states.items():
+        filename = f"{name}-{kind}.safetensors"
+        path = out_dir / filename
+        save_file(state, str(path), metadata={"format": "pt", "source": "ours", "model": f"{name}-{kind}"})
+        files[kind] = (filename, sha256_of(path))
+        written.append(path)
+
+    pair = {"psnr": f"{name}-psnr", "gan": f"{name}-gan"} if "gan" in states else None
+    entries = [_entry(config, f"{name}-psnr", *files["psnr"], arch, None)]
+    if pair:
+        entries.append(_entry(config, f"{name}-gan", *files["gan"], arch, pair))
+    update_manifest(manifest_path, entries)
+    written.append(manifest_path)
+
+    report = Report(config, arch)
+    if validation is not None:
+        report.validation(validation, states)
+        if pair:
+            report.sweep(validation, states, cards_dir / f"{name}-alpha.png")
+        figure = cards_dir / f"{name}-restoration.png"
+        _restoration_figure(figure, validation, states)
+        report.figures.append(
+            (
+                figure.name,
+                "Damaged input (noise σ 10, JPEG q 40), bicubic | " + " | ".join(states) + " | ground truth",
+            )
+        )
+        written += [figure] + ([cards_dir / f"{name}-alpha.png"] if pair else [])
+    if config.export.evaluation:
+        report.held_out(config, states)
+    curves = result.run_dir / "curves.png"
+    if curves.is_file():
+        shutil.copyfile(curves, cards_dir / f"{name}-curves.png")
+        report.figures.append((f"{name}-curves.png", "Training losses and validation scores"))
+        written.append(cards_dir / f"{name}-curves.png")
+    card = cards_dir / f"{name}.md"
+    card.write_text(report.markdown(name, files), encoding="utf-8")
+    written.append(card)
+    return written
+
+
+class Report:
+    """Collects the figures for a model card and renders it as Markdown."""
+
+    def __init__(self, config: TrainConfig, arch: str) -> None:
+        self.config = config
+        self.arch = arch
+        self.sections: list[str] = []
+        self.figures: list[tuple[str, str]] = []
+
+    def _table(self, rows: list[tuple[str, Scores]]) -> str:
+        lines = ["| | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]
+        lines += [f"| {label} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |" for label, s in rows]
+        return "\n".join(lines)
+
+    def validation(self, data: ValidationSet, states: dict[str, dict[str, Tensor]]) -> None:
+        rows = [("bicubic", data.bicubic)] + [(k, _evaluate(s, data)) for k, s in states.items()]
+        damaged = [("bicubic", _damaged_scores(None, data))] + [
+            (k, _damaged_scores(s, data)) for k, s in states.items()
+        ]
+        self.sections.append(
+            f"## Validation ({len(data.hr)} held-out crops, bicubic ×{data.scale} degradation)\n\n"
+            + self._table(rows)
+            + f"\n\nSame crops with Gaussian noise (σ {DAMAGE_NOISE_SIGMA:g}) and JPEG (quality "
+            f"{DAMAGE_JPEG_QUALITY}) added to the input:\n\n" + self._table(damaged)
+        )
+
+    def sweep(self, data: ValidationSet, states: dict[str, dict[str, Tensor]], figure: Path) -> None:
+        alphas = self.config.export.alphas
+        scores = [_evaluate(interpolate(states["psnr"], states["gan"], a), data) for a in alphas]
+        save_chart(
+            figure,
+            [
+                ("PSNR-Y on validation crops (dB)", [("PSNR", alphas, [s.psnr for s in scores])]),
+                ("sharpness (mean |Laplacian| of Y)", [("sharpness", alphas, [s.sharpness for s in scores])]),
+            ],
+            "strength α (0 = PSNR model, 1 = GAN model)",
+            width=700,
+        )
+        lines = ["| α | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]
+        lines += [
+            f"| {a:.2f} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |"
+            for a, s in zip(alphas, scores, strict=True)
+        ]
+        self.sections.append("## Strength sweep (network interpolation)\n\n" + "\n".join(lines))
+        self.figures.insert(0, (figure.name, "α sweep: PSNR falls and sharpness rises towards the GAN model"))
+
+    def held_out(self, config: TrainConfig, states: dict[str, dict[str, Tensor]]) -> None:
+        ex = config.export
+        vcfg = ValidationConfig(
+            sources=ex.evaluation, crops=ex.evaluation_crops, crop_size=ex.evaluation_crop_size
+        )
+        data = ValidationSet(vcfg, config.model.scale, config.seed + 1)
+        rows = [("bicubic", data.bicubic)] + [(k, _evaluate(s, data)) for k, s in states.items()]
+        gain = rows[1][1].psnr - data.bicubic.psnr
+        where = ", ".join(f"`{s.path}`" for s in ex.evaluation)
+        size = f"crops of {ex.evaluation_crop_size}²" if ex.evaluation_crop_size else "whole images"
+        self.sections.append(
+            f"## Held-out photos ({len(data.hr)} {size} from {where}; never used in training, bicubic "
+            f"×{config.model.scale} degradation)\n\n"
+            + self._table(rows)
+            + f"\n\nPSNR model vs bicubic: **{gain:+.2f} dB**."
+        )
+
+    def markdown(self, name: str, files: dict[str, tuple[str, str]]) -> str:
+        c = self.config
+        sources = "\n".join(
+            f"- {s.kind}"
+            + (f": `{s.path}`" if s.path else "")
+            + (f", include {s.include}" if s.include else "")
+            + (f", exclude {s.exclude}" if s.exclude else "")
+            + (f", downscaled ×{s.downscale}" if s.downscale > 1 else "")
+            + f" (weight {s.weight:g})"
+            for s in c.data.sources
+        )
+        deg = c.degradation
+        losses = [f"PSNR stage: {c.psnr.loss}"]
+        if c.gan.iterations:
+            perceptual = f" + {c.gan.perceptual_weight:g}·VGG19 perceptual" if c.gan.vgg_weights else ""
+            losses.append(
+                f"GAN stage: {c.gan.pixel_weight:g}·{c.gan.pixel_loss} + {c.gan.gan_weight:g}·adversarial "
+                f"(U-Net discriminator with spectral norm, {c.gan.disc_feat} features){perceptual}"
+            )
+        hp = dataclasses.asdict(c.model)
+        parts = [
+            f"# {name}\n",
+            f"{c.export.description}\n",
+            "| file | sha256 |\n|---|---|\n"
+            + "\n".join(f"| `{f}` | `{h}` |" for f, h in files.values())
+            + "\n",
+            f"Architecture: {self.arch} ×{c.model.scale}, "
+            + ", ".join(f"{k} {v}" for k, v in hp.items() if k in _ARCH_KEYS[c.model.arch])
+            + f". Licence: {c.export.licence}. Source: ours (trained with `training/`).\n",
+            "## Training\n",
+            f"Data:\n{sources}\n",
+            f"Crops of {c.data.patch_size}² (HR), batch {c.data.batch_size}, random flips and 90° rotations. "
+            f"Degradations generated on the fly: {deg.clean_prob:.0%} plain bicubic, the rest "
+            "Real-ESRGAN-style second order (blur kernels incl. anisotropic / generalized / plateau and "
+            "sinc, random resize, Gaussian and Poisson noise, JPEG; second order with probability "
+            f"{deg.second_order_prob:g}).\n",
+            f"Steps: PSNR stage {c.psnr.iterations} iterations (Adam, lr {c.psnr.lr:g}, {c.psnr.schedule} "
+            f"schedule, EMA {c.psnr.ema_decay}); GAN stage {c.gan.iterations} iterations "
+            f"(lr {c.gan.lr_g:g} / {c.gan.lr_d:g}), started from the PSNR stage's EMA weights. "
+            "Exported weights are the EMA, in fp16.\n",
+            "Losses: " + "; ".join(losses) + ".\n",
+            f"Reproduce: `image-enhancer train training/configs/{name}.toml` (seed {c.seed}).\n",
+        ]
+        parts += [s + "\n" for s in self.sections]
+        parts += [f"![{caption}]({fname})\n\n*{caption}.*\n" for fname, caption in self.figures]
+        return "\n".join(parts)
