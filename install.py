@@ -32,9 +32,6 @@ STAMP_NAME = "image-enhancer-install.json"
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if sys.version_info < (3, 10):
-        print("Image Enhancer needs Python 3.10 or newer", file=sys.stderr)
-        return 2
     if args.check:
         return check(args)
     if args.uninstall_gimp:
@@ -49,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="virtual environment folder")
     parser.add_argument("--torch", default=DEFAULT_TORCH, help="pip requirement for PyTorch")
     parser.add_argument("--no-dev", action="store_true", help="skip the test and lint tools")
@@ -155,7 +154,8 @@ def check(args: argparse.Namespace) -> int:
     problems = 0
     if python.exists() and imports_work(python):
         print(f"environment: ok ({args.venv})")
-        problems += subprocess.run([str(python), "-m", "image_enhancer.weights.provision", "--check"]).returncode
+        provision_check = [str(python), "-m", "image_enhancer.weights.provision", "--check"]
+        problems += subprocess.run(provision_check).returncode
     else:
         print(f"environment: missing or broken ({args.venv}); run: python3 install.py")
         problems += 1

@@ -60,10 +60,17 @@ FAST_MODEL = "realesr-animevideov3"
 
 
 @pytest.fixture(scope="session")
-def grpc_enhancer(model_store):
+def make_enhancer(model_store):
+    """A factory of engines sharing the model store: one per server or reference, since an engine is
+    used by one thread at a time."""
     from image_enhancer.engine.enhancer import Enhancer
 
-    return Enhancer(model_store, device="cpu")
+    return lambda: Enhancer(model_store, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def grpc_enhancer(make_enhancer):
+    return make_enhancer()
 
 
 @pytest.fixture(scope="session")

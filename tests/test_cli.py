@@ -46,7 +46,9 @@ def test_sixteen_bit_input_gives_sixteen_bit_output(model_store, small_photo: Pa
     assert np.any(result % 257 != 0), "16-bit output must not be 8-bit values scaled up"
 
 
-def test_batch_reports_a_bad_file_and_finishes_the_rest(model_store, small_photo: Path, tmp_path: Path) -> None:
+def test_batch_reports_a_bad_file_and_finishes_the_rest(
+    model_store, small_photo: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     small_photo.rename(folder / "good.png")

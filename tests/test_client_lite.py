@@ -99,13 +99,13 @@ def run_probe(address: str, token: str, folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def token_server(grpc_enhancer):
-    running = serve(grpc_enhancer, "127.0.0.1:0", token="lite-token", warm_up=[])
+def token_server(make_enhancer):
+    running = serve(make_enhancer(), "127.0.0.1:0", token="lite-token", warm_up=[])
     yield running
     running.stop()
 
 
-def test_pure_python_client_against_the_real_server(token_server, grpc_enhancer, tmp_path):
+def test_pure_python_client_against_the_real_server(token_server, make_enhancer, tmp_path):
     rng = np.random.default_rng(5)
     images = {
         "rgba_u8": rng.integers(0, 256, (12, 20, 4), dtype=np.uint8),
@@ -124,6 +124,7 @@ def test_pure_python_client_against_the_real_server(token_server, grpc_enhancer,
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
 
     facts = run_probe(token_server.address, "lite-token", tmp_path)
+    reference = make_enhancer()
 
     assert facts["protobuf"] == "python"
     assert facts["compiled"] == [], "compiled extension modules were imported"
@@ -131,7 +132,7 @@ def test_pure_python_client_against_the_real_server(token_server, grpc_enhancer,
     assert facts["health"] == "SERVING" and FAST_MODEL in facts["models"] and facts["default"]
     for name, pixels in images.items():
         height, width, channels = pixels.shape
-        expected = grpc_enhancer.enhance(pixels, EnhanceOptions(model=FAST_MODEL))
+        expected = reference.enhance(pixels, EnhanceOptions(model=FAST_MODEL))
         assert facts[name][:4] == [width * 4, height * 4, channels, name.rsplit("_", 1)[1]]
         assert facts[name][4][0] == "queued" and facts[name][4][-1] == "finishing"
         received = np.frombuffer((tmp_path / (name + ".out")).read_bytes(), expected.dtype.newbyteorder("<"))

@@ -35,9 +35,9 @@ PROMPT_S = 20.0
 
 
 @pytest.fixture(scope="module")
-def reference(model_store) -> Enhancer:
+def reference(make_enhancer) -> Enhancer:
     """The in-process engine that server results are compared with."""
-    return Enhancer(model_store, device="cpu")
+    return make_enhancer()
 
 
 @pytest.fixture(scope="module")
@@ -381,8 +381,8 @@ def test_garbage_and_truncated_streams_leave_the_server_serving(grpc_server, stu
 # --- the queue --------------------------------------------------------------------------------------------
 
 
-def test_full_queue_refuses_with_resource_exhausted(grpc_enhancer):
-    running = serve(grpc_enhancer, "127.0.0.1:0", max_queue=1, warm_up=[])
+def test_full_queue_refuses_with_resource_exhausted(make_enhancer):
+    running = serve(make_enhancer(), "127.0.0.1:0", max_queue=1, warm_up=[])
     try:
         with grpc.insecure_channel(running.address) as channel:
             stub = enhancer_pb2_grpc.EnhancerStub(channel)
@@ -400,8 +400,8 @@ def test_full_queue_refuses_with_resource_exhausted(grpc_enhancer):
         running.stop()
 
 
-def test_queued_jobs_learn_when_they_move_up(grpc_enhancer):
-    running = serve(grpc_enhancer, "127.0.0.1:0", max_queue=3, warm_up=[])
+def test_queued_jobs_learn_when_they_move_up(make_enhancer):
+    running = serve(make_enhancer(), "127.0.0.1:0", max_queue=3, warm_up=[])
     try:
         with grpc.insecure_channel(running.address) as channel:
             stub = enhancer_pb2_grpc.EnhancerStub(channel)

@@ -32,10 +32,10 @@ print(info.width, info.height, info.channels, len(result), hashlib.sha256(result
 
 
 @pytest.fixture(scope="module")
-def large_case(grpc_enhancer):
+def large_case(make_enhancer):
     rng = np.random.default_rng(6)
     pixels = rng.integers(0, 256, (SIDE, SIDE, 4), dtype=np.uint8)
-    expected = grpc_enhancer.enhance(pixels, EnhanceOptions(**OPTIONS))
+    expected = make_enhancer().enhance(pixels, EnhanceOptions(**OPTIONS))
     assert expected.shape == (4096, 4096, 4)
     return pixels, hashlib.sha256(expected.tobytes()).hexdigest()
 

@@ -4,6 +4,7 @@ and `image-enhancer serve` reports NOT_SERVING until its model is warm."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -18,7 +19,7 @@ import pytest
 from conftest import FAST_MODEL, REPO_ROOT
 from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.grpc_client import EnhancerClient
-from image_enhancer.server.app import serve
+from image_enhancer.server.app import TlsFiles, serve
 from image_enhancer.server.auth import UnsafeListenError, is_local_address
 
 
@@ -35,9 +36,9 @@ def socket_dir():
         yield Path(folder)
 
 
-def test_unix_socket_is_private_and_serves(grpc_enhancer, socket_dir):
+def test_unix_socket_is_private_and_serves(make_enhancer, socket_dir):
     path = socket_dir / "enhancer.sock"
-    running = serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+    running = serve(make_enhancer(), f"unix:{path}", warm_up=[])
     try:
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -47,18 +48,18 @@ def test_unix_socket_is_private_and_serves(grpc_enhancer, socket_dir):
         assert result.shape == (32, 32, 3)
         # A second server cannot take over a socket in use.
         with pytest.raises(OSError, match="already listening"):
-            serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+            serve(make_enhancer(), f"unix:{path}", warm_up=[])
     finally:
         running.stop()
     assert not path.exists()
 
 
-def test_stale_socket_file_is_replaced(grpc_enhancer, socket_dir):
+def test_stale_socket_file_is_replaced(make_enhancer, socket_dir):
     path = socket_dir / "stale.sock"
     leftover = socket.socket(socket.AF_UNIX)
     leftover.bind(str(path))
     leftover.close()  # the file stays, nobody listens: what a crashed server leaves behind
-    running = serve(grpc_enhancer, f"unix:{path}", warm_up=[])
+    running = serve(make_enhancer(), f"unix:{path}", warm_up=[])
     try:
         with EnhancerClient(f"unix:{path}") as client:
             assert client.health() == "SERVING"
@@ -84,13 +85,13 @@ def test_loopback_addresses_are_recognised(address, local):
     assert is_local_address(address) is local
 
 
-def test_all_interfaces_without_token_or_tls_is_refused(grpc_enhancer):
+def test_all_interfaces_without_token_or_tls_is_refused(make_enhancer):
     with pytest.raises(UnsafeListenError, match="--token"):
-        serve(grpc_enhancer, "0.0.0.0:0", warm_up=[])
+        serve(make_enhancer(), "0.0.0.0:0", warm_up=[])
 
 
-def test_token_is_required_when_set(grpc_enhancer):
-    running = serve(grpc_enhancer, "0.0.0.0:0", token="s3cret", warm_up=[])
+def test_token_is_required_when_set(make_enhancer):
+    running = serve(make_enhancer(), "0.0.0.0:0", token="s3cret", warm_up=[])
     address = f"127.0.0.1:{running.port}"
     try:
         with EnhancerClient(address) as anonymous:
@@ -151,3 +152,53 @@ def test_cli_serves_after_warming_up_and_stops_on_sigterm(model_store):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[bytes, bytes]:
+    """A self-signed certificate for localhost, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+
+
+def test_tls_allows_a_public_address_and_encrypts(make_enhancer, certificate):
+    from image_enhancer.client.lite import LiteClient
+
+    cert, key = certificate
+    running = serve(make_enhancer(), "0.0.0.0:0", tls=TlsFiles(cert, key), warm_up=[])
+    address = f"localhost:{running.port}"
+    try:
+        with EnhancerClient(address, root_certificates=cert) as client:
+            assert FAST_MODEL in {m.name for m in client.list_models()}
+            assert client.enhance_array(np.zeros((4, 4, 3), np.uint8), model=FAST_MODEL).shape == (16, 16, 3)
+        with LiteClient(address, root_certificates=cert) as lite:
+            assert lite.describe().default_model
+        with EnhancerClient(address) as plaintext, pytest.raises(EnhancerError) as caught:
+            plaintext.list_models(timeout=5)
+        assert caught.value.kind in ("unavailable", "deadline")
+    finally:
+        running.stop()

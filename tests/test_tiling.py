@@ -208,7 +208,7 @@ def test_out_of_memory_halves_the_tile_and_finishes(error):
     tiler = Tiler(op, TileSettings(tile=64, scale=2, overlap=4, pad=2, batch_size=4))
     result = tiler.run(image)
     torch.testing.assert_close(result, nearest_x2(image[None])[0], atol=1e-6, rtol=0)
-    assert op.failures >= 2  # first the batch was split, then the tile
+    assert 2 <= op.failures <= 4  # batches split, then the tile; later tiles start small, not failing
     assert tiler.batch_size == 1 and tiler.tile <= 32
     assert all(h * w <= 40 * 40 for _n, _c, h, w in op.ok_shapes)
 

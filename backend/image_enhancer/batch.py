@@ -66,16 +66,29 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failures = 0
+    batch_errors = _batch_errors(remote=bool(args.server))
     for index, job in enumerate(jobs, start=1):
         label = f"[{index}/{len(jobs)}] {job.source.name}"
         try:
             _process(job, enhance, label, args.overwrite, args.compare)
-        except (ImageFileError, ValueError, LookupError, MemoryError, OSError, RuntimeError) as error:
+        except batch_errors as error:
             failures += 1
             print(f"{label}: failed: {error}", file=sys.stderr)
     if failures:
         print(f"{failures} of {len(jobs)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _batch_errors(remote: bool) -> tuple[type[BaseException], ...]:
+    """What one file may fail with without stopping the batch."""
+    common = (ImageFileError, ValueError, LookupError, MemoryError, OSError, RuntimeError)
+    if remote:
+        from image_enhancer.client.core import EnhancerError
+
+        return (*common, EnhancerError)
+    from image_enhancer.engine.enhancer import ImageTooLargeError
+
+    return (*common, ImageTooLargeError)
 
 
 def _process(job: Job, enhance: EnhanceFunction, label: str, overwrite: bool, compare: bool) -> None:
@@ -121,7 +134,7 @@ def _make_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
 
 
 def _local_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
-    from image_enhancer.engine.enhancer import Enhancer, EnhanceOptions
+    from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
     from image_enhancer.weights.store import ModelStore
 
     store = ModelStore()
@@ -136,7 +149,7 @@ def _local_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
     )
     limits = {}
     if args.max_megapixels:
-        limits["max_pixels"] = int(args.max_megapixels * 1_000_000)
+        limits["max_output_pixels"] = int(args.max_megapixels * 1_000_000)
     enhancer = Enhancer(store, device=args.device, precision=args.precision, **limits)
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:

@@ -72,7 +72,9 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-megapixels", type=float, default=None, help="refuse outputs larger than this"
     )
-    parser.add_argument("--server", default=None, help="send work to a running server (host:port or unix:PATH)")
+    parser.add_argument(
+        "--server", default=None, help="send work to a running server (host:port or unix:PATH)"
+    )
     parser.add_argument("--token", default=None, help="access token for a remote server")
 
 
@@ -101,7 +103,7 @@ def _run_models(args: argparse.Namespace) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if any(not info.installed for info in store.list()):
         print("\nInstall missing models with: python install.py --models NAME")
     return 0

@@ -76,9 +76,7 @@ def write_image(path: Path, image: ImageFile) -> None:
         options["icc_profile"] = image.icc_profile
     if image.exif and suffix in {".jpg", ".jpeg", ".webp", ".png"}:
         options["exif"] = image.exif
-    if suffix in {".jpg", ".jpeg"}:
-        options["quality"] = 95
-    elif suffix == ".webp":
+    if suffix in {".jpg", ".jpeg", ".webp"}:
         options["quality"] = 95
     _pillow_image(pixels).save(path, **options)
 

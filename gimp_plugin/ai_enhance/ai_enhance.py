@@ -24,6 +24,8 @@ os.environ["MULTIDICT_NO_EXTENSIONS"] = "1"
 os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 sys.path.insert(0, str(HERE / "vendor"))
 
+import json  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 import gi  # noqa: E402
@@ -39,6 +41,8 @@ from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICE
 import backend  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
+# Set to print where the time goes (GIMP I/O, backend call, placing the result) to stderr.
+TIMINGS_ENV = "AI_ENHANCE_TIMINGS"
 _DEFAULTS = Settings()
 
 
@@ -86,18 +90,23 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
             alpha_mode=settings.alpha_mode,
         )
         results = []
+        timings = {"read_s": 0.0, "backend_s": 0.0, "place_s": 0.0}
         for index, source in enumerate(sources):
             name = source.layer.get_name()
             prefix = f"{name} ({index + 1}/{len(sources)}): " if len(sources) > 1 else ""
             backend.check_size(client, source.width, source.height, name)
             fmt = layer_io.pixel_format(source.layer)
             _report(f"{prefix}Reading the layer", None)
+            started = time.perf_counter()
             data = layer_io.read_pixels(source.layer, source.x, source.y, source.width, source.height, fmt)
+            timings["read_s"] += time.perf_counter() - started
             sent = ImageInfo(source.width, source.height, fmt.channels, fmt.sample_type)
             _report(f"{prefix}Sending the layer to the AI backend", None)
+            started = time.perf_counter()
             got, pixels = backend.enhance(
                 client, data, sent, options, lambda text, fraction, p=prefix: _report(p + text, fraction)
             )
+            timings["backend_s"] += time.perf_counter() - started
             if (got.channels, got.sample_type) != (sent.channels, sent.sample_type):
                 raise backend.BackendError(
                     f"The backend returned {got.channels} channels of {got.sample_type} for {sent.channels} "
@@ -108,6 +117,7 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         client.close()
 
     _report("Adding the enhanced layer", None)
+    started = time.perf_counter()
     Gimp.context_push()
     image.undo_group_start()
     try:
@@ -121,6 +131,9 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         image.undo_group_end()
         Gimp.context_pop()
     Gimp.displays_flush()
+    timings["place_s"] = time.perf_counter() - started
+    if os.environ.get(TIMINGS_ENV):
+        print(f"{TIMINGS_ENV} {json.dumps(timings)}", file=sys.stderr)
     return new_layers
 
 

@@ -56,7 +56,9 @@ class ChrootGimp:
         """The host path of a path inside the chroot."""
         return self.root / inside.relative_to("/")
 
-    def command(self, code: str, interpreter: str = "python-fu-eval", env: dict[str, str] | None = None) -> list[str]:
+    def command(
+        self, code: str, interpreter: str = "python-fu-eval", env: dict[str, str] | None = None
+    ) -> list[str]:
         """The command line that runs batch `code` in GIMP (killed after GIMP_TIMEOUT seconds)."""
         variables = [f"{key}={value}" for key, value in (env or {}).items()]
         return [
@@ -93,7 +95,9 @@ class ChrootGimp:
         )
         return process, folder
 
-    def run_job(self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object) -> dict:
+    def run_job(
+        self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object
+    ) -> dict:
         """Run a job to its end; returns result.json plus "folder" (host path) and "output" (GIMP's)."""
         process, folder = self.start_job(name, pixels, env, **job)
         output, _ = process.communicate()

@@ -90,13 +90,18 @@ class GANStageConfig:
 @dataclass
 class ExportConfig:
     name: str = ""  # model name prefix; "" = no export
-    # Where the fp16 safetensors, the manifest and the cards go; "" = the repository's weights/,
-    # its manifest.json and its cards/ folder.
+    # Where the fp16 safetensors go ("" = the repository's weights/), the manifest that gets the
+    # entries ("" = manifest.json in that folder) and the cards ("" = its cards/ folder).
     dir: str = ""
     manifest: str = ""
     cards: str = ""
     description: str = ""
     licence: str = "BSD-3-Clause"
+    # Free text added to the card, e.g. how a run was resumed with changed settings.
+    notes: str = ""
+    # With no GAN stage: an existing GAN model in the manifest to pair our PSNR model with (e.g.
+    # "realesrgan-x4plus"); export then adds a model `<name>` that has the strength control.
+    pair_gan: str = ""
     # Strengths plotted in the card's α sweep.
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     # Independent photos scored in the card (bicubic degradation); never used for training.

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .config import TrainConfig, ValidationConfig
+from .config import TrainConfig, ValidationConfig, expand_path
 from .curves import save_chart
 from .degradations import jpeg, quantize
 from .validation import Scores, ValidationSet, bicubic_upscale
@@ -42,9 +42,9 @@ def sha256_of(path: Path) -> str:
 
 
 def _folders(config: TrainConfig) -> tuple[Path, Path, Path]:
-    out = Path(config.export.dir).expanduser() if config.export.dir else repo_weights_dir()
-    manifest = Path(config.export.manifest).expanduser() if config.export.manifest else out / "manifest.json"
-    cards = Path(config.export.cards).expanduser() if config.export.cards else out / "cards"
+    out = expand_path(config.export.dir) if config.export.dir else repo_weights_dir()
+    manifest = expand_path(config.export.manifest) if config.export.manifest else out / "manifest.json"
+    cards = expand_path(config.export.cards) if config.export.cards else out / "cards"
     return out, manifest, cards
 
 
@@ -87,7 +87,9 @@ def _damaged_scores(state: dict[str, Tensor] | None, data: ValidationSet) -> Sco
     return data.score_outputs(data.run(_module(state), torch.device("cpu"), lr))
 
 
-def _entry(config: TrainConfig, name: str, filename: str, sha: str, arch: str, pair: dict | None) -> dict:
+def _entry(
+    config: TrainConfig, name: str, filename: str, sha: str, arch: str, pair: dict | None, sources: list
+) -> dict[str, Any]:
     role = "GAN fine-tune" if name.endswith("-gan") else "PSNR-oriented"
     entry: dict[str, Any] = {
         "name": name,
@@ -97,11 +99,44 @@ def _entry(config: TrainConfig, name: str, filename: str, sha: str, arch: str, p
         "license": config.export.licence,
         "source": "ours",
         "card": f"cards/{config.export.name}.md",
-        "files": [{"role": "weights", "filename": filename, "sha256": sha, "sources": [{"kind": "repo"}]}],
+        "files": [{"role": "weights", "filename": filename, "sha256": sha, "sources": sources}],
     }
     if pair:
         entry["pair"] = pair
     return entry
+
+
+def _existing_model(manifest_path: Path, name: str) -> tuple[dict[str, Any], Path]:
+    """A GAN model already in the manifest (e.g. Real-ESRGAN x4plus) and its installed file."""
+    from image_enhancer.weights.manifest import load_manifest
+    from image_enhancer.weights.provision import model_path
+
+    manifest = load_manifest(manifest_path)
+    entry = manifest.get(name)
+    if entry is None:
+        raise ValueError(f"export.pair_gan names {name!r}, which is not in {manifest_path}")
+    path = model_path(entry)
+    if not path.is_file():
+        raise ValueError(f"export.pair_gan: {name} is not installed ({path}); install it first")
+    raw = next(
+        m for m in json.loads(manifest_path.read_text(encoding="utf-8"))["models"] if m["name"] == name
+    )
+    return raw, path
+
+
+def _pair_entry(config: TrainConfig, name: str, arch: str, gan: dict[str, Any]) -> dict[str, Any]:
+    """A model named `name` that runs the GAN model's own file, with our PSNR model as its pair."""
+    return {
+        "name": name,
+        "architecture": arch,
+        "scale": config.model.scale,
+        "description": f"{gan['description']} Strength blends it with our PSNR-oriented {name}-psnr.",
+        "license": gan["license"],
+        "source": gan["source"],
+        "card": f"cards/{name}.md",
+        "files": gan["files"],
+        "pair": {"psnr": f"{name}-psnr", "gan": gan["name"]},
+    }
 
 
 def update_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
@@ -134,27 +169,36 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         files[kind] = (filename, sha256_of(path))
         written.append(path)
 
-    pair = {"psnr": f"{name}-psnr", "gan": f"{name}-gan"} if "gan" in states else None
-    entries = [_entry(config, f"{name}-psnr", *files["psnr"], arch, None)]
-    if pair:
-        entries.append(_entry(config, f"{name}-gan", *files["gan"], arch, pair))
+    # Files in the repository's weights/ are committed; anywhere else they are local, installed files.
+    sources = [{"kind": "repo"}] if out_dir.resolve() == repo_weights_dir().resolve() else []
+    entries = [_entry(config, f"{name}-psnr", *files["psnr"], arch, None, sources)]
+    if "gan" in states:
+        pair = {"psnr": f"{name}-psnr", "gan": f"{name}-gan"}
+        entries.append(_entry(config, f"{name}-gan", *files["gan"], arch, pair, sources))
+    elif config.export.pair_gan:
+        gan_entry, gan_path = _existing_model(manifest_path, config.export.pair_gan)
+        states["gan"] = _half(gan_path)
+        entries.append(_pair_entry(config, name, arch, gan_entry))
     update_manifest(manifest_path, entries)
     written.append(manifest_path)
 
-    report = Report(config, arch)
+    labels = {"psnr": f"{name}-psnr", "gan": config.export.pair_gan or f"{name}-gan"}
+    report = Report(config, arch, labels)
     if validation is not None:
         report.validation(validation, states)
-        if pair:
+        if "gan" in states:
             report.sweep(validation, states, cards_dir / f"{name}-alpha.png")
         figure = cards_dir / f"{name}-restoration.png"
         _restoration_figure(figure, validation, states)
         report.figures.append(
             (
                 figure.name,
-                "Damaged input (noise σ 10, JPEG q 40), bicubic | " + " | ".join(states) + " | ground truth",
+                "Damaged input (noise σ 10, JPEG q 40): bicubic | "
+                + " | ".join(labels[k] for k in states)
+                + " | ground truth",
             )
         )
-        written += [figure] + ([cards_dir / f"{name}-alpha.png"] if pair else [])
+        written += [figure] + ([cards_dir / f"{name}-alpha.png"] if "gan" in states else [])
     if config.export.evaluation:
         report.held_out(config, states)
     curves = result.run_dir / "curves.png"
@@ -171,9 +215,10 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
 class Report:
     """Collects the figures for a model card and renders it as Markdown."""
 
-    def __init__(self, config: TrainConfig, arch: str) -> None:
+    def __init__(self, config: TrainConfig, arch: str, labels: dict[str, str]) -> None:
         self.config = config
         self.arch = arch
+        self.labels = labels
         self.sections: list[str] = []
         self.figures: list[tuple[str, str]] = []
 
@@ -183,9 +228,9 @@ class Report:
         return "\n".join(lines)
 
     def validation(self, data: ValidationSet, states: dict[str, dict[str, Tensor]]) -> None:
-        rows = [("bicubic", data.bicubic)] + [(k, _evaluate(s, data)) for k, s in states.items()]
+        rows = [("bicubic", data.bicubic)] + [(self.labels[k], _evaluate(s, data)) for k, s in states.items()]
         damaged = [("bicubic", _damaged_scores(None, data))] + [
-            (k, _damaged_scores(s, data)) for k, s in states.items()
+            (self.labels[k], _damaged_scores(s, data)) for k, s in states.items()
         ]
         self.sections.append(
             f"## Validation ({len(data.hr)} held-out crops, bicubic ×{data.scale} degradation)\n\n"
@@ -220,8 +265,8 @@ class Report:
             sources=ex.evaluation, crops=ex.evaluation_crops, crop_size=ex.evaluation_crop_size
         )
         data = ValidationSet(vcfg, config.model.scale, config.seed + 1)
-        rows = [("bicubic", data.bicubic)] + [(k, _evaluate(s, data)) for k, s in states.items()]
-        gain = rows[1][1].psnr - data.bicubic.psnr
+        rows = [("bicubic", data.bicubic)] + [(self.labels[k], _evaluate(s, data)) for k, s in states.items()]
+        gain = rows[1][1].psnr - data.bicubic.psnr  # rows[1] is the PSNR model
         where = ", ".join(f"`{s.path}`" for s in ex.evaluation)
         size = f"crops of {ex.evaluation_crop_size}²" if ex.evaluation_crop_size else "whole images"
         self.sections.append(
@@ -274,6 +319,8 @@ class Report:
             "Losses: " + "; ".join(losses) + ".\n",
             f"Reproduce: `image-enhancer train training/configs/{name}.toml` (seed {c.seed}).\n",
         ]
+        if c.export.notes:
+            parts.append(f"Notes: {c.export.notes}\n")
         parts += [s + "\n" for s in self.sections]
         parts += [f"![{caption}]({fname})\n\n*{caption}.*\n" for fname, caption in self.figures]
         return "\n".join(parts)

@@ -55,7 +55,7 @@ class PerceptualLoss(nn.Module):
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=False)]
+                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU()]
                 channels = int(item)
         self.features = nn.Sequential(*layers[:35])
         state = load_state_dict(weights)
@@ -73,7 +73,7 @@ class PerceptualLoss(nn.Module):
         x = (x - self.mean) / self.std
         out = []
         for index, layer in enumerate(self.features):
-            x = layer(x) if not isinstance(layer, nn.ReLU) else F.relu(x)
+            x = layer(x)
             if index in _LAYERS:
                 out.append(x)
         return out

@@ -20,12 +20,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_latest
+from .checkpoint import Checkpoint, CheckpointError, load_latest
 from .config import ConfigError, TrainConfig, config_to_dict, expand_path, load_config
 from .curves import plot_training_log
 from .data import DataError, PatchDataset
 from .degradations import Degrader
 from .distributed import Placement, barrier, setup, teardown
+from .export import export_models
 from .networks import build_generator
 from .stages import GANStage, PSNRStage, RunContext, restore_stage, run_stage
 from .validation import ValidationSet
@@ -82,6 +83,12 @@ def _context(config: TrainConfig, run_dir: Path, placement: Placement) -> RunCon
     return RunContext(config, run_dir, placement, dataset, degrader, validation, teacher)
 
 
+def _stage_done(weights: Path, ckpt: Checkpoint | None, stage: str, iterations: int) -> bool:
+    """A stage is done once its weights exist, unless the config now asks for more iterations."""
+    unfinished = ckpt is not None and ckpt.stage == stage and ckpt.iteration < iterations
+    return weights.is_file() and not unfinished
+
+
 def run_training(config_path: Path, resume: bool = True) -> TrainingResult:
     """Train as `config_path` says, resuming from the run folder's latest checkpoint when `resume`."""
     config = load_config(Path(config_path))
@@ -113,7 +120,7 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config.seed)
     generator = build_generator(config.model).to(placement.device)
-    if not result.psnr_weights.is_file():
+    if not _stage_done(result.psnr_weights, ckpt, "psnr", config.psnr.iterations):
         stage = PSNRStage(generator, config.psnr, placement)
         start = 0
         if ckpt is not None and ckpt.stage == "psnr":
@@ -125,7 +132,7 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
 
     if config.gan.iterations > 0:
         result.gan_weights = run_dir / GAN_WEIGHTS
-        if not result.gan_weights.is_file():
+        if not _stage_done(result.gan_weights, ckpt, "gan", config.gan.iterations):
             # Built without `model.init`: the GAN stage starts from the PSNR stage's result.
             generator = build_generator(dataclasses.replace(config.model, init="")).to(placement.device)
             generator.load_state_dict(load_file(str(result.psnr_weights), device=str(placement.device)))
@@ -141,8 +148,6 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
     if placement.is_main:
         redraw()
         if config.export.name:
-            from .export import export_models
-
             result.exported = export_models(config, result, ctx.validation)
     barrier(placement)
     return result

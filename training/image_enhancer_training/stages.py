@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,7 @@ def restore_stage(stage: Stage, ckpt: Checkpoint) -> None:
         module.load_state_dict(ckpt.modules[name])
     for name, optimizer in stage.optimizers().items():
         optimizer.load_state_dict(ckpt.optimizers[name])
+    stage.ema.updates = int(ckpt.extra.get("ema_updates", ckpt.iteration))
 
 
 def validate(ctx: RunContext, stage: Stage, iteration: int) -> dict[str, float]:
@@ -218,7 +220,9 @@ def _batch_seed(config: TrainConfig, stage: str, iteration: int, rank: int) -> i
     return (config.seed * 1_000_003 + (iteration * 64 + rank) * 2 + (stage == "gan")) % 2**63
 
 
-def run_stage(ctx: RunContext, stage: Stage, start: int, on_validation: Any = None) -> dict[str, float]:
+def run_stage(
+    ctx: RunContext, stage: Stage, start: int, on_validation: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Train `stage` from iteration `start` to its end; returns the last validation scores."""
     config, placement = ctx.config, ctx.placement
     total = stage.iterations
@@ -256,7 +260,7 @@ def run_stage(ctx: RunContext, stage: Stage, start: int, on_validation: Any = No
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
         bar.update(1)
         if done % config.checkpoint_every == 0 or done == total:
-            save_stage_checkpoint(ctx, stage, done, {})
+            save_stage_checkpoint(ctx, stage, done, {"ema_updates": stage.ema.updates})
         if (every and done % every == 0) or done == total:
             scores = validate(ctx, stage, done) or scores
             if on_validation is not None and placement.is_main:

@@ -144,8 +144,9 @@ class ModelRunner:
         self.descriptor = loaded.descriptor
         self.device = device
         self.dtype = dtype
-        # channels_last pays on CUDA tensor cores; on CPU it was measured slower (see bench/README.md).
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        # channels_last pays on CUDA tensor cores and with oneDNN on CPU (measured ×1.3–1.5 for the
+        # compact model, see bench/README.md); MPS kernels for it are patchy, so it stays off there.
+        self.channels_last = device.type != "mps" if channels_last is None else channels_last
         self._source = loaded.module
         self._module = self._prepare(dtype)
         self._fp32: torch.nn.Module | None = self._module if dtype is torch.float32 else None

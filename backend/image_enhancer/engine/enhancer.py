@@ -103,7 +103,7 @@ class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
     ``batch_size`` (tiles per forward pass) defaults to 1 on CPU and 4 on CUDA/MPS; ``channels_last``
-    defaults to on for CUDA only; ``threads`` sets the CPU thread count (None: one per core).
+    defaults to on for CUDA and CPU, off for MPS; ``threads`` sets the CPU thread count (None: one per core).
     """
 
     def __init__(

@@ -284,6 +284,20 @@ class Tiler:
     def _cores(self, image: torch.Tensor, batch: list[Tile], tile: int) -> list[torch.Tensor]:
         """The core outputs of a batch of tiles, splitting the work on out-of-memory."""
         s = self.settings
+        first = batch[0]
+        if len(batch) == 1 and self.tile < s.tile and max(first.y.core_size, first.x.core_size) > self.tile:
+            # An earlier tile already ran out of memory at this size: go straight to smaller tiles.
+            return [
+                self._render(
+                    image,
+                    first.y.core_start,
+                    first.x.core_start,
+                    first.y.core_end,
+                    first.x.core_end,
+                    self.tile,
+                    report=False,
+                )
+            ]
         try:
             windows = torch.stack([window_of(image, t) for t in batch])
             output = self.op(windows)

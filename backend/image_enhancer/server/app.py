@@ -71,9 +71,6 @@ class RunningServer:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
 
-    def wait(self) -> None:
-        self.server.wait_for_termination()
-
 
 def _set_health(health_servicer: health.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):

@@ -124,27 +124,26 @@ def receive_samples(requests: Iterable[pb.EnhanceRequest], spec: ImageSpec) -> b
     """Collect the image's chunks into one buffer of exactly the announced size.
 
     Chunks are 1-4 MiB; only the one that completes the image may be smaller. Extra bytes, a second
-    start message or a stream that ends early are refused.
+    start message or a stream that ends early are refused. The buffer grows with the bytes that really
+    arrive, so a header announcing a huge image costs nothing until its bytes come.
     """
-    buffer = bytearray(spec.nbytes)
-    received = 0
+    buffer = bytearray()
     short_chunk = 0  # number of a chunk under 1 MiB; only the last chunk may be one
     for index, request in enumerate(requests, start=1):
         if request.WhichOneof("message") != "chunk":
             raise invalid(f"message {index + 1} of the upload is not a chunk; `start` must come exactly once")
         size = len(request.chunk)
-        if received + size > spec.nbytes:
+        if len(buffer) + size > spec.nbytes:
             raise invalid(
                 f"too many bytes: a {spec.width}x{spec.height} image with {spec.channels} {spec.sample_type}"
-                f" channels has {spec.nbytes} bytes, got at least {received + size}"
+                f" channels has {spec.nbytes} bytes, got at least {len(buffer) + size}"
             )
         if short_chunk or size == 0 or size > MAX_CHUNK:
             bad, bad_size = (short_chunk, "under 1 MiB") if short_chunk else (index, f"{size} bytes")
             raise invalid(f"chunk {bad} has {bad_size}; chunks are 1-4 MiB, only the last may be smaller")
         if size < MIN_CHUNK:
             short_chunk = index
-        buffer[received : received + size] = request.chunk
-        received += size
-    if received != spec.nbytes:
-        raise invalid(f"the upload ended early: received {received} of {spec.nbytes} bytes")
+        buffer += request.chunk
+    if len(buffer) != spec.nbytes:
+        raise invalid(f"the upload ended early: received {len(buffer)} of {spec.nbytes} bytes")
     return buffer
