@@ -61,6 +61,7 @@ def run_ours(config: dict, image: np.ndarray, store) -> np.ndarray:
         channels_last=config["channels_last"],
     )
     options = EnhanceOptions(model=config["model"], tile=config["tile"])
+    store.get(config["model"])  # read and verify the weights outside the timing, as the other variants do
     for _ in range(config["warmup"]):
         enhancer.enhance(image, options)
     return lambda: enhancer.enhance(image, options)
@@ -96,6 +97,7 @@ def reference_loop(
 
 def run_reference(config: dict, image: np.ndarray, store):
     import torch
+
     from image_enhancer.engine.device import resolve_device
 
     device = resolve_device(config["device"])
@@ -148,6 +150,7 @@ VARIANTS = {"ours": run_ours, "reference": run_reference, "ncnn": run_ncnn}
 def child(config: dict) -> None:
     """Run one variant once (after warm-up) and print a JSON line with its figures."""
     import torch
+
     from image_enhancer.weights.store import ModelStore
 
     if config["threads"]:

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 PLUGIN_NAME = "ai_enhance"
-CONFIG_NAME = "ai_enhance.json"  # read by the plug-in's backend.py
+CONFIG_NAME = "ai_enhance.json"  # read by the plug-in's transport.py
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SOURCE_DIR = Path(__file__).resolve().parent / PLUGIN_NAME
 # Distribution name -> the top-level import folders it provides. All ship pure-Python code; multidict

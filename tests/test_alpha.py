@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from image_enhancer.engine.alpha import constant_value, fill_transparent, split_alpha, upscale_bicubic
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 

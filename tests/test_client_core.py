@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from image_enhancer.client import core
 from image_enhancer.client.core import EnhancerError, ImageInfo, Options
 from image_enhancer.v1 import enhancer_pb2 as pb

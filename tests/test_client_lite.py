@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import FAST_MODEL
+
 from image_enhancer.engine.enhancer import EnhanceOptions
 from image_enhancer.server.app import serve
 
@@ -41,7 +43,7 @@ sys.meta_path.insert(0, RefuseCompiledWheels())
 from image_enhancer.client import lite
 from image_enhancer.client.core import EnhancerError
 
-address, token, folder, fast = sys.argv[1:5]
+address, token, folder, fast, unix_address = sys.argv[1:6]
 folder = Path(folder)
 facts = {}
 
@@ -68,6 +70,9 @@ with lite.LiteClient(address, token=token or None) as client:
     attempt("bad scale", lambda: client.enhance(b"\0" * 48, 4, 4, 3, "u8", model=fast, scale=9))
     attempt("deadline", lambda: client.enhance(bytes(384 * 384 * 3), 384, 384, 3, "u8", model=fast, tile=16,
                                                timeout=2))
+with lite.LiteClient(unix_address) as local:
+    info, data = local.enhance(bytes(range(48)), 4, 4, 3, "u8", model=fast)
+    facts["unix"] = [local.health(), info.width, info.height, len(data)]
 with lite.LiteClient(address) as anonymous:
     attempt("no token", anonymous.list_models)
 with lite.LiteClient("127.0.0.1:1") as nobody:
@@ -86,9 +91,9 @@ print(json.dumps(facts))
 PURE_PYTHON_ENV = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "MULTIDICT_NO_EXTENSIONS": "1"}
 
 
-def run_probe(address: str, token: str, folder: Path) -> dict:
+def run_probe(address: str, token: str, folder: Path, unix_address: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, address, token, str(folder), FAST_MODEL],
+        [sys.executable, "-c", PROBE, address, token, str(folder), FAST_MODEL, unix_address],
         env={**os.environ, **PURE_PYTHON_ENV},
         capture_output=True,
         text=True,
@@ -105,7 +110,15 @@ def token_server(make_enhancer):
     running.stop()
 
 
-def test_pure_python_client_against_the_real_server(token_server, make_enhancer, tmp_path):
+@pytest.fixture(scope="module")
+def unix_server(make_enhancer):
+    with tempfile.TemporaryDirectory(prefix="ie-") as folder:  # short: socket paths are limited
+        running = serve(make_enhancer(), f"unix:{folder}/lite.sock", warm_up=[])
+        yield running
+        running.stop()
+
+
+def test_pure_python_client_against_the_real_server(token_server, unix_server, make_enhancer, tmp_path):
     rng = np.random.default_rng(5)
     images = {
         "rgba_u8": rng.integers(0, 256, (12, 20, 4), dtype=np.uint8),
@@ -123,7 +136,7 @@ def test_pure_python_client_against_the_real_server(token_server, make_enhancer,
         )
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
 
-    facts = run_probe(token_server.address, "lite-token", tmp_path)
+    facts = run_probe(token_server.address, "lite-token", tmp_path, unix_server.address)
     reference = make_enhancer()
 
     assert facts["protobuf"] == "python"
@@ -140,5 +153,6 @@ def test_pure_python_client_against_the_real_server(token_server, make_enhancer,
     assert facts["unknown model"].startswith("not_found: unknown model 'no-such-model'")
     assert facts["bad scale"].startswith("invalid: scale must be between 1 and 8")
     assert facts["deadline"].startswith("deadline:")
+    assert facts["unix"] == ["SERVING", 16, 16, 16 * 16 * 3]
     assert facts["no token"].startswith("unauthenticated:")
     assert facts["no server"].startswith("unavailable:")

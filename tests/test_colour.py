@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from image_enhancer.engine import colour, pixels
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 MODEL = "realesr-animevideov3"

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_enhancer.engine.device import ModelRunner, resolve_device, resolve_precision
+from PIL import Image
+
+from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_device, resolve_precision
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
     Enhancer,
@@ -19,7 +21,6 @@ from image_enhancer.engine.pixels import PixelFormatError
 from image_enhancer.engine.tiling import Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.weights.store import ModelStore
-from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 COMPACT = "realesr-animevideov3"
@@ -136,11 +137,15 @@ def test_any_output_scale(enhancer, forest, scale, size):
 
 def test_progress_reports_every_stage_in_order(enhancer, forest):
     seen: list[Progress] = []
-    enhancer.enhance(forest[:48, :48], EnhanceOptions(model=COMPACT, tile=24), progress=seen.append)
-    stages = [p.stage for p in seen]
-    assert stages[0] == "loading model" and stages[-1] == "finishing"
+    alpha = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))
+    rgba = np.dstack([forest[:48, :48], alpha])
+    enhancer.enhance(rgba, EnhanceOptions(model=COMPACT, tile=24), progress=seen.append)
+    order = ["loading model", "enhancing", "finishing"]
+    stages = [order.index(p.stage) for p in seen]
+    assert stages == sorted(stages) and set(stages) == {0, 1, 2}
     tiles = [p for p in seen if p.stage == "enhancing"]
-    assert len(tiles) >= 9 and tiles[-1].done == tiles[-1].total
+    # Nine tiles for the colour and nine for the alpha, reported per batch, ending at the total.
+    assert len(tiles) >= 2 and tiles[-1].done == tiles[-1].total == 18
     assert [p.done for p in tiles] == sorted(p.done for p in tiles)
 
 
@@ -251,7 +256,8 @@ def tiny_models(tmp_path_factory) -> ModelStore:
         "rrdb-x2": RRDBNet(in_channels=3, out_channels=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
     }
     for name, network in networks.items():
-        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, folder / f"{name}.safetensors")
+        tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
+        save_file(tensors, folder / f"{name}.safetensors")
     return ModelStore(models_dir=folder)
 
 
@@ -272,3 +278,16 @@ def test_size_multiple_is_respected_for_odd_sizes_and_tiles(tiny_models, forest)
     tiled = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2", tile=17))
     assert whole.shape == tiled.shape == (74, 46, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_constructor_rejects_bad_settings(model_store):
+    with pytest.raises(ValueError, match="batch size"):
+        Enhancer(model_store, device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="unknown precision"):
+        Enhancer(model_store, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="thread count"):
+        Enhancer(model_store, device="cpu", threads=0)
+
+
+def test_cpu_memory_budget_is_bounded():
+    assert 64 << 20 < memory_budget(torch.device("cpu")) <= 1 << 30

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_enhancer.client.grpc_client import EnhancerClient
 from PIL import Image
+
+from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
@@ -286,3 +287,22 @@ def test_script_fu_call_returns_the_new_layer(gimp: ChrootGimp) -> None:
     done = subprocess.run(gimp.command(code, "plug-in-script-fu-eval"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "new layer 48x32" in done.stdout + done.stderr
+
+
+def test_layer_group_is_refused_with_a_clear_message(gimp: ChrootGimp) -> None:
+    result = gimp.run_job("group", _photo(24), group=True, arguments={"model": MODEL, "scale": "x2"})
+    assert result["status"] == "execution-error"
+    assert '"group" is a layer group' in result["error"]
+    assert result["image"] == [24, 24] and result["dirty"] is False
+
+
+def test_text_layer_is_enhanced_as_pixels_and_stays_text(gimp: ChrootGimp, backend_address: str) -> None:
+    # At x1 nothing else changes, so the text layer must stay plain editable text. (Above x1 GIMP scales
+    # it with the image, as Image > Scale Image does, which marks its text as modified.)
+    result = gimp.run_job("text", _photo(64), text="AI", arguments={"model": MODEL, "scale": "x1"})
+    assert result["status"] == "success", result.get("error")
+    assert result["target_is_text"] is True
+    before = gimp.read(result, "target_before", np.uint8, 4)
+    enhanced = gimp.read(result, "new_layer", np.uint8, 4)
+    assert result["new_layer"]["name"] == "AI (AI x1)"
+    assert _max_difference(enhanced, _direct(backend_address, before, 1.0)) <= 1

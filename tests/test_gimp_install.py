@@ -22,11 +22,11 @@ plugin = sys.argv[1]
 os.environ["MULTIDICT_NO_EXTENSIONS"] = "1"
 os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 sys.path[:0] = [plugin, os.path.join(plugin, "vendor")]
-import backend
+import transport
 from google.protobuf.internal import api_implementation
 import multidict
 from image_enhancer.client.lite import LiteClient
-print(api_implementation.Type(), multidict.istr.__module__, LiteClient.__module__, backend.__file__)
+print(api_implementation.Type(), multidict.istr.__module__, LiteClient.__module__, transport.__file__)
 """
 
 
@@ -83,7 +83,7 @@ def test_install_writes_plugin_config_and_vendor(installed: Path) -> None:
     target = installed / "ai_enhance"
     entry = target / "ai_enhance.py"
     assert os.access(entry, os.X_OK)
-    for module in ("backend.py", "layer_io.py", "placement.py", "settings.py", "dialog.py"):
+    for module in ("transport.py", "layer_io.py", "placement.py", "settings.py", "dialog.py"):
         assert (target / module).is_file()
     config = json.loads((target / "ai_enhance.json").read_text())
     assert config["address"] == "127.0.0.1:50999"
@@ -112,11 +112,11 @@ def test_vendored_client_imports_as_pure_python_without_site_packages(installed:
         env={"PATH": os.environ.get("PATH", "")},
     )
     assert probe.returncode == 0, probe.stderr
-    protobuf_impl, multidict_module, lite_module, backend_file = probe.stdout.split()
+    protobuf_impl, multidict_module, lite_module, transport_file = probe.stdout.split()
     assert protobuf_impl == "python"
     assert multidict_module == "multidict._multidict_py"
     assert lite_module == "image_enhancer.client.lite"
-    assert Path(backend_file).parent == installed / "ai_enhance"
+    assert Path(transport_file).parent == installed / "ai_enhance"
 
 
 def test_check_reports_a_good_install_then_damage(installed: Path, tmp_path: Path) -> None:

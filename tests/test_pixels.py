@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from image_enhancer.engine import pixels
 from image_enhancer.engine.pixels import PixelFormatError
 

@@ -16,14 +16,16 @@ import grpc
 import numpy as np
 import pytest
 from conftest import FAST_MODEL
+from PIL import Image
+
 from image_enhancer.client import core
 from image_enhancer.client.core import EnhancerError, ImageInfo, Options
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.server.app import serve
+from image_enhancer.server.jobs import JobQueue
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
-from PIL import Image
 
 DATA = Path(__file__).resolve().parent / "data"
 # A job that would run for minutes: thousands of minimum-size tiles, one per batch on CPU.
@@ -84,6 +86,14 @@ def small_job_seconds(client: EnhancerClient) -> float:
     info, data = client.enhance(pixels.tobytes(), 16, 16, 3, "u8", model=FAST_MODEL, timeout=120)
     assert (info.width, info.height, len(data)) == (64, 64, 64 * 64 * 3)
     return time.monotonic() - started
+
+
+def assert_slots_given_back(jobs: JobQueue) -> None:
+    """The server frees a slot just after the client sees the call end; allow it a moment."""
+    deadline = time.monotonic() + 10
+    while jobs.slots_taken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.slots_taken == 0
 
 
 def status_of(
@@ -372,10 +382,32 @@ def test_garbage_and_truncated_streams_leave_the_server_serving(grpc_server, stu
     call.cancel()
     # Nothing leaked: the queue slot was given back and other work goes on.
     assert small_job_seconds(grpc_client) < PROMPT_S
-    deadline = time.monotonic() + 10
-    while grpc_server.jobs.slots_taken and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert grpc_server.jobs.slots_taken == 0
+    assert_slots_given_back(grpc_server.jobs)
+
+
+def test_stalled_upload_is_abandoned_and_frees_its_slot(make_enhancer):
+    running = serve(make_enhancer(), "127.0.0.1:0", max_queue=1, warm_up=[], upload_idle_s=1.0)
+    release = threading.Event()
+
+    def stalled_upload():
+        yield start(**BIG)
+        yield chunk(MIB)
+        release.wait(60)  # a client that stops sending but keeps the connection open
+
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = enhancer_pb2_grpc.EnhancerStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                list(stub.Enhance(stalled_upload(), timeout=60))
+            assert caught.value.code() == grpc.StatusCode.CANCELLED
+            assert time.monotonic() - started < 30
+            assert_slots_given_back(running.jobs)
+            with EnhancerClient(running.address) as client:  # the only slot is free again
+                assert small_job_seconds(client) < PROMPT_S
+    finally:
+        release.set()
+        running.stop()
 
 
 # --- the queue --------------------------------------------------------------------------------------------

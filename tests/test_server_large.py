@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import FAST_MODEL
+
 from image_enhancer.engine.enhancer import EnhanceOptions
 
 SIDE = 512

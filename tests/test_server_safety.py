@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FAST_MODEL, REPO_ROOT
+
 from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.server.app import TlsFiles, serve
@@ -83,6 +84,12 @@ def test_stale_socket_file_is_replaced(make_enhancer, socket_dir):
 )
 def test_loopback_addresses_are_recognised(address, local):
     assert is_local_address(address) is local
+
+
+@pytest.mark.parametrize("address", ["50051", "localhost", ":50051", "127.0.0.1:port"])
+def test_malformed_addresses_are_refused(make_enhancer, address):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        serve(make_enhancer(), address, warm_up=[])
 
 
 def test_all_interfaces_without_token_or_tls_is_refused(make_enhancer):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from image_enhancer.engine.tiling import (
     JobCancelled,
     Tiler,

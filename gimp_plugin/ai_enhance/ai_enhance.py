@@ -34,14 +34,14 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 import layer_io  # noqa: E402
 import placement  # noqa: E402
+import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
-from image_enhancer.client.core import ImageInfo, Options  # noqa: E402
 from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICES, Settings  # noqa: E402
 
-import backend  # noqa: E402
+from image_enhancer.client.core import ImageInfo, Options  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
-# Set to print where the time goes (GIMP I/O, backend call, placing the result) to stderr.
+# Set to print where the time goes to stderr: reading the layer, upload, server, download, placing.
 TIMINGS_ENV = "AI_ENHANCE_TIMINGS"
 _DEFAULTS = Settings()
 
@@ -76,10 +76,10 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
     """
     scale = settings.scale
     sources = [placement.plan_source(layer, scale) for layer in layers]
-    config = backend.load_config(HERE)
-    client = backend.connect(settings.server or config.address, config, _report)
+    config = transport.load_config(HERE)
+    client = transport.connect(settings.server or config.address, config, _report)
     try:
-        model = backend.find_model(backend.list_models(client), settings.model)
+        model = transport.find_model(transport.list_models(client), settings.model)
         options = Options(
             model=model.name,
             scale=scale,
@@ -90,11 +90,11 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
             alpha_mode=settings.alpha_mode,
         )
         results = []
-        timings = {"read_s": 0.0, "backend_s": 0.0, "place_s": 0.0}
+        timings = {"read_s": 0.0}
         for index, source in enumerate(sources):
             name = source.layer.get_name()
             prefix = f"{name} ({index + 1}/{len(sources)}): " if len(sources) > 1 else ""
-            backend.check_size(client, source.width, source.height, name)
+            transport.check_size(client, source.width, source.height, name)
             fmt = layer_io.pixel_format(source.layer)
             _report(f"{prefix}Reading the layer", None)
             started = time.perf_counter()
@@ -102,13 +102,16 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
             timings["read_s"] += time.perf_counter() - started
             sent = ImageInfo(source.width, source.height, fmt.channels, fmt.sample_type)
             _report(f"{prefix}Sending the layer to the AI backend", None)
-            started = time.perf_counter()
-            got, pixels = backend.enhance(
-                client, data, sent, options, lambda text, fraction, p=prefix: _report(p + text, fraction)
+            got, pixels = transport.enhance(
+                client,
+                data,
+                sent,
+                options,
+                lambda text, fraction, p=prefix: _report(p + text, fraction),
+                timings,
             )
-            timings["backend_s"] += time.perf_counter() - started
             if (got.channels, got.sample_type) != (sent.channels, sent.sample_type):
-                raise backend.BackendError(
+                raise transport.BackendError(
                     f"The backend returned {got.channels} channels of {got.sample_type} for {sent.channels} "
                     f"of {sent.sample_type}; the backend and the plug-in do not match. Reinstall both."
                 )
@@ -117,21 +120,23 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         client.close()
 
     _report("Adding the enhanced layer", None)
-    started = time.perf_counter()
     Gimp.context_push()
     image.undo_group_start()
     try:
+        started = time.perf_counter()
         if scale != 1.0:
             placement.enlarge_image(image, scale)
+        timings["scale_image_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         new_layers = [
             placement.add_result_layer(image, source, scale, fmt, got.width, got.height, pixels)
             for source, fmt, got, pixels in results
         ]
+        timings["write_s"] = time.perf_counter() - started
     finally:
         image.undo_group_end()
         Gimp.context_pop()
     Gimp.displays_flush()
-    timings["place_s"] = time.perf_counter() - started
     if os.environ.get(TIMINGS_ENV):
         print(f"{TIMINGS_ENV} {json.dumps(timings)}", file=sys.stderr)
     return new_layers
@@ -149,13 +154,13 @@ def _interactive_settings(procedure: Gimp.Procedure, config: Gimp.ProcedureConfi
     models, problem = [], None
     try:
         settings = read_settings(config)
-        backend_config = backend.load_config(HERE)
-        client = backend.connect(settings.server or backend_config.address, backend_config, _report)
+        backend_config = transport.load_config(HERE)
+        client = transport.connect(settings.server or backend_config.address, backend_config, _report)
         try:
-            models = backend.list_models(client)
+            models = transport.list_models(client)
         finally:
             client.close()
-    except backend.BackendError as error:
+    except transport.BackendError as error:
         problem = str(error)
     Gimp.progress_end()
     return dialog.run_dialog(procedure, config, models, problem)
@@ -176,7 +181,7 @@ def run(
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         Gimp.progress_init("AI Enhance")
         new_layers = enhance_layers(image, layers, read_settings(config))
-    except (backend.BackendError, placement.PlacementError, ValueError) as error:
+    except (transport.BackendError, placement.PlacementError, ValueError) as error:
         return _failure(procedure, str(error))
     except Exception as error:  # a bug: say so plainly, keep the details for the error console
         traceback.print_exc()

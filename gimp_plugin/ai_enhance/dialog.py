@@ -9,7 +9,8 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
+from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
+
 from image_enhancer.client.core import ModelInfo  # noqa: E402
 
 
@@ -54,6 +55,10 @@ def run_dialog(
             config.set_property(name, "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
     try:
+        # Widgets asked for before `fill` replace the default ones (spin buttons for doubles).
+        strength = dialog.get_spin_scale("strength", 100.0)  # shown in percent
+        dialog.get_spin_scale("auto-contrast", 100.0)
+        dialog.get_spin_scale("custom-scale", 1.0)
         dialog.get_label("advanced-label", "Advanced", False, False)
         dialog.fill_box("advanced-box", ["tile-size", "server"])
         dialog.fill_expander("advanced", "advanced-label", False, "advanced-box")
@@ -68,20 +73,15 @@ def run_dialog(
         ]
         dialog.fill(fields if models else ["model", *fields])
 
-        strength = dialog.get_spin_scale("strength", 100.0)  # shown in percent
-        dialog.get_spin_scale("auto-contrast", 100.0)
-        custom = dialog.get_spin_scale("custom-scale", 1.0)
         strength.set_no_show_all(True)
 
         def show_strength(name: str) -> None:
             # Strength interpolates a PSNR/GAN pair; other models have nothing to interpolate.
             strength.set_visible(any(m.name == name and m.has_strength for m in models) if models else True)
 
-        def scale_changed(*_args: object) -> None:
-            custom.set_sensitive(config.get_property("scale") == "custom")
-
-        config.connect("notify::scale", scale_changed)
-        scale_changed()
+        custom_only = Gimp.ValueArray.new(1)
+        custom_only.append(GObject.Value(GObject.TYPE_STRING, "custom"))
+        dialog.set_sensitive_if_in("custom-scale", None, "scale", custom_only, True)
         content = dialog.get_content_area()
         if models:
             row, combo = _model_row(config, models, show_strength)

@@ -53,13 +53,22 @@ if "ellipse" in job:
     x, y, w, h = job["ellipse"]
     image.select_ellipse(Gimp.ChannelOps.REPLACE, x, y, w, h)
     Gimp.Selection.feather(image, job.get("feather", 0.0))
+target = layer
+if job.get("group"):  # the photo inside a layer group, and the group selected
+    target = Gimp.GroupLayer.new(image, "group")
+    image.insert_layer(target, None, 0)
+    image.reorder_item(layer, target, 0)
+if "text" in job:  # a text layer above the photo, selected
+    target = Gimp.TextLayer.new(image, job["text"], Gimp.context_get_font(), 24.0, Gimp.Unit.pixel())
+    image.insert_layer(target, None, 0)
+target_before = dump(target, "target_before.raw", babl(4, sample)) if "text" in job else None
 image.clean_all()
 
 procedure = Gimp.get_pdb().lookup_procedure("python-fu-ai-enhance")
 config = procedure.create_config()
 config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
 config.set_property("image", image)
-config.set_core_object_array("drawables", [layer])
+config.set_core_object_array("drawables", [target])
 for key, value in job.get("arguments", {}).items():
     config.set_property(key, value)
 values = procedure.run(config)
@@ -74,10 +83,12 @@ result = {
     ],
     "dirty": image.is_dirty(),
     "original": dump(layer, "original.raw", fmt),
+    "target_is_text": target.is_text_layer(),
+    "target_before": target_before,
 }
 if status == Gimp.PDBStatusType.SUCCESS:
     new_layer = values.index(1)
-    result["new_layer"] = dump(new_layer, "new_layer.raw", fmt)
+    result["new_layer"] = dump(new_layer, "new_layer.raw", babl(4, sample) if "text" in job else fmt)
     result["new_layer"]["name"] = new_layer.get_name()
     result["background"] = dump(background, "background.raw", babl(3, sample))
     mask = new_layer.get_mask()

@@ -11,6 +11,8 @@ Writes docs/gimp-dialog.png and docs/gimp-before-after.png.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,7 +48,8 @@ Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path("{png}"
 
 
 def _start_backend(address: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"])
+    command = [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"]
+    process = subprocess.Popen(command)
     with EnhancerClient(address) as client:
         client.wait_until_serving(timeout=120)
     return process
@@ -56,18 +59,21 @@ def dialog_screenshot(gimp: ChrootGimp, out: Path) -> None:
     """Show the dialog on a virtual display and capture it (no window manager: the dialog sits at 0,0)."""
     shot_dir = gimp.job_dir("screenshot")
     (gimp.host(shot_dir) / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
-    xvfb = subprocess.Popen(["chroot", str(gimp.root), "Xvfb", DISPLAY, "-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+    screen = ["Xvfb", DISPLAY, "-screen", "0", "1280x900x24", "-nolisten", "tcp"]
+    xvfb = subprocess.Popen(["chroot", str(gimp.root), *screen], start_new_session=True)
     code = OPEN_DIALOG.format(sample=shot_dir / SAMPLE.name, model=MODEL)
-    gimp_process = subprocess.Popen(gimp.command(code, env={"DISPLAY": DISPLAY}), stderr=subprocess.DEVNULL)
+    # Its own process group, so that GIMP and its plug-ins go with it (the dialog never gets an answer).
+    gimp_process = subprocess.Popen(
+        gimp.command(code, env={"DISPLAY": DISPLAY}), stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         time.sleep(30)  # GIMP starts, the plug-in asks the backend for its models, the dialog maps
         xwd = shot_dir / "screen.xwd"
-        subprocess.run(
-            ["chroot", str(gimp.root), "xwd", "-root", "-silent", "-display", DISPLAY, "-out", str(xwd)], check=True
-        )
+        capture = ["xwd", "-root", "-silent", "-display", DISPLAY, "-out", str(xwd)]
+        subprocess.run(["chroot", str(gimp.root), *capture], check=True)
     finally:
-        gimp_process.kill()
-        xvfb.terminate()
+        os.killpg(gimp_process.pid, signal.SIGKILL)
+        os.killpg(xvfb.pid, signal.SIGTERM)
         gimp_process.wait()
         xvfb.wait()
     png = shot_dir / "screen.png"
@@ -80,8 +86,9 @@ def dialog_screenshot(gimp: ChrootGimp, out: Path) -> None:
 
 def before_after(gimp: ChrootGimp, out: Path) -> None:
     """A crop enlarged x4 plainly (left) and by the plug-in (right)."""
-    crop = np.asarray(Image.open(SAMPLE).convert("RGB"))[60:124, 120:200]
-    result = gimp.run_job("before-after", np.ascontiguousarray(crop), arguments={"model": MODEL, "scale": "x4"})
+    crop = np.asarray(Image.open(SAMPLE).convert("RGB"))[70:150, 185:265]  # the leaf
+    arguments = {"model": MODEL, "scale": "x4"}
+    result = gimp.run_job("before-after", np.ascontiguousarray(crop), arguments=arguments)
     if result["status"] != "success":
         raise RuntimeError(result.get("error"))
     enhanced = Image.fromarray(gimp.read(result, "new_layer", np.uint8, 3))

@@ -119,8 +119,8 @@ def from_tensor(tensor: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
     maximum = _INT_MAX.get(dtype.newbyteorder("="))
     if maximum is not None:
         values = values.mul_(maximum).round_()
-    array = values.permute(1, 2, 0).contiguous().numpy()
-    return array.astype(dtype.newbyteorder("="), copy=maximum is not None)
+    # One pass from the channels-first floats to the interleaved result, without a float copy between.
+    return values.permute(1, 2, 0).numpy().astype(dtype.newbyteorder("="), order="C")
 
 
 def srgb_to_linear(values: torch.Tensor) -> torch.Tensor:

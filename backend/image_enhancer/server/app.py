@@ -21,7 +21,7 @@ from image_enhancer.client.core import MAX_MESSAGE_BYTES, SERVICE_NAME
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
 from image_enhancer.server.jobs import JobQueue
-from image_enhancer.server.service import EnhancerService
+from image_enhancer.server.service import DEFAULT_UPLOAD_IDLE_S, EnhancerService
 from image_enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -142,11 +142,12 @@ def serve(
     token: str | None = None,
     tls: TlsFiles | None = None,
     warm_up: Sequence[str] | None = None,
+    upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S,
 ) -> RunningServer:
     """Start serving `enhancer` on `address` (host:port, port 0 picks one, or unix:PATH) and return.
 
     Health answers NOT_SERVING until the `warm_up` models (default: the store's default model; empty:
-    none) are loaded and have run once.
+    none) are loaded and have run once. An upload silent for `upload_idle_s` seconds is cancelled.
 
     Raises UnsafeListenError (a ValueError) for a non-loopback address without token or TLS, and
     OSError when the address cannot be bound.
@@ -171,7 +172,7 @@ def serve(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerService(enhancer, jobs), server)
+    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerService(enhancer, jobs, upload_idle_s), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

@@ -32,6 +32,10 @@ def is_local_address(address: str) -> bool:
 
 
 def check_listen_safety(address: str, token: str | None, tls: bool) -> None:
+    """Raise ValueError for a malformed address, UnsafeListenError for an unprotected public one."""
+    host, sep, port = address.rpartition(":")
+    if not address.startswith("unix:") and not (sep and host and port.isdigit()):
+        raise ValueError(f"address {address!r} must be HOST:PORT (e.g. 127.0.0.1:50051) or unix:PATH")
     if not is_local_address(address) and not token and not tls:
         raise UnsafeListenError(
             f"refusing to listen on {address} without protection: other machines could use this server. "

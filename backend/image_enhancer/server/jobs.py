@@ -49,12 +49,12 @@ class Job:
         self.options = options
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._cancelled = threading.Event()
-        self._queue: JobQueue | None = None
+        self.owner: JobQueue | None = None  # set when queued, so that cancelling can dequeue it
 
     def cancel(self) -> None:
         self._cancelled.set()
-        if self._queue is not None:
-            self._queue.discard(self)
+        if self.owner is not None:
+            self.owner.discard(self)
 
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
@@ -116,7 +116,7 @@ class JobQueue:
     def submit(self, job: Job) -> None:
         """Queue a job whose upload has finished (its slot was reserved before the upload)."""
         with self._lock:
-            job._queue = self
+            job.owner = self
             if job.is_cancelled():
                 self._slots_taken -= 1
                 return

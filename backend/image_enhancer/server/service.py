@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 # How often an RPC thread waiting for its job checks that the client is still there.
 _LIVENESS_POLL_S = 0.5
+# An upload that sends nothing for this long is abandoned.
+DEFAULT_UPLOAD_IDLE_S = 60.0
 
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -48,12 +51,33 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
+def watched(
+    requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext, idle_s: float
+) -> Iterator[pb.EnhanceRequest]:
+    """The requests, but the call is cancelled when the client sends nothing for `idle_s` seconds,
+    so a stalled upload cannot hold a queue slot and a thread forever."""
+    while True:
+        timer = threading.Timer(idle_s, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            request = next(requests, None)
+        finally:
+            timer.cancel()
+        if request is None:
+            return
+        yield request
+
+
 class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, enhancer: Enhancer, jobs: JobQueue) -> None:
+    def __init__(
+        self, enhancer: Enhancer, jobs: JobQueue, upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S
+    ) -> None:
         self._enhancer = enhancer
         self._store = enhancer.store
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
+        self._upload_idle_s = upload_idle_s
 
     # --- Enhance -------------------------------------------------------------------------------------
 
@@ -71,6 +95,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     def _enhance(
         self, requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.EnhanceResponse]:
+        requests = watched(requests, context, self._upload_idle_s)
         first = next(requests, None)
         if first is None:
             raise validation.invalid("the Enhance call ended before its start message")

@@ -207,15 +207,28 @@ def _stage_text(event: ProgressEvent) -> tuple[str, float | None]:
 
 
 def enhance(
-    client: LiteClient, data: bytes, image: ImageInfo, options: Options, report: Report
+    client: LiteClient,
+    data: bytes,
+    image: ImageInfo,
+    options: Options,
+    report: Report,
+    timings: dict[str, float] | None = None,
 ) -> tuple[ImageInfo, bytes]:
-    """Run one job; progress goes to `report`, failures become BackendError."""
+    """Run one job; progress goes to `report`, failures become BackendError.
+
+    `timings`, when given, gets "upload_s" (until the server has queued the job, i.e. has every byte),
+    "server_s" (queued until the engine finished) and "download_s" (the result's bytes) added to it.
+    """
+    marks = {"start": time.perf_counter()}
 
     def on_progress(event: ProgressEvent) -> None:
+        marks.setdefault("queued", time.perf_counter())
+        if event.stage == "finishing" and event.total and event.done == event.total:
+            marks["finished"] = time.perf_counter()
         report(*_stage_text(event))
 
     try:
-        return client.enhance(
+        result = client.enhance(
             data,
             image.width,
             image.height,
@@ -226,6 +239,17 @@ def enhance(
         )
     except EnhancerError as error:
         raise BackendError(explain(error)) from None
+    end = time.perf_counter()
+    if timings is not None:
+        queued = marks.get("queued", marks["start"])
+        finished = marks.get("finished", end)
+        for key, seconds in (
+            ("upload_s", queued - marks["start"]),
+            ("server_s", finished - queued),
+            ("download_s", end - finished),
+        ):
+            timings[key] = timings.get(key, 0.0) + seconds
+    return result
 
 
 def explain(error: EnhancerError) -> str:
