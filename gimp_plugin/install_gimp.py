@@ -16,6 +16,7 @@ to load compiled wheels. So the client's dependencies are copied as pure-Python 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -56,6 +57,8 @@ OWN_FILES = (
     "image_enhancer/client/lite.py",
 )
 _COMPILED = (".so", ".pyd", ".dylib", ".dll", ".pyc")
+# What pip fetches for a distribution the backend's Python does not have (protobuf must read our gencode).
+_FALLBACK_REQUIREMENTS = {"protobuf": "protobuf>=7.35.1,<8"}
 _VERSION_DIR = re.compile(r"^3\.\d+$")
 
 
@@ -142,36 +145,80 @@ def _pure_wheels(wheels_dir: Path) -> dict[str, Path]:
     return wheels
 
 
-def _site_packages_dir(top: str) -> Path | None:
-    """Where this Python has the import folder `top` (e.g. "google/protobuf")."""
-    for entry in sys.path:
+# Run by the backend's Python: its import path and its versions of the vendored distributions.
+_PROBE = """
+import json, sys
+from importlib import metadata
+versions = {}
+for name in sys.argv[1:]:
+    try:
+        versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+print(json.dumps({"path": sys.path, "versions": versions}))
+"""
+
+
+@dataclass(frozen=True)
+class SourcePython:
+    """The Python whose packages are vendored: the backend's, so that the plug-in's protobuf and client
+    match the server's, whichever Python runs this installer."""
+
+    executable: str
+    path: tuple[str, ...]
+    versions: dict[str, str]
+
+
+def python_of(backend_command: list[str]) -> str:
+    """The Python that runs `backend_command` (`python -m ...` or a venv's console script)."""
+    if backend_command:
+        first = Path(backend_command[0])
+        if first.name.lower().startswith("python"):
+            return str(first)
+        sibling = first.with_name("python.exe" if os.name == "nt" else "python")
+        if first.parent != Path() and sibling.exists():
+            return str(sibling)
+    return sys.executable
+
+
+def source_python(backend_command: list[str]) -> SourcePython:
+    """Ask the backend's Python where its packages are; this Python when that one cannot answer."""
+    executable = python_of(backend_command)
+    try:
+        probe = subprocess.run(
+            [executable, "-c", _PROBE, *VENDORED], capture_output=True, text=True, check=True, timeout=60
+        )
+        answer = json.loads(probe.stdout)
+        return SourcePython(executable, tuple(answer["path"]), answer["versions"])
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        versions = {}
+        for dist in VENDORED:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[dist] = metadata.version(dist)
+        return SourcePython(sys.executable, tuple(sys.path), versions)
+
+
+def _package_dir(top: str, search_path: tuple[str, ...]) -> Path | None:
+    """Where the import folder `top` (e.g. "google/protobuf") is on `search_path`."""
+    for entry in search_path:
         candidate = Path(entry or ".") / top
         if (candidate / "__init__.py").exists():
             return candidate
     return None
 
 
-def _requirement(dist: str) -> str:
-    """The version this Python has, so the plug-in speaks the same protobuf as the backend."""
-    try:
-        return f"{dist}=={metadata.version(dist)}"
-    except metadata.PackageNotFoundError:
-        return "protobuf>=7.35.1,<8" if dist == "protobuf" else dist
-
-
-def download_wheels(target: Path, dists: list[str] | None = None) -> None:
-    """Fetch the pure-Python wheels with pip (needs the network); `--platform any` skips compiled ones."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--only-binary=:all:",
-        "--no-deps",
-        "--platform",
-        "any",
+def download_wheels(target: Path, dists: list[str] | None = None, source: SourcePython | None = None) -> None:
+    """Fetch the pure-Python wheels with pip (needs the network); `--platform any` skips compiled ones.
+    Versions follow `source` where it has the package."""
+    source = source or source_python([sys.executable])
+    requirements = [
+        f"{dist}=={source.versions[dist]}"
+        if dist in source.versions
+        else _FALLBACK_REQUIREMENTS.get(dist, dist)
+        for dist in dists or VENDORED
     ]
-    command += ["--dest", str(target), *(_requirement(d) for d in dists or VENDORED)]
+    command = [source.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps"]
+    command += ["--platform", "any", "--dest", str(target), *requirements]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise InstallError(
@@ -186,19 +233,19 @@ def _extract_wheel(wheel: Path, tops: tuple[str, ...], vendor: Path) -> None:
         archive.extractall(vendor, members)
 
 
-def _vendor_dependencies(vendor: Path, wheels_dir: Path | None) -> dict[str, str]:
+def _vendor_dependencies(vendor: Path, wheels_dir: Path | None, source: SourcePython) -> dict[str, str]:
     """Fill `vendor` with the pure-Python packages; returns where each came from.
 
-    From `wheels_dir` when given (it must hold them all), else this Python's site-packages (without
-    compiled files), and pip for whatever this Python lacks.
+    From `wheels_dir` when given (it must hold them all), else the source Python's site-packages
+    (without compiled files), and pip for whatever that Python lacks.
     """
     origins = {}
     if wheels_dir is None:
         for dist, tops in VENDORED.items():
-            sources = [_site_packages_dir(top) for top in tops]
-            if all(sources):
-                for top, source in zip(tops, sources, strict=True):
-                    _copy_tree(source, vendor / top)
+            folders = [_package_dir(top, source.path) for top in tops]
+            if all(folders):
+                for top, folder in zip(tops, folders, strict=True):
+                    _copy_tree(folder, vendor / top)
                 origins[dist] = "site-packages"
     missing = [dist for dist in VENDORED if dist not in origins]
     if not missing:
@@ -206,7 +253,7 @@ def _vendor_dependencies(vendor: Path, wheels_dir: Path | None) -> dict[str, str
     with tempfile.TemporaryDirectory() as download:
         if wheels_dir is None:
             wheels_dir = Path(download)
-            download_wheels(wheels_dir, missing)
+            download_wheels(wheels_dir, missing, source)
         wheels = _pure_wheels(wheels_dir)
         absent = [dist for dist in missing if _normalise(dist) not in wheels]
         if absent:
@@ -229,7 +276,8 @@ def install(
     """Install the plug-in into a GIMP plug-ins folder; returns the plug-in's own folder.
 
     `backend_command` is what the plug-in runs when no backend answers at `address`. Dependencies
-    come from `wheels_dir` (pure-Python wheels), else from this Python's site-packages, else from pip.
+    come from `wheels_dir` (pure-Python wheels), else from the site-packages of the Python that runs
+    `backend_command` (this one if it is not a Python), else from pip.
     """
     plugin_dir = Path(plugin_dir)
     target = plugin_dir / PLUGIN_NAME
@@ -251,7 +299,7 @@ def install(
                 raise InstallError(f"{source} is missing from the image_enhancer package.")
             (vendor / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, vendor / relative)
-        origins = _vendor_dependencies(vendor, wheels_dir)
+        origins = _vendor_dependencies(vendor, wheels_dir, source_python(backend_command))
         config = {"address": address, "backend_command": list(backend_command), "vendored": origins}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         # Replace the old install only once the new one is complete.

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from image_enhancer.engine import pixels
 from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_device, resolve_precision
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
@@ -64,8 +65,6 @@ def column_step_energy(image: torch.Tensor) -> np.ndarray:
 @pytest.mark.slow
 def test_gan_model_leaves_no_seams(model_store, forest):
     """Step energy across tile borders, relative to the untiled result, stays at its usual level."""
-    from image_enhancer.engine import pixels
-
     loaded = model_store.get(X4PLUS)
     runner = ModelRunner(loaded, torch.device("cpu"), torch.float32)
     image = pixels.to_tensor(forest[100:124, 40:96])  # 24×56: two tiles of 32 side by side
@@ -117,8 +116,6 @@ def test_float32_in_gives_float32_out(enhancer, forest):
 
 
 def test_linear_light_input_is_returned_in_linear_light(enhancer, forest):
-    from image_enhancer.engine import pixels
-
     srgb = forest[:32, :32].astype(np.float32) / 255
     linear = pixels.srgb_to_linear(torch.from_numpy(srgb)).numpy()
     from_srgb = enhancer.enhance(srgb, EnhanceOptions(model=COMPACT))

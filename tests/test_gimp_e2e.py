@@ -56,8 +56,9 @@ def gimp_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def backend_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real backend on the host's loopback, which the chroot shares."""
+def backend_address(model_store: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real backend on the host's loopback, which the chroot shares (`model_store` installs the
+    weights it serves)."""
     address = free_address()
     log = tmp_path_factory.mktemp("backend") / "serve.log"
     with open(log, "wb") as out:

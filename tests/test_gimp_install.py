@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import grpclib
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,16 +158,37 @@ def test_install_from_a_wheels_folder_without_pure_wheels_fails_clearly(tmp_path
 
 
 def test_command_line_install_check_uninstall(tmp_path: Path) -> None:
-    script = [sys.executable, str(REPO / "gimp_plugin" / "install_gimp.py"), "--plugin-dir", str(tmp_path)]
+    # -S: the installer's own Python sees no site-packages (like a system Python running install.py);
+    # the packages must come from the backend's Python, named by --backend-command.
+    script = [
+        sys.executable,
+        "-S",
+        str(REPO / "gimp_plugin" / "install_gimp.py"),
+        "--plugin-dir",
+        str(tmp_path),
+    ]
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*script, *args], capture_output=True, text=True)
 
     assert run("--check").returncode == 1
-    done = run("--address", "127.0.0.1:50998", "--backend-command", '["/bin/true", "serve"]')
+    backend = json.dumps([sys.executable, "-m", "image_enhancer", "serve"])
+    done = run("--address", "127.0.0.1:50998", "--backend-command", backend)
     assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "ai_enhance" / "ai_enhance.json").read_text())
+    assert set(config["vendored"].values()) == {"site-packages"}
     checked = run("--check")
     assert checked.returncode == 0, checked.stdout
     assert "backend address: 127.0.0.1:50998" in checked.stdout
     assert "removed" in run("--uninstall").stdout
     assert not (tmp_path / "ai_enhance").exists()
+
+
+def test_packages_come_from_the_backends_python(tmp_path: Path) -> None:
+    venv_script = Path(sys.executable).with_name("image-enhancer")
+    assert install_gimp.python_of([sys.executable, "-m", "image_enhancer", "serve"]) == sys.executable
+    assert install_gimp.python_of([str(venv_script), "serve"]) == str(venv_script.with_name("python"))
+    assert install_gimp.python_of(["/bin/true"]) == sys.executable  # not a Python: the installer's own
+    source = install_gimp.source_python([sys.executable, "-m", "image_enhancer", "serve"])
+    assert source.versions["protobuf"] == metadata.version("protobuf")
+    assert any(Path(entry) / "grpclib" == Path(grpclib.__file__).parent for entry in source.path)

@@ -160,8 +160,9 @@ def test_errors_are_explained_by_kind(kind: str, expected: str) -> None:
     assert expected in transport.explain(EnhancerError(kind, "x"))
 
 
-def test_starts_the_recorded_backend_once_then_reuses_it(tmp_path: Path) -> None:
-    """The real backend, started on demand with the recorded command, used, and found again later."""
+def test_starts_the_recorded_backend_once_then_reuses_it(model_store: object, tmp_path: Path) -> None:
+    """The real backend, started on demand with the recorded command, used, and found again later
+    (`model_store` installs the weights it serves)."""
     address = _free_address()
     home = transport.log_path().parents[1]
     home.mkdir(parents=True)

@@ -115,14 +115,18 @@ def _process(job: Job, enhance: EnhanceFunction, label: str, overwrite: bool, co
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """The input enlarged with nearest-neighbour (so its pixels stay visible) beside the result, 8-bit."""
+    """The input enlarged with bicubic interpolation beside the result, 8-bit, for a fair comparison."""
+    from PIL import Image
+
     from image_enhancer.imagefiles import to_uint8
 
     before8, after8 = to_uint8(before), to_uint8(after)
     height, width = after8.shape[:2]
-    rows = (np.arange(height) * before8.shape[0] // height).clip(0, before8.shape[0] - 1)
-    cols = (np.arange(width) * before8.shape[1] // width).clip(0, before8.shape[1] - 1)
-    enlarged = before8[rows][:, cols]
+    planes = [
+        np.asarray(Image.fromarray(before8[:, :, c]).resize((width, height), Image.BICUBIC))
+        for c in range(before8.shape[2])
+    ]
+    enlarged = np.stack(planes, axis=2)
     gap = np.full((height, 8, after8.shape[2]), 255, dtype=np.uint8)
     return np.concatenate([enlarged, gap, after8], axis=1)
 
