@@ -51,12 +51,13 @@ if usable; then
     exit 0
 fi
 if [[ -f "$STAMP" ]]; then  # keep what an earlier build had (e.g. --with-xvfb)
+    # shellcheck disable=SC2046,SC2086  # splitting the package lists into words is the point
     PACKAGES="$(printf '%s\n' $PACKAGES $(sed -n 's/^packages=//p' "$STAMP") | sort -u | xargs)"
 fi
 
 if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
-    apt-get update -qq
+    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
 fi
 

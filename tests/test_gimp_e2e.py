@@ -91,7 +91,7 @@ def gimp(gimp_root: Path, backend_address: str) -> Iterator[ChrootGimp]:
 def _direct(address: str, pixels: np.ndarray, scale: float) -> np.ndarray:
     """What the backend returns for the same samples and settings, without GIMP."""
     height, width, channels = pixels.shape
-    sample = "u16" if pixels.dtype == np.uint16 else "u8"
+    sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.float32): "f32"}[pixels.dtype]
     with EnhancerClient(address) as client:
         info, data = client.enhance(
             pixels.tobytes(), width, height, channels, sample, model=MODEL, scale=scale
@@ -142,6 +142,16 @@ def test_rgba_u16_layer_with_offset_at_x2(gimp: ChrootGimp, backend_address: str
     direct = _direct(backend_address, layer, 2.0)
     assert _max_difference(enhanced, direct) <= ONE_STEP["u16"]
     assert enhanced[..., 3].min() < 1000 and enhanced[..., 3].max() > 64500  # alpha kept, not flattened
+
+
+def test_float_image_keeps_its_precision(gimp: ChrootGimp, backend_address: str) -> None:
+    layer = (_photo(40, offset=60) / 255).astype(np.float32)
+    result = gimp.run_job("float-x2", layer, arguments={"model": MODEL, "scale": "x2"})
+    assert result["status"] == "success", result.get("error")
+    assert result["precision"] == "float-non-linear"
+    enhanced = gimp.read(result, "new_layer", np.float32, 3)
+    assert np.abs(enhanced - _direct(backend_address, layer, 2.0)).max() <= 1 / 255
+    assert len(np.unique(enhanced)) > 256 * 3  # not squeezed through 8 bits on the way
 
 
 def _srgb_to_linear(v: np.ndarray) -> np.ndarray:

@@ -10,7 +10,11 @@ import os
 
 from gi.repository import Gegl, Gimp
 
-PRECISIONS = {"u8": Gimp.Precision.U8_NON_LINEAR, "u16": Gimp.Precision.U16_NON_LINEAR}
+PRECISIONS = {
+    "u8": Gimp.Precision.U8_NON_LINEAR,
+    "u16": Gimp.Precision.U16_NON_LINEAR,
+    "f32": Gimp.Precision.FLOAT_NON_LINEAR,
+}
 COMPONENTS = {"u8": "u8", "u16": "u16", "f32": "float"}
 MODELS = {3: "R'G'B'", 4: "R'G'B'A", 1: "Y'", 2: "Y'A"}
 TYPES = {3: Gimp.ImageType.RGB_IMAGE, 4: Gimp.ImageType.RGBA_IMAGE}
@@ -77,6 +81,7 @@ status = values.index(0)
 result = {
     "status": status.value_nick,
     "image": [image.get_width(), image.get_height()],
+    "precision": image.get_precision().value_nick,
     "layers": [
         [item.get_name(), item.get_width(), item.get_height(), *item.get_offsets()[1:]]
         for item in image.get_layers()

@@ -77,12 +77,14 @@ class ChrootGimp:
     def start_job(
         self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object
     ) -> tuple[subprocess.Popen, Path]:
-        """Start GIMP on batch_enhance.py: `pixels` (H x W x C, u8 or u16) become the layer "photo" above
+        """Start GIMP on batch_enhance.py: `pixels` (H x W x C, u8, u16 or f32) become the layer "photo" above
         a white background; `job` holds the rest of job.json (arguments, selection, canvas, offset)."""
         inside = self.job_dir(name)
         folder = self.host(inside)
         height, width, channels = pixels.shape
-        sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16"}[pixels.dtype]
+        sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.float32): "f32"}[
+            pixels.dtype
+        ]
         spec = {"width": width, "height": height, "channels": channels, "sample_type": sample, **job}
         (folder / "job.json").write_text(json.dumps(spec))
         (folder / "input.raw").write_bytes(np.ascontiguousarray(pixels).tobytes())
