@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +78,27 @@ def test_pixel_limit_gives_a_clear_error(model_store, small_photo: Path, tmp_pat
     assert "pixel" in capsys.readouterr().err.lower()
 
 
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that states its size but holds no pixels: what a reader sees before decoding anything."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [8000, 100_000])  # over our 40 MP limit; over Pillow's bomb limit too
+def test_huge_input_is_refused_from_its_header(model_store, tmp_path: Path, capsys, side: int) -> None:
+    source = png_header_only(tmp_path / "huge.png", side, side)
+    code = main(["enhance", str(source), "-o", str(tmp_path / "out.png"), "-m", FAST_MODEL])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "huge.png: failed" in err
+    assert "over the limit" in err if side == 8000 else "exceeds limit" in err
+
+
 def test_unknown_model_is_named_in_the_error(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
     code = main(["enhance", str(small_photo), "-o", str(tmp_path / "x.png"), "-m", "no-such-model"])
     assert code != 0
@@ -87,6 +111,15 @@ def test_models_command_lists_installed_models(model_store) -> None:
     ).stdout
     assert "realesrgan-x4plus (default)" in listing
     assert "yes" in listing
+
+
+def test_models_command_without_weights_says_how_to_install(tmp_path: Path) -> None:
+    env = {**os.environ, "IMAGE_ENHANCER_HOME": str(tmp_path / "empty-home")}
+    command = [sys.executable, "-m", "image_enhancer", "models"]
+    listing = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    default_row = next(line for line in listing.splitlines() if "(default)" in line)
+    assert default_row.split()[4] == "no"  # name, "(default)", arch, scale, installed
+    assert "python install.py --models NAME" in listing
 
 
 def test_default_model_is_sharper_than_bicubic(model_store, tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from image_enhancer.models import UnsupportedModelError, load_model
 from image_enhancer.models.registry import Architecture, Registry, default_registry
 from image_enhancer.models.rrdbnet import RRDBNet
 from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.safe_load import load_state_dict
-from safetensors.torch import save_file
 
 RRDB_CASES = [
     dict(scale=4, num_block=1, num_feat=64, num_grow_ch=32),

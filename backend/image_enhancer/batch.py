@@ -14,10 +14,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.imagefiles import READABLE_SUFFIXES, ImageFile, ImageFileError, read_image, write_image
+
+# How long `--server` waits for a server that answers but is still loading its models.
+SERVER_WARM_UP_S = 120.0
 
 ProgressCallback = Callable[[str, int, int], None]
 EnhanceFunction = Callable[[np.ndarray, ProgressCallback], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Enhance:
+    run: EnhanceFunction
+    max_input_pixels: int  # larger files are refused from their header, before they are decoded
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         jobs = collect_jobs(args.inputs, args.output, args.format, args.recursive)
         enhance = _make_enhance_function(args)
-    except (ValueError, LookupError, ConnectionError) as error:
+    except (ValueError, LookupError, ConnectionError, EnhancerError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failures = 0
@@ -83,20 +93,18 @@ def _batch_errors(remote: bool) -> tuple[type[BaseException], ...]:
     """What one file may fail with without stopping the batch."""
     common = (ImageFileError, ValueError, LookupError, MemoryError, OSError, RuntimeError)
     if remote:
-        from image_enhancer.client.core import EnhancerError
-
         return (*common, EnhancerError)
     from image_enhancer.engine.enhancer import ImageTooLargeError
 
     return (*common, ImageTooLargeError)
 
 
-def _process(job: Job, enhance: EnhanceFunction, label: str, overwrite: bool, compare: bool) -> None:
+def _process(job: Job, enhance: Enhance, label: str, overwrite: bool, compare: bool) -> None:
     if job.target.resolve() == job.source.resolve():
         raise ValueError("output would overwrite the input; choose another output path")
     if job.target.exists() and not overwrite:
         raise ValueError(f"{job.target} exists (pass --overwrite to replace it)")
-    image = read_image(job.source)
+    image = read_image(job.source, enhance.max_input_pixels)
     with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
 
         def report(stage: str, done: int, total: int) -> None:
@@ -106,7 +114,7 @@ def _process(job: Job, enhance: EnhanceFunction, label: str, overwrite: bool, co
             bar.n = done
             bar.refresh()
 
-        result = enhance(image.pixels, report)
+        result = enhance.run(image.pixels, report)
     job.target.parent.mkdir(parents=True, exist_ok=True)
     write_image(job.target, ImageFile(result, image.icc_profile, image.exif))
     if compare:
@@ -131,13 +139,13 @@ def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.concatenate([enlarged, gap, after8], axis=1)
 
 
-def _make_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+def _make_enhance_function(args: argparse.Namespace) -> Enhance:
     if args.server:
         return _remote_enhance_function(args)
     return _local_enhance_function(args)
 
 
-def _local_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
     from image_enhancer.weights.store import ModelStore
 
@@ -159,13 +167,34 @@ def _local_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
         return enhancer.enhance(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
 
-    return enhance
+    return Enhance(enhance, enhancer.max_pixels)
 
 
-def _remote_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
+# Options that only the process running the models can honour, with their command-line defaults.
+_SERVER_SIDE = {"device": "auto", "precision": "auto", "max_megapixels": None}
+
+
+def _remote_enhance_function(args: argparse.Namespace) -> Enhance:
     from image_enhancer.client.grpc_client import EnhancerClient
 
+    server_side = [f"--{name.replace('_', '-')}" for name, default in _SERVER_SIDE.items()
+                   if getattr(args, name) != default]
+    if server_side:
+        raise ValueError(
+            f"{', '.join(server_side)}: with --server these are the server's settings; "
+            "pass them to `image-enhancer serve` instead"
+        )
     client = EnhancerClient(args.server, token=args.token)
+    # Checked once up front, so a server that is down is one clear error, not one per file.
+    try:
+        if client.health(timeout=10) != "SERVING":
+            client.wait_until_serving(SERVER_WARM_UP_S)
+    except EnhancerError as error:
+        if error.kind != "unavailable":
+            raise
+        raise ConnectionError(
+            f"{error}; start a server with: image-enhancer serve --address {args.server}"
+        ) from None
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
         return client.enhance_array(
@@ -180,4 +209,4 @@ def _remote_enhance_function(args: argparse.Namespace) -> EnhanceFunction:
             on_progress=lambda p: report(p.stage, p.done, p.total),
         )
 
-    return enhance
+    return Enhance(enhance, client.describe().max_pixels)

@@ -31,11 +31,19 @@ class ImageFile:
     exif: bytes | None = None
 
 
-def read_image(path: Path) -> ImageFile:
+def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
+    """Decode `path`; with `max_pixels`, a larger image is refused from its header, before decoding."""
     path = Path(path)
     if path.suffix.lower() not in READABLE_SUFFIXES:
         raise ImageFileError(f"{path}: unsupported file type {path.suffix!r}")
     try:
+        if max_pixels is not None:
+            width, height = _header_size(path)
+            if width * height > max_pixels:
+                raise ImageFileError(
+                    f"{path}: {width}×{height} = {width * height / 1e6:.1f} megapixels is over the limit "
+                    f"of {max_pixels / 1e6:.1f} megapixels"
+                )
         if path.suffix.lower() in {".tif", ".tiff"}:
             return _read_tiff(path)
         if _is_16bit_colour_png(path):
@@ -43,8 +51,20 @@ def read_image(path: Path) -> ImageFile:
         return _read_with_pillow(path)
     except ImageFileError:
         raise
-    except (OSError, ValueError, SyntaxError, struct.error) as error:
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as error:
         raise ImageFileError(f"{path}: cannot read image ({error})") from error
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the file's header states it; no pixels are decoded."""
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            return int(page.imagewidth), int(page.imagelength)
+    with Image.open(path) as im:
+        return im.size
 
 
 def write_image(path: Path, image: ImageFile) -> None:

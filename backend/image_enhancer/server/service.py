@@ -23,6 +23,7 @@ from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
 from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
+from image_enhancer.weights.safe_load import WeightsError
 from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory; try a smaller image or tile"
     if isinstance(error, JobCancelled):
         return grpc.StatusCode.CANCELLED, "the job was cancelled"
+    if isinstance(error, WeightsError):
+        # The server's own files are damaged, not the request: its message says how to reinstall.
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, LookupError):
         return grpc.StatusCode.NOT_FOUND, str(error).strip("'\"")
     if isinstance(error, ValueError):
