@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
 from image_enhancer_training.config import load_config
 from image_enhancer_training.networks import build_generator
 from image_enhancer_training.run import run_training
-from safetensors.torch import save_file
 
 
 def main(config_path: Path, out: Path) -> None:

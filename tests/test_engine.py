@@ -56,6 +56,15 @@ def test_tiled_equals_untiled_on_a_real_photo(enhancer, forest):
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
 
+def test_tiled_equals_untiled_with_our_psnr_model(enhancer, forest):
+    """The acceptance check on a PSNR-type model: our committed compact PSNR generator."""
+    crop = forest[32:160, 64:192]
+    whole = enhancer.enhance(crop, EnhanceOptions(model="ie-compact-x4-psnr", tile=128))
+    tiled = enhancer.enhance(crop, EnhanceOptions(model="ie-compact-x4-psnr", tile=40))
+    assert whole.shape == tiled.shape == (512, 512, 3)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
 def column_step_energy(image: torch.Tensor) -> np.ndarray:
     """Mean absolute step (in 8-bit levels) between each output column and the next."""
     levels = (image.clamp(0, 1) * 255).round().double()

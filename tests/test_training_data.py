@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from image_enhancer_training.checkpoint import Checkpoint, load_latest, save_checkpoint
 from image_enhancer_training.config import ConfigError, load_config, parse_config
 from image_enhancer_training.data import (
@@ -21,7 +23,6 @@ from image_enhancer_training.data import (
 )
 from image_enhancer_training.metrics import psnr_y, ssim_y
 from image_enhancer_training.procedural import dead_leaves
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FOREST = REPO_ROOT / "tests/data/forest_256.png"

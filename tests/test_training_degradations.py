@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from image_enhancer_training.degradations import (
     DegradationConfig,
     Degrader,
@@ -18,7 +20,6 @@ from image_enhancer_training.degradations import (
     jpeg,
 )
 from image_enhancer_training.kernels import GAUSSIAN_KINDS, gaussian_family_kernel, sinc_kernel
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

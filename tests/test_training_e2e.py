@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.models.registry import load_model
 from image_enhancer.weights.manifest import load_manifest
 from image_enhancer.weights.store import ModelStore
 from image_enhancer_training.run import run_training, train_main
-from PIL import Image
-from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

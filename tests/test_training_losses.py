@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from image_enhancer.paths import weights_dir
 from image_enhancer_training.config import ConfigError, PSNRStageConfig
 from image_enhancer_training.discriminator import UNetDiscriminatorSN
@@ -19,7 +21,6 @@ from image_enhancer_training.losses import (
 )
 from image_enhancer_training.run import load_teacher, run_training
 from image_enhancer_training.stages import lr_at
-from safetensors.torch import load_file, save_file
 
 VGG19_LAYOUT = [
     64,

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from image_enhancer.models.registry import load_model
-from image_enhancer.paths import repo_weights_dir
-from image_enhancer.weights.interpolation import interpolate
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from image_enhancer.models.registry import load_model
+from image_enhancer.paths import repo_weights_dir
+from image_enhancer.weights.interpolation import interpolate
 
 from .config import TrainConfig, ValidationConfig, expand_path
 from .curves import save_chart
@@ -248,7 +249,7 @@ class Report:
                 ("PSNR-Y on validation crops (dB)", [("PSNR", alphas, [s.psnr for s in scores])]),
                 ("sharpness (mean |Laplacian| of Y)", [("sharpness", alphas, [s.sharpness for s in scores])]),
             ],
-            "strength α (0 = PSNR model, 1 = GAN model)",
+            "strength alpha (0 = PSNR model, 1 = GAN model)",
             width=700,
         )
         lines = ["| α | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from image_enhancer.weights.safe_load import load_state_dict
 from torch import Tensor, nn
+
+from image_enhancer.weights.safe_load import load_state_dict
 
 PixelLoss = Callable[[Tensor, Tensor], Tensor]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from image_enhancer.models.rrdbnet import RRDBNet
 from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.safe_load import load_state_dict
-from torch import nn
 
 from .config import ConfigError, ModelConfig, expand_path
 
