@@ -108,11 +108,12 @@ def _process(job: Job, enhance: Enhance, label: str, overwrite: bool, compare: b
     with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
 
         def report(stage: str, done: int, total: int) -> None:
+            # The bar counts tiles; other stages (queued, loading model, finishing) show as its postfix.
+            if stage == "enhancing" and total:
+                if bar.total != total:
+                    bar.reset(total=total)
+                bar.update(done - bar.n)
             bar.set_postfix_str(stage)
-            if total and bar.total != total:
-                bar.reset(total=total)
-            bar.n = done
-            bar.refresh()
 
         result = enhance.run(image.pixels, report)
     job.target.parent.mkdir(parents=True, exist_ok=True)
