@@ -12,7 +12,7 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from .degradations import Degrader
 from .distributed import Placement, barrier, setup, teardown
 from .export import export_models
 from .networks import build_generator
-from .stages import GANStage, PSNRStage, RunContext, restore_stage, run_stage
+from .stages import GANStage, PSNRStage, RunContext, Stage, restore_stage, run_stage
 from .validation import ValidationSet
 
 PSNR_WEIGHTS = "psnr_generator.safetensors"
@@ -62,6 +62,21 @@ def _fresh_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     for name in ("log.jsonl", "curves.png", PSNR_WEIGHTS, GAN_WEIGHTS):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def _resume_and_run(
+    ctx: RunContext, stage: Stage, name: str, ckpt: Checkpoint | None, redraw: Callable[[], None]
+) -> dict[str, float]:
+    """Run `stage` to its end, from the checkpoint's iteration when the checkpoint is of this stage."""
+    start = 0
+    if ckpt is not None and ckpt.stage == name:
+        restore_stage(stage, ckpt)
+        start = ckpt.iteration
+    return run_stage(ctx, stage, start, redraw)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def _save_weights(module: nn.Module, path: Path, placement: Placement) -> None:
@@ -122,13 +137,9 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
     generator = build_generator(config.model).to(placement.device)
     if not _stage_done(result.psnr_weights, ckpt, "psnr", config.psnr.iterations):
         stage = PSNRStage(generator, config.psnr, placement)
-        start = 0
-        if ckpt is not None and ckpt.stage == "psnr":
-            restore_stage(stage, ckpt)
-            start = ckpt.iteration
-        result.scores["psnr"] = run_stage(ctx, stage, start, redraw)
+        result.scores["psnr"] = _resume_and_run(ctx, stage, "psnr", ckpt, redraw)
         _save_weights(stage.ema.shadow, result.psnr_weights, placement)
-        result.generator_state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
+        result.generator_state = _cpu_state(generator)
 
     if config.gan.iterations > 0:
         result.gan_weights = run_dir / GAN_WEIGHTS
@@ -137,13 +148,9 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
             generator = build_generator(dataclasses.replace(config.model, init="")).to(placement.device)
             generator.load_state_dict(load_file(str(result.psnr_weights), device=str(placement.device)))
             stage = GANStage(generator, config.gan, placement)
-            start = 0
-            if ckpt is not None and ckpt.stage == "gan":
-                restore_stage(stage, ckpt)
-                start = ckpt.iteration
-            result.scores["gan"] = run_stage(ctx, stage, start, redraw)
+            result.scores["gan"] = _resume_and_run(ctx, stage, "gan", ckpt, redraw)
             _save_weights(stage.ema.shadow, result.gan_weights, placement)
-            result.generator_state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
+            result.generator_state = _cpu_state(generator)
 
     if placement.is_main:
         redraw()
