@@ -131,6 +131,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, **popen) -> subproces
     )
 
 
+def wait_for_port(port: int, child: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert child.poll() is None, "the server exited before listening"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.01)
+    pytest.fail(f"nothing listened on port {port} within {timeout:.0f} s")
+
+
 def test_cli_refuses_an_unprotected_public_address():
     child = run_cli("--address", "0.0.0.0:0", env={"IMAGE_ENHANCER_TOKEN": ""}, stderr=subprocess.PIPE)
     _, stderr = child.communicate(timeout=120)
@@ -139,9 +150,13 @@ def test_cli_refuses_an_unprotected_public_address():
 
 @pytest.mark.slow
 def test_cli_serves_after_warming_up_and_stops_on_sigterm(model_store):
-    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
     child = run_cli("--address", address, "--device", "cpu", stdout=subprocess.PIPE)
     try:
+        # Connect only once the port is open: a gRPC channel that failed to connect backs off for a
+        # second or more, long enough to miss the whole warm-up on a fast machine.
+        wait_for_port(port, child)
         with EnhancerClient(address) as client:
             statuses = []
             deadline = time.monotonic() + 300
