@@ -17,8 +17,9 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from image_enhancer.client.core import MAX_MESSAGE_BYTES, SERVICE_NAME
+from image_enhancer.client.core import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_NAME
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.server import DEFAULT_MAX_QUEUE
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
 from image_enhancer.server.jobs import JobQueue
 from image_enhancer.server.service import DEFAULT_UPLOAD_IDLE_S, EnhancerService
@@ -26,8 +27,6 @@ from image_enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-DEFAULT_MAX_QUEUE = 8
 # A tiny image run once at start so the first real job does not pay for lazy initialisation.
 _WARM_UP_SIDE = 16
 

@@ -9,10 +9,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from image_enhancer.client.core import TOKEN_ENV
-from image_enhancer.server.app import DEFAULT_ADDRESS, DEFAULT_MAX_QUEUE, TlsFiles, serve
-from image_enhancer.server.auth import check_listen_safety
+from image_enhancer.client.core import DEFAULT_ADDRESS, TOKEN_ENV
+from image_enhancer.server import DEFAULT_MAX_QUEUE
+
+if TYPE_CHECKING:
+    from image_enhancer.server.app import TlsFiles
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    from image_enhancer.server.app import TlsFiles
+
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.tls_cert is None:
@@ -50,6 +55,13 @@ def run_serve(args: argparse.Namespace) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Imported here, not at the top: every `image-enhancer` command builds these arguments, and only
+    # `serve` needs grpc, torch and the engine.
+    from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.server.app import serve
+    from image_enhancer.server.auth import check_listen_safety
+    from image_enhancer.weights.store import ModelStore
+
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
         tls = _tls_files(args)
@@ -58,9 +70,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"image-enhancer serve: {error}", file=sys.stderr)
         return 2
-
-    from image_enhancer.engine.enhancer import Enhancer
-    from image_enhancer.weights.store import ModelStore
 
     limits = {"max_pixels": int(args.max_megapixels * 1_000_000)} if args.max_megapixels else {}
     try:
