@@ -12,10 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from image_enhancer.client.core import EnhancerError
-from image_enhancer.imagefiles import READABLE_SUFFIXES, ImageFile, ImageFileError, read_image, write_image
+from image_enhancer.imagefiles import (
+    READABLE_SUFFIXES,
+    ImageFile,
+    ImageFileError,
+    read_image,
+    to_uint8,
+    write_image,
+)
 
 # How long `--server` waits for a server that answers but is still loading its models.
 SERVER_WARM_UP_S = 120.0
@@ -125,10 +133,6 @@ def _process(job: Job, enhance: Enhance, label: str, overwrite: bool, compare: b
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """The input enlarged with bicubic interpolation beside the result, 8-bit, for a fair comparison."""
-    from PIL import Image
-
-    from image_enhancer.imagefiles import to_uint8
-
     before8, after8 = to_uint8(before), to_uint8(after)
     height, width = after8.shape[:2]
     planes = [

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import png
 from PIL import Image
 
 READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ICC_TIFF_TAG = 34675
@@ -44,7 +46,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
                     f"{path}: {width}×{height} = {width * height / 1e6:.1f} megapixels is over the limit "
                     f"of {max_pixels / 1e6:.1f} megapixels"
                 )
-        if path.suffix.lower() in {".tif", ".tiff"}:
+        if path.suffix.lower() in TIFF_SUFFIXES:
             return _read_tiff(path)
         if _is_16bit_colour_png(path):
             return _read_png16(path)
@@ -57,7 +59,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
 
 def _header_size(path: Path) -> tuple[int, int]:
     """(width, height) as the file's header states it; no pixels are decoded."""
-    if path.suffix.lower() in {".tif", ".tiff"}:
+    if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         with tifffile.TiffFile(path) as tiff:
@@ -72,7 +74,7 @@ def write_image(path: Path, image: ImageFile) -> None:
     path = Path(path)
     suffix = path.suffix.lower()
     pixels = image.pixels
-    if suffix in {".tif", ".tiff"}:
+    if suffix in TIFF_SUFFIXES:
         import tifffile
 
         photometric = "minisblack" if pixels.shape[2] <= 2 else "rgb"
@@ -166,8 +168,6 @@ def _is_16bit_colour_png(path: Path) -> bool:
 
 
 def _read_png16(path: Path) -> ImageFile:
-    import png
-
     reader = png.Reader(filename=str(path))
     width, height, rows, info = reader.asDirect()
     channels = info["planes"]
@@ -180,8 +180,6 @@ def _read_png16(path: Path) -> ImageFile:
 
 
 def _write_png16(path: Path, pixels: np.ndarray) -> None:
-    import png
-
     height, width, channels = pixels.shape
     writer = png.Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=16)
     with open(path, "wb") as handle:
