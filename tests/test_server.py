@@ -24,6 +24,7 @@ from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.server.app import serve
 from image_enhancer.server.jobs import JobQueue
+from image_enhancer.server.service import UploadLimits
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.store import ModelStore
@@ -408,7 +409,7 @@ def test_garbage_and_truncated_streams_leave_the_server_serving(grpc_server, stu
 
 
 def test_stalled_upload_is_abandoned_and_frees_its_slot(make_enhancer):
-    running = serve(make_enhancer(), "127.0.0.1:0", max_queue=1, warm_up=[], upload_idle_s=1.0)
+    running = serve(make_enhancer(), "127.0.0.1:0", max_queue=1, warm_up=[], upload_limits=UploadLimits(1.0))
     release = threading.Event()
 
     def stalled_upload():
@@ -422,7 +423,8 @@ def test_stalled_upload_is_abandoned_and_frees_its_slot(make_enhancer):
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as caught:
                 list(stub.Enhance(stalled_upload(), timeout=60))
-            assert caught.value.code() == grpc.StatusCode.CANCELLED
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "upload timed out after 1 s" in caught.value.details()
             assert time.monotonic() - started < 30
             assert_slots_given_back(running.jobs)
             with EnhancerClient(running.address) as client:  # the only slot is free again

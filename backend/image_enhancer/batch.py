@@ -6,6 +6,8 @@ One bad file is reported and the batch goes on; an input is never overwritten.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,10 +87,11 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     failures = 0
     batch_errors = _batch_errors(remote=bool(args.server))
+    sources = [job.source for job in jobs]
     for index, job in enumerate(jobs, start=1):
         label = f"[{index}/{len(jobs)}] {job.source.name}"
         try:
-            _process(job, enhance, label, args.overwrite, args.compare)
+            _process(job, enhance, label, sources, args.overwrite, args.compare)
         except batch_errors as error:
             failures += 1
             print(f"{label}: failed: {error}", file=sys.stderr)
@@ -107,11 +110,30 @@ def _batch_errors(remote: bool) -> tuple[type[BaseException], ...]:
     return (*common, ImageTooLargeError)
 
 
-def _process(job: Job, enhance: Enhance, label: str, overwrite: bool, compare: bool) -> None:
-    if job.target.resolve() == job.source.resolve():
-        raise ValueError("output would overwrite the input; choose another output path")
-    if job.target.exists() and not overwrite:
-        raise ValueError(f"{job.target} exists (pass --overwrite to replace it)")
+def check_writable(target: Path, sources: list[Path], overwrite: bool) -> None:
+    """Refuse a target that names an input file by any route (same path, symbolic or hard link,
+    bind mount: compared by device and inode), or that exists without `overwrite`."""
+    if target.resolve() in {source.resolve() for source in sources}:
+        raise ValueError(f"{target} is an input of this batch; choose another output path")
+    if not (target.exists() or target.is_symlink()):
+        return
+    for source in sources:
+        with contextlib.suppress(OSError):  # a source that vanished cannot be overwritten
+            if target.exists() and os.path.samefile(target, source):
+                raise ValueError(
+                    f"{target} is the same file as the input {source} (a link to it); "
+                    "choose another output path"
+                )
+    if not overwrite:
+        raise ValueError(f"{target} exists (pass --overwrite to replace it)")
+
+
+def _process(
+    job: Job, enhance: Enhance, label: str, sources: list[Path], overwrite: bool, compare: bool
+) -> None:
+    compare_path = job.target.with_name(job.target.stem + "_compare.png") if compare else None
+    for target in filter(None, (job.target, compare_path)):
+        check_writable(target, sources, overwrite)
     image = read_image(job.source, enhance.max_input_pixels)
     with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
 
@@ -126,8 +148,7 @@ def _process(job: Job, enhance: Enhance, label: str, overwrite: bool, compare: b
         result = enhance.run(image.pixels, report)
     job.target.parent.mkdir(parents=True, exist_ok=True)
     write_image(job.target, ImageFile(result, image.icc_profile, image.exif))
-    if compare:
-        compare_path = job.target.with_name(job.target.stem + "_compare.png")
+    if compare_path is not None:
         write_image(compare_path, ImageFile(side_by_side(image.pixels, result), image.icc_profile))
 
 
@@ -165,8 +186,8 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
         auto_contrast=args.auto_contrast,
     )
     limits = {}
-    if args.max_megapixels:
-        limits["max_output_pixels"] = int(args.max_megapixels * 1_000_000)
+    if args.max_megapixels is not None:
+        limits["max_output_pixels"] = max(1, round(args.max_megapixels * 1e6))
     enhancer = Enhancer(store, device=args.device, precision=args.precision, **limits)
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:

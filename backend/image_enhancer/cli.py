@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from image_enhancer import __version__
+from image_enhancer.arguments import float_in, int_in, positive_float
+from image_enhancer.request import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,11 +53,18 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     parser.add_argument("-m", "--model", default=None, help="model name (see `image-enhancer models`)")
-    parser.add_argument("-s", "--scale", type=float, default=None, help="output scale, e.g. 1, 1.5, 2, 4")
     parser.add_argument(
-        "--strength", type=float, default=None, help="0 = faithful (PSNR) … 1 = sharp (GAN); paired models"
+        "-s", "--scale", type=float_in(MIN_SCALE, MAX_SCALE), default=None,
+        help="output scale, e.g. 1, 1.5, 2, 4",
     )
-    parser.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = automatic)")
+    parser.add_argument(
+        "--strength", type=float_in(0.0, 1.0), default=None,
+        help="0 = faithful (PSNR) … 1 = sharp (GAN); paired models",
+    )
+    parser.add_argument(
+        "--tile", type=int_in(MIN_TILE, MAX_TILE, also=(0,)), default=0,
+        help="tile size in input pixels (0 = automatic)",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--alpha-mode", default="model", choices=["model", "bicubic"])
@@ -63,14 +72,14 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--colour-fidelity", action="store_true", help="keep the input's low-frequency colour"
     )
     parser.add_argument(
-        "--auto-contrast", type=float, default=0.0, help="automatic contrast/colour strength 0…1"
+        "--auto-contrast", type=float_in(0.0, 1.0), default=0.0, help="automatic contrast/colour strength 0…1"
     )
     parser.add_argument("--format", default=None, help="output suffix, e.g. png or tif (default: input's)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--compare", action="store_true", help="also write a before/after picture")
     parser.add_argument(
-        "--max-megapixels", type=float, default=None, help="refuse outputs larger than this"
+        "--max-megapixels", type=positive_float, default=None, help="refuse outputs larger than this"
     )
     parser.add_argument(
         "--server", default=None, help="send work to a running server (host:port or unix:PATH)"

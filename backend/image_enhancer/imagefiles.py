@@ -7,7 +7,9 @@ uint8, uint16 or float32, the forms the engine accepts.
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import png
 from PIL import Image
 
 READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+WRITABLE_SUFFIXES = READABLE_SUFFIXES
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -70,8 +73,34 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 def write_image(path: Path, image: ImageFile) -> None:
-    """Write `image` to `path`; the suffix picks the format. 8-bit-only formats get rounded samples."""
+    """Write `image` to `path`; the suffix picks the format. 8-bit-only formats get rounded samples.
+
+    The file is written beside `path` under a temporary name and then renamed over it, so an existing
+    file at `path` is replaced as a whole, never written into: whatever else links to its old contents
+    (a hard link to an input, say) keeps them, and an interrupted write leaves no half-written file.
+    """
     path = Path(path)
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise ImageFileError(f"{path}: unsupported output type {path.suffix!r}")
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it owner-only
+        _write_new(temporary, image)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_new(path: Path, image: ImageFile) -> None:
     suffix = path.suffix.lower()
     pixels = image.pixels
     if suffix in TIFF_SUFFIXES:
@@ -91,8 +120,6 @@ def write_image(path: Path, image: ImageFile) -> None:
         if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
             _write_png16(path, pixels)
             return
-    else:
-        raise ImageFileError(f"{path}: unsupported output type {suffix!r}")
     options: dict[str, object] = {}
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
@@ -119,8 +146,18 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(pixels, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
+def _refuse_animation(path: Path, frames: int) -> None:
+    """Only still images are enhanced: a file with more frames is refused rather than cut to one."""
+    if frames > 1:
+        raise ImageFileError(
+            f"{path}: has {frames} frames (an animation or multi-page file); only single images are "
+            "enhanced — export the frames as separate files"
+        )
+
+
 def _read_with_pillow(path: Path) -> ImageFile:
     with Image.open(path) as im:
+        _refuse_animation(path, getattr(im, "n_frames", 1))
         im.load()
         icc = im.info.get("icc_profile")
         exif = im.info.get("exif") or (im.getexif().tobytes() if len(im.getexif()) else None)
@@ -168,6 +205,8 @@ def _is_16bit_colour_png(path: Path) -> bool:
 
 
 def _read_png16(path: Path) -> ImageFile:
+    with Image.open(path) as im:  # pypng reads only an animated PNG's first frame
+        _refuse_animation(path, getattr(im, "n_frames", 1))
     reader = png.Reader(filename=str(path))
     width, height, rows, info = reader.asDirect()
     channels = info["planes"]
@@ -190,6 +229,8 @@ def _read_tiff(path: Path) -> ImageFile:
     import tifffile
 
     with tifffile.TiffFile(path) as tiff:
+        # Reduced-resolution pages are previews of the first; other pages are further images.
+        _refuse_animation(path, sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False)))
         page = tiff.pages[0]
         pixels = page.asarray()
         icc_tag = page.tags.get(ICC_TIFF_TAG)

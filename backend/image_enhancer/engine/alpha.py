@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ALPHA_MODES = ("model", "bicubic")
-
 
 def split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(C, H, W)`` → colour channels and the alpha channel (None for 1 or 3 channels)."""

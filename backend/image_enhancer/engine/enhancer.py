@@ -7,7 +7,6 @@ merged → the input's sample type and channel count.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -24,7 +23,8 @@ from image_enhancer.engine.device import (
     resolve_precision,
     set_cpu_threads,
 )
-from image_enhancer.engine.tiling import MIN_TILE, JobCancelled, Tiler, TileSettings, auto_tile
+from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
+from image_enhancer.request import EnhanceOptions
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
@@ -38,7 +38,6 @@ DEFAULT_MAX_OUTPUT_PIXELS = 160_000_000
 DEFAULT_PAD = 16
 #: Overlap between neighbouring tile cores, blended with feathered weights, in input pixels.
 DEFAULT_OVERLAP = 8
-MAX_TILE = 8192
 #: Input pixels one CPU forward pass should cover for the cores to be used well, and the batch cap.
 CPU_PIXELS_PER_PASS = 65_536
 MAX_BATCH = 8
@@ -61,45 +60,6 @@ class Progress:
     stage: str
     done: int
     total: int
-
-
-@dataclass(frozen=True)
-class EnhanceOptions:
-    """Everything a request can ask of the engine.
-
-    model: name known to the store. scale: output/input size ratio in [1, 8] (None = the model's own).
-    strength: PSNR↔GAN interpolation α in [0, 1] (None = the model as it is). tile: tile core size in
-    input pixels (0 = chosen from free memory). alpha_mode: "model" or "bicubic". colour_fidelity: keep
-    the result's low-frequency colour matched to the input. auto_contrast: contrast/colour improvement
-    strength in [0, 1]. linear: the samples are linear light (converted to sRGB for the network and
-    back), for float layers in a linear working space.
-    """
-
-    model: str
-    scale: float | None = None
-    strength: float | None = None
-    tile: int = 0
-    alpha_mode: str = "model"
-    colour_fidelity: bool = False
-    auto_contrast: float = 0.0
-    linear: bool = False
-
-    def validate(self) -> None:
-        """Raise ValueError with a human message for any option out of range."""
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError("a model name is required")
-        if self.scale is not None and not (math.isfinite(self.scale) and 1.0 <= self.scale <= 8.0):
-            raise ValueError(f"scale must be between 1 and 8, got {self.scale}")
-        if self.strength is not None and not (0.0 <= self.strength <= 1.0):
-            raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
-        if self.tile != 0 and not (MIN_TILE <= self.tile <= MAX_TILE):
-            raise ValueError(
-                f"tile size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}, got {self.tile}"
-            )
-        if self.alpha_mode not in alpha_ops.ALPHA_MODES:
-            raise ValueError(f"unknown alpha mode {self.alpha_mode!r}; expected 'model' or 'bicubic'")
-        if not (0.0 <= self.auto_contrast <= 1.0):
-            raise ValueError(f"auto_contrast must be between 0 and 1, got {self.auto_contrast}")
 
 
 class Enhancer:

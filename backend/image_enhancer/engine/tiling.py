@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-#: Smallest tile core the back-off will go down to; below this the context dominates the work.
-MIN_TILE = 16
+# MIN_TILE is the smallest tile core the back-off goes down to; below it the context dominates the work.
+from image_enhancer.request import MIN_TILE
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 

@@ -5,3 +5,4 @@ loading torch or grpc.
 """
 
 DEFAULT_MAX_QUEUE = 8  # jobs that may wait behind the running one
+MAX_QUEUE = 256  # each waiting job holds its uploaded image in memory

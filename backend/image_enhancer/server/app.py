@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
 import stat
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from image_enhancer.client.core import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_NAME
-from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.engine.enhancer import Enhancer
+from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import DEFAULT_MAX_QUEUE
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
 from image_enhancer.server.jobs import JobQueue
-from image_enhancer.server.service import DEFAULT_UPLOAD_IDLE_S, EnhancerService
+from image_enhancer.server.service import EnhancerService, UploadLimits
 from image_enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+DEFAULT_UPLOAD_LIMITS = UploadLimits()
 # A tiny image run once at start so the first real job does not pay for lazy initialisation.
 _WARM_UP_SIDE = 16
 
@@ -38,19 +41,24 @@ class TlsFiles:
 
 
 class RunningServer:
-    """A started server. `address` is where it listens (with the real port when 0 was asked for)."""
+    """A started server, running on its own event-loop thread. `address` is where it listens (with the
+    real port when 0 was asked for)."""
 
     def __init__(
         self,
-        server: grpc.Server,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        server: grpc.aio.Server,
         address: str,
         jobs: JobQueue,
-        health_servicer: health.HealthServicer,
+        health_servicer: health.aio.HealthServicer,
         socket_path: Path | None,
     ) -> None:
         self.server = server
         self.address = address
         self.jobs = jobs
+        self._loop = loop
+        self._thread = thread
         self._health = health_servicer
         self._socket_path = socket_path
 
@@ -63,20 +71,34 @@ class RunningServer:
         return self.jobs.ready.wait(timeout)
 
     def stop(self, grace: float = 2.0) -> None:
-        self._health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        """Refuse new calls, give running ones `grace` seconds, cancel the jobs and end the loop."""
+        if self._loop.is_closed():
+            return
+
+        async def shut_down() -> None:
+            await self._health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(grace + 30)
         self.jobs.stop(timeout=grace + 5.0)
+        _end_loop(self._loop, self._thread)
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
 
 
-def _set_health(health_servicer: health.HealthServicer, status: int) -> None:
+def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
+        await health_servicer.set(name, status)
 
 
-def _warm_up(enhancer: Enhancer, models: Sequence[str], health_servicer: health.HealthServicer) -> None:
+def _warm_up(enhancer: Enhancer, models: Sequence[str], report_serving: Callable[[], None]) -> None:
     """Load the models and run each once, then report SERVING (also when that failed)."""
     try:
         for model in models:
@@ -85,7 +107,7 @@ def _warm_up(enhancer: Enhancer, models: Sequence[str], health_servicer: health.
                 np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), np.uint8), EnhanceOptions(model=model)
             )
     finally:
-        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        report_serving()
 
 
 def _prepare_socket(path: Path) -> None:
@@ -106,7 +128,7 @@ def _prepare_socket(path: Path) -> None:
         probe.close()
 
 
-def _listen(server: grpc.Server, address: str, tls: TlsFiles | None) -> tuple[str, Path | None]:
+def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> tuple[str, Path | None]:
     """Bind the listener; Unix sockets are created owner-only (mode 0600)."""
     socket_path = None
     if address.startswith("unix:"):
@@ -120,13 +142,16 @@ def _listen(server: grpc.Server, address: str, tls: TlsFiles | None) -> tuple[st
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise OSError(f"cannot listen on {address}: {error}") from None
+    except RuntimeError:  # gRPC's own message only says "failed to bind"
+        port = 0
     finally:
         if old_umask is not None:
             os.umask(old_umask)
     if port == 0:
-        raise OSError(f"cannot listen on {address} (address in use or not available)")
+        raise OSError(
+            f"cannot listen on {address}: the address is in use (is another server listening there?) "
+            "or not available on this machine"
+        )
     if socket_path is not None:
         os.chmod(socket_path, 0o600)
         return address, socket_path
@@ -141,37 +166,61 @@ def serve(
     token: str | None = None,
     tls: TlsFiles | None = None,
     warm_up: Sequence[str] | None = None,
-    upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S,
+    upload_limits: UploadLimits = DEFAULT_UPLOAD_LIMITS,
 ) -> RunningServer:
     """Start serving `enhancer` on `address` (host:port, port 0 picks one, or unix:PATH) and return.
 
     Health answers NOT_SERVING until the `warm_up` models (default: the store's default model; empty:
-    none) are loaded and have run once. An upload silent for `upload_idle_s` seconds is cancelled.
+    none) are loaded and have run once. Uploads are held to `upload_limits`.
 
     Raises UnsafeListenError (a ValueError) for a non-loopback address without token or TLS, and
-    OSError when the address cannot be bound.
+    OSError when the address cannot be bound (another server listening there included).
     """
     check_listen_safety(address, token, tls is not None)
-
     models = [enhancer.store.default_model] if warm_up is None else list(warm_up)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     jobs = JobQueue(
         lambda pixels, options, progress, cancelled: enhancer.enhance(pixels, options, progress, cancelled),
         max_queue,
-        warm_up=lambda: _warm_up(enhancer, models, health_servicer),
+        warm_up=lambda: _warm_up(enhancer, models, report_serving),
     )
+    service = EnhancerService(enhancer, jobs, upload_limits)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="grpc-server", daemon=True)
+    thread.start()
+    try:
+        server, health_servicer, bound, socket_path = asyncio.run_coroutine_threadsafe(
+            _start(service, address, token, tls), loop
+        ).result()
+    except BaseException:
+        _end_loop(loop, thread)
+        raise
 
-    server = grpc.server(
-        # Threads for every queued upload, the running job, downloads of finished jobs and small calls.
-        ThreadPoolExecutor(max_workers=2 * max_queue + 8, thread_name_prefix="grpc"),
+    def report_serving() -> None:  # called by the queue's worker thread once warm-up is over
+        serving = _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        asyncio.run_coroutine_threadsafe(serving, loop).result(30)
+
+    jobs.start()
+    log.info("listening on %s", bound)
+    return RunningServer(loop, thread, server, bound, jobs, health_servicer, socket_path)
+
+
+async def _start(
+    service: EnhancerService, address: str, token: str | None, tls: TlsFiles | None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, str, Path | None]:
+    """Build, bind and start the server on the running event loop."""
+    server = grpc.aio.server(
         interceptors=[TokenInterceptor(token)] if token else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC shares a TCP port between servers by default: a second server would silently take
+            # half of the connections. Binding must fail instead.
+            ("grpc.so_reuseport", 0),
         ],
     )
-    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerService(enhancer, jobs, upload_idle_s), server)
+    health_servicer = health.aio.HealthServicer()
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    enhancer_pb2_grpc.add_EnhancerServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -182,7 +231,5 @@ def serve(
         server,
     )
     bound, socket_path = _listen(server, address, tls)
-    jobs.start()
-    server.start()
-    log.info("listening on %s", bound)
-    return RunningServer(server, bound, jobs, health_servicer, socket_path)
+    await server.start()
+    return server, health_servicer, bound, socket_path

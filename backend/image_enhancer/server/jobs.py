@@ -1,8 +1,8 @@
 """The job queue: a bounded first-come-first-served queue and the one worker thread that owns the engine.
 
-RPC threads upload and download images in parallel; only the worker runs the engine, so the GPU (or
-the CPU cores) serve one job at a time at full speed. A job's events (queue position, progress, the
-result or the error) flow back to its RPC thread through the job's own event queue.
+Calls upload and download images concurrently; only the worker runs the engine, so the GPU (or the
+CPU cores) serve one job at a time at full speed. A job's events (queue position, progress, the result
+or the error) flow back to its call through the job's `deliver` function.
 
 Slots are taken when an upload *starts* (so a full queue refuses a client before it sends megabytes)
 and given back when the job starts running, is cancelled, or its upload fails.
@@ -11,7 +11,6 @@ and given back when the job starts running, is cancelled, or its upload fails.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from image_enhancer.engine.enhancer import EnhanceOptions, Progress
+from image_enhancer.engine.enhancer import Progress
+from image_enhancer.request import EnhanceOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,16 @@ class Event:
 
 
 class Job:
-    """One request on its way through the queue. Cancelling is safe from any thread at any time."""
+    """One request on its way through the queue. Cancelling is safe from any thread at any time.
 
-    def __init__(self, pixels: np.ndarray, options: EnhanceOptions) -> None:
+    `deliver` receives the job's events, from whichever thread posts them (the worker, or the queue
+    when positions change); it must not block.
+    """
+
+    def __init__(self, pixels: np.ndarray, options: EnhanceOptions, deliver: Callable[[Event], None]) -> None:
         self.pixels: np.ndarray | None = pixels
         self.options = options
-        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._deliver = deliver
         self._cancelled = threading.Event()
         self.owner: JobQueue | None = None  # set when queued, so that cancelling can dequeue it
 
@@ -60,7 +64,10 @@ class Job:
         return self._cancelled.is_set()
 
     def post(self, event: Event) -> None:
-        self.events.put(event)
+        try:
+            self._deliver(event)
+        except Exception:  # a receiver that went away must not take the worker down with it
+            log.debug("an event for a finished call was dropped", exc_info=True)
 
 
 class JobQueue:

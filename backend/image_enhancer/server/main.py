@@ -11,8 +11,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from image_enhancer.arguments import int_in, positive_float
 from image_enhancer.client.core import DEFAULT_ADDRESS, TOKEN_ENV
-from image_enhancer.server import DEFAULT_MAX_QUEUE
+from image_enhancer.server import DEFAULT_MAX_QUEUE, MAX_QUEUE
 
 if TYPE_CHECKING:
     from image_enhancer.server.app import TlsFiles
@@ -32,9 +33,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument(
-        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="jobs that may wait; more are refused"
+        "--max-queue", type=int_in(1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE,
+        help="jobs that may wait; more are refused",
     )
-    parser.add_argument("--max-megapixels", type=float, default=None, help="largest input accepted")
+    parser.add_argument("--max-megapixels", type=positive_float, default=None, help="largest input accepted")
     parser.add_argument("--no-warm-up", action="store_true", help="do not load the default model at start")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
 
@@ -71,7 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"image-enhancer serve: {error}", file=sys.stderr)
         return 2
 
-    limits = {"max_pixels": int(args.max_megapixels * 1_000_000)} if args.max_megapixels else {}
+    limits = {} if args.max_megapixels is None else {"max_pixels": max(1, round(args.max_megapixels * 1e6))}
     try:
         enhancer = Enhancer(ModelStore(), device=args.device, precision=args.precision, **limits)
         running = serve(

@@ -1,14 +1,19 @@
-"""The Enhancer gRPC service: protobuf messages in, the job queue and model store behind, messages out.
+"""The Enhancer gRPC service (asyncio): protobuf messages in, the job queue and model store behind,
+messages out.
 
 This is the only module that converts between protobuf messages and the engine's and store's types.
+Calls are coroutines on the server's event loop, so a client that opens a stream and sends nothing
+costs no thread: idle or slow uploads cannot starve health checks or other calls. The engine runs on
+the job queue's worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -16,7 +21,8 @@ import numpy as np
 import image_enhancer
 from image_enhancer.client.core import MAX_CHUNK
 from image_enhancer.engine import pixels
-from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.request import EnhanceOptions, shorten
 from image_enhancer.server import validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
@@ -29,14 +35,35 @@ from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-# How often an RPC thread waiting for its job checks that the client is still there.
-_LIVENESS_POLL_S = 0.5
-# An upload that sends nothing for this long is abandoned.
-DEFAULT_UPLOAD_IDLE_S = 60.0
+# Longest status message sent: gRPC carries it in a header, and a long one would not arrive at all.
+MAX_STATUS_MESSAGE = 1000
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How long a client may take to send its image.
+
+    `idle_s`: the longest silence between two messages (the start message included). The whole upload
+    must also finish within `idle_s` plus the time its bytes take at `min_bytes_per_s`, so a client
+    that drips a few bytes at a time cannot hold a queue slot for ever.
+    """
+
+    idle_s: float = 60.0
+    min_bytes_per_s: float = 256 * 1024
+
+    def deadline_for(self, nbytes: int, started: float) -> float:
+        return started + self.idle_s + nbytes / self.min_bytes_per_s
 
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and human message a failure is reported with."""
+    code, message = _status_for(error)
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = message[: MAX_STATUS_MESSAGE - 1] + "…"
+    return code, message
+
+
+def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RequestError):
         return error.code, error.message
     if isinstance(error, QueueFullError | ImageTooLargeError):
@@ -55,86 +82,109 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
-def watched(
-    requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext, idle_s: float
-) -> Iterator[pb.EnhanceRequest]:
-    """The requests, but the call is cancelled when the client sends nothing for `idle_s` seconds,
-    so a stalled upload cannot hold a queue slot and a thread forever."""
-    while True:
-        timer = threading.Timer(idle_s, context.cancel)
-        timer.daemon = True
-        timer.start()
+class Upload:
+    """An Enhance call's incoming messages, each awaited no longer than the limits allow."""
+
+    def __init__(self, requests: AsyncIterator[pb.EnhanceRequest], limits: UploadLimits) -> None:
+        self._requests = requests
+        self._limits = limits
+        self._started = time.monotonic()
+        self._deadline: float | None = None
+
+    def expect(self, nbytes: int) -> None:
+        """The image has `nbytes` bytes: from now on the whole upload has a deadline."""
+        self._deadline = self._limits.deadline_for(nbytes, self._started)
+
+    async def next(self) -> pb.EnhanceRequest | None:
+        """The next message, or None when the client has finished sending."""
+        idle = self._limits.idle_s
+        remaining = idle if self._deadline is None else self._deadline - time.monotonic()
         try:
-            request = next(requests, None)
-        finally:
-            timer.cancel()
-        if request is None:
-            return
-        yield request
+            return await asyncio.wait_for(anext(self._requests), min(idle, max(remaining, 0.0)))
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            if remaining < idle:
+                took = time.monotonic() - self._started
+                raise RequestError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"upload timed out after {took:.0f} s: this image has to arrive at "
+                    f"{self._limits.min_bytes_per_s / 1024:.0f} KiB/s or faster",
+                ) from None
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"upload timed out after {idle:g} s without data from the client",
+            ) from None
 
 
 class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(
-        self, enhancer: Enhancer, jobs: JobQueue, upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S
-    ) -> None:
+    def __init__(self, enhancer: Enhancer, jobs: JobQueue, limits: UploadLimits) -> None:
         self._enhancer = enhancer
         self._store = enhancer.store
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
-        self._upload_idle_s = upload_idle_s
+        self._limits = limits
 
     # --- Enhance -------------------------------------------------------------------------------------
 
-    def Enhance(
-        self, request_iterator: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.EnhanceResponse]:
+    async def Enhance(
+        self, request_iterator: AsyncIterator[pb.EnhanceRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EnhanceResponse]:
+        peer = context.peer()
         try:
-            yield from self._enhance(request_iterator, context)
+            async for response in self._enhance(request_iterator):
+                yield response
+        except asyncio.CancelledError:
+            # Ordinary client behaviour (cancel, disconnect, its own deadline): not a fault.
+            log.info("Enhance from %s: the client cancelled or went away", peer)
+            raise
         except Exception as error:  # every failure becomes a status with a message, never a crash
             code, message = status_for(error)
             if code == grpc.StatusCode.INTERNAL:
-                log.exception("Enhance failed")
-            context.abort(code, message)
+                log.exception("Enhance from %s failed", peer)
+            else:
+                log.info("Enhance from %s: %s: %s", peer, code.name, message)
+            await context.abort(code, message)
 
-    def _enhance(
-        self, requests: Iterator[pb.EnhanceRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.EnhanceResponse]:
-        requests = watched(requests, context, self._upload_idle_s)
-        first = next(requests, None)
+    async def _enhance(self, requests: AsyncIterator[pb.EnhanceRequest]) -> AsyncIterator[pb.EnhanceResponse]:
+        upload = Upload(requests, self._limits)
+        first = await upload.next()
         if first is None:
             raise validation.invalid("the Enhance call ended before its start message")
         start = validation.start_message(first)
         spec = validation.image_spec(start.image, self._max_pixels)
         options = validation.engine_options(start.options, spec, self._store.default_model)
-        self._check_model(options)
+        await self._check_model(options)
+        upload.expect(spec.nbytes)
 
         self._jobs.reserve()
         try:
-            samples = validation.receive_samples(requests, spec)
+            collector = validation.SampleCollector(spec)
+            while (request := await upload.next()) is not None:
+                collector.add(request)
+            samples = collector.finish()
             image = pixels.from_bytes(samples, spec.width, spec.height, spec.channels, spec.sample_type)
         except BaseException:
             self._jobs.release()
             raise
-        del samples  # `image` is a view of the same buffer
-        job = Job(image, options)
-        del image
-        if not context.add_callback(job.cancel):  # the client already left
-            job.cancel()
-        self._jobs.submit(job)
+        del samples, collector  # `image` is a view of the same buffer
 
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        job = Job(image, options, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        del image
+        self._jobs.submit(job)
         result = None
-        while result is None:
-            try:
-                event = job.events.get(timeout=_LIVENESS_POLL_S)
-            except queue.Empty:
-                if not context.is_active():
-                    job.cancel()
-                    return
-                continue
-            result = self._handle_event(event)
-            if isinstance(result, pb.EnhanceResponse):
-                yield result
-                result = None
+        try:
+            while result is None:
+                message = self._handle_event(await events.get())
+                if isinstance(message, pb.EnhanceResponse):
+                    yield message
+                else:
+                    result = message
+        finally:
+            if result is None:  # the client left, or the job failed: stop any work still pending
+                job.cancel()
 
         header = pb.ImageHeader(
             width=result.shape[1],
@@ -143,7 +193,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             sample_type=validation.SAMPLE_TYPE_VALUES[spec.sample_type],
             colour_encoding=start.image.colour_encoding or pb.COLOUR_ENCODING_SRGB,
         )
-        data = pixels.to_bytes(result)
+        # A large result takes a moment to convert: off the event loop, so other calls go on meanwhile.
+        data = await asyncio.to_thread(pixels.to_bytes, result)
         del result
         yield pb.EnhanceResponse(result=header)
         for offset in range(0, len(data), MAX_CHUNK):
@@ -161,13 +212,18 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             return pb.EnhanceResponse(progress=pb.Progress(stage=p.stage, done=p.done, total=p.total))
         return pb.EnhanceResponse(progress=pb.Progress(stage="queued", queue_position=event.queue_position))
 
-    def _check_model(self, options: EnhanceOptions) -> None:
+    async def _models(self) -> list[ModelInfo]:
+        # Listing may read a newly dropped-in model file: off the event loop.
+        return await asyncio.to_thread(self._store.list)
+
+    async def _check_model(self, options: EnhanceOptions) -> None:
         """Refuse unknown models and unsupported strength before the upload, not after it."""
-        info = next((m for m in self._store.list() if m.name == options.model), None)
+        models = await self._models()
+        info = next((m for m in models if m.name == options.model), None)
         if info is None:
-            names = ", ".join(m.name for m in self._store.list())
+            names = ", ".join(m.name for m in models)
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND, f"unknown model {options.model!r}; known models: {names}"
+                grpc.StatusCode.NOT_FOUND, f"unknown model {shorten(options.model)}; known models: {names}"
             )
         if not info.installed:
             raise RequestError(
@@ -182,13 +238,13 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
 
     # --- metadata ------------------------------------------------------------------------------------
 
-    def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_message(m) for m in self._store.list()])
+        return pb.ListModelsResponse(models=[model_message(m) for m in await self._models()])
 
-    def DescribeServer(
-        self, request: pb.DescribeServerRequest, context: grpc.ServicerContext
+    async def DescribeServer(
+        self, request: pb.DescribeServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerDescription:
         device, name, memory = describe_device(self._enhancer.device)
         return pb.ServerDescription(

@@ -6,14 +6,13 @@ upload or queues the job, so a bad request costs nothing and gets a human messag
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
-from image_enhancer.engine.enhancer import EnhanceOptions
+from image_enhancer.request import EnhanceOptions
 from image_enhancer.v1 import enhancer_pb2 as pb
 
 SAMPLE_TYPE_NAMES = {pb.SAMPLE_TYPE_U8: "u8", pb.SAMPLE_TYPE_U16: "u16", pb.SAMPLE_TYPE_F32: "f32"}
@@ -120,30 +119,49 @@ def start_message(request: pb.EnhanceRequest) -> pb.EnhanceStart:
     return request.start
 
 
-def receive_samples(requests: Iterable[pb.EnhanceRequest], spec: ImageSpec) -> bytearray:
-    """Collect the image's chunks into one buffer of exactly the announced size.
+class SampleCollector:
+    """Collects an image's chunks, as they arrive, into one buffer of exactly the announced size.
 
     Chunks are 1-4 MiB; only the one that completes the image may be smaller. Extra bytes, a second
     start message or a stream that ends early are refused. The buffer grows with the bytes that really
     arrive, so a header announcing a huge image costs nothing until its bytes come.
     """
-    buffer = bytearray()
-    short_chunk = 0  # number of a chunk under 1 MiB; only the last chunk may be one
-    for index, request in enumerate(requests, start=1):
+
+    def __init__(self, spec: ImageSpec) -> None:
+        self._spec = spec
+        self._buffer = bytearray()
+        self._messages = 1  # the start message came first
+        self._short_chunk = 0  # number of a chunk under 1 MiB; only the last chunk may be one
+
+    @property
+    def received(self) -> int:
+        return len(self._buffer)
+
+    def add(self, request: pb.EnhanceRequest) -> None:
+        self._messages += 1
         if request.WhichOneof("message") != "chunk":
-            raise invalid(f"message {index + 1} of the upload is not a chunk; `start` must come exactly once")
+            raise invalid(
+                f"message {self._messages} of the upload is not a chunk; `start` must come exactly once"
+            )
+        index = self._messages - 1
         size = len(request.chunk)
-        if len(buffer) + size > spec.nbytes:
+        spec = self._spec
+        if len(self._buffer) + size > spec.nbytes:
             raise invalid(
                 f"too many bytes: a {spec.width}x{spec.height} image with {spec.channels} {spec.sample_type}"
-                f" channels has {spec.nbytes} bytes, got at least {len(buffer) + size}"
+                f" channels has {spec.nbytes} bytes, got at least {len(self._buffer) + size}"
             )
-        if short_chunk or size == 0 or size > MAX_CHUNK:
-            bad, bad_size = (short_chunk, "under 1 MiB") if short_chunk else (index, f"{size} bytes")
+        if self._short_chunk or size == 0 or size > MAX_CHUNK:
+            short = self._short_chunk
+            bad, bad_size = (short, "under 1 MiB") if short else (index, f"{size} bytes")
             raise invalid(f"chunk {bad} has {bad_size}; chunks are 1-4 MiB, only the last may be smaller")
         if size < MIN_CHUNK:
-            short_chunk = index
-        buffer += request.chunk
-    if len(buffer) != spec.nbytes:
-        raise invalid(f"the upload ended early: received {len(buffer)} of {spec.nbytes} bytes")
-    return buffer
+            self._short_chunk = index
+        self._buffer += request.chunk
+
+    def finish(self) -> bytearray:
+        """The whole image's samples; refuses an upload that ended early."""
+        received, expected = len(self._buffer), self._spec.nbytes
+        if received != expected:
+            raise invalid(f"the upload ended early: received {received} of {expected} bytes")
+        return self._buffer

@@ -22,6 +22,7 @@ from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.models.registry import UnsupportedModelError, describe, load_model
 from image_enhancer.paths import user_models_dir
 from image_enhancer.paths import weights_dir as default_weights_dir
+from image_enhancer.request import shorten
 from image_enhancer.weights.integrity import problem_with
 from image_enhancer.weights.interpolation import interpolate
 from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest
@@ -92,7 +93,7 @@ class ModelStore:
         entry = self.manifest.get(name)
         if entry is None:
             names = self.manifest.names() + [n for n in self._user_files() if n not in self.manifest.names()]
-            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(names)}")
+            raise ModelNotFoundError(f"unknown model {shorten(name)}; available: {', '.join(names)}")
         return entry
 
     def _user_files(self) -> dict[str, Path]:
