@@ -8,7 +8,6 @@ uint8, uint16 or float32, the forms the engine accepts.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +55,13 @@ def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
         return _read_with_pillow(path)
     except ImageFileError:
         raise
-    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as error:
-        raise ImageFileError(f"{path}: cannot read image ({error})") from error
+    except FileNotFoundError as error:
+        raise ImageFileError(f"{path}: no such file") from error
+    except Exception as error:
+        # The decoders (Pillow, pypng, tifffile) parse untrusted bytes and each has its own error
+        # types, several not ValueError or OSError (pypng's ChunkError, struct.error, EOFError, ...):
+        # whatever they raise, the file cannot be read.
+        raise ImageFileError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
 
 
 def _header_size(path: Path) -> tuple[int, int]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -33,8 +34,11 @@ from image_enhancer.weights.safe_load import WeightsError
 from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
+# How long a short upload waits for a cancellation that may be on its way (see Upload.ended_early).
+CANCEL_SETTLE_S = 0.1
 # Longest status message sent: gRPC carries it in a header, and a long one would not arrive at all.
 MAX_STATUS_MESSAGE = 1000
 
@@ -82,6 +86,33 @@ def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
+async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """`awaitable`'s result, or TimeoutError after `seconds`. Unlike `asyncio.wait_for`, it runs in the
+    calling task: gRPC cancels the call's own task when the client goes away, and a read running in a
+    task of its own would hide that."""
+    if hasattr(asyncio, "timeout"):  # Python 3.11+
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expired:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+
+
 class Upload:
     """An Enhance call's incoming messages, each awaited no longer than the limits allow."""
 
@@ -95,12 +126,20 @@ class Upload:
         """The image has `nbytes` bytes: from now on the whole upload has a deadline."""
         self._deadline = self._limits.deadline_for(nbytes, self._started)
 
+    @staticmethod
+    async def ended_early() -> None:
+        """Called when the messages stop before the image is complete. A call the client cancelled
+        (or that gRPC ended, e.g. for a message over the size limit) looks just like that at first;
+        its cancellation reaches this task a moment later, and is then reported as what it is rather
+        than as a short upload."""
+        await asyncio.sleep(CANCEL_SETTLE_S)
+
     async def next(self) -> pb.EnhanceRequest | None:
         """The next message, or None when the client has finished sending."""
         idle = self._limits.idle_s
         remaining = idle if self._deadline is None else self._deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(anext(self._requests), min(idle, max(remaining, 0.0)))
+            return await _within(min(idle, max(remaining, 0.0)), anext(self._requests))
         except StopAsyncIteration:
             return None
         except TimeoutError:
@@ -132,24 +171,26 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     ) -> AsyncIterator[pb.EnhanceResponse]:
         peer = context.peer()
         try:
-            async for response in self._enhance(request_iterator):
-                yield response
+            try:
+                async for response in self._enhance(request_iterator):
+                    yield response
+            except Exception as error:  # every failure becomes a status with a message, never a crash
+                code, message = status_for(error)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("Enhance from %s failed", peer)
+                else:
+                    log.info("Enhance from %s: %s: %s", peer, code.name, message)
+                await context.abort(code, message)
         except asyncio.CancelledError:
             # Ordinary client behaviour (cancel, disconnect, its own deadline): not a fault.
             log.info("Enhance from %s: the client cancelled or went away", peer)
             raise
-        except Exception as error:  # every failure becomes a status with a message, never a crash
-            code, message = status_for(error)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("Enhance from %s failed", peer)
-            else:
-                log.info("Enhance from %s: %s: %s", peer, code.name, message)
-            await context.abort(code, message)
 
     async def _enhance(self, requests: AsyncIterator[pb.EnhanceRequest]) -> AsyncIterator[pb.EnhanceResponse]:
         upload = Upload(requests, self._limits)
         first = await upload.next()
         if first is None:
+            await upload.ended_early()
             raise validation.invalid("the Enhance call ended before its start message")
         start = validation.start_message(first)
         spec = validation.image_spec(start.image, self._max_pixels)
@@ -162,6 +203,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             collector = validation.SampleCollector(spec)
             while (request := await upload.next()) is not None:
                 collector.add(request)
+            if collector.received < spec.nbytes:
+                await upload.ended_early()
             samples = collector.finish()
             image = pixels.from_bytes(samples, spec.width, spec.height, spec.channels, spec.sample_type)
         except BaseException:

@@ -46,7 +46,7 @@ def load_state_dict(path: Path | str) -> dict[str, Tensor]:
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise WeightsError(
             f"{path.name}: not a valid safetensors file (truncated or corrupt): {exc}"
         ) from exc
@@ -61,9 +61,12 @@ def _read_pickle(path: Path) -> Any:
             f"{path.name}: refused to load: the file asks to create Python objects other than tensors, "
             f"which could run code (possibly malicious).{_refused_global(exc)}"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except Exception as exc:
+        # A damaged file trips the reader anywhere (RuntimeError from the zip reader, IndexError and
+        # TypeError from the restricted unpickler, ...); whatever it raises, the file is unusable.
         raise WeightsError(
-            f"{path.name}: not a valid PyTorch weight file (truncated or corrupt): {exc}"
+            f"{path.name}: not a valid PyTorch weight file (truncated or corrupt): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 

@@ -1,0 +1,307 @@
+"""Property-based fuzzing of everything that reads untrusted bytes: the server's request validation (in
+process and through a real server), the image-file reader and the weight loader.
+
+Each property: a clear error of the documented type or a correct result; no other exception, no hang,
+and the input left as it was. The budget is fixed per property; under CI the examples are derandomised
+so a run is repeatable (run locally without CI=true to explore new examples).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import signal
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import FAST_MODEL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import save_file
+
+from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
+from image_enhancer.imagefiles import ImageFileError, read_image
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.server import validation
+from image_enhancer.server.service import MAX_STATUS_MESSAGE
+from image_enhancer.server.validation import RequestError
+from image_enhancer.v1 import enhancer_pb2 as pb
+from image_enhancer.v1 import enhancer_pb2_grpc
+from image_enhancer.weights.safe_load import WeightsError, load_state_dict
+
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("IMAGE_ENHANCER_FUZZ_EXAMPLES", "150")),
+    deadline=None,  # the time limit below is what counts; the CI machine's pace varies too much
+    derandomize=os.environ.get("CI") == "true",
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+FUZZ = settings.get_profile("fuzz")
+# Longest any one example may take before it counts as a hang.
+EXAMPLE_LIMIT_S = 20
+
+UINT32 = st.integers(0, 2**32 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int = EXAMPLE_LIMIT_S) -> Iterator[None]:
+    """Fail an example that runs longer than `seconds` instead of letting the suite hang."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"an example ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- request validation, in process ---------------------------------------------------------------------
+
+headers = st.builds(
+    pb.ImageHeader,
+    width=st.one_of(st.integers(0, 64), UINT32),
+    height=st.one_of(st.integers(0, 64), UINT32),
+    channels=st.one_of(st.integers(0, 5), UINT32),
+    sample_type=st.one_of(st.integers(0, 4), INT32),
+    colour_encoding=st.one_of(st.integers(0, 3), INT32),
+)
+options_messages = st.builds(
+    pb.EnhanceOptions,
+    model=st.one_of(
+        st.just(""), st.just(FAST_MODEL), st.text(max_size=300),
+        st.builds(lambda text, times: text * times, st.text(min_size=1, max_size=20), st.integers(1, 20_000)),
+    ),
+    scale=st.one_of(st.just(0.0), st.floats(0.5, 9), ANY_FLOAT),
+    strength=st.one_of(st.none(), st.floats(-0.5, 1.5), ANY_FLOAT),
+    tile=st.one_of(st.integers(0, 9000), UINT32),
+    colour_fidelity=st.booleans(),
+    auto_contrast=st.one_of(st.floats(-0.5, 1.5), ANY_FLOAT),
+    alpha_mode=st.one_of(st.integers(0, 3), INT32),
+)
+
+
+@FUZZ
+@given(header=headers, options=options_messages)
+def test_any_header_and_options_give_a_valid_request_or_a_short_clear_error(header, options):
+    with time_limit():
+        try:
+            spec = validation.image_spec(header, max_pixels=40_000_000)
+            request = validation.engine_options(options, spec, default_model=FAST_MODEL)
+        except RequestError as error:
+            assert error.message and len(error.message) <= MAX_STATUS_MESSAGE
+            return
+    assert 1 <= spec.channels <= 4 and spec.width * spec.height <= 40_000_000
+    assert isinstance(request, EnhanceOptions)
+    request.validate()  # what was accepted is what the engine accepts
+    assert request.scale is None or math.isfinite(request.scale)
+
+
+# Messages of an upload after its start message: chunks of awkward sizes, or a stray start message.
+upload_messages = st.lists(
+    st.one_of(
+        st.sampled_from([0, 1, 1000, MIN_CHUNK - 1, MIN_CHUNK, MAX_CHUNK, MAX_CHUNK + 1]),
+        st.integers(0, MAX_CHUNK + 10),
+        st.just(-1),  # a second start message
+    ),
+    max_size=6,
+)
+
+
+@FUZZ
+@given(
+    side=st.integers(1, 1100), channels=st.integers(1, 4), sample_type=st.sampled_from(["u8", "u16", "f32"]),
+    sizes=upload_messages,
+)
+def test_any_chunk_sequence_gives_exactly_the_image_or_a_clear_error(side, channels, sample_type, sizes):
+    spec = validation.ImageSpec(side, side, channels, sample_type, linear=False)
+    collector = validation.SampleCollector(spec)
+    with time_limit():
+        try:
+            for size in sizes:
+                message = pb.EnhanceRequest(start=pb.EnhanceStart()) if size < 0 else pb.EnhanceRequest(
+                    chunk=b"\x01" * size
+                )
+                collector.add(message)
+                assert collector.received <= spec.nbytes
+            samples = collector.finish()
+        except RequestError as error:
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.message
+            return
+    assert len(samples) == side * side * channels * SAMPLE_BYTES[sample_type]
+    assert all(MIN_CHUNK <= size <= MAX_CHUNK for size in sizes[:-1]) and 0 < sizes[-1] <= MAX_CHUNK
+
+
+# --- request validation, through a real server ----------------------------------------------------------
+
+EXPECTED_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 5))
+@given(
+    header=headers,
+    options=options_messages,
+    chunks=st.lists(st.integers(1, 300), max_size=3),
+)
+def test_the_server_answers_any_request_with_a_result_or_an_expected_status(
+    grpc_server, header, options, chunks
+):
+    requests = [pb.EnhanceRequest(start=pb.EnhanceStart(image=header, options=options))]
+    requests += [pb.EnhanceRequest(chunk=b"\x80" * size) for size in chunks]
+    with time_limit(), grpc.insecure_channel(grpc_server.address) as channel:
+        stub = enhancer_pb2_grpc.EnhancerStub(channel)
+        try:
+            responses = list(stub.Enhance(iter(requests), timeout=EXAMPLE_LIMIT_S - 5))
+        except grpc.RpcError as error:
+            assert error.code() in EXPECTED_REFUSALS, (error.code(), error.details())
+            assert error.details() and len(error.details()) <= MAX_STATUS_MESSAGE
+        else:
+            assert any(r.HasField("result") for r in responses)
+        health = channel.unary_unary("/grpc.health.v1.Health/Check")
+        assert health(b"", timeout=5) is not None  # still answering
+
+
+# --- image files ------------------------------------------------------------------------------------------
+
+
+def seed_images(folder: Path) -> dict[str, bytes]:
+    """Small valid files of every readable kind, as the starting points for mutation."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)], axis=2)
+    seeds = {}
+    for suffix, pixels in [(".png", rgba), (".jpg", rgb), (".webp", rgb), (".bmp", rgb)]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format={".jpg": "JPEG"}.get(suffix, suffix[1:].upper()))
+        seeds[suffix] = buffer.getvalue()
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, (rgb.astype(np.uint16) * 257), photometric="rgb")
+    seeds[".tif"] = buffer.getvalue()
+    # A 16-bit colour PNG (read by pypng, not Pillow).
+    import png
+
+    buffer = io.BytesIO()
+    png.Writer(10, 12, greyscale=False, bitdepth=16).write(
+        buffer, (rgb.astype(np.uint16) * 257).reshape(12, 30)
+    )
+    seeds["16.png"] = buffer.getvalue()
+    return seeds
+
+
+@pytest.fixture(scope="module")
+def image_seeds(tmp_path_factory) -> dict[str, bytes]:
+    return seed_images(tmp_path_factory.mktemp("seeds"))
+
+
+@st.composite
+def mutations(draw, length: int) -> list[tuple[str, int, int]]:
+    """Edits to a file of `length` bytes: overwrite a byte, cut the file, insert junk."""
+    edit = st.tuples(
+        st.sampled_from(["set", "cut", "insert"]), st.integers(0, max(0, length - 1)), st.integers(0, 255)
+    )
+    return draw(st.lists(edit, min_size=1, max_size=8))
+
+
+def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    buffer = bytearray(data)
+    for kind, position, value in edits:
+        position = min(position, max(0, len(buffer) - 1))
+        if kind == "set" and buffer:
+            buffer[position] = value
+        elif kind == "cut":
+            del buffer[position:]
+        else:
+            buffer[position:position] = bytes([value]) * (1 + value % 7)
+    return bytes(buffer)
+
+
+def check_read(path: Path) -> None:
+    """The reader's contract on any file: an image in an engine form, or ImageFileError."""
+    before = hashlib.sha256(path.read_bytes()).digest()
+    with time_limit():
+        try:
+            image = read_image(path, max_pixels=4_000_000)
+        except ImageFileError as error:
+            assert str(error)
+        else:
+            pixels = image.pixels
+            assert pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4
+            assert pixels.dtype in (np.uint8, np.uint16, np.float32)
+            assert pixels.shape[0] * pixels.shape[1] <= 4_000_000
+    assert hashlib.sha256(path.read_bytes()).digest() == before, "reading changed the file"
+
+
+@FUZZ
+@given(data=st.data(), kind=st.sampled_from([".png", ".jpg", ".webp", ".bmp", ".tif", "16.png"]))
+def test_mutated_image_files_give_an_image_or_a_clear_error(image_seeds, tmp_path, data, kind):
+    seed = image_seeds[kind]
+    path = tmp_path / f"fuzz{Path(kind).suffix}"
+    path.write_bytes(mutate(seed, data.draw(mutations(len(seed)))))
+    check_read(path)
+
+
+def png_with_size(seed: bytes, width: int, height: int) -> bytes:
+    """The PNG `seed` with its header claiming another size (and a correct checksum, so the claim is
+    believed)."""
+    ihdr = bytearray(seed[8 + 8 : 8 + 8 + 13])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
+    return seed[:16] + bytes(ihdr) + crc + seed[16 + 13 + 4 :]
+
+
+@FUZZ
+@given(width=st.one_of(st.integers(0, 64), UINT32), height=st.one_of(st.integers(0, 64), UINT32),
+       sixteen_bit=st.booleans())
+def test_lying_png_headers_give_an_image_or_a_clear_error(image_seeds, tmp_path, width, height, sixteen_bit):
+    path = tmp_path / "liar.png"
+    path.write_bytes(png_with_size(image_seeds["16.png" if sixteen_bit else ".png"], width, height))
+    check_read(path)
+
+
+# --- weight files -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weight_seeds(tmp_path_factory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("weights")
+    tensors = {"conv.weight": torch.randn(4, 3, 3, 3), "conv.bias": torch.zeros(4)}
+    save_file(tensors, folder / "w.safetensors")
+    torch.save({"params_ema": tensors}, folder / "w.pth")
+    return {suffix: (folder / f"w{suffix}").read_bytes() for suffix in (".safetensors", ".pth")}
+
+
+@FUZZ
+@given(data=st.data(), suffix=st.sampled_from([".safetensors", ".pth"]))
+def test_mutated_weight_files_give_tensors_or_a_clear_error(weight_seeds, tmp_path, data, suffix):
+    seed = weight_seeds[suffix]
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(mutate(seed, data.draw(mutations(len(seed)))))
+    before = hashlib.sha256(path.read_bytes()).digest()
+    with time_limit():
+        try:
+            state_dict = load_state_dict(path)
+        except WeightsError as error:
+            assert str(error)
+        else:
+            assert state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
+    assert hashlib.sha256(path.read_bytes()).digest() == before
