@@ -73,7 +73,9 @@ def error_from_status(code_name: str, details: str) -> EnhancerError:
     message = details or code_name.replace("_", " ").lower()
     if kind == "unavailable":
         message = f"the enhancer server is not reachable ({message})"
-    elif kind == "deadline":
+    elif kind == "deadline" and details.lower() in ("", "deadline exceeded"):
+        # gRPC's own words for the client's deadline; the server's (e.g. an upload that timed out)
+        # already say what happened.
         message = f"the server did not finish in time ({message})"
     return EnhancerError(kind, message, code_name)
 
