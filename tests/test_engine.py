@@ -251,15 +251,15 @@ def test_reduced_precision_batches_with_nan_or_inf_are_rerun_in_fp32():
 def tiny_models(tmp_path_factory) -> ModelStore:
     """Random tiny networks dropped in as user model files, where only the geometry matters."""
     from safetensors.torch import save_file
-
-    from image_enhancer.models.rrdbnet import RRDBNet
-    from image_enhancer.models.srvgg import SRVGGNetCompact
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     networks = {
-        "gray-x2": SRVGGNetCompact(in_channels=1, out_channels=1, num_feat=8, num_conv=2, scale=2),
-        "rrdb-x2": RRDBNet(in_channels=3, out_channels=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
+        "gray-x2": Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=2),
+        # ×2 RRDBNet: a ×4 trunk on a pixel-unshuffled input.
+        "rrdb-x2": ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
     }
     for name, network in networks.items():
         tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
@@ -278,7 +278,7 @@ def test_gray_network_processes_each_colour_channel(tiny_models, forest):
 
 def test_size_multiple_is_respected_for_odd_sizes_and_tiles(tiny_models, forest):
     enhancer = Enhancer(tiny_models, device="cpu")
-    assert tiny_models.get("rrdb-x2").descriptor.size_multiple == 2
+    assert tiny_models.get("rrdb-x2").descriptor.size_multiple == 4  # spandrel's, for the unshuffle
     crop = forest[:37, :23]
     whole = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2"))
     tiled = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2", tile=17))
