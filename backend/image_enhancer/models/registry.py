@@ -109,9 +109,7 @@ def describe(state_dict: dict[str, Any]) -> ModelDescriptor:
     support = detect(state_dict)
     try:
         loaded = _on_meta(support, state_dict)
-    except UnsupportedModelError:
-        raise
-    except Exception:  # noqa: BLE001 - some architectures compute with tensors in __init__; build for real
+    except Exception:  # noqa: BLE001 - some architectures compute with tensors in __init__: build for real
         loaded = _spandrel_load(support, {k: as_fp32(v) for k, v in state_dict.items()})
     return _descriptor(loaded)
 
