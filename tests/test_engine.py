@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -226,6 +228,54 @@ def test_device_and_precision_choices():
     assert resolve_precision("fp16", torch.device("cpu"), descriptor) is torch.float32
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("int8", torch.device("cpu"), descriptor)
+
+
+def test_fp16_asked_of_a_model_that_is_not_fp16_safe_runs_in_bf16(monkeypatch):
+    # The choice for a CUDA device, on a GPU with bf16 (CUDA itself is not needed to decide).
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    cuda = torch.device("cuda")
+    safe = ModelDescriptor(architecture="test", scale=2, in_channels=3, out_channels=3)
+    unsafe = dataclasses.replace(safe, supports_half=False)
+    neither = dataclasses.replace(unsafe, supports_bf16=False)
+    assert resolve_precision("fp16", cuda, safe) is torch.float16
+    for asked in ("fp16", "auto"):
+        assert resolve_precision(asked, cuda, unsafe) is torch.bfloat16
+        assert resolve_precision(asked, cuda, neither) is torch.float32
+
+
+class Recording(torch.nn.Module):
+    """A ×1 identity network that records the size of every batch given to it or to its copies."""
+
+    seen: ClassVar[list[tuple[int, ...]]] = []  # on the class: the engine runs a copy of the module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        Recording.seen.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Recording.seen.append(tuple(x.shape))
+        return x * self.weight
+
+
+@pytest.mark.parametrize(
+    ("tiling", "single"), [("supported", False), ("discouraged", False), ("internal", True)]
+)
+def test_a_model_that_tiles_internally_sees_the_whole_image(tiling, single, forest):
+    network = Recording()
+    descriptor = ModelDescriptor(architecture="test", scale=1, in_channels=3, out_channels=3, tiling=tiling)
+
+    class OneModel:  # the engine's ModelSource protocol, serving this one network
+        def get(self, name: str, strength: float | None = None) -> LoadedModel:
+            return LoadedModel(network, descriptor)
+
+    result = Enhancer(OneModel(), device="cpu", batch_size=1).enhance(
+        forest[:40, :36], EnhanceOptions(model="recording", tile=16)
+    )
+    np.testing.assert_array_equal(result, forest[:40, :36])
+    windows = Recording.seen[1:]  # the first pass is the engine's memory probe
+    assert windows and (windows == [(1, 3, 40 + 32, 36 + 32)]) is single  # the image and its context
+    # An explicit tile size is kept unless the model tiles by itself.
 
 
 class Overflowing(torch.nn.Module):
