@@ -80,6 +80,17 @@ def test_real_esrgan_names_round_trip_exactly():
     assert to_module_names(to_real_esrgan_names(module_names)).keys() == module_names.keys()
 
 
+@pytest.mark.parametrize("args", [dict(scale=2), dict(scale=8), dict(scale=4, plus=True)], ids=str)
+def test_older_esrgan_layouts_are_served_under_their_own_name(args):
+    net = _random(ESRGAN(num_filters=16, num_blocks=1, **args))
+    loaded = load_model(net.state_dict())
+    d = loaded.descriptor
+    # Not Real-ESRGAN's RRDBNet (a ×4 trunk): tools that rely on that layout must not take these for it.
+    assert (d.architecture, d.scale) == ("ESRGAN", args["scale"])
+    assert d.hyperparameters["plus"] == args.get("plus", False) and d.tile_pad == 32
+    _same_network(net, loaded.module)
+
+
 def test_original_esrgan_naming_loads_too():
     net = _esrgan(dict(num_feat=16, num_block=3), dict(in_nc=3, out_nc=3, scale=4))
     old = net.state_dict()

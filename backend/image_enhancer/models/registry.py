@@ -139,9 +139,9 @@ def load_model(state_dict: dict[str, Any]) -> LoadedModel:
 
 def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
     size = loaded.size_requirements
-    hyperparameters, tile_pad = _known_facts(loaded)
+    architecture, hyperparameters, tile_pad = _known_facts(loaded)
     return ModelDescriptor(
-        architecture=type(loaded.model).__name__,
+        architecture=architecture,
         scale=loaded.scale,
         in_channels=loaded.input_channels,
         out_channels=loaded.output_channels,
@@ -159,24 +159,29 @@ def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
     )
 
 
-def _known_facts(loaded: SpandrelDescriptor) -> tuple[dict[str, Any], int]:
-    """Hyperparameters under the names our files and tools use, and the context a tile needs."""
+def _known_facts(loaded: SpandrelDescriptor) -> tuple[str, dict[str, Any], int]:
+    """The architecture name, hyperparameters under the names our files and tools use, and the
+    context a tile needs."""
     hp = dict(getattr(loaded.model, "hyperparameters", {}))
     arch = loaded.architecture.id
     common = {
         "in_channels": loaded.input_channels, "out_channels": loaded.output_channels, "scale": loaded.scale
     }
-    if arch == "ESRGAN":
+    # Real-ESRGAN's RRDBNet: a ×4 trunk (×2 and ×1 through pixel-unshuffle), 32 growth channels as in
+    # every published one. Older ESRGAN layouts (×2/×8 trunks, ESRGAN+) keep spandrel's name and terms
+    # (and the same context estimate).
+    if arch == "ESRGAN" and hp["scale"] == 4 and not hp["plus"]:
         unshuffle = hp["shuffle_factor"] or 1
-        extra = {"plus": True} if hp["plus"] else {}
-        # spandrel's ESRGAN has 32 growth channels, as every published RRDBNet. The receptive field
-        # is hundreds of pixels, but its influence fades: measured on a photo with x4plus, a tile with
-        # 16 / 24 / 32 pixels of context differs from the untiled result by up to 16 / 7 / 4 8-bit
-        # steps, and more context barely helps (5 steps at 48); the 6-block anime model is within 1
-        # step at 32. Blending overlapping tiles hides the rest.
-        return {**common, "num_feat": hp["num_filters"], "num_block": hp["num_blocks"], "num_grow_ch": 32,
-                **extra}, 32 * unshuffle
+        # The receptive field is hundreds of pixels, but its influence fades: measured on a photo with
+        # x4plus, a tile with 16 / 24 / 32 pixels of context differs from the untiled result by up to
+        # 16 / 7 / 4 8-bit steps, and more context barely helps (5 steps at 48); the 6-block anime
+        # model is within 1 step at 32. Blending overlapping tiles hides the rest.
+        rrdb = {"num_feat": hp["num_filters"], "num_block": hp["num_blocks"], "num_grow_ch": 32}
+        return "RRDBNet", {**common, **rrdb}, 32 * unshuffle
     if arch == "Compact":
         # Exact receptive-field radius: one pixel per 3×3 conv (first + num_conv + last).
-        return {**common, "num_feat": hp["num_feat"], "num_conv": hp["num_conv"]}, hp["num_conv"] + 2
-    return {**common, **hp}, 0
+        compact = {"num_feat": hp["num_feat"], "num_conv": hp["num_conv"]}
+        return "SRVGGNetCompact", {**common, **compact}, hp["num_conv"] + 2
+    if arch == "ESRGAN":
+        return "ESRGAN", {**hp, **common}, 32 * (hp["shuffle_factor"] or 1)
+    return type(loaded.model).__name__, {**hp, **common}, 0
