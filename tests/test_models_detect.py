@@ -167,6 +167,21 @@ def test_a_wrong_shape_is_refused():
     assert "size mismatch" in _expect_refused(sd)
 
 
+@pytest.mark.parametrize("damage", ["scalar", "missing"])
+def test_a_damaged_file_of_any_family_is_refused_not_crashed_on(damage):
+    from spandrel.architectures.SPAN import SPAN
+
+    sd = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict()
+    for key in [k for k in sd if k.endswith("weight")][:3]:
+        if damage == "scalar":
+            sd[key] = torch.zeros(())
+        else:
+            del sd[key]
+    with pytest.raises(UnsupportedModelError):
+        describe(sd)
+    _expect_refused(sd)
+
+
 def test_a_gap_in_the_blocks_is_refused():
     sd = {k: v for k, v in _real_esrgan(3).items() if not k.startswith("body.1.")}
     _expect_refused(sd)

@@ -70,9 +70,16 @@ def canonical(state_dict: dict[str, Any]) -> StateDict:
     return state_dict
 
 
+def _detects(support: ArchSupport, state_dict: StateDict) -> bool:
+    try:
+        return bool(support.detect(state_dict))
+    except Exception:  # noqa: BLE001 - a detector tripping over an odd file has simply not found its own
+        return False
+
+
 def detect(state_dict: StateDict) -> ArchSupport:
     for support in MAIN_REGISTRY.architectures("detection"):
-        if support.detect(state_dict):
+        if _detects(support, state_dict):
             name = support.architecture.id
             if name in NOT_SERVED:
                 raise UnsupportedModelError(f"this is a {name} model, not served: {NOT_SERVED[name]}")
@@ -86,7 +93,9 @@ def detect(state_dict: StateDict) -> ArchSupport:
 def _spandrel_load(support: ArchSupport, state_dict: StateDict) -> SpandrelDescriptor:
     try:
         loaded = support.architecture.load(state_dict)
-    except (RuntimeError, KeyError, IndexError, ValueError, AssertionError, TypeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to fit an untrusted file is the file's fault
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise UnsupportedModelError(
             f"{support.architecture.id} detected, but the tensors do not fit it: {detail[:400]}"
@@ -104,7 +113,7 @@ def _on_meta(support: ArchSupport, state_dict: StateDict) -> SpandrelDescriptor:
 
 
 def describe(state_dict: dict[str, Any]) -> ModelDescriptor:
-    """The descriptor without loading the weights (tensors on the meta device work too)."""
+    """The descriptor, from a network built on the meta device where the architecture allows it."""
     state_dict = canonical(state_dict)
     support = detect(state_dict)
     try:
