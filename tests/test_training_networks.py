@@ -87,20 +87,28 @@ def test_unsupported_generators_are_refused_clearly(tmp_path, model, message):
         parse_config(_config(tmp_path, **model))
 
 
-def test_an_rrdb_run_exports_real_esrgan_names(tmp_path):
+@pytest.mark.parametrize(
+    ("model", "architecture", "first_key"),
+    [
+        ({"arch": "rrdb", "num_feat": 8, "num_block": 1}, "RRDBNet", "conv_first.weight"),
+        ({"arch": "span", "num_feat": 8}, "SPAN", "conv_1.sk.weight"),
+        ({"arch": "realplksr", "num_feat": 8, "num_block": 1}, "RealPLKSR", "feats.0.weight"),
+    ],
+    ids=lambda v: v["arch"] if isinstance(v, dict) else None,
+)
+def test_a_training_run_exports_what_the_engine_serves(tmp_path, model, architecture, first_key):
     weights = tmp_path / "weights"
     weights.mkdir()
     config = tiny_config(
         tmp_path,
-        model={"arch": "rrdb", "scale": 4, "num_feat": 8, "num_block": 1},
+        model={"scale": 4, **model},
         psnr={"iterations": 2},
         validation={"sources": []},
-        export={"name": "tiny-rrdb", "dir": str(weights), "description": "test model"},
+        export={"name": "tiny", "dir": str(weights), "description": "test model"},
     )
-    assert train_main([str(write_config(tmp_path / "rrdb.json", config))]) == 0
-    exported = load_file(weights / "tiny-rrdb-psnr.safetensors")
-    assert "conv_first.weight" in exported and "body.0.rdb1.conv1.weight" in exported
-    assert load_model(exported).descriptor.hyperparameters["num_block"] == 1
+    assert train_main([str(write_config(tmp_path / "run.json", config))]) == 0
+    exported = load_file(weights / "tiny-psnr.safetensors")
+    assert first_key in exported  # RRDBNet under Real-ESRGAN's names
+    assert load_model(exported).descriptor.architecture == architecture
     entry = next(m for m in json.loads((weights / "manifest.json").read_text())["models"])
-    assert entry["architecture"] == "RRDBNet"
-
+    assert entry["architecture"] == architecture
