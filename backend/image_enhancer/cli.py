@@ -1,4 +1,4 @@
-"""The `image-enhancer` command: enhance files, list models, serve gRPC, train models."""
+"""The `image-enhancer` command: enhance files, list models, declare pairs, serve gRPC, train models."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list models and whether each is installed")
     models.set_defaults(run=_run_models)
+
+    pair = commands.add_parser(
+        "pair", help="offer two compatible models as one with a strength control (0 = faithful, 1 = sharp)"
+    )
+    pair.add_argument("name", help="name of the new model")
+    pair.add_argument("--faithful", required=True, help="the model at strength 0 (e.g. a PSNR-trained one)")
+    pair.add_argument("--sharp", required=True, help="the model at strength 1 (e.g. its GAN fine-tune)")
+    pair.set_defaults(run=_run_pair)
 
     serve = commands.add_parser("serve", help="run the gRPC backend")
     from image_enhancer.server.main import add_serve_arguments, run_serve
@@ -115,6 +123,19 @@ def _run_models(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if any(not info.installed for info in store.list()):
         print("\nInstall missing models with: python install.py --models NAME")
+    return 0
+
+
+def _run_pair(args: argparse.Namespace) -> int:
+    from image_enhancer.models.registry import UnsupportedModelError
+    from image_enhancer.weights.store import ModelStore
+
+    try:
+        path = ModelStore().declare_pair(args.name, args.faithful, args.sharp)
+    except (ValueError, LookupError, UnsupportedModelError) as exc:
+        print(f"image-enhancer pair: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {args.faithful} (strength 0) … {args.sharp} (strength 1), declared in {path}")
     return 0
 
 

@@ -22,6 +22,13 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
 from .data import SourceConfig
 from .degradations import DegradationConfig
 
+#: config `model.arch` → what it builds.
+ARCHITECTURES = {
+    "srvgg": "SRVGGNetCompact (Real-ESRGAN Compact)",
+    "rrdb": "RRDBNet (ESRGAN / Real-ESRGAN)",
+    "span": "SPAN",
+    "realplksr": "RealPLKSR",
+}
 
 class ConfigError(ValueError):
     """The training config file is missing, malformed or inconsistent."""
@@ -29,12 +36,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "srvgg"  # "srvgg" (SRVGGNetCompact) or "rrdb" (RRDBNet)
+    arch: str = "srvgg"  # a key of ARCHITECTURES
     scale: int = 4
-    num_feat: int = 48
+    num_feat: int = 48  # srvgg and rrdb features, span feature_channels, realplksr dim
     num_conv: int = 16  # srvgg
-    num_block: int = 23  # rrdb
-    num_grow_ch: int = 32  # rrdb
+    num_block: int = 23  # rrdb, realplksr
+    num_grow_ch: int = 32  # rrdb: 32, as in every published RRDBNet (spandrel's ESRGAN fixes it)
     # Weights to start the PSNR stage from (e.g. the converted x4plus); empty = random init.
     init: str = ""
 
@@ -127,8 +134,12 @@ class TrainConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
-        if self.model.arch not in ("srvgg", "rrdb"):
-            raise ConfigError(f"model.arch must be 'srvgg' or 'rrdb', got {self.model.arch!r}")
+        if self.model.arch not in ARCHITECTURES:
+            raise ConfigError(f"model.arch must be one of {', '.join(ARCHITECTURES)}: {self.model.arch!r}")
+        if self.model.arch == "rrdb" and (self.model.scale not in (1, 2, 4) or self.model.num_grow_ch != 32):
+            raise ConfigError("an rrdb model has scale 1, 2 or 4 and num_grow_ch 32")
+        if self.model.arch == "srvgg" and not 1 <= self.model.scale <= 4:
+            raise ConfigError("an srvgg model has scale 1 to 4")
         if self.data.patch_size % self.model.scale:
             raise ConfigError(
                 f"data.patch_size {self.data.patch_size} is not a multiple of the scale {self.model.scale}"

@@ -26,9 +26,15 @@ from image_enhancer.weights.interpolation import interpolate
 from .config import TrainConfig, ValidationConfig, expand_path
 from .curves import save_chart
 from .degradations import jpeg, quantize
+from .networks import stored_names
 from .validation import Scores, ValidationSet, bicubic_upscale
 
-_ARCH_KEYS = {"srvgg": ("num_feat", "num_conv"), "rrdb": ("num_feat", "num_block", "num_grow_ch")}
+_ARCH_KEYS = {
+    "srvgg": ("num_feat", "num_conv"),
+    "rrdb": ("num_feat", "num_block", "num_grow_ch"),
+    "span": ("num_feat",),
+    "realplksr": ("num_feat", "num_block"),
+}
 # The fixed damage used for the card's restoration example and scores.
 DAMAGE_NOISE_SIGMA = 10.0
 DAMAGE_JPEG_QUALITY = 40
@@ -155,9 +161,10 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
     out_dir.mkdir(parents=True, exist_ok=True)
     cards_dir.mkdir(parents=True, exist_ok=True)
     name = config.export.name
-    states = {"psnr": _half(result.psnr_weights)}
+    arch_key = config.model.arch
+    states = {"psnr": stored_names(_half(result.psnr_weights), arch_key)}
     if result.gan_weights is not None:
-        states["gan"] = _half(result.gan_weights)
+        states["gan"] = stored_names(_half(result.gan_weights), arch_key)
     # Loading through the engine's registry checks that the exported files are usable as they are.
     arch = load_model({k: v.float() for k, v in states["psnr"].items()}).descriptor.architecture
 

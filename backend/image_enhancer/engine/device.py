@@ -40,7 +40,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(name: str, device: torch.device, descriptor: ModelDescriptor) -> torch.dtype:
     """The compute dtype. ``auto`` is fp16 on CUDA (bf16 if the model is not fp16-safe) and fp32 elsewhere;
-    an explicit reduced precision the device or model cannot honour falls back to fp32."""
+    fp16 asked of a model that is not fp16-safe gives bf16 where model and GPU allow it, and any reduced
+    precision the device or model cannot honour falls back to fp32."""
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
     if device.type != "cuda":
@@ -54,7 +55,8 @@ def resolve_precision(name: str, device: torch.device, descriptor: ModelDescript
         return torch.float32
     dtype = _DTYPES[name]
     if dtype is torch.float16 and not descriptor.supports_half:
-        return torch.float32
+        # fp16 overflows or misbehaves in such networks (spandrel's finding); bf16 keeps fp32's range.
+        dtype = torch.bfloat16
     if dtype is torch.bfloat16 and not (descriptor.supports_bf16 and torch.cuda.is_bf16_supported()):
         return torch.float32
     return dtype

@@ -7,6 +7,7 @@ merged → the input's sample type and channel count.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -148,9 +149,15 @@ class Enhancer:
             colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
 
         runner, bytes_per_pixel = self._runner(loaded)
+        settings = self._settings(options, descriptor, bytes_per_pixel)
+        whole = (height + 2 * settings.pad) * (width + 2 * settings.pad) * bytes_per_pixel
+        if descriptor.tiling == "internal" or (
+            descriptor.tiling == "discouraged" and not options.tile and whole <= memory_budget(self.device)
+        ):  # one tile: the network must see (internal) or does best with (discouraged) the whole image
+            settings = dataclasses.replace(settings, tile=max(settings.tile, height, width))
         tiler = Tiler(
             runner,
-            self._settings(options, descriptor, bytes_per_pixel),
+            settings,
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )

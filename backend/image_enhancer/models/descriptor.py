@@ -24,6 +24,9 @@ class ModelDescriptor:
     min_size: int = 1
     # Context in input pixels a tile needs on each side so that its centre equals the untiled result.
     tile_pad: int = 0
+    # "supported"; "discouraged" (works, but the larger the tile the better: it uses the whole image);
+    # "internal" (the network tiles by itself: it must see the whole image at once).
+    tiling: str = "supported"
 
 
 @dataclass

@@ -1,134 +1,55 @@
-"""Ordered registry of architectures and `load_model`, which detects one from a state dict.
+"""Detect a network from its state dict with spandrel and describe it for the engine.
 
-Detection is strict: hyperparameters are read from shapes, a network with those hyperparameters is
-built on the meta device (no memory), and its key set and every shape must match the state dict
-exactly. A file for some other network is therefore refused instead of half-loaded.
+spandrel's registry (MIT; only permissively licensed architectures, `spandrel_extra_arches` is never
+installed) finds the architecture and infers every hyperparameter from key names and shapes; loading
+into its module is strict, so a file that only looks like an architecture is refused, not half-loaded.
+We serve the image-to-image models among them whose forward pass takes just the image.
+
+RRDBNet (ESRGAN) and SRVGGNetCompact are built on the meta device and given the file's tensors, so
+the big x4plus and every blended strength load without a random init to throw away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import warnings
 from typing import Any
 
 import torch
+from spandrel import MAIN_REGISTRY, ArchSupport, ImageModelDescriptor, ModelTiling, canonicalize_state_dict
+from spandrel import ModelDescriptor as SpandrelDescriptor
 from torch import Tensor, nn
 
-from image_enhancer.models import rrdbnet, srvgg
+from image_enhancer.models import esrgan_names
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.models.tensors import as_fp32
 
 StateDict = dict[str, Tensor]
 
+#: spandrel architectures we detect but do not serve, and why (their forward pass needs more than
+#: the image, or they only make sense on one kind of input).
+_OWN_CALL = "spandrel runs it through a call of its own (extra inputs such as a noise level or JPEG quality)"
+NOT_SERVED = {
+    **dict.fromkeys(
+        ["DnCNN", "DRUNet", "FBCNN", "IPT", "MMRealSR", "MixDehazeNet", "RetinexFormer"], _OWN_CALL
+    ),
+    "GFPGAN": "it restores aligned 512×512 face crops only",
+    "RestoreFormer": "it restores aligned 512×512 face crops only",
+    "LaMa": "it is an inpainting model (needs a mask)",
+    "Uformer": "it needs square inputs",
+}
+#: Architectures whose modules hold no tensors outside their state dict, so they can be built on the
+#: meta device and filled with the file's tensors.
+_META_BUILT = {"ESRGAN", "Compact"}
+
 
 class UnsupportedModelError(ValueError):
-    """The state dict matches no known architecture."""
+    """The state dict matches no served architecture."""
 
 
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    infer: Callable[[StateDict], dict[str, Any]]
-    build: Callable[[dict[str, Any]], nn.Module]
-    describe: Callable[[dict[str, Any]], ModelDescriptor]
-    # Maps legacy key naming onto the canonical one; identity for most architectures.
-    canonicalise: Callable[[StateDict], StateDict] = lambda sd: sd
-
-    def match(self, state_dict: StateDict) -> dict[str, Any] | None:
-        """The hyperparameters if `state_dict` is exactly this architecture, else None."""
-        try:
-            hp = self.infer(state_dict)
-            with torch.device("meta"):
-                expected = self.build(hp).state_dict()
-        except (KeyError, IndexError, ValueError):
-            return None
-        if expected.keys() != state_dict.keys():
-            return None
-        if any(tuple(expected[k].shape) != tuple(v.shape) for k, v in state_dict.items()):
-            return None
-        return hp
-
-
-class Registry:
-    """Architectures tried in a fixed order; registering a name twice is an error."""
-
-    def __init__(self, architectures: Iterable[Architecture] = ()) -> None:
-        self._items: list[Architecture] = []
-        for arch in architectures:
-            self.add(arch)
-
-    def add(self, arch: Architecture) -> None:
-        if any(a.name == arch.name for a in self._items):
-            raise ValueError(f"architecture {arch.name!r} is already registered")
-        self._items.append(arch)
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def names(self) -> list[str]:
-        return [a.name for a in self._items]
-
-
-def _rrdb_descriptor(hp: dict[str, Any]) -> ModelDescriptor:
-    unshuffle = rrdbnet._UNSHUFFLE[hp["scale"]]
-    return ModelDescriptor(
-        architecture="RRDBNet",
-        scale=hp["scale"],
-        in_channels=hp["in_channels"],
-        out_channels=hp["out_channels"],
-        hyperparameters=dict(hp),
-        size_multiple=unshuffle,
-        min_size=unshuffle,
-        # The receptive field is hundreds of pixels, but its influence fades: measured on a photo
-        # with x4plus, a tile with 16 / 24 / 32 pixels of context differs from the untiled result
-        # by up to 16 / 7 / 4 8-bit steps, and more context barely helps (5 steps at 48); the
-        # 6-block anime model is within 1 step at 32. Blending overlapping tiles hides the rest.
-        tile_pad=32 * unshuffle,
-    )
-
-
-def _srvgg_descriptor(hp: dict[str, Any]) -> ModelDescriptor:
-    return ModelDescriptor(
-        architecture="SRVGGNetCompact",
-        scale=hp["scale"],
-        in_channels=hp["in_channels"],
-        out_channels=hp["out_channels"],
-        hyperparameters=dict(hp),
-        # Exact receptive-field radius: one pixel per 3×3 conv (first + num_conv + last).
-        tile_pad=hp["num_conv"] + 2,
-    )
-
-
-def default_registry() -> Registry:
-    return Registry(
-        [
-            Architecture(
-                name="RRDBNet",
-                infer=rrdbnet.infer_hyperparameters,
-                build=lambda hp: rrdbnet.RRDBNet(**hp),
-                describe=_rrdb_descriptor,
-                canonicalise=rrdbnet.rename_old_esrgan,
-            ),
-            Architecture(
-                name="SRVGGNetCompact",
-                infer=srvgg.infer_hyperparameters,
-                build=lambda hp: srvgg.SRVGGNetCompact(**hp),
-                describe=_srvgg_descriptor,
-            ),
-        ]
-    )
-
-
-def strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Unwrap training checkpoints (`params_ema` preferred over `params`) and `module.` prefixes."""
-    for wrapper in ("params_ema", "params", "state_dict"):
-        inner = state_dict.get(wrapper)
-        if isinstance(inner, dict):
-            state_dict = inner
-            break
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
+def served_architectures() -> list[str]:
+    """spandrel's architecture ids we serve, in detection order."""
+    ids = [a.architecture.id for a in MAIN_REGISTRY.architectures("detection")]
+    return [i for i in ids if i not in NOT_SERVED]
 
 
 def _summary(state_dict: StateDict) -> str:
@@ -138,38 +59,138 @@ def _summary(state_dict: StateDict) -> str:
     return shown + more if keys else "an empty state dict"
 
 
-def detect(
-    state_dict: StateDict, registry: Registry | None = None
-) -> tuple[Architecture, dict[str, Any], StateDict]:
-    """The architecture, hyperparameters and canonically named state dict; only shapes are read, so
-    tensors on the meta device (e.g. from a file's header) work too."""
-    registry = registry or default_registry()
-    state_dict = strip_wrappers(state_dict)
-    bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
+def canonical(state_dict: dict[str, Any]) -> StateDict:
+    """Unwrapped from training checkpoints (`params_ema` before `params`, `module.` prefixes)."""
+    state_dict = canonicalize_state_dict(state_dict)
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
         raise UnsupportedModelError(f"state dict holds non-tensor entries: {', '.join(bad[:4])}")
-    for arch in registry:
-        canonical = arch.canonicalise(state_dict)
-        hp = arch.match(canonical)
-        if hp is not None:
-            return arch, hp, canonical
+    if not state_dict:
+        raise UnsupportedModelError("no architecture matches an empty state dict")
+    return state_dict
+
+
+def _detects(support: ArchSupport, state_dict: StateDict) -> bool:
+    try:
+        return bool(support.detect(state_dict))
+    except Exception:  # noqa: BLE001 - a detector tripping over an odd file has simply not found its own
+        return False
+
+
+def detect(state_dict: StateDict) -> ArchSupport:
+    for support in MAIN_REGISTRY.architectures("detection"):
+        if _detects(support, state_dict):
+            name = support.architecture.id
+            if name in NOT_SERVED:
+                raise UnsupportedModelError(f"this is a {name} model, not served: {NOT_SERVED[name]}")
+            return support
     raise UnsupportedModelError(
-        f"no known architecture ({', '.join(registry.names())}) matches this state dict: "
+        f"no supported architecture ({', '.join(served_architectures())}) matches this state dict: "
         f"{_summary(state_dict)}"
     )
 
 
-def describe(state_dict: StateDict, registry: Registry | None = None) -> ModelDescriptor:
-    arch, hp, _ = detect(state_dict, registry)
-    return arch.describe(hp)
+def _spandrel_load(support: ArchSupport, state_dict: StateDict) -> SpandrelDescriptor:
+    try:
+        loaded = support.architecture.load(state_dict)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to fit an untrusted file is the file's fault
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise UnsupportedModelError(
+            f"{support.architecture.id} detected, but the tensors do not fit it: {detail[:400]}"
+        ) from exc
+    if not isinstance(loaded, ImageModelDescriptor) or loaded.purpose not in ("SR", "Restoration"):
+        raise UnsupportedModelError(f"{support.architecture.id} models are not image-to-image; not served")
+    return loaded
 
 
-def load_model(state_dict: StateDict, registry: Registry | None = None) -> LoadedModel:
-    """Detect the architecture of `state_dict` and return the network in eval mode, fp32, on CPU."""
-    arch, hp, canonical = detect(state_dict, registry)
-    # Built on the meta device and given the file's tensors: no random init to throw away.
+def _on_meta(support: ArchSupport, state_dict: StateDict) -> SpandrelDescriptor:
+    """The architecture built on the meta device: shapes and facts only, nothing allocated."""
+    meta = {k: torch.empty_like(v, device="meta") for k, v in state_dict.items()}
     with torch.device("meta"):
-        module = arch.build(hp)
-    module.load_state_dict({k: as_fp32(v) for k, v in canonical.items()}, strict=True, assign=True)
+        return _spandrel_load(support, meta)
+
+
+def describe(state_dict: dict[str, Any]) -> ModelDescriptor:
+    """The descriptor, from a network built on the meta device where the architecture allows it."""
+    state_dict = canonical(state_dict)
+    support = detect(state_dict)
+    try:
+        loaded = _on_meta(support, state_dict)
+    except Exception:  # noqa: BLE001 - some architectures compute with tensors in __init__: build for real
+        loaded = _spandrel_load(support, {k: as_fp32(v) for k, v in state_dict.items()})
+    return _descriptor(loaded)
+
+
+def load_model(state_dict: dict[str, Any]) -> LoadedModel:
+    """Detect the architecture of `state_dict` and return the network in eval mode, fp32, on CPU."""
+    state_dict = canonical(state_dict)
+    support = detect(state_dict)
+    fp32 = {k: as_fp32(v) for k, v in state_dict.items()}
+    if support.architecture.id in _META_BUILT:
+        loaded = _on_meta(support, state_dict)
+        named = esrgan_names.to_module_names(fp32) if esrgan_names.is_real_esrgan(fp32) else fp32
+        try:
+            loaded.model.load_state_dict(named, strict=True, assign=True)
+            if any(t.is_meta for t in (*loaded.model.parameters(), *loaded.model.buffers())):
+                raise RuntimeError("tensors left on the meta device")
+        except RuntimeError:  # another naming of the family (BSRGAN, ESRGAN+): spandrel renames it
+            loaded = _spandrel_load(support, fp32)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # architectures' own deprecation chatter
+            loaded = _spandrel_load(support, fp32)
+    module: nn.Module = loaded.model
     module.eval().requires_grad_(False)
-    return LoadedModel(module=module, descriptor=arch.describe(hp))
+    return LoadedModel(module=module, descriptor=_descriptor(loaded))
+
+
+def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
+    size = loaded.size_requirements
+    architecture, hyperparameters, tile_pad = _known_facts(loaded)
+    return ModelDescriptor(
+        architecture=architecture,
+        scale=loaded.scale,
+        in_channels=loaded.input_channels,
+        out_channels=loaded.output_channels,
+        hyperparameters=hyperparameters,
+        supports_half=loaded.supports_half,
+        supports_bf16=loaded.supports_bfloat16,
+        size_multiple=size.multiple_of,
+        min_size=max(1, size.minimum),
+        tile_pad=tile_pad,
+        tiling={
+            ModelTiling.SUPPORTED: "supported",
+            ModelTiling.DISCOURAGED: "discouraged",
+            ModelTiling.INTERNAL: "internal",
+        }[loaded.tiling],
+    )
+
+
+def _known_facts(loaded: SpandrelDescriptor) -> tuple[str, dict[str, Any], int]:
+    """The architecture name, hyperparameters under the names our files and tools use, and the
+    context a tile needs."""
+    hp = dict(getattr(loaded.model, "hyperparameters", {}))
+    arch = loaded.architecture.id
+    common = {
+        "in_channels": loaded.input_channels, "out_channels": loaded.output_channels, "scale": loaded.scale
+    }
+    # Real-ESRGAN's RRDBNet: a ×4 trunk (×2 and ×1 through pixel-unshuffle), 32 growth channels as in
+    # every published one. Older ESRGAN layouts (×2/×8 trunks, ESRGAN+) keep spandrel's name and terms
+    # (and the same context estimate).
+    if arch == "ESRGAN" and hp["scale"] == 4 and not hp["plus"]:
+        unshuffle = hp["shuffle_factor"] or 1
+        # The receptive field is hundreds of pixels, but its influence fades: measured on a photo with
+        # x4plus, a tile with 16 / 24 / 32 pixels of context differs from the untiled result by up to
+        # 16 / 7 / 4 8-bit steps, and more context barely helps (5 steps at 48); the 6-block anime
+        # model is within 1 step at 32. Blending overlapping tiles hides the rest.
+        rrdb = {"num_feat": hp["num_filters"], "num_block": hp["num_blocks"], "num_grow_ch": 32}
+        return "RRDBNet", {**common, **rrdb}, 32 * unshuffle
+    if arch == "Compact":
+        # Exact receptive-field radius: one pixel per 3×3 conv (first + num_conv + last).
+        compact = {"num_feat": hp["num_feat"], "num_conv": hp["num_conv"]}
+        return "SRVGGNetCompact", {**common, **compact}, hp["num_conv"] + 2
+    if arch == "ESRGAN":
+        return "ESRGAN", {**hp, **common}, 32 * (hp["shuffle_factor"] or 1)
+    return type(loaded.model).__name__, {**hp, **common}, 0

@@ -22,13 +22,14 @@ def check_compatible(psnr: dict[str, Tensor], gan: dict[str, Tensor]) -> None:
     if only_psnr or only_gan:
         raise IncompatiblePairError(
             "cannot interpolate networks with different layers: "
-            f"only in the PSNR model: {only_psnr[:3]}, only in the GAN model: {only_gan[:3]}"
+            f"only in the faithful (PSNR) model: {only_psnr[:3]}, "
+            f"only in the sharp (GAN) model: {only_gan[:3]}"
         )
     for key, value in psnr.items():
         if value.shape != gan[key].shape:
             raise IncompatiblePairError(
-                f"cannot interpolate: {key} has shape {tuple(value.shape)} in the PSNR model "
-                f"but {tuple(gan[key].shape)} in the GAN model"
+                f"cannot interpolate: {key} has shape {tuple(value.shape)} in the faithful (PSNR) model "
+                f"but {tuple(gan[key].shape)} in the sharp (GAN) model"
             )
 
 

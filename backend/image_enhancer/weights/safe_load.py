@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from spandrel import canonicalize_state_dict
 from torch import Tensor
-
-from image_enhancer.models.registry import strip_wrappers
 
 SAFETENSORS_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".pth", ".pt", ".ckpt"}
@@ -79,7 +78,7 @@ def _refused_global(exc: Exception) -> str:
 def _as_tensor_dict(path: Path, raw: Any) -> dict[str, Tensor]:
     if not isinstance(raw, dict):
         raise WeightsError(f"{path.name}: holds a {type(raw).__name__}, not a dictionary of tensors")
-    state_dict = strip_wrappers(raw)
+    state_dict = canonicalize_state_dict(raw)
     if not state_dict:
         raise WeightsError(f"{path.name}: holds no tensors")
     bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]

@@ -5,8 +5,9 @@ networks are kept in one small LRU cache, with strengths rounded to 0.01 so that
 rebuilds weights per tile or per request. Safe to call from several threads.
 
 Besides the manifest's models, any supported file in the user models folder is offered under its
-file name without suffix (the manifest wins on a name clash): a community ESRGAN-family model just
-needs to be dropped there.
+file name without suffix (the manifest wins on a name clash): a community model of any architecture
+spandrel detects just needs to be dropped there. A pair file there (weights/pairs.py) offers the blend
+of two compatible models under its own name, with the strength control.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from image_enhancer.paths import user_models_dir
 from image_enhancer.paths import weights_dir as default_weights_dir
 from image_enhancer.request import shorten
 from image_enhancer.weights.integrity import problem_with
-from image_enhancer.weights.interpolation import interpolate
+from image_enhancer.weights.interpolation import IncompatiblePairError, check_compatible, interpolate
 from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest
+from image_enhancer.weights.pairs import Pair, read_pairs, write_pair
 from image_enhancer.weights.provision import model_path
 from image_enhancer.weights.safe_load import (
     PICKLE_SUFFIXES,
@@ -93,6 +95,7 @@ class ModelStore:
         entry = self.manifest.get(name)
         if entry is None:
             names = self.manifest.names() + [n for n in self._user_files() if n not in self.manifest.names()]
+            names += [n for n in read_pairs(self.models_dir) if n not in names]
             raise ModelNotFoundError(f"unknown model {shorten(name)}; available: {', '.join(names)}")
         return entry
 
@@ -120,12 +123,42 @@ class ModelStore:
             d = self._user_descriptor(path)
             if name in self.manifest.names() or isinstance(d, str):
                 continue
-            precisions = ("fp32",) + ("fp16",) * d.supports_half + ("bf16",) * d.supports_bf16
             infos.append(
-                ModelInfo(name, d.architecture, d.scale, True, False, precisions,
-                          "see the file's origin", f"user model file {path.name}", False)
+                ModelInfo(name, d.architecture, d.scale, True, False, _precisions(d),
+                          "see the file's origin", f"{d.architecture} ×{d.scale} from {path.name}", False)
             )
         return infos
+
+    def _pair_infos(self, taken: set[str]) -> list[ModelInfo]:
+        infos = []
+        for name, pair in read_pairs(self.models_dir).items():
+            if name in taken or isinstance(pair, str):
+                continue
+            try:
+                d = self._descriptor_of(pair.faithful)
+                installed = all(self._is_installed(m) for m in (pair.faithful, pair.sharp))
+            except (LookupError, WeightsError, UnsupportedModelError):
+                continue  # a member is gone or unusable: get() says which
+            infos.append(
+                ModelInfo(name, d.architecture, d.scale, installed, installed, _precisions(d),
+                          "see the members' origins", f"blend of {pair.faithful} (0) and {pair.sharp} (1)",
+                          False)
+            )
+        return infos
+
+    def _descriptor_of(self, name: str) -> ModelDescriptor:
+        user_file = self._user_files().get(name) if self.manifest.get(name) is None else None
+        if user_file is not None:
+            d = self._user_descriptor(user_file)
+            if isinstance(d, str):
+                raise UnsupportedModelError(d)
+            return d
+        return _manifest_descriptor(self._entry(name))
+
+    def _is_installed(self, name: str) -> bool:
+        if self.manifest.get(name) is None and name in self._user_files():
+            return True
+        return self._installed(self._entry(name))
 
     def _installed(self, entry: ModelEntry) -> bool:
         return model_path(entry, self.weights_dir).is_file()
@@ -136,7 +169,7 @@ class ModelStore:
         )
 
     def list(self) -> list[ModelInfo]:
-        return [
+        listed = [
             ModelInfo(
                 name=e.name,
                 architecture=e.architecture,
@@ -149,12 +182,17 @@ class ModelStore:
                 is_default=e.default,
             )
             for e in self.manifest.models
-        ] + self._user_infos()
+        ]
+        infos = listed + self._user_infos()
+        return infos + self._pair_infos({i.name for i in infos})
 
     def get(self, name: str, strength: float | None = None) -> LoadedModel:
         user_file = self._user_files().get(name) if self.manifest.get(name) is None else None
         if user_file is not None:
             return self._get_user(name, user_file, strength)
+        pair = read_pairs(self.models_dir).get(name) if self.manifest.get(name) is None else None
+        if pair is not None:
+            return self._get_pair(name, pair, strength)
         entry = self._entry(name)
         if strength is not None:
             if entry.pair is None:
@@ -199,6 +237,63 @@ class ModelStore:
         self._remember(key, model)
         return model
 
+    def _get_pair(self, name: str, pair: Pair | str, strength: float | None) -> LoadedModel:
+        """The blend of a declared pair; no strength means the sharp member, as for manifest pairs."""
+        if isinstance(pair, str):
+            raise ValueError(pair)
+        if strength is not None and not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, not {strength}")
+        alpha = 1.0 if strength is None else round(strength, 2)
+        members = (self._stamp(pair.faithful), self._stamp(pair.sharp))
+        key: _Key = (f"pair|{name}|{members}", alpha)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        model = load_model(self._blend(name, pair, alpha))
+        self._remember(key, model)
+        return model
+
+    def _blend(self, name: str, pair: Pair, alpha: float) -> dict[str, Tensor]:
+        faithful, sharp = self._state_dict(pair.faithful), self._state_dict(pair.sharp)
+        try:
+            return interpolate(faithful, sharp, alpha)
+        except IncompatiblePairError as exc:
+            raise IncompatiblePairError(f"pair {name!r} ({pair.faithful} + {pair.sharp}): {exc}") from exc
+
+    def _stamp(self, name: str) -> tuple[str, int, int]:
+        path = self._path_of_any(name)
+        stat = path.stat() if path.is_file() else None
+        return (str(path), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+
+    def _path_of_any(self, name: str) -> Path:
+        if self.manifest.get(name) is None and name in self._user_files():
+            return self._user_files()[name]
+        return self.path_of(name)
+
+    def _state_dict(self, name: str) -> dict[str, Tensor]:
+        """The stored tensors of a manifest model (hash-checked) or a user model file."""
+        if self.manifest.get(name) is None and name in self._user_files():
+            return load_state_dict(self._user_files()[name])
+        return self._read(self._entry(name))
+
+    def declare_pair(self, name: str, faithful: str, sharp: str) -> Path:
+        """Check that the two models blend (same architecture and tensor shapes), then write the pair file.
+        Raises IncompatiblePairError naming the first tensor that differs."""
+        if self.manifest.get(name) is not None or name in self._user_files():
+            raise ValueError(f"{name!r} is already a model name; choose another name for the pair")
+        if name in (faithful, sharp):
+            raise ValueError("a pair needs a name of its own")
+        first, second = self._state_dict(faithful), self._state_dict(sharp)
+        kinds = describe(first).architecture, describe(second).architecture
+        if kinds[0] != kinds[1]:
+            raise IncompatiblePairError(f"{faithful} is {kinds[0]}, {sharp} is {kinds[1]}: they cannot blend")
+        try:
+            check_compatible(first, second)
+        except IncompatiblePairError as exc:
+            raise IncompatiblePairError(f"{faithful} and {sharp} cannot blend: {exc}") from exc
+        return write_pair(self.models_dir, name, Pair(faithful, sharp))
+
     def _blended(self, entry: ModelEntry, strength: float) -> dict[str, Tensor]:
         assert entry.pair is not None
         psnr = self._read(self._entry(entry.pair["psnr"]))
@@ -223,3 +318,13 @@ class ModelStore:
                 )
             self._verified.add(stamp)
         return load_state_dict(path)
+
+
+def _precisions(d: ModelDescriptor) -> tuple[str, ...]:
+    return ("fp32",) + ("fp16",) * d.supports_half + ("bf16",) * d.supports_bf16
+
+
+def _manifest_descriptor(entry: ModelEntry) -> ModelDescriptor:
+    """What the manifest says of a model that is not installed (enough for a listing)."""
+    return ModelDescriptor(entry.architecture, entry.scale, 3, 3,
+                           supports_half="fp16" in entry.precisions, supports_bf16="bf16" in entry.precisions)

@@ -1,0 +1,114 @@
+"""Training builds its generators from spandrel's classes, so what we train is what the engine serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from spandrel.architectures.ESRGAN import ESRGAN
+from test_training_e2e import tiny_config, write_config
+
+from image_enhancer.models import load_model
+from image_enhancer.models.esrgan_names import to_real_esrgan_names
+from image_enhancer.weights.store import ModelStore
+from image_enhancer_training.config import ConfigError, ModelConfig, parse_config
+from image_enhancer_training.networks import build_generator, stored_names
+from image_enhancer_training.run import train_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CONFIGS = [
+    (ModelConfig(arch="srvgg", scale=4, num_feat=8, num_conv=2), "SRVGGNetCompact"),
+    (ModelConfig(arch="rrdb", scale=4, num_feat=8, num_block=1), "RRDBNet"),
+    (ModelConfig(arch="rrdb", scale=2, num_feat=8, num_block=1), "RRDBNet"),
+    (ModelConfig(arch="span", scale=2, num_feat=8), "SPAN"),
+    (ModelConfig(arch="realplksr", scale=2, num_feat=8, num_block=2), "RealPLKSR"),
+]
+
+
+@pytest.mark.parametrize(("config", "architecture"), CONFIGS, ids=lambda v: getattr(v, "arch", v))
+def test_a_trained_generator_is_served_as_the_same_network(config, architecture):
+    torch.manual_seed(0)
+    generator = build_generator(config).eval()
+    loaded = load_model(stored_names(generator.state_dict(), config.arch))
+    assert (loaded.descriptor.architecture, loaded.descriptor.scale) == (architecture, config.scale)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(generator(x), loaded.module(x))
+
+
+def test_rrdb_weights_are_stored_under_real_esrgan_names():
+    generator = build_generator(ModelConfig(arch="rrdb", num_feat=8, num_block=2))
+    state = stored_names(generator.state_dict(), "rrdb")
+    expected = {"conv_first.weight", "body.1.rdb3.conv5.bias", "conv_body.weight", "conv_up2.bias"}
+    assert expected <= state.keys() and len(state) == len(generator.state_dict())
+
+
+def test_rrdb_starts_from_real_esrgan_named_weights(tmp_path):
+    torch.manual_seed(1)
+    teacher = ESRGAN(num_filters=8, num_blocks=1).eval()
+    path = tmp_path / "init.safetensors"
+    save_file(to_real_esrgan_names(teacher.state_dict()), path)
+    student = build_generator(ModelConfig(arch="rrdb", num_feat=8, num_block=1, init=str(path))).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(student(x), teacher(x))
+    with pytest.raises(ConfigError, match="does not match model rrdb"):
+        build_generator(ModelConfig(arch="rrdb", num_feat=16, num_block=1, init=str(path)))
+
+
+def test_the_committed_compact_pair_trains_on_and_serves_the_same_network():
+    store = ModelStore()
+    x = torch.rand(1, 3, 16, 16)
+    for name in ("ie-compact-x4-psnr", "ie-compact-x4-gan"):
+        init = str(REPO_ROOT / "weights" / f"{name}.safetensors")
+        generator = build_generator(ModelConfig(arch="srvgg", num_feat=32, num_conv=16, init=init)).eval()
+        with torch.no_grad():
+            assert torch.equal(generator(x), store.get(name).module(x))
+
+
+def _config(tmp_path: Path, **model) -> dict:
+    return tiny_config(tmp_path, model=model)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"arch": "unet"}, "model.arch must be one of srvgg, rrdb, span, realplksr"),
+        ({"arch": "rrdb", "num_grow_ch": 16}, "num_grow_ch 32"),
+        ({"arch": "rrdb", "scale": 3}, "scale 1, 2 or 4"),
+    ],
+)
+def test_unsupported_generators_are_refused_clearly(tmp_path, model, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_config(tmp_path, **model))
+
+
+@pytest.mark.parametrize(
+    ("model", "architecture", "first_key"),
+    [
+        ({"arch": "rrdb", "num_feat": 8, "num_block": 1}, "RRDBNet", "conv_first.weight"),
+        ({"arch": "span", "num_feat": 8}, "SPAN", "conv_1.sk.weight"),
+        ({"arch": "realplksr", "num_feat": 8, "num_block": 1}, "RealPLKSR", "feats.0.weight"),
+    ],
+    ids=lambda v: v["arch"] if isinstance(v, dict) else None,
+)
+def test_a_training_run_exports_what_the_engine_serves(tmp_path, model, architecture, first_key):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    config = tiny_config(
+        tmp_path,
+        model={"scale": 4, **model},
+        psnr={"iterations": 2},
+        validation={"sources": []},
+        export={"name": "tiny", "dir": str(weights), "description": "test model"},
+    )
+    assert train_main([str(write_config(tmp_path / "run.json", config))]) == 0
+    exported = load_file(weights / "tiny-psnr.safetensors")
+    assert first_key in exported  # RRDBNet under Real-ESRGAN's names
+    assert load_model(exported).descriptor.architecture == architecture
+    entry = next(m for m in json.loads((weights / "manifest.json").read_text())["models"])
+    assert entry["architecture"] == architecture
