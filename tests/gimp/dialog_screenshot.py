@@ -103,10 +103,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
-    root = build_chroot("--with-xvfb")
+    root = build_chroot("3.2", "--with-xvfb")
     address = free_address()
     backend = _start_backend(address)
-    gimp = ChrootGimp(root, address, ["/usr/bin/false"])
+    gimp = ChrootGimp(root, address, ["/usr/bin/false"], "3.2")
     try:
         dialog_screenshot(gimp, args.out)
         before_after(gimp, args.out)
