@@ -104,6 +104,10 @@ chroot "$BUILD" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends $PACKAGES >&2
 chroot "$BUILD" apt-get clean
 umount "$BUILD/proc"
+if [[ -e "$BUILD/usr/bin/bwrap" ]]; then  # GTK's image loaders need it, and no namespaces exist here
+    chroot "$BUILD" dpkg-divert --local --rename --add /usr/bin/bwrap >&2
+    install -m 755 "$(dirname "$0")/bwrap-shim.sh" "$BUILD/usr/bin/bwrap"
+fi
 mkdir -p "$BUILD/tmp/home"
 chmod 1777 "$BUILD/tmp"
 printf 'suite=%s\npackages=%s\n' "$SUITE" "$PACKAGES" >"$BUILD/.image-enhancer-stamp"

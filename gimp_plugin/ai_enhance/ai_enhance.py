@@ -146,24 +146,25 @@ def _failure(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def _interactive_settings(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig) -> bool:
-    """Show the dialog with the backend's models (starting the backend if needed)."""
+def _dialog_ok(
+    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, image: Gimp.Image, layers: list[Gimp.Layer]
+) -> bool:
+    """Show the dialog with the backend's models and device (starting the backend if needed)."""
     import dialog  # GTK is loaded only when a person is there to see it
 
     Gimp.progress_init("AI Enhance: contacting the AI backend")
-    models, problem = [], None
     try:
         settings = read_settings(config)
         backend_config = transport.load_config(HERE)
         client = transport.connect(settings.server or backend_config.address, backend_config, _report)
         try:
-            models = transport.list_models(client)
+            backend = dialog.Backend(transport.list_models(client), transport.describe(client))
         finally:
             client.close()
     except transport.BackendError as error:
-        problem = str(error)
+        backend = dialog.Backend([], None, str(error))
     Gimp.progress_end()
-    return dialog.run_dialog(procedure, config, models, problem)
+    return dialog.run_dialog(procedure, config, image, layers, backend)
 
 
 def run(
@@ -177,7 +178,7 @@ def run(
     Gegl.init(None)
     try:
         layers = placement.check_drawables(list(drawables))
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive_settings(procedure, config):
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog_ok(procedure, config, image, layers):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         Gimp.progress_init("AI Enhance")
         new_layers = enhance_layers(image, layers, read_settings(config))
@@ -229,7 +230,7 @@ class AIEnhance(Gimp.PlugIn):
         scales = Gimp.Choice.new()
         for index, key in enumerate(SCALE_CHOICES):
             scales.add(key, index, "Custom" if key == "custom" else key.replace("x", "\u00d7"), "")
-        procedure.add_choice_argument("scale", "S_cale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
+        procedure.add_choice_argument("scale", "_Scale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
         procedure.add_double_argument(
             "custom-scale",
             "C_ustom scale",
@@ -241,8 +242,9 @@ class AIEnhance(Gimp.PlugIn):
         )
         procedure.add_double_argument(
             "strength",
-            "St_rength",
-            "0 = faithful (PSNR model), 1 = sharpest (GAN model); only for models with a PSNR/GAN pair",
+            "_Detail: faithful \u2194 sharp",
+            "0 = faithful (the PSNR model: smooth, nothing invented), 1 = sharp (the GAN model: invented "
+            "detail); only for models with a PSNR/GAN pair",
             0.0,
             1.0,
             _DEFAULTS.strength,

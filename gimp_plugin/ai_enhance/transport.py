@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options, ProgressEvent
+from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options, ProgressEvent, ServerInfo
 from image_enhancer.client.lite import LiteClient
 from image_enhancer.paths import user_home
 
@@ -167,6 +167,13 @@ def list_models(client: LiteClient) -> list[ModelInfo]:
         raise BackendError(explain(error)) from None
 
 
+def describe(client: LiteClient) -> ServerInfo:
+    try:
+        return client.describe()
+    except EnhancerError as error:
+        raise BackendError(explain(error)) from None
+
+
 def find_model(models: list[ModelInfo], name: str) -> ModelInfo:
     """The model `name` refers to ("" is the server's default), or a BackendError naming the choices."""
     for model in models:
@@ -184,10 +191,7 @@ def find_model(models: list[ModelInfo], name: str) -> ModelInfo:
 
 def check_size(client: LiteClient, width: int, height: int, name: str) -> None:
     """Refuse early, before any upload, what the server would refuse for its size."""
-    try:
-        limit = client.describe().max_pixels
-    except EnhancerError as error:
-        raise BackendError(explain(error)) from None
+    limit = describe(client).max_pixels
     if limit and width * height > limit:
         raise BackendError(
             f'The layer "{name}" is too large to enhance: {width}x{height} is {width * height:,} pixels and '

@@ -129,6 +129,7 @@ class ModelInfo:
     license: str = ""
     description: str = ""
     is_default: bool = False
+    output_pixels_per_second: float = 0.0  # measured on the server's device; 0 until the model has run
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class ServerInfo:
     max_pixels: int
     default_model: str
     protocol_version: int
+    suggested_model: str = ""  # the model to start with on the server's device
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -268,6 +270,7 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         license=message.license,
         description=message.description,
         is_default=message.is_default,
+        output_pixels_per_second=message.output_pixels_per_second,
     )
 
 
@@ -281,6 +284,7 @@ def server_info(message: pb.ServerDescription) -> ServerInfo:
         max_pixels=message.max_pixels,
         default_model=message.default_model,
         protocol_version=message.protocol_version,
+        suggested_model=message.suggested_model,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -17,9 +18,11 @@ import image_enhancer
 from image_enhancer.client.core import MAX_CHUNK
 from image_enhancer.engine import pixels
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.paths import user_home
 from image_enhancer.server import validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
+from image_enhancer.server.model_speed import ModelSpeeds, suggested_model
 from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
@@ -29,6 +32,7 @@ from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+SPEEDS_FILE = "throughput.json"  # in the user cache: measured model speeds, per device
 # How often an RPC thread waiting for its job checks that the client is still there.
 _LIVENESS_POLL_S = 0.5
 # An upload that sends nothing for this long is abandoned.
@@ -82,6 +86,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
         self._upload_idle_s = upload_idle_s
+        self._device = describe_device(enhancer.device)
+        self._speeds = ModelSpeeds(self._device[1], user_home() / SPEEDS_FILE)
 
     # --- Enhance -------------------------------------------------------------------------------------
 
@@ -123,6 +129,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self._jobs.submit(job)
 
         result = None
+        model_ready_at = None  # when loading ended: the model's work is timed from there
         while result is None:
             try:
                 event = job.events.get(timeout=_LIVENESS_POLL_S)
@@ -131,10 +138,15 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
                     job.cancel()
                     return
                 continue
+            if _model_loaded(event):
+                model_ready_at = time.perf_counter()
             result = self._handle_event(event)
             if isinstance(result, pb.EnhanceResponse):
                 yield result
                 result = None
+        if model_ready_at is not None:
+            made = result.shape[0] * result.shape[1]
+            self._speeds.record(options.model, made, time.perf_counter() - model_ready_at)
 
         header = pb.ImageHeader(
             width=result.shape[1],
@@ -185,12 +197,14 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_message(m) for m in self._store.list()])
+        return pb.ListModelsResponse(
+            models=[model_message(m, self._speeds.rate(m.name)) for m in self._store.list()]
+        )
 
     def DescribeServer(
         self, request: pb.DescribeServerRequest, context: grpc.ServicerContext
     ) -> pb.ServerDescription:
-        device, name, memory = describe_device(self._enhancer.device)
+        device, name, memory = self._device
         return pb.ServerDescription(
             version=image_enhancer.__version__,
             device=device,
@@ -200,10 +214,17 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             max_pixels=self._max_pixels,
             default_model=self._store.default_model,
             protocol_version=PROTOCOL_VERSION,
+            suggested_model=suggested_model(self._store, on_gpu=self._enhancer.device.type != "cpu"),
         )
 
 
-def model_message(info: ModelInfo) -> pb.ModelInfo:
+def _model_loaded(event: Event) -> bool:
+    """The engine's event that ends model loading: the model's own work starts there."""
+    p = event.progress
+    return p is not None and p.stage == "loading model" and p.total > 0 and p.done == p.total
+
+
+def model_message(info: ModelInfo, output_pixels_per_second: float = 0.0) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=info.name,
         architecture=info.architecture,
@@ -214,4 +235,5 @@ def model_message(info: ModelInfo) -> pb.ModelInfo:
         license=info.license,
         description=info.description,
         is_default=info.is_default,
+        output_pixels_per_second=output_pixels_per_second,
     )
