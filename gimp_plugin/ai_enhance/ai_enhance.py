@@ -38,7 +38,7 @@ import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICES, Settings  # noqa: E402
 
-from image_enhancer.client.core import ImageInfo, Options  # noqa: E402
+from image_enhancer.client.core import ImageInfo  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
 # Set to print where the time goes to stderr: reading the layer, upload, server, download, placing.
@@ -54,20 +54,6 @@ def _report(text: str, fraction: float | None) -> None:
         Gimp.progress_update(fraction)
 
 
-def read_settings(config: Gimp.ProcedureConfig) -> Settings:
-    return Settings(
-        model=config.get_property("model") or "",
-        scale_choice=config.get_property("scale"),
-        custom_scale=config.get_property("custom-scale"),
-        strength=config.get_property("strength"),
-        colour_fidelity=config.get_property("colour-fidelity"),
-        auto_contrast=config.get_property("auto-contrast"),
-        alpha_mode=config.get_property("alpha-mode"),
-        tile=config.get_property("tile-size"),
-        server=(config.get_property("server") or "").strip(),
-    )
-
-
 def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settings) -> list[Gimp.Layer]:
     """Enhance every layer through the backend, then change the image in one undo step.
 
@@ -79,16 +65,7 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
     config = transport.load_config(HERE)
     client = transport.connect(settings.server or config.address, config, _report)
     try:
-        model = transport.find_model(transport.list_models(client), settings.model)
-        options = Options(
-            model=model.name,
-            scale=scale,
-            strength=settings.strength if model.has_strength else None,
-            tile=settings.tile,
-            colour_fidelity=settings.colour_fidelity,
-            auto_contrast=settings.auto_contrast,
-            alpha_mode=settings.alpha_mode,
-        )
+        options = settings.options(transport.find_model(transport.list_models(client), settings.model))
         results = []
         timings = {"read_s": 0.0}
         for index, source in enumerate(sources):
@@ -154,15 +131,16 @@ def _dialog_ok(
 
     Gimp.progress_init("AI Enhance: contacting the AI backend")
     try:
-        settings = read_settings(config)
+        settings = Settings.from_config(config)
         backend_config = transport.load_config(HERE)
-        client = transport.connect(settings.server or backend_config.address, backend_config, _report)
+        address = settings.server or backend_config.address
+        client = transport.connect(address, backend_config, _report)
         try:
-            backend = dialog.Backend(transport.list_models(client), transport.describe(client))
+            backend = dialog.Backend(address, transport.list_models(client), transport.describe(client))
         finally:
             client.close()
     except transport.BackendError as error:
-        backend = dialog.Backend([], None, str(error))
+        backend = dialog.Backend("", [], None, str(error))
     Gimp.progress_end()
     return dialog.run_dialog(procedure, config, image, layers, backend)
 
@@ -181,7 +159,7 @@ def run(
         if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog_ok(procedure, config, image, layers):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         Gimp.progress_init("AI Enhance")
-        new_layers = enhance_layers(image, layers, read_settings(config))
+        new_layers = enhance_layers(image, layers, Settings.from_config(config))
     except (transport.BackendError, placement.PlacementError, ValueError) as error:
         return _failure(procedure, str(error))
     except Exception as error:  # a bug: say so plainly, keep the details for the error console

@@ -1,5 +1,5 @@
-"""The interactive dialog: GIMP's own procedure dialog, a model list filled from the backend, and a line
-that says before OK what will happen to the image and how long it will take."""
+"""The interactive dialog: GIMP's own procedure dialog, a model list filled from the backend, a line
+that says before OK what will happen to the image and how long it will take, and a preview."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 import placement  # noqa: E402
 import settings  # noqa: E402
+import transport  # noqa: E402
 from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
+from preview_panel import PreviewPanel  # noqa: E402
 
 from image_enhancer.client.core import ModelInfo, ServerInfo  # noqa: E402
 
@@ -24,8 +26,10 @@ STRENGTH_TOOLTIP = (
 
 @dataclass(frozen=True)
 class Backend:
-    """What the dialog knows of the backend: its models and device, or why it could not be reached."""
+    """What the dialog knows of the backend: its address, models and device, or why it could not be
+    reached."""
 
+    address: str
     models: list[ModelInfo]
     server: ServerInfo | None
     problem: str | None = None
@@ -81,7 +85,11 @@ def _model_row(
 
 
 def _summary(
-    image: Gimp.Image, layers: list[Gimp.Layer], config: Gimp.ProcedureConfig, backend: Backend
+    image: Gimp.Image,
+    layers: list[Gimp.Layer],
+    config: Gimp.ProcedureConfig,
+    backend: Backend,
+    models: list[ModelInfo],
 ) -> str:
     """The result's size, that the canvas grows, and the time the backend will take."""
     try:
@@ -92,7 +100,7 @@ def _summary(
     except (ValueError, placement.PlacementError) as error:
         return str(error)
     lines = [settings.result_text((image.get_width(), image.get_height()), scale, sources[0].masked)]
-    model = next((m for m in backend.models if m.name == config.get_property("model")), None)
+    model = next((m for m in models if m.name == config.get_property("model")), None)
     if model is not None and backend.server is not None:
         pixels = sum(
             width * height
@@ -137,23 +145,42 @@ def run_dialog(
         content = dialog.get_content_area()
         content.pack_start(summary, False, False, 6)
         summary.show()
+        known = {"models": models}  # refreshed after each preview: it measured the model's speed
+
+        def remeasured() -> None:
+            try:
+                client = transport.connect(backend.address, transport.BackendConfig(), lambda *_: None)
+                try:
+                    known["models"] = transport.list_models(client)
+                finally:
+                    client.close()
+            except transport.BackendError:
+                return  # the estimate stays as it was
+            summary.set_text(_summary(image, layers, config, backend, known["models"]))
+
+        panel = PreviewPanel(backend.address, image, layers[0], remeasured) if models else None
 
         def refresh(*_: object) -> None:
-            chosen = config.get_property("model")
+            chosen = next((m for m in models if m.name == config.get_property("model")), None)
             # Strength interpolates a PSNR/GAN pair; other models have nothing to interpolate.
-            strength.set_visible(any(m.name == chosen and m.has_strength for m in models) if models else True)
+            strength.set_visible(chosen.has_strength if chosen else not models)
             custom_scale.set_visible(config.get_property("scale") == "custom")
-            summary.set_text(_summary(image, layers, config, backend))
+            summary.set_text(_summary(image, layers, config, backend, known["models"]))
+            if panel is not None and chosen is not None:
+                panel.schedule(settings.Settings.from_config(config), chosen)
 
         for widget in (strength, custom_scale):
             widget.set_no_show_all(True)
-        for name in ("scale", "custom-scale"):
+        for name in ("scale", "custom-scale", "strength", "colour-fidelity", "auto-contrast", "alpha-mode"):
             config.connect(f"notify::{name}", refresh)
         if models:
             row, _ = _model_row(config, backend, refresh)
             content.pack_start(row, False, False, 6)
             content.reorder_child(row, 0)
             row.show_all()
+        if panel is not None:
+            content.pack_start(panel, False, False, 6)
+            panel.show_all()
         if backend.problem:
             note = _label(backend.problem)
             content.pack_start(note, False, False, 6)
@@ -162,4 +189,6 @@ def run_dialog(
         refresh()
         return dialog.run()
     finally:
+        if panel is not None:
+            panel.stop()
         dialog.destroy()

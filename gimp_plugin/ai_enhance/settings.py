@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from image_enhancer.client.core import ModelInfo
+from image_enhancer.client.core import ModelInfo, Options
 
 # Choice ids of the "scale" argument; "custom" takes the factor from "custom-scale".
 SCALE_CHOICES = {"x1": 1.0, "x2": 2.0, "x4": 4.0, "custom": None}
@@ -29,6 +29,34 @@ class Settings:
     alpha_mode: str = "model"
     tile: int = 0  # 0: the server picks
     server: str = ""  # empty: the address the installer recorded
+
+    @classmethod
+    def from_config(cls, config: object) -> Settings:
+        """The values of GIMP's procedure config (anything with `get_property`)."""
+        get = config.get_property  # type: ignore[attr-defined]
+        return cls(
+            model=get("model") or "",
+            scale_choice=get("scale"),
+            custom_scale=get("custom-scale"),
+            strength=get("strength"),
+            colour_fidelity=get("colour-fidelity"),
+            auto_contrast=get("auto-contrast"),
+            alpha_mode=get("alpha-mode"),
+            tile=get("tile-size"),
+            server=(get("server") or "").strip(),
+        )
+
+    def options(self, model: ModelInfo) -> Options:
+        """The request's options for `model` (strength only where the model has a pair)."""
+        return Options(
+            model=model.name,
+            scale=self.scale,
+            strength=self.strength if model.has_strength else None,
+            tile=self.tile,
+            colour_fidelity=self.colour_fidelity,
+            auto_contrast=self.auto_contrast,
+            alpha_mode=self.alpha_mode,
+        )
 
     @property
     def scale(self) -> float:
