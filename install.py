@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return uninstall_gimp(args)
     python = ensure_environment(args)
     run([str(python), "-m", "image_enhancer.weights.provision", *provision_arguments(args)], "weights")
+    if args.autostart:
+        install_autostart(args, python)
     install_gimp_plugin(args, python)
     if not args.no_demo:
         run_demo(python)
@@ -64,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='JSON list: how the GIMP plug-in starts the backend when none answers, e.g. '
                              '\'["flatpak-spawn", "--host", "/opt/ie/.venv/bin/image-enhancer", "serve"]\'; '
                              '"[]": never start one (default: this environment\'s `image-enhancer serve`)')
+    parser.add_argument("--autostart", action="store_true",
+                        help="Linux: a systemd user socket on --address starts the backend on GIMP's "
+                             "first connection, from any GIMP (Flatpak too); the plug-in starts nothing")
     parser.add_argument("--check", action="store_true", help="report what is installed and what is missing")
     parser.add_argument("--uninstall-gimp", action="store_true", help="remove the GIMP plug-in")
     return parser.parse_args(argv)
@@ -133,6 +138,15 @@ def gimp_installer():
     return install_gimp
 
 
+def install_autostart(args: argparse.Namespace, python: Path) -> None:
+    sys.path.insert(0, str(REPO / "gimp_plugin"))
+    import autostart
+
+    print(f"==> autostart: a systemd user socket on {args.address}")
+    print(f"    wrote the units into {autostart.write_units(python, args.address)}")
+    print(f"    {autostart.enable(args.address)}")
+
+
 def install_gimp_plugin(args: argparse.Namespace, python: Path) -> None:
     if args.no_gimp:
         return
@@ -142,7 +156,9 @@ def install_gimp_plugin(args: argparse.Namespace, python: Path) -> None:
         print("==> no GIMP 3 found; skipping the plug-in (run again after installing GIMP 3)")
         return
     backend = args.backend_command
-    if backend is None:
+    if backend is None and args.autostart:  # the socket starts the backend, from any GIMP
+        backend = []
+    elif backend is None:
         backend = [str(python), "-m", "image_enhancer", "serve", "--address", args.address]
     for plugin_dir in plugin_dirs:
         print(f"==> installing the GIMP plug-in into {plugin_dir}")
@@ -183,7 +199,7 @@ def check(args: argparse.Namespace) -> int:
     for plugin_dir in plugin_dirs:
         report = installer.check(Path(plugin_dir), try_start=True)  # starts the backend as GIMP would
         print(f"GIMP plug-in in {plugin_dir}: {report}")
-        problems += not report.ok
+        problems += bool(report.problems)
     return 1 if problems else 0
 
 

@@ -355,3 +355,25 @@ def test_rasterizable_layer_is_enhanced_as_rendered_and_stays_live(
     enhanced = gimp.read(result, "new_layer", np.uint8, 4)
     assert enhanced.shape == (before.shape[0] * 2, before.shape[1] * 2, 4)
     assert _max_difference(enhanced, _direct(backend_address, before, 2.0)) <= 1
+
+
+def test_backend_starts_on_demand_for_a_sandboxed_gimp(gimp_root: Path, gimp_version: str) -> None:
+    # The chroot sees no host program, so the plug-in has no command to start (as in Flatpak); the host's
+    # `image-enhancer activate` (what the systemd user socket runs) starts the backend on its connection.
+    if gimp_version == "3.0":
+        pytest.skip("one GIMP release is enough: the plug-in's side of this does not depend on it")
+    address = free_address()
+    command = [sys.executable, "-m", "image_enhancer", "activate", "--address", address, "--", "--no-warm-up"]
+    activator = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    sandboxed = ChrootGimp(gimp_root, address, [], gimp_version)
+    try:
+        time.sleep(1.0)  # the listener is up long before any backend could be
+        photo = _photo(32)
+        result = sandboxed.run_job("on-demand", photo, arguments={"model": MODEL, "scale": "x2"})
+    finally:
+        sandboxed.remove()
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(timeout=60)
+    assert result["status"] == "success", result.get("error")
+    assert result["layers"][0] == ["photo (AI x2)", 64, 64, 0, 0]
+    assert activator.returncode == 0
