@@ -161,18 +161,26 @@ def test_dialog_offers_installed_models_and_opens_on_the_best_choice() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pixels", "rate", "device", "expected"),
+    ("jobs", "rate", "fixed", "device", "expected"),
     [
-        (1_000_000, 25_000.0, "cpu", "Time: about 40 s on this CPU."),
-        (1_000_000, 500_000.0, "cuda:0", "Time: a few seconds on this GPU."),
-        (16_000_000, 50_000.0, "cpu", "Time: about 5 min on this CPU."),
-        (1_000, 0.0, "mps", "Time: not yet measured for this model on this Mac's GPU"),
+        ([1_000_000], 25_000.0, 0.0, "cpu", "Time: about 40 s on this CPU."),
+        (
+            [1_000_000, 1_000_000],
+            50_000.0,
+            10.0,
+            "cpu",
+            "Time: about 60 s on this CPU.",
+        ),  # fixed part per layer
+        ([1_000_000], 500_000.0, 0.5, "cuda:0", "Time: a few seconds on this GPU."),
+        ([16_000_000], 50_000.0, 0.0, "cpu", "Time: about 5 min on this CPU."),
+        ([1_000], 0.0, 0.0, "mps", "Time: not yet measured for this model on this Mac's GPU"),
     ],
 )
-def test_time_estimate_from_the_measured_throughput(
-    pixels: int, rate: float, device: str, expected: str
+def test_time_estimate_from_the_measured_speed(
+    jobs: list[int], rate: float, fixed: float, device: str, expected: str
 ) -> None:
-    assert settings.estimate_text(pixels, rate, device).startswith(expected)
+    model = ModelInfo("m", "RRDBNet", 4, True, False, output_pixels_per_second=rate, job_fixed_seconds=fixed)
+    assert settings.estimate_text(jobs, model, device).startswith(expected)
 
 
 def test_result_text_says_the_size_and_that_the_canvas_grows() -> None:

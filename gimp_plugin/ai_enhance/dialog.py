@@ -102,11 +102,11 @@ def _summary(
     lines = [settings.result_text((image.get_width(), image.get_height()), scale, sources[0].masked)]
     model = next((m for m in models if m.name == config.get_property("model")), None)
     if model is not None and backend.server is not None:
-        pixels = sum(
+        jobs = [
             width * height
             for width, height in (settings.scaled_size(s.width, s.height, scale) for s in sources)
-        )
-        lines.append(settings.estimate_text(pixels, model.output_pixels_per_second, backend.server.device))
+        ]
+        lines.append(settings.estimate_text(jobs, model, backend.server.device))
     return "\n".join(lines)
 
 

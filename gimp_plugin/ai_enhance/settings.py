@@ -124,12 +124,14 @@ def duration_text(seconds: float) -> str:
     return f"about {round(seconds / 60)} min"
 
 
-def estimate_text(output_pixels: int, pixels_per_second: float, device: str) -> str:
-    """How long the backend will take, from its measured throughput for the model on its device."""
+def estimate_text(jobs: list[int], model: ModelInfo, device: str) -> str:
+    """How long the backend will take for jobs of these output pixels (one per layer), from the speed it
+    measured for the model on its device."""
     where = device_words(device)
-    if pixels_per_second <= 0:
+    if model.output_pixels_per_second <= 0:
         return f"Time: not yet measured for this model on {where} (the first run measures it)."
-    return f"Time: {duration_text(output_pixels / pixels_per_second)} on {where}."
+    seconds = sum(model.job_fixed_seconds + pixels / model.output_pixels_per_second for pixels in jobs)
+    return f"Time: {duration_text(seconds)} on {where}."
 
 
 def result_text(image_size: tuple[int, int], scale: float, selection: bool) -> str:

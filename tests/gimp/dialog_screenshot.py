@@ -1,11 +1,13 @@
-"""Screenshot of the plug-in's dialog in the real GIMP under Xvfb, and a before/after picture.
+"""Screenshot of the plug-in's dialog and its preview in the real GIMP 3.2 under Xvfb, and a before/after
+picture.
 
     sudo python tests/gimp/dialog_screenshot.py [--out docs]
 
 Starts a backend on the host and uses the model it suggests for its device. Enhances a crop of the
 sample photo through the plug-in in GIMP 3.2 non-interactively and writes it next to a plain x4
 enlargement (which also gives the backend a measured speed for the model). Then opens the photo in GIMP
-(chroot built with --with-xvfb), calls AI Enhance interactively so its dialog appears, and captures it.
+(chroot built with --with-xvfb), calls AI Enhance interactively so its dialog appears, and captures it
+once its preview has come back.
 Writes docs/gimp-dialog.png and docs/gimp-before-after.png.
 """
 

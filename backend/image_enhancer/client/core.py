@@ -129,7 +129,9 @@ class ModelInfo:
     license: str = ""
     description: str = ""
     is_default: bool = False
-    output_pixels_per_second: float = 0.0  # measured on the server's device; 0 until the model has run
+    # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
+    output_pixels_per_second: float = 0.0
+    job_fixed_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,7 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         description=message.description,
         is_default=message.is_default,
         output_pixels_per_second=message.output_pixels_per_second,
+        job_fixed_seconds=message.job_fixed_seconds,
     )
 
 

@@ -198,7 +198,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[model_message(m, self._speeds.rate(m.name)) for m in self._store.list()]
+            models=[model_message(m, *self._speeds.speed(m.name)) for m in self._store.list()]
         )
 
     def DescribeServer(
@@ -224,7 +224,9 @@ def _model_loaded(event: Event) -> bool:
     return p is not None and p.stage == "loading model" and p.total > 0 and p.done == p.total
 
 
-def model_message(info: ModelInfo, output_pixels_per_second: float = 0.0) -> pb.ModelInfo:
+def model_message(
+    info: ModelInfo, output_pixels_per_second: float = 0.0, job_fixed_seconds: float = 0.0
+) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=info.name,
         architecture=info.architecture,
@@ -236,4 +238,5 @@ def model_message(info: ModelInfo, output_pixels_per_second: float = 0.0) -> pb.
         description=info.description,
         is_default=info.is_default,
         output_pixels_per_second=output_pixels_per_second,
+        job_fixed_seconds=job_fixed_seconds,
     )

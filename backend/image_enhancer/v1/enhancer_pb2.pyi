@@ -111,7 +111,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default", "output_pixels_per_second")
+    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default", "output_pixels_per_second", "job_fixed_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class ModelInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PIXELS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIXED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     scale: int
@@ -132,7 +133,8 @@ class ModelInfo(_message.Message):
     description: str
     is_default: bool
     output_pixels_per_second: float
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ...) -> None: ...
+    job_fixed_seconds: float
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ..., job_fixed_seconds: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
