@@ -125,6 +125,7 @@ def run_dialog(
             config.set_property(name, "")
     models = settings.installed_models(backend.models)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
+    panel: PreviewPanel | None = None
     try:
         # Widgets asked for before `fill` replace the default ones (spin buttons for doubles).
         strength = dialog.get_spin_scale("strength", 100.0)
