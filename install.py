@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return uninstall_gimp(args)
     python = ensure_environment(args)
     run([str(python), "-m", "image_enhancer.weights.provision", *provision_arguments(args)], "weights")
+    if args.autostart:
+        install_autostart(args, python)
     install_gimp_plugin(args, python)
     if not args.no_demo:
         run_demo(python)
@@ -66,9 +68,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gimp-plugin-dir", type=Path, action="append", default=None,
                         help="install the plug-in into this GIMP plug-ins folder (repeatable)")
     parser.add_argument("--address", default="127.0.0.1:50051", help="backend address the plug-in uses")
+    parser.add_argument("--backend-command", type=backend_command, default=None,
+                        help='JSON list: how the GIMP plug-in starts the backend when none answers, e.g. '
+                             '\'["flatpak-spawn", "--host", "/opt/ie/.venv/bin/image-enhancer", "serve"]\'; '
+                             '"[]": never start one (default: this environment\'s `image-enhancer serve`)')
+    parser.add_argument("--autostart", action="store_true",
+                        help="Linux: a systemd user socket on --address starts the backend on GIMP's "
+                             "first connection, from any GIMP (Flatpak too); the plug-in starts nothing")
     parser.add_argument("--check", action="store_true", help="report what is installed and what is missing")
     parser.add_argument("--uninstall-gimp", action="store_true", help="remove the GIMP plug-in")
     return parser.parse_args(argv)
+
+
+def backend_command(text: str) -> list[str]:
+    """The --backend-command value: a JSON list of strings."""
+    try:
+        command = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}); give a list of strings") from None
+    if not isinstance(command, list) or not all(isinstance(part, str) and part for part in command):
+        raise argparse.ArgumentTypeError("give a JSON list of non-empty strings, or [] for none")
+    return command
 
 
 def venv_python(venv_dir: Path) -> Path:
@@ -143,6 +163,15 @@ def gimp_installer():
     return install_gimp
 
 
+def install_autostart(args: argparse.Namespace, python: Path) -> None:
+    sys.path.insert(0, str(REPO / "gimp_plugin"))
+    import autostart
+
+    print(f"==> autostart: a systemd user socket on {args.address}")
+    print(f"    wrote the units into {autostart.write_units(python, args.address)}")
+    print(f"    {autostart.enable(args.address)}")
+
+
 def install_gimp_plugin(args: argparse.Namespace, python: Path) -> None:
     if args.no_gimp:
         return
@@ -151,7 +180,11 @@ def install_gimp_plugin(args: argparse.Namespace, python: Path) -> None:
     if not plugin_dirs:
         print("==> no GIMP 3 found; skipping the plug-in (run again after installing GIMP 3)")
         return
-    backend = [str(python), "-m", "image_enhancer", "serve", "--address", args.address]
+    backend = args.backend_command
+    if backend is None and args.autostart:  # the socket starts the backend, from any GIMP
+        backend = []
+    elif backend is None:
+        backend = [str(python), "-m", "image_enhancer", "serve", "--address", args.address]
     for plugin_dir in plugin_dirs:
         print(f"==> installing the GIMP plug-in into {plugin_dir}")
         installer.install(Path(plugin_dir), backend_command=backend, address=args.address, wheels_dir=None)
@@ -189,7 +222,9 @@ def check(args: argparse.Namespace) -> int:
     if not plugin_dirs:
         print("GIMP plug-in: no GIMP 3 plug-in folder found")
     for plugin_dir in plugin_dirs:
-        print(f"GIMP plug-in in {plugin_dir}: {installer.check(Path(plugin_dir))}")
+        report = installer.check(Path(plugin_dir), try_start=True)  # starts the backend as GIMP would
+        print(f"GIMP plug-in in {plugin_dir}: {report}")
+        problems += bool(report.problems)
     return 1 if problems else 0
 
 

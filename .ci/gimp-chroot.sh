@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# Build (or reuse) a Debian trixie chroot with GIMP 3.0 and its Python bindings, for the real-GIMP tests.
+# Build (or reuse) a Debian chroot with GIMP and its Python bindings, for the real-GIMP tests.
 #
-#   sudo .ci/gimp-chroot.sh [--with-xvfb]     prints the chroot's path as its last line of output
+#   sudo .ci/gimp-chroot.sh [--gimp 3.0|3.2] [--with-xvfb]   prints the chroot's path as its last line
 #
-# The chroot lives outside the clone, in $IMAGE_ENHANCER_GIMP_ROOT (default
-# ~/.cache/image-enhancer/gimp-trixie), and is rebuilt only when it is missing, broken, built from a
-# different package list, or older than $IMAGE_ENHANCER_GIMP_MAX_AGE_DAYS days (default 30).
+# GIMP 3.0 comes from Debian trixie, GIMP 3.2 from Debian forky (default: 3.0). Each chroot lives
+# outside the clone, in $IMAGE_ENHANCER_GIMP_CACHE/gimp-<suite> (default ~/.cache/image-enhancer), and
+# is rebuilt only when it is missing, broken, built from a different package list, or older than
+# $IMAGE_ENHANCER_GIMP_MAX_AGE_DAYS days (default 30).
 # Needs root (debootstrap, chroot) and network access to a Debian mirror ($DEBIAN_MIRROR, optional).
 # --with-xvfb adds an X server and xwd, for screenshots of the plug-in's dialog.
 set -euo pipefail
 
-ROOT="${IMAGE_ENHANCER_GIMP_ROOT:-${HOME}/.cache/image-enhancer/gimp-trixie}"
+GIMP_VERSION=3.0
+WITH_XVFB=no
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --gimp) GIMP_VERSION="${2:-}"; shift 2 ;;
+        --with-xvfb) WITH_XVFB=yes; shift ;;
+        *) echo "gimp-chroot: unknown argument $1 (use --gimp 3.0|3.2, --with-xvfb)" >&2; exit 2 ;;
+    esac
+done
+# APT_CONF goes into the chroot's apt configuration: forky's index on some mirrors outlives its
+# Valid-Until date (the index is still signed and checked).
+case "$GIMP_VERSION" in
+    3.0) SUITE=trixie; APT_CONF="" ;;
+    3.2) SUITE=forky; APT_CONF='Acquire::Check-Valid-Until "false";' ;;
+    *) echo "gimp-chroot: unknown GIMP version $GIMP_VERSION (3.0 or 3.2)" >&2; exit 2 ;;
+esac
+ROOT="${IMAGE_ENHANCER_GIMP_CACHE:-${HOME}/.cache/image-enhancer}/gimp-$SUITE"
 MAX_AGE_DAYS="${IMAGE_ENHANCER_GIMP_MAX_AGE_DAYS:-30}"
-SUITE=trixie
 PACKAGES="gimp python3-gi gir1.2-gimp-3.0"
-if [[ "${1:-}" == "--with-xvfb" ]]; then
+if [[ "$WITH_XVFB" == yes ]]; then
     PACKAGES="$PACKAGES xvfb xauth x11-apps"
 fi
 # The stamp records the suite and the packages the chroot was built with.
@@ -36,7 +52,7 @@ usable() {
         [[ "$built" == *" $package "* ]] || { log "$package is missing"; return 1; }
     done
     [[ -z "$(find "$STAMP" -mtime +"$MAX_AGE_DAYS")" ]] || { log "older than $MAX_AGE_DAYS days"; return 1; }
-    chroot "$ROOT" gimp-console-3.0 --version >/dev/null 2>&1 || { log "gimp does not run"; return 1; }
+    chroot "$ROOT" "gimp-console-$GIMP_VERSION" --version >/dev/null 2>&1 || { log "gimp does not run"; return 1; }
     chroot "$ROOT" python3 -c 'import gi; gi.require_version("Gimp", "3.0")' 2>/dev/null \
         || { log "GIMP's Python bindings are missing"; return 1; }
 }
@@ -73,8 +89,13 @@ trap cleanup EXIT
 cleanup
 
 log "debootstrap $SUITE into $BUILD"
-# shellcheck disable=SC2086  # DEBIAN_MIRROR is optional: debootstrap picks its default mirror without it
-debootstrap --variant=minbase "$SUITE" "$BUILD" ${DEBIAN_MIRROR:-} >&2
+# Older debootstraps lack a script for the newest suites; every current suite bootstraps like sid.
+SCRIPT=/usr/share/debootstrap/scripts/$SUITE
+[[ -e "$SCRIPT" ]] || SCRIPT=/usr/share/debootstrap/scripts/sid
+debootstrap --variant=minbase "$SUITE" "$BUILD" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" "$SCRIPT" >&2
+if [[ -n "$APT_CONF" ]]; then  # for every later apt run in the chroot, ours or a person's
+    echo "$APT_CONF" >"$BUILD/etc/apt/apt.conf.d/90image-enhancer"
+fi
 mount -t proc proc "$BUILD/proc"  # apt's maintainer scripts need it; unmounted again below
 chroot "$BUILD" apt-get update -qq >&2
 log "installing $PACKAGES"
@@ -83,6 +104,10 @@ chroot "$BUILD" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends $PACKAGES >&2
 chroot "$BUILD" apt-get clean
 umount "$BUILD/proc"
+if [[ -e "$BUILD/usr/bin/bwrap" ]]; then  # GTK's image loaders need it, and no namespaces exist here
+    chroot "$BUILD" dpkg-divert --local --rename --add /usr/bin/bwrap >&2
+    install -m 755 "$(dirname "$0")/bwrap-shim.sh" "$BUILD/usr/bin/bwrap"
+fi
 mkdir -p "$BUILD/tmp/home"
 chmod 1777 "$BUILD/tmp"
 printf 'suite=%s\npackages=%s\n' "$SUITE" "$PACKAGES" >"$BUILD/.image-enhancer-stamp"

@@ -31,7 +31,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import ChrootGimp, build_chroot, free_address  # noqa: E402
+from chroot_gimp import GIMP_VERSIONS, ChrootGimp, build_chroot, free_address  # noqa: E402
 
 from image_enhancer.client.grpc_client import EnhancerClient  # noqa: E402
 
@@ -49,13 +49,14 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--scale", default="x4", choices=["x1", "x2", "x4"])
     parser.add_argument("--model", default="realesr-animevideov3")
+    parser.add_argument("--gimp", default=GIMP_VERSIONS[0], choices=GIMP_VERSIONS, help="GIMP release")
     args = parser.parse_args()
 
-    root = build_chroot()
+    root = build_chroot(args.gimp)
     address = free_address()
     command = [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"]
     backend = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    gimp = ChrootGimp(root, address, ["/usr/bin/false"])
+    gimp = ChrootGimp(root, address, ["/usr/bin/false"], args.gimp)
     try:
         with EnhancerClient(address) as client:
             client.wait_until_serving(timeout=120)

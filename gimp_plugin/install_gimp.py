@@ -319,6 +319,43 @@ def uninstall(plugin_dir: Path) -> bool:
     return True
 
 
+# Run with a plain Python by `check(..., try_start=True)`: the installed plug-in's own transport and
+# vendored packages find or start the recorded backend exactly as they do inside GIMP, and wait for it.
+_START_PROBE = """
+import os, sys
+from pathlib import Path
+plugin = Path(sys.argv[1])
+os.environ["MULTIDICT_NO_EXTENSIONS"] = "1"
+os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
+sys.path[:0] = [str(plugin), str(plugin / "vendor")]
+import transport
+try:
+    config = transport.load_config(plugin)
+    client = transport.connect(config.address, config, lambda text, fraction: None)
+    try:
+        server = transport.describe(client)
+    finally:
+        client.close()
+except transport.BackendError as error:
+    print(error)
+    sys.exit(1)
+print(f"serving at {config.address} on {server.device_name}")
+"""
+
+
+def try_backend(plugin_dir: Path, python: str = sys.executable) -> tuple[bool, str]:
+    """Reach the backend the way the installed plug-in does in GIMP, starting it with the recorded command
+    when nothing answers; (it answers, what happened)."""
+    probe = subprocess.run(
+        [python, "-c", _START_PROBE, str(Path(plugin_dir) / PLUGIN_NAME)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    message = (probe.stdout.strip() or probe.stderr.strip()[-2000:]).strip()
+    return probe.returncode == 0, message
+
+
 @dataclass
 class CheckReport:
     plugin_dir: Path
@@ -326,6 +363,7 @@ class CheckReport:
     address: str = ""
     backend_command: list[str] = field(default_factory=list)
     backend_listening: bool = False
+    backend_start: str = ""  # what starting the recorded backend as GIMP would did, when tried
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -338,6 +376,8 @@ class CheckReport:
             lines.append(f"  backend address: {self.address}")
             lines.append(f"  backend command: {' '.join(self.backend_command) or '(none)'}")
             lines.append(f"  backend listening now: {'yes' if self.backend_listening else 'no'}")
+            if self.backend_start:
+                lines.append(f"  started as GIMP would: {self.backend_start}")
         lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -354,8 +394,9 @@ def _listening(address: str) -> bool:
         return False
 
 
-def check(plugin_dir: Path) -> CheckReport:
-    """What is installed in a plug-ins folder and what is wrong with it."""
+def check(plugin_dir: Path, try_start: bool = False) -> CheckReport:
+    """What is installed in a plug-ins folder and what is wrong with it. With `try_start`, a backend
+    that is not running is started with the recorded command, as the plug-in would (it keeps running)."""
     target = Path(plugin_dir) / PLUGIN_NAME
     report = CheckReport(Path(plugin_dir))
     entry = target / f"{PLUGIN_NAME}.py"
@@ -380,6 +421,10 @@ def check(plugin_dir: Path) -> CheckReport:
     report.backend_listening = _listening(report.address)
     if report.backend_command and shutil.which(report.backend_command[0]) is None:
         report.problems.append(f"the backend command {report.backend_command[0]} does not exist.")
+    elif try_start and not report.backend_listening and not report.problems:
+        answered, report.backend_start = try_backend(Path(plugin_dir))
+        if not answered:
+            report.problems.append("the plug-in cannot reach or start its backend (see above).")
     return report
 
 
@@ -395,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--uninstall", action="store_true")
-    action.add_argument("--check", action="store_true")
+    action.add_argument(
+        "--check", action="store_true", help="report; start the backend as GIMP would when it is not running"
+    )
     args = parser.parse_args(argv)
 
     plugin_dirs = args.plugin_dir or find_plugin_dirs()
@@ -405,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.check:
-        reports = [check(d) for d in plugin_dirs]
+        reports = [check(d, try_start=True) for d in plugin_dirs]
         print("\n".join(str(r) for r in reports))
         return 0 if all(r.ok for r in reports) else 1
     if args.uninstall:

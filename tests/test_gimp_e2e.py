@@ -1,4 +1,5 @@
-"""The plug-in in the real GIMP 3 (Debian trixie chroot), against a real backend on the host.
+"""The plug-in in the real GIMP 3.0 (Debian trixie chroot) and 3.2 (Debian forky chroot), against a real
+backend on the host. Every test runs on both releases unless it needs what only 3.2 has.
 
 The plug-in is installed with the installer into the chroot GIMP's per-user folder and driven
 non-interactively (python-fu-eval and Script-Fu batch). Pixels come back raw and are compared with
@@ -10,6 +11,7 @@ The chroot comes from .ci/gimp-chroot.sh (reused when cached, built otherwise).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -28,7 +30,7 @@ from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import ChrootGimp, build_chroot, free_address  # noqa: E402
+from chroot_gimp import GIMP_VERSIONS, ChrootGimp, build_chroot, free_address  # noqa: E402
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -44,13 +46,18 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", params=GIMP_VERSIONS, ids=[f"gimp{v}" for v in GIMP_VERSIONS])
+def gimp_version(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def gimp_root() -> Path:
-    """The chroot with GIMP 3, built or reused by the CI script."""
+def gimp_root(gimp_version: str) -> Path:
+    """The chroot with that GIMP, built or reused by the CI script."""
     if os.name != "posix" or os.geteuid() != 0:
         _unavailable("running GIMP in a chroot needs root")
     try:
-        return build_chroot()
+        return build_chroot(gimp_version)
     except RuntimeError as error:
         _unavailable(str(error))
 
@@ -81,9 +88,9 @@ def backend_address(model_store: object, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
-def gimp(gimp_root: Path, backend_address: str) -> Iterator[ChrootGimp]:
+def gimp(gimp_root: Path, gimp_version: str, backend_address: str) -> Iterator[ChrootGimp]:
     # The backend is already running, so the recorded start command is never needed here.
-    instance = ChrootGimp(gimp_root, backend_address, ["/usr/bin/false"])
+    instance = ChrootGimp(gimp_root, backend_address, ["/usr/bin/false"], gimp_version)
     yield instance
     instance.remove()
 
@@ -200,8 +207,10 @@ def test_soft_selection_at_x1_blends_through_a_layer_mask(gimp: ChrootGimp, back
     assert np.array_equal(visible[outside], photo[outside])
 
 
-def test_backend_down_and_not_startable_leaves_the_image_unchanged(gimp_root: Path) -> None:
-    down = ChrootGimp(gimp_root, free_address(), ["/usr/bin/false"])
+def test_backend_down_and_not_startable_leaves_the_image_unchanged(
+    gimp_root: Path, gimp_version: str
+) -> None:
+    down = ChrootGimp(gimp_root, free_address(), ["/usr/bin/false"], gimp_version)
     try:
         photo = _photo(32)
         result = down.run_job("down", photo, arguments={"model": MODEL, "scale": "x2"})
@@ -317,3 +326,54 @@ def test_text_layer_is_enhanced_as_pixels_and_stays_text(gimp: ChrootGimp, backe
     enhanced = gimp.read(result, "new_layer", np.uint8, 4)
     assert result["new_layer"]["name"] == "AI (AI x1)"
     assert _max_difference(enhanced, _direct(backend_address, before, 1.0)) <= 1
+    if gimp.version != "3.0":  # 3.2: a text layer is Gimp.Rasterizable, and still live text
+        assert result["target_rasterized"] is False
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["vector", "link"])
+def test_rasterizable_layer_is_enhanced_as_rendered_and_stays_live(
+    gimp: ChrootGimp, backend_address: str, kind: str
+) -> None:
+    # GIMP 3.2's vector and link layers are drawn from a description (a path, a file): the plug-in enhances
+    # the pixels GIMP rendered and must not rasterize the layer, which GIMP keeps live through the x2.
+    if gimp.version == "3.0":
+        pytest.skip("vector and link layers are new in GIMP 3.2")
+    shape = {"vector": {"vector": [32.0, 24.0, 20.0, 14.0]}, "link": {"link": "linked.png"}}[kind]
+    files = {"linked.png": _png(_photo(40, offset=30))} if kind == "link" else None
+    result = gimp.run_job(kind, _photo(64), files=files, arguments={"model": MODEL, "scale": "x2"}, **shape)
+    assert result["status"] == "success", result.get("error")
+    assert result["target_kind"] == {"vector": "VectorLayer", "link": "LinkLayer"}[kind]
+    assert result["target_rasterized"] is False
+    before = gimp.read(result, "target_before", np.uint8, 4)
+    assert before[..., 3].max() == 255  # GIMP really rendered something
+    enhanced = gimp.read(result, "new_layer", np.uint8, 4)
+    assert enhanced.shape == (before.shape[0] * 2, before.shape[1] * 2, 4)
+    assert _max_difference(enhanced, _direct(backend_address, before, 2.0)) <= 1
+
+
+def test_backend_starts_on_demand_for_a_sandboxed_gimp(gimp_root: Path, gimp_version: str) -> None:
+    # The chroot sees no host program, so the plug-in has no command to start (as in Flatpak); the host's
+    # `image-enhancer activate` (what the systemd user socket runs) starts the backend on its connection.
+    if gimp_version == "3.0":
+        pytest.skip("one GIMP release is enough: the plug-in's side of this does not depend on it")
+    address = free_address()
+    command = [sys.executable, "-m", "image_enhancer", "activate", "--address", address, "--", "--no-warm-up"]
+    activator = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    sandboxed = ChrootGimp(gimp_root, address, [], gimp_version)
+    try:
+        time.sleep(1.0)  # the listener is up long before any backend could be
+        photo = _photo(32)
+        result = sandboxed.run_job("on-demand", photo, arguments={"model": MODEL, "scale": "x2"})
+    finally:
+        sandboxed.remove()
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(timeout=60)
+    assert result["status"] == "success", result.get("error")
+    assert result["layers"][0] == ["photo (AI x2)", 64, 64, 0, 0]
+    assert activator.returncode == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -172,14 +174,16 @@ def test_command_line_install_check_uninstall(tmp_path: Path) -> None:
         return subprocess.run([*script, *args], capture_output=True, text=True)
 
     assert run("--check").returncode == 1
-    backend = json.dumps([sys.executable, "-m", "image_enhancer", "serve"])
+    # A backend command that exits at once: --check starts it as GIMP would and reports how it ended.
+    backend = json.dumps([sys.executable, "-c", "raise SystemExit(3)"])
     done = run("--address", "127.0.0.1:50998", "--backend-command", backend)
     assert done.returncode == 0, done.stderr
     config = json.loads((tmp_path / "ai_enhance" / "ai_enhance.json").read_text())
     assert set(config["vendored"].values()) == {"site-packages"}
     checked = run("--check")
-    assert checked.returncode == 0, checked.stdout
+    assert checked.returncode == 1, checked.stdout
     assert "backend address: 127.0.0.1:50998" in checked.stdout
+    assert "could not be started (it exited with code 3)" in checked.stdout
     assert "removed" in run("--uninstall").stdout
     assert not (tmp_path / "ai_enhance").exists()
 
@@ -192,3 +196,32 @@ def test_packages_come_from_the_backends_python(tmp_path: Path) -> None:
     source = install_gimp.source_python([sys.executable, "-m", "image_enhancer", "serve"])
     assert source.versions["protobuf"] == metadata.version("protobuf")
     assert any(Path(entry) / "grpclib" == Path(grpclib.__file__).parent for entry in source.path)
+
+
+def _pids_with(argument: str) -> list[int]:
+    """Processes whose command line has `argument` (to stop a backend started detached, as GIMP leaves it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the started backend through /proc")
+def test_check_starts_the_recorded_backend_as_gimp_would(model_store: object, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    command = [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"]
+    install_gimp.install(tmp_path, command, address)
+    try:
+        report = install_gimp.check(tmp_path, try_start=True)
+    finally:
+        for pid in _pids_with(address):
+            os.kill(pid, signal.SIGTERM)
+    assert report.ok, str(report)
+    assert report.backend_start.startswith(f"serving at {address} on ")

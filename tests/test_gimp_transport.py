@@ -145,6 +145,53 @@ def test_find_model() -> None:
         transport.find_model(MODELS, "nope")
 
 
+def test_dialog_offers_installed_models_and_opens_on_the_best_choice() -> None:
+    assert [m.name for m in settings.installed_models(MODELS)] == ["fast", "pair"]
+    assert settings.initial_model(MODELS, "pair", "fast") == "pair"  # the person's last choice
+    assert settings.initial_model(MODELS, "", "pair") == "pair"  # else what suits the device
+    assert settings.initial_model(MODELS, "big", "") == "fast"  # never one that is not installed
+    assert settings.initial_model([MODELS[1]], "", "") == ""
+    assert "1 more model can be installed with python install.py --models NAME" in (
+        settings.more_models_hint(MODELS)
+    )
+    assert settings.more_models_hint(settings.installed_models(MODELS)) == ""
+    described = ModelInfo("m", "RRDBNet", 4, True, False, description="Photo — best detail")
+    assert settings.model_label(described) == "Photo — best detail"
+    assert settings.model_label(MODELS[0]) == "fast"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "rate", "fixed", "device", "expected"),
+    [
+        ([1_000_000], 25_000.0, 0.0, "cpu", "Time: about 40 s on this CPU."),
+        (
+            [1_000_000, 1_000_000],
+            50_000.0,
+            10.0,
+            "cpu",
+            "Time: about 60 s on this CPU.",
+        ),  # fixed part per layer
+        ([1_000_000], 500_000.0, 0.5, "cuda:0", "Time: a few seconds on this GPU."),
+        ([16_000_000], 50_000.0, 0.0, "cpu", "Time: about 5 min on this CPU."),
+        ([1_000], 0.0, 0.0, "mps", "Time: not yet measured for this model on this Mac's GPU"),
+    ],
+)
+def test_time_estimate_from_the_measured_speed(
+    jobs: list[int], rate: float, fixed: float, device: str, expected: str
+) -> None:
+    model = ModelInfo("m", "RRDBNet", 4, True, False, output_pixels_per_second=rate, job_fixed_seconds=fixed)
+    assert settings.estimate_text(jobs, model, device).startswith(expected)
+
+
+def test_result_text_says_the_size_and_that_the_canvas_grows() -> None:
+    grown = settings.result_text((320, 201), 4.0, False)
+    assert "1280 × 804 px" in grown and "canvas and every layer grow ×4" in grown
+    assert "2.5" in settings.result_text((10, 10), 2.5, False)
+    assert "only the selection" in settings.result_text((320, 200), 1.0, True)
+    assert "grow" not in settings.result_text((320, 200), 1.0, False)
+    assert settings.scaled_size(3, 3, 1.5) == (4, 4)
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [

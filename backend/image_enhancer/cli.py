@@ -1,4 +1,5 @@
-"""The `image-enhancer` command: enhance files, list models, declare pairs, serve gRPC, train models."""
+"""The `image-enhancer` command: enhance files, list models, declare pairs, serve gRPC (or on demand),
+train models."""
 
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(serve)
     serve.set_defaults(run=run_serve)
+
+    activate = commands.add_parser(
+        "activate", help="listen on the backend's address and start the backend on the first connection"
+    )
+    from image_enhancer.activation import add_activate_arguments, run_activate
+
+    add_activate_arguments(activate)
+    activate.set_defaults(run=run_activate)
 
     train = commands.add_parser("train", help="train a model from a config file")
     train.add_argument("config", help="training config file (see training/configs/)")

@@ -23,6 +23,11 @@ def user_home() -> Path:
     return root / "image-enhancer"
 
 
+def backend_log() -> Path:
+    """Where a backend started on demand (by the GIMP plug-in or `image-enhancer activate`) logs."""
+    return user_home() / "logs" / "backend.log"
+
+
 def weights_dir() -> Path:
     """Converted third-party weights live here (never in the repository)."""
     return user_home() / "weights"

@@ -38,7 +38,7 @@ import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICES, Settings  # noqa: E402
 
-from image_enhancer.client.core import ImageInfo, Options  # noqa: E402
+from image_enhancer.client.core import ImageInfo  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
 # Set to print where the time goes to stderr: reading the layer, upload, server, download, placing.
@@ -54,20 +54,6 @@ def _report(text: str, fraction: float | None) -> None:
         Gimp.progress_update(fraction)
 
 
-def read_settings(config: Gimp.ProcedureConfig) -> Settings:
-    return Settings(
-        model=config.get_property("model") or "",
-        scale_choice=config.get_property("scale"),
-        custom_scale=config.get_property("custom-scale"),
-        strength=config.get_property("strength"),
-        colour_fidelity=config.get_property("colour-fidelity"),
-        auto_contrast=config.get_property("auto-contrast"),
-        alpha_mode=config.get_property("alpha-mode"),
-        tile=config.get_property("tile-size"),
-        server=(config.get_property("server") or "").strip(),
-    )
-
-
 def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settings) -> list[Gimp.Layer]:
     """Enhance every layer through the backend, then change the image in one undo step.
 
@@ -79,16 +65,7 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
     config = transport.load_config(HERE)
     client = transport.connect(settings.server or config.address, config, _report)
     try:
-        model = transport.find_model(transport.list_models(client), settings.model)
-        options = Options(
-            model=model.name,
-            scale=scale,
-            strength=settings.strength if model.has_strength else None,
-            tile=settings.tile,
-            colour_fidelity=settings.colour_fidelity,
-            auto_contrast=settings.auto_contrast,
-            alpha_mode=settings.alpha_mode,
-        )
+        options = settings.options(transport.find_model(transport.list_models(client), settings.model))
         results = []
         timings = {"read_s": 0.0}
         for index, source in enumerate(sources):
@@ -146,24 +123,26 @@ def _failure(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def _interactive_settings(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig) -> bool:
-    """Show the dialog with the backend's models (starting the backend if needed)."""
+def _dialog_ok(
+    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, image: Gimp.Image, layers: list[Gimp.Layer]
+) -> bool:
+    """Show the dialog with the backend's models and device (starting the backend if needed)."""
     import dialog  # GTK is loaded only when a person is there to see it
 
     Gimp.progress_init("AI Enhance: contacting the AI backend")
-    models, problem = [], None
     try:
-        settings = read_settings(config)
+        settings = Settings.from_config(config)
         backend_config = transport.load_config(HERE)
-        client = transport.connect(settings.server or backend_config.address, backend_config, _report)
+        address = settings.server or backend_config.address
+        client = transport.connect(address, backend_config, _report)
         try:
-            models = transport.list_models(client)
+            backend = dialog.Backend(address, transport.list_models(client), transport.describe(client))
         finally:
             client.close()
     except transport.BackendError as error:
-        problem = str(error)
+        backend = dialog.Backend("", [], None, str(error))
     Gimp.progress_end()
-    return dialog.run_dialog(procedure, config, models, problem)
+    return dialog.run_dialog(procedure, config, image, layers, backend)
 
 
 def run(
@@ -177,10 +156,10 @@ def run(
     Gegl.init(None)
     try:
         layers = placement.check_drawables(list(drawables))
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive_settings(procedure, config):
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog_ok(procedure, config, image, layers):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         Gimp.progress_init("AI Enhance")
-        new_layers = enhance_layers(image, layers, read_settings(config))
+        new_layers = enhance_layers(image, layers, Settings.from_config(config))
     except (transport.BackendError, placement.PlacementError, ValueError) as error:
         return _failure(procedure, str(error))
     except Exception as error:  # a bug: say so plainly, keep the details for the error console
@@ -229,7 +208,7 @@ class AIEnhance(Gimp.PlugIn):
         scales = Gimp.Choice.new()
         for index, key in enumerate(SCALE_CHOICES):
             scales.add(key, index, "Custom" if key == "custom" else key.replace("x", "\u00d7"), "")
-        procedure.add_choice_argument("scale", "S_cale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
+        procedure.add_choice_argument("scale", "_Scale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
         procedure.add_double_argument(
             "custom-scale",
             "C_ustom scale",
@@ -241,8 +220,9 @@ class AIEnhance(Gimp.PlugIn):
         )
         procedure.add_double_argument(
             "strength",
-            "St_rength",
-            "0 = faithful (PSNR model), 1 = sharpest (GAN model); only for models with a PSNR/GAN pair",
+            "_Detail: faithful \u2194 sharp",
+            "0 = faithful (the PSNR model: smooth, nothing invented), 1 = sharp (the GAN model: invented "
+            "detail); only for models with a PSNR/GAN pair",
             0.0,
             1.0,
             _DEFAULTS.strength,

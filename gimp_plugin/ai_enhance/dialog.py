@@ -1,103 +1,195 @@
-"""The interactive dialog: GIMP's own procedure dialog, plus a model list filled from the backend."""
+"""The interactive dialog: GIMP's own procedure dialog, a model list filled from the backend, a line
+that says before OK what will happen to the image and how long it will take, and a preview."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
+import placement  # noqa: E402
+import settings  # noqa: E402
+import transport  # noqa: E402
+from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
+from preview_panel import PreviewPanel  # noqa: E402
 
-from image_enhancer.client.core import ModelInfo  # noqa: E402
+from image_enhancer.client.core import ModelInfo, ServerInfo  # noqa: E402
+
+STRENGTH_TOOLTIP = (
+    "0 %: faithful — smooth, nothing invented.  100 %: sharp — crisp detail and texture the model invents."
+)
 
 
-def _model_label(model: ModelInfo) -> str:
-    label = f"{model.name}  (x{model.scale}, {model.architecture})"
-    return label if model.installed else label + " - not installed"
+@dataclass(frozen=True)
+class Backend:
+    """What the dialog knows of the backend: its address, models and device, or why it could not be
+    reached."""
+
+    address: str
+    models: list[ModelInfo]
+    server: ServerInfo | None
+    problem: str | None = None
+
+
+def _label(text: str, dim: bool = False) -> Gtk.Label:
+    label = Gtk.Label(label=text)
+    label.set_line_wrap(True)
+    label.set_max_width_chars(60)
+    label.set_xalign(0.0)
+    if dim:
+        label.get_style_context().add_class("dim-label")
+    return label
+
+
+def _in_percent(widget: Gtk.Widget, label: str) -> None:
+    """Whole percent, saying so: the arguments themselves run from 0 to 1."""
+    if isinstance(widget, GimpUi.SpinScale):
+        widget.set_digits(0)
+        widget.set_label(label)
 
 
 def _model_row(
-    config: Gimp.ProcedureConfig, models: list[ModelInfo], on_change: Callable[[str], None]
+    config: Gimp.ProcedureConfig, backend: Backend, on_change: Callable[[], None]
 ) -> tuple[Gtk.Widget, Gtk.ComboBoxText]:
-    """A combo box over the backend's models that writes the choice into the config's "model"."""
+    """The installed models by their plain description; the choice goes into the config's "model"."""
     combo = Gtk.ComboBoxText()
-    for model in models:
-        combo.append(model.name, _model_label(model))
-    default = next((m.name for m in models if m.is_default), models[0].name)
-    if not combo.set_active_id(config.get_property("model") or default):
-        combo.set_active_id(default)
+    for model in settings.installed_models(backend.models):
+        combo.append(model.name, settings.model_label(model))
+    suggested = backend.server.suggested_model if backend.server else ""
+    combo.set_active_id(settings.initial_model(backend.models, config.get_property("model") or "", suggested))
+    config.set_property("model", combo.get_active_id() or "")
 
     def changed(widget: Gtk.ComboBoxText) -> None:
-        config.set_property("model", widget.get_active_id())
-        on_change(widget.get_active_id())
+        config.set_property("model", widget.get_active_id() or "")
+        widget.set_tooltip_text(f"Model: {widget.get_active_id()}")
+        on_change()
 
     combo.connect("changed", changed)
+    combo.set_tooltip_text(f"Model: {combo.get_active_id()}")
     label = Gtk.Label.new_with_mnemonic("_Model")
     label.set_mnemonic_widget(combo)
     label.set_xalign(0.0)
     row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
     row.pack_start(label, False, False, 0)
     row.pack_start(combo, True, True, 0)
-    return row, combo
+    box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+    box.pack_start(row, False, False, 0)
+    hint = settings.more_models_hint(backend.models)
+    if hint:
+        box.pack_start(_label(hint, dim=True), False, False, 0)
+    return box, combo
+
+
+def _summary(
+    image: Gimp.Image,
+    layers: list[Gimp.Layer],
+    config: Gimp.ProcedureConfig,
+    backend: Backend,
+    models: list[ModelInfo],
+) -> str:
+    """The result's size, that the canvas grows, and the time the backend will take."""
+    try:
+        scale = settings.Settings(
+            scale_choice=config.get_property("scale"), custom_scale=config.get_property("custom-scale")
+        ).scale
+        sources = [placement.plan_source(layer, scale) for layer in layers]
+    except (ValueError, placement.PlacementError) as error:
+        return str(error)
+    lines = [settings.result_text((image.get_width(), image.get_height()), scale, sources[0].masked)]
+    model = next((m for m in models if m.name == config.get_property("model")), None)
+    if model is not None and backend.server is not None:
+        jobs = [
+            width * height
+            for width, height in (settings.scaled_size(s.width, s.height, scale) for s in sources)
+        ]
+        lines.append(settings.estimate_text(jobs, model, backend.server.device))
+    return "\n".join(lines)
 
 
 def run_dialog(
-    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, models: list[ModelInfo], problem: str | None
+    procedure: Gimp.Procedure,
+    config: Gimp.ProcedureConfig,
+    image: Gimp.Image,
+    layers: list[Gimp.Layer],
+    backend: Backend,
 ) -> bool:
     """Show the dialog; True when the person pressed OK. Without models (backend unreachable) the model
-    is a text field and `problem` says why."""
+    is a text field and `backend.problem` says why."""
     GimpUi.init("ai-enhance")
     for name in ("model", "server"):  # text fields cannot show an unset string
         if config.get_property(name) is None:
             config.set_property(name, "")
+    models = settings.installed_models(backend.models)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
+    panel: PreviewPanel | None = None
     try:
         # Widgets asked for before `fill` replace the default ones (spin buttons for doubles).
-        strength = dialog.get_spin_scale("strength", 100.0)  # shown in percent
-        dialog.get_spin_scale("auto-contrast", 100.0)
-        dialog.get_spin_scale("custom-scale", 1.0)
+        strength = dialog.get_spin_scale("strength", 100.0)
+        _in_percent(strength, "Detail: faithful \u2194 sharp (%)")
+        strength.set_tooltip_text(STRENGTH_TOOLTIP)
+        _in_percent(dialog.get_spin_scale("auto-contrast", 100.0), "Auto contrast and colour (%)")
+        custom_scale = dialog.get_spin_scale("custom-scale", 1.0)
         dialog.get_label("advanced-label", "Advanced", False, False)
         dialog.fill_box("advanced-box", ["tile-size", "server"])
         dialog.fill_expander("advanced", "advanced-label", False, "advanced-box")
-        fields = [
-            "scale",
-            "custom-scale",
-            "strength",
-            "colour-fidelity",
-            "auto-contrast",
-            "alpha-mode",
-            "advanced",
-        ]
+        fields = ["scale", "custom-scale", "strength", "colour-fidelity", "auto-contrast"]
+        if any(layer.has_alpha() for layer in layers):  # nothing to choose for opaque layers
+            fields.append("alpha-mode")
+        fields.append("advanced")
         dialog.fill(fields if models else ["model", *fields])
 
-        strength.set_no_show_all(True)
-
-        def show_strength(name: str) -> None:
-            # Strength interpolates a PSNR/GAN pair; other models have nothing to interpolate.
-            strength.set_visible(any(m.name == name and m.has_strength for m in models) if models else True)
-
-        custom_only = Gimp.ValueArray.new(1)
-        custom_only.append(GObject.Value(GObject.TYPE_STRING, "custom"))
-        dialog.set_sensitive_if_in("custom-scale", None, "scale", custom_only, True)
+        summary = _label("")
         content = dialog.get_content_area()
+        content.pack_start(summary, False, False, 6)
+        summary.show()
+        known = {"models": models}  # refreshed after each preview: it measured the model's speed
+
+        def remeasured() -> None:
+            try:
+                client = transport.connect(backend.address, transport.BackendConfig(), lambda *_: None)
+                try:
+                    known["models"] = transport.list_models(client)
+                finally:
+                    client.close()
+            except transport.BackendError:
+                return  # the estimate stays as it was
+            summary.set_text(_summary(image, layers, config, backend, known["models"]))
+
+        panel = PreviewPanel(backend.address, image, layers[0], remeasured) if models else None
+
+        def refresh(*_: object) -> None:
+            chosen = next((m for m in models if m.name == config.get_property("model")), None)
+            # Strength interpolates a PSNR/GAN pair; other models have nothing to interpolate.
+            strength.set_visible(chosen.has_strength if chosen else not models)
+            custom_scale.set_visible(config.get_property("scale") == "custom")
+            summary.set_text(_summary(image, layers, config, backend, known["models"]))
+            if panel is not None and chosen is not None:
+                panel.schedule(settings.Settings.from_config(config), chosen)
+
+        for widget in (strength, custom_scale):
+            widget.set_no_show_all(True)
+        for name in ("scale", "custom-scale", "strength", "colour-fidelity", "auto-contrast", "alpha-mode"):
+            config.connect(f"notify::{name}", refresh)
         if models:
-            row, combo = _model_row(config, models, show_strength)
+            row, _ = _model_row(config, backend, refresh)
             content.pack_start(row, False, False, 6)
             content.reorder_child(row, 0)
             row.show_all()
-            show_strength(combo.get_active_id())
-        else:
-            show_strength("")
-        if problem:
-            note = Gtk.Label(label=problem)
-            note.set_line_wrap(True)
-            note.set_max_width_chars(60)
+        if panel is not None:
+            content.pack_start(panel, False, False, 6)
+            panel.show_all()
+        if backend.problem:
+            note = _label(backend.problem)
             content.pack_start(note, False, False, 6)
             content.reorder_child(note, 0)
             note.show()
+        refresh()
         return dialog.run()
     finally:
+        if panel is not None:
+            panel.stop()
         dialog.destroy()

@@ -12,6 +12,7 @@ import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp  # noqa: E402
 from layer_io import PixelFormat, layer_type, write_pixels  # noqa: E402
+from settings import scaled_size  # noqa: E402
 
 # Extra pixels read around a selection at x1, so the model sees context at the selection's edge;
 # the layer mask hides them again.
@@ -74,8 +75,7 @@ def plan_source(layer: Gimp.Layer, scale: float) -> Source:
 
 def enlarge_image(image: Gimp.Image, scale: float) -> None:
     """Scale the canvas and every layer, channel and path with GIMP's own interpolation."""
-    width = round(image.get_width() * scale)
-    height = round(image.get_height() * scale)
+    width, height = scaled_size(image.get_width(), image.get_height(), scale)
     if not image.scale(width, height):
         raise PlacementError(f"GIMP could not scale the image to {width}x{height}.")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from image_enhancer.client.core import ModelInfo, Options
+
 # Choice ids of the "scale" argument; "custom" takes the factor from "custom-scale".
 SCALE_CHOICES = {"x1": 1.0, "x2": 2.0, "x4": 4.0, "custom": None}
 ALPHA_CHOICES = ("model", "bicubic")
@@ -28,6 +30,34 @@ class Settings:
     tile: int = 0  # 0: the server picks
     server: str = ""  # empty: the address the installer recorded
 
+    @classmethod
+    def from_config(cls, config: object) -> Settings:
+        """The values of GIMP's procedure config (anything with `get_property`)."""
+        get = config.get_property  # type: ignore[attr-defined]
+        return cls(
+            model=get("model") or "",
+            scale_choice=get("scale"),
+            custom_scale=get("custom-scale"),
+            strength=get("strength"),
+            colour_fidelity=get("colour-fidelity"),
+            auto_contrast=get("auto-contrast"),
+            alpha_mode=get("alpha-mode"),
+            tile=get("tile-size"),
+            server=(get("server") or "").strip(),
+        )
+
+    def options(self, model: ModelInfo) -> Options:
+        """The request's options for `model` (strength only where the model has a pair)."""
+        return Options(
+            model=model.name,
+            scale=self.scale,
+            strength=self.strength if model.has_strength else None,
+            tile=self.tile,
+            colour_fidelity=self.colour_fidelity,
+            auto_contrast=self.auto_contrast,
+            alpha_mode=self.alpha_mode,
+        )
+
     @property
     def scale(self) -> float:
         """The output scale factor the choice stands for."""
@@ -39,3 +69,78 @@ class Settings:
         if not MIN_SCALE <= factor <= MAX_SCALE:
             raise ValueError(f"the scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {factor:g}")
         return factor
+
+
+# --- what the dialog tells a person (plain text, no GIMP) ------------------------------------------------
+
+_DEVICE_WORDS = {"cpu": "this CPU", "mps": "this Mac's GPU"}
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """A size after scaling, rounded as GIMP's Image > Scale Image and the backend both round it."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def installed_models(models: list[ModelInfo]) -> list[ModelInfo]:
+    return [model for model in models if model.installed]
+
+
+def initial_model(models: list[ModelInfo], remembered: str, suggested: str) -> str:
+    """The model the dialog opens with: the person's last choice, else the one the backend suggests for
+    its device, else its default; always an installed one ("" when none is)."""
+    names = [model.name for model in installed_models(models)]
+    defaults = [model.name for model in models if model.is_default]
+    for candidate in (remembered, suggested, *defaults):
+        if candidate in names:
+            return candidate
+    return names[0] if names else ""
+
+
+def model_label(model: ModelInfo) -> str:
+    """The plain description the backend gives ("Photo — fast, faithful"), else the name."""
+    return model.description or model.name
+
+
+def more_models_hint(models: list[ModelInfo]) -> str:
+    missing = len(models) - len(installed_models(models))
+    if not missing:
+        return ""
+    return (
+        f"{missing} more model{'s' if missing > 1 else ''} can be installed with "
+        "python install.py --models NAME (image-enhancer models lists them)."
+    )
+
+
+def device_words(device: str) -> str:
+    """ "cpu" → "this CPU", "cuda:0" → "this GPU"."""
+    return _DEVICE_WORDS.get(device, "this GPU")
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 5:
+        return "a few seconds"
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5)} s"
+    return f"about {round(seconds / 60)} min"
+
+
+def estimate_text(jobs: list[int], model: ModelInfo, device: str) -> str:
+    """How long the backend will take for jobs of these output pixels (one per layer), from the speed it
+    measured for the model on its device."""
+    where = device_words(device)
+    if model.output_pixels_per_second <= 0:
+        return f"Time: not yet measured for this model on {where} (the first run measures it)."
+    seconds = sum(model.job_fixed_seconds + pixels / model.output_pixels_per_second for pixels in jobs)
+    return f"Time: {duration_text(seconds)} on {where}."
+
+
+def result_text(image_size: tuple[int, int], scale: float, selection: bool) -> str:
+    """What happens to the image: its new size, and that everything grows with it."""
+    if scale == 1.0:
+        where = "only the selection is enhanced (blended through a layer mask)" if selection else "same size"
+        return f"Result: a new layer above the original; {where}."
+    width, height = scaled_size(*image_size, scale)
+    return (
+        f"Result: {width} × {height} px. The canvas and every layer grow ×{scale:g}; the enhanced layer "
+        "goes above its original."
+    )

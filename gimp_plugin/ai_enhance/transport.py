@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options, ProgressEvent
+from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options, ProgressEvent, ServerInfo
 from image_enhancer.client.lite import LiteClient
-from image_enhancer.paths import user_home
+from image_enhancer.paths import backend_log
 
 CONFIG_NAME = "ai_enhance.json"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -65,7 +65,7 @@ def load_config(folder: Path) -> BackendConfig:
 
 def log_path() -> Path:
     """Where a backend started by the plug-in writes its output."""
-    return user_home() / "logs" / "backend.log"
+    return backend_log()
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -93,12 +93,15 @@ def _spawn(command: tuple[str, ...], log: Path) -> subprocess.Popen:
 
 
 def _health(client: LiteClient) -> str:
-    """ "SERVING", "NOT_SERVING", ... or "DOWN" when nothing answers."""
+    """ "SERVING", "NOT_SERVING", ... "DOWN" when nothing listens, or "STARTING" when something took the
+    connection but has not answered yet (`image-enhancer activate` starting the backend on demand)."""
     try:
         return client.health(timeout=2.0)
     except EnhancerError as error:
-        if error.kind in ("unavailable", "deadline"):
+        if error.kind == "unavailable":
             return "DOWN"
+        if error.kind == "deadline":
+            return "STARTING"
         raise BackendError(f"The backend answered its health check with an error: {error}") from None
 
 
@@ -167,6 +170,13 @@ def list_models(client: LiteClient) -> list[ModelInfo]:
         raise BackendError(explain(error)) from None
 
 
+def describe(client: LiteClient) -> ServerInfo:
+    try:
+        return client.describe()
+    except EnhancerError as error:
+        raise BackendError(explain(error)) from None
+
+
 def find_model(models: list[ModelInfo], name: str) -> ModelInfo:
     """The model `name` refers to ("" is the server's default), or a BackendError naming the choices."""
     for model in models:
@@ -184,10 +194,7 @@ def find_model(models: list[ModelInfo], name: str) -> ModelInfo:
 
 def check_size(client: LiteClient, width: int, height: int, name: str) -> None:
     """Refuse early, before any upload, what the server would refuse for its size."""
-    try:
-        limit = client.describe().max_pixels
-    except EnhancerError as error:
-        raise BackendError(explain(error)) from None
+    limit = describe(client).max_pixels
     if limit and width * height > limit:
         raise BackendError(
             f'The layer "{name}" is too large to enhance: {width}x{height} is {width * height:,} pixels and '

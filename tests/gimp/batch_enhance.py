@@ -8,7 +8,7 @@ compares pixels: the test does that on the host with numpy.
 import json
 import os
 
-from gi.repository import Gegl, Gimp
+from gi.repository import Gegl, Gimp, Gio
 
 PRECISIONS = {
     "u8": Gimp.Precision.U8_NON_LINEAR,
@@ -65,7 +65,17 @@ if job.get("group"):  # the photo inside a layer group, and the group selected
 if "text" in job:  # a text layer above the photo, selected
     target = Gimp.TextLayer.new(image, job["text"], Gimp.context_get_font(), 24.0, Gimp.Unit.pixel())
     image.insert_layer(target, None, 0)
-target_before = dump(target, "target_before.raw", babl(4, sample)) if "text" in job else None
+if "vector" in job:  # GIMP 3.2: a filled ellipse as a vector layer above the photo, selected
+    path = Gimp.Path.new(image, "shape")
+    image.insert_path(path, None, 0)
+    path.bezier_stroke_new_ellipse(*job["vector"], 0.0)
+    target = Gimp.VectorLayer.new(image, path)
+    image.insert_layer(target, None, 0)
+if "link" in job:  # GIMP 3.2: a link layer showing an image file from the job folder, selected
+    target = Gimp.LinkLayer.new(image, Gio.File.new_for_path(os.path.join(out_dir, job["link"])))
+    image.insert_layer(target, None, 0)
+rendered = any(key in job for key in ("text", "vector", "link"))  # a layer GIMP draws from a description
+target_before = dump(target, "target_before.raw", babl(4, sample)) if rendered else None
 image.clean_all()
 
 procedure = Gimp.get_pdb().lookup_procedure("python-fu-ai-enhance")
@@ -78,6 +88,7 @@ for key, value in job.get("arguments", {}).items():
 values = procedure.run(config)
 status = values.index(0)
 
+RASTERIZABLE = getattr(Gimp, "Rasterizable", ())  # GIMP 3.2: text, vector and link layers
 result = {
     "status": status.value_nick,
     "image": [image.get_width(), image.get_height()],
@@ -90,10 +101,13 @@ result = {
     "original": dump(layer, "original.raw", fmt),
     "target_is_text": target.is_text_layer(),
     "target_before": target_before,
+    # True once GIMP turned the layer into plain pixels; None before GIMP 3.2.
+    "target_rasterized": target.is_rasterized() if isinstance(target, RASTERIZABLE) else None,
+    "target_kind": type(target).__name__,
 }
 if status == Gimp.PDBStatusType.SUCCESS:
     new_layer = values.index(1)
-    result["new_layer"] = dump(new_layer, "new_layer.raw", babl(4, sample) if "text" in job else fmt)
+    result["new_layer"] = dump(new_layer, "new_layer.raw", babl(4, sample) if rendered else fmt)
     result["new_layer"]["name"] = new_layer.get_name()
     result["background"] = dump(background, "background.raw", babl(3, sample))
     mask = new_layer.get_mask()

@@ -1,8 +1,8 @@
 """The real GIMP 3 in a Debian chroot, with the plug-in installed: used by the GIMP tests, the dialog
 screenshot and the round-trip benchmark. Runs on the host, as root.
 
-The chroot comes from `.ci/gimp-chroot.sh`; it shares the host's loopback network, so a backend
-started on the host is reachable from the plug-in inside.
+The chroots come from `.ci/gimp-chroot.sh` (GIMP 3.0 in Debian trixie, GIMP 3.2 in Debian forky); they
+share the host's loopback network, so a backend started on the host is reachable from the plug-in inside.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import install_gimp  # noqa: E402
 
 GIMP_TIMEOUT = 300
 BATCH_SCRIPT = Path(__file__).resolve().parent / "batch_enhance.py"
+GIMP_VERSIONS = ("3.0", "3.2")  # the releases the plug-in is tested on, each in its own chroot
 
 
-def build_chroot(*flags: str) -> Path:
-    """Build or reuse the chroot; raises RuntimeError with the script's output when that fails."""
-    built = subprocess.run(
-        ["bash", str(REPO / ".ci" / "gimp-chroot.sh"), *flags], capture_output=True, text=True, timeout=1800
-    )
+def build_chroot(version: str = "3.0", *flags: str) -> Path:
+    """Build or reuse the chroot with GIMP `version`; raises RuntimeError with the script's output when
+    that fails."""
+    script = [str(REPO / ".ci" / "gimp-chroot.sh"), "--gimp", version, *flags]
+    built = subprocess.run(["bash", *script], capture_output=True, text=True, timeout=1800)
     if built.returncode != 0:
         raise RuntimeError(f"no GIMP chroot could be built:\n{built.stderr[-3000:]}")
     return Path(built.stdout.strip().splitlines()[-1])
@@ -44,11 +45,12 @@ def free_address() -> str:
 class ChrootGimp:
     """A fresh GIMP profile inside the chroot with the plug-in installed by the installer."""
 
-    def __init__(self, root: Path, address: str, backend_command: list[str]) -> None:
+    def __init__(self, root: Path, address: str, backend_command: list[str], version: str = "3.0") -> None:
         self.root = root
+        self.version = version
         self.sandbox = Path("/tmp") / f"image-enhancer-test-{uuid.uuid4().hex[:8]}"  # as GIMP sees it
         self.home = self.sandbox / "home"
-        plugins = self.host(self.home / ".config" / "GIMP" / "3.0" / "plug-ins")
+        plugins = self.host(self.home / ".config" / "GIMP" / version / "plug-ins")
         self.plugin = install_gimp.install(plugins, backend_command, address)
         shutil.copy(BATCH_SCRIPT, self.host(self.sandbox / BATCH_SCRIPT.name))
 
@@ -64,7 +66,7 @@ class ChrootGimp:
         return [
             "timeout", "-k", "10", str(GIMP_TIMEOUT), "chroot", str(self.root),
             "env", "-i", f"HOME={self.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", *variables,
-            "gimp-console-3.0", "-i", "--quit", "--batch-interpreter", interpreter, "-b", code,
+            f"gimp-console-{self.version}", "-i", "--quit", "--batch-interpreter", interpreter, "-b", code,
         ]  # fmt: skip
 
     def job_dir(self, name: str) -> Path:
@@ -75,12 +77,20 @@ class ChrootGimp:
         return inside
 
     def start_job(
-        self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object
+        self,
+        name: str,
+        pixels: np.ndarray,
+        env: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
+        **job: object,
     ) -> tuple[subprocess.Popen, Path]:
         """Start GIMP on batch_enhance.py: `pixels` (H x W x C, u8, u16 or f32) become the layer "photo" above
-        a white background; `job` holds the rest of job.json (arguments, selection, canvas, offset)."""
+        a white background; `job` holds the rest of job.json (arguments, selection, canvas, offset);
+        `files` are written into the job's folder first (by name)."""
         inside = self.job_dir(name)
         folder = self.host(inside)
+        for file_name, content in (files or {}).items():
+            (folder / file_name).write_bytes(content)
         height, width, channels = pixels.shape
         sample = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.float32): "f32"}[
             pixels.dtype
@@ -98,10 +108,15 @@ class ChrootGimp:
         return process, folder
 
     def run_job(
-        self, name: str, pixels: np.ndarray, env: dict[str, str] | None = None, **job: object
+        self,
+        name: str,
+        pixels: np.ndarray,
+        env: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
+        **job: object,
     ) -> dict:
         """Run a job to its end; returns result.json plus "folder" (host path) and "output" (GIMP's)."""
-        process, folder = self.start_job(name, pixels, env, **job)
+        process, folder = self.start_job(name, pixels, env, files, **job)
         output, _ = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"GIMP exited with {process.returncode}:\n{output}")

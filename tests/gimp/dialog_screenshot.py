@@ -1,10 +1,13 @@
-"""Screenshot of the plug-in's dialog in the real GIMP under Xvfb, and a before/after picture.
+"""Screenshot of the plug-in's dialog and its preview in the real GIMP 3.2 under Xvfb, and a before/after
+picture.
 
     sudo python tests/gimp/dialog_screenshot.py [--out docs]
 
-Starts a backend on the host, opens the sample photo in GIMP (chroot built with --with-xvfb), calls
-AI Enhance interactively so its dialog appears, and captures the dialog window. Then enhances a crop of
-the same photo through the plug-in non-interactively and writes it next to a plain x4 enlargement.
+Starts a backend on the host and uses the model it suggests for its device. Enhances a crop of the
+sample photo through the plug-in in GIMP 3.2 non-interactively and writes it next to a plain x4
+enlargement (which also gives the backend a measured speed for the model). Then opens the photo in GIMP
+(chroot built with --with-xvfb), calls AI Enhance interactively so its dialog appears, and captures it
+once its preview has come back.
 Writes docs/gimp-dialog.png and docs/gimp-before-after.png.
 """
 
@@ -24,7 +27,6 @@ from PIL import Image
 
 from image_enhancer.client.grpc_client import EnhancerClient
 
-MODEL = "realesr-animevideov3"
 SAMPLE = REPO / "docs" / "samples" / "fallen_leaf_320x200.png"
 DISPLAY = ":57"
 
@@ -36,7 +38,6 @@ config = procedure.create_config()
 config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
 config.set_property("image", image)
 config.set_core_object_array("drawables", image.get_layers())
-config.set_property("model", "{model}")
 procedure.run(config)
 """
 
@@ -61,7 +62,7 @@ def dialog_screenshot(gimp: ChrootGimp, out: Path) -> None:
     (gimp.host(shot_dir) / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
     screen = ["Xvfb", DISPLAY, "-screen", "0", "1280x900x24", "-nolisten", "tcp"]
     xvfb = subprocess.Popen(["chroot", str(gimp.root), *screen], start_new_session=True)
-    code = OPEN_DIALOG.format(sample=shot_dir / SAMPLE.name, model=MODEL)
+    code = OPEN_DIALOG.format(sample=shot_dir / SAMPLE.name)
     # Its own process group, so that GIMP and its plug-ins go with it (the dialog never gets an answer).
     gimp_process = subprocess.Popen(
         gimp.command(code, env={"DISPLAY": DISPLAY}), stderr=subprocess.DEVNULL, start_new_session=True
@@ -84,10 +85,10 @@ def dialog_screenshot(gimp: ChrootGimp, out: Path) -> None:
     screen.crop((left, top, right + 1, bottom + 1)).save(out / "gimp-dialog.png", optimize=True)
 
 
-def before_after(gimp: ChrootGimp, out: Path) -> None:
+def before_after(gimp: ChrootGimp, out: Path, model: str) -> None:
     """A crop enlarged x4 plainly (left) and by the plug-in (right)."""
     crop = np.asarray(Image.open(SAMPLE).convert("RGB"))[70:150, 185:265]  # the leaf
-    arguments = {"model": MODEL, "scale": "x4"}
+    arguments = {"model": model, "scale": "x4"}
     result = gimp.run_job("before-after", np.ascontiguousarray(crop), arguments=arguments)
     if result["status"] != "success":
         raise RuntimeError(result.get("error"))
@@ -103,18 +104,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
-    root = build_chroot("--with-xvfb")
+    root = build_chroot("3.2", "--with-xvfb")
     address = free_address()
     backend = _start_backend(address)
-    gimp = ChrootGimp(root, address, ["/usr/bin/false"])
+    gimp = ChrootGimp(root, address, ["/usr/bin/false"], "3.2")
     try:
+        with EnhancerClient(address) as client:
+            model = client.describe().suggested_model
+        before_after(gimp, args.out, model)
         dialog_screenshot(gimp, args.out)
-        before_after(gimp, args.out)
     finally:
         gimp.remove()
         backend.terminate()
         backend.wait()
-    print(f"wrote {args.out / 'gimp-dialog.png'} and {args.out / 'gimp-before-after.png'}")
+    print(f"wrote {args.out / 'gimp-dialog.png'} and {args.out / 'gimp-before-after.png'} with {model}")
     return 0
 
 

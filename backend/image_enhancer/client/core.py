@@ -131,6 +131,9 @@ class ModelInfo:
     license: str = ""
     description: str = ""
     is_default: bool = False
+    # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
+    output_pixels_per_second: float = 0.0
+    job_fixed_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class ServerInfo:
     max_pixels: int
     default_model: str
     protocol_version: int
+    suggested_model: str = ""  # the model to start with on the server's device
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -270,6 +274,8 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         license=message.license,
         description=message.description,
         is_default=message.is_default,
+        output_pixels_per_second=message.output_pixels_per_second,
+        job_fixed_seconds=message.job_fixed_seconds,
     )
 
 
@@ -283,6 +289,7 @@ def server_info(message: pb.ServerDescription) -> ServerInfo:
         max_pixels=message.max_pixels,
         default_model=message.default_model,
         protocol_version=message.protocol_version,
+        suggested_model=message.suggested_model,
     )
 
 

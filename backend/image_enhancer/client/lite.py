@@ -126,6 +126,9 @@ class LiteClient:
 
     def close(self) -> None:
         self._channel.close()
+        # The transport closes its socket on the loop's next turn: give it that turn, or the connection
+        # stays open (a relay such as `image-enhancer activate` would see a client still there).
+        self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
 
     def __enter__(self) -> LiteClient:

@@ -23,10 +23,12 @@ import image_enhancer
 from image_enhancer.client.core import MAX_CHUNK
 from image_enhancer.engine import pixels
 from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions, shorten
 from image_enhancer.server import validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
+from image_enhancer.server.model_speed import ModelSpeeds, suggested_model
 from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
+SPEEDS_FILE = "throughput.json"  # in the user cache: measured model speeds, per device
 # How long a short upload waits for a cancellation that may be on its way (see Upload.ended_early).
 CANCEL_SETTLE_S = 0.1
 # Longest status message sent: gRPC carries it in a header, and a long one would not arrive at all.
@@ -163,6 +166,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
         self._limits = limits
+        self._device = describe_device(enhancer.device)
+        self._speeds = ModelSpeeds(self._device[1], user_home() / SPEEDS_FILE)
 
     # --- Enhance -------------------------------------------------------------------------------------
 
@@ -218,9 +223,13 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         del image
         self._jobs.submit(job)
         result = None
+        model_ready_at = None  # when loading ended: the model's work is timed from there
         try:
             while result is None:
-                message = self._handle_event(await events.get())
+                event = await events.get()
+                if _model_loaded(event):
+                    model_ready_at = time.perf_counter()
+                message = self._handle_event(event)
                 if isinstance(message, pb.EnhanceResponse):
                     yield message
                 else:
@@ -228,6 +237,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         finally:
             if result is None:  # the client left, or the job failed: stop any work still pending
                 job.cancel()
+        if model_ready_at is not None:
+            made = result.shape[0] * result.shape[1]
+            self._speeds.record(options.model, made, time.perf_counter() - model_ready_at)
 
         header = pb.ImageHeader(
             width=result.shape[1],
@@ -284,12 +296,14 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_message(m) for m in await self._models()])
+        return pb.ListModelsResponse(
+            models=[model_message(m, *self._speeds.speed(m.name)) for m in await self._models()]
+        )
 
     async def DescribeServer(
         self, request: pb.DescribeServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerDescription:
-        device, name, memory = describe_device(self._enhancer.device)
+        device, name, memory = self._device
         return pb.ServerDescription(
             version=image_enhancer.__version__,
             device=device,
@@ -299,10 +313,19 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             max_pixels=self._max_pixels,
             default_model=self._store.default_model,
             protocol_version=PROTOCOL_VERSION,
+            suggested_model=suggested_model(self._store, on_gpu=self._enhancer.device.type != "cpu"),
         )
 
 
-def model_message(info: ModelInfo) -> pb.ModelInfo:
+def _model_loaded(event: Event) -> bool:
+    """The engine's event that ends model loading: the model's own work starts there."""
+    p = event.progress
+    return p is not None and p.stage == "loading model" and p.total > 0 and p.done == p.total
+
+
+def model_message(
+    info: ModelInfo, output_pixels_per_second: float = 0.0, job_fixed_seconds: float = 0.0
+) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=info.name,
         architecture=info.architecture,
@@ -313,4 +336,6 @@ def model_message(info: ModelInfo) -> pb.ModelInfo:
         license=info.license,
         description=info.description,
         is_default=info.is_default,
+        output_pixels_per_second=output_pixels_per_second,
+        job_fixed_seconds=job_fixed_seconds,
     )

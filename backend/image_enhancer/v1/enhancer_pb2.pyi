@@ -111,7 +111,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default")
+    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default", "output_pixels_per_second", "job_fixed_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class ModelInfo(_message.Message):
     LICENSE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PIXELS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIXED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     scale: int
@@ -130,7 +132,9 @@ class ModelInfo(_message.Message):
     license: str
     description: str
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    output_pixels_per_second: float
+    job_fixed_seconds: float
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ..., job_fixed_seconds: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -143,7 +147,7 @@ class DescribeServerRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerDescription(_message.Message):
-    __slots__ = ("version", "device", "device_name", "device_memory_bytes", "max_queue", "max_pixels", "default_model", "protocol_version")
+    __slots__ = ("version", "device", "device_name", "device_memory_bytes", "max_queue", "max_pixels", "default_model", "protocol_version", "suggested_model")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +156,7 @@ class ServerDescription(_message.Message):
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_MODEL_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     device_name: str
@@ -160,4 +165,5 @@ class ServerDescription(_message.Message):
     max_pixels: int
     default_model: str
     protocol_version: int
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_pixels: _Optional[int] = ..., default_model: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    suggested_model: str
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_pixels: _Optional[int] = ..., default_model: _Optional[str] = ..., protocol_version: _Optional[int] = ..., suggested_model: _Optional[str] = ...) -> None: ...

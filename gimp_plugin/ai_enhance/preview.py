@@ -1,0 +1,167 @@
+"""The dialog's preview, without GIMP or GTK: which crop to enhance, running one preview job at a time.
+
+The preview enhances a crop of the first layer (around the selection's centre, else the image's) of
+about PREVIEW_SIDE output pixels, in the layer's own precision and alpha and with the dialog's options,
+exactly as the real run would. The crop is read with CONTEXT extra pixels on every side so the model
+sees what surrounds it, as it does in the whole layer; only the inner part is shown.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import transport
+from settings import scaled_size
+
+from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.client.lite import LiteClient
+
+PREVIEW_SIDE = 256  # output pixels on each side of the shown crop
+CONTEXT = 24  # input pixels read around the crop (more than the compact models' reach)
+_SAMPLE_BYTES = {"u8": 1, "u16": 2, "f32": 4}
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A preview crop: what is read from the layer, and what of the backend's result is shown."""
+
+    read: Rect  # layer coordinates, with context
+    shown_input: Rect  # layer coordinates: the part a person sees ("before")
+    shown_output: Rect  # coordinates in the enhanced `read` rectangle ("after")
+    scale: float
+
+
+def plan_crop(layer_width: int, layer_height: int, centre_x: float, centre_y: float, scale: float) -> Crop:
+    """The crop around (centre_x, centre_y) in layer coordinates, clamped into the layer."""
+    side = math.ceil(PREVIEW_SIDE / scale)
+    width, height = min(side, layer_width), min(side, layer_height)
+    x = min(max(0, round(centre_x - width / 2)), layer_width - width)
+    y = min(max(0, round(centre_y - height / 2)), layer_height - height)
+    read_x, read_y = max(0, x - CONTEXT), max(0, y - CONTEXT)
+    read = Rect(
+        read_x,
+        read_y,
+        min(layer_width, x + width + CONTEXT) - read_x,
+        min(layer_height, y + height + CONTEXT) - read_y,
+    )
+    shown_output = Rect(
+        round((x - read_x) * scale), round((y - read_y) * scale), *scaled_size(width, height, scale)
+    )
+    return Crop(read, Rect(x, y, width, height), shown_output, scale)
+
+
+def cut(data: bytes, image: ImageInfo, rect: Rect) -> tuple[ImageInfo, bytes]:
+    """The part of `rect` inside `image`, cut out of interleaved samples laid out as `image`."""
+    width, height = min(rect.width, image.width - rect.x), min(rect.height, image.height - rect.y)
+    pixel = image.channels * _SAMPLE_BYTES[image.sample_type]
+    row = image.width * pixel
+    view = memoryview(data)
+    starts = ((rect.y + r) * row + rect.x * pixel for r in range(height))
+    part = b"".join(view[start : start + width * pixel] for start in starts)
+    return ImageInfo(width, height, image.channels, image.sample_type), part
+
+
+class Superseded(Exception):
+    """A newer preview was asked for: this one stops (the backend drops its job)."""
+
+
+@dataclass(frozen=True)
+class PreviewJob:
+    data: bytes  # the crop's `read` rectangle in the layer's format
+    image: ImageInfo
+    options: Options
+    crop: Crop
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    job: PreviewJob
+    image: ImageInfo  # of the shown part
+    data: bytes  # the shown part of the enhanced crop, in the layer's format
+
+
+def run_preview(address: str, job: PreviewJob, cancelled: Callable[[], bool]) -> PreviewResult:
+    """Enhance the crop through the backend at `address`; raises Superseded once `cancelled()`."""
+
+    def report(text: str, fraction: float | None) -> None:
+        if cancelled():
+            raise Superseded  # raised inside the call's progress: the client cancels the stream
+
+    try:
+        client = LiteClient(address)
+    except EnhancerError as error:
+        raise transport.BackendError(transport.explain(error)) from None
+    try:
+        got, data = transport.enhance(client, job.data, job.image, job.options, report)
+    finally:
+        client.close()
+    return PreviewResult(job, *cut(data, got, job.crop.shown_output))
+
+
+class PreviewRunner:
+    """Runs the newest preview job in one worker thread: a new request cancels the running one, and at
+    most one job is ever with the backend. `deliver` gets each result (or the BackendError) that was not
+    superseded, on the worker thread."""
+
+    def __init__(
+        self,
+        run: Callable[[PreviewJob, Callable[[], bool]], PreviewResult],
+        deliver: Callable[[PreviewResult | transport.BackendError], None],
+    ) -> None:
+        self._run = run
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._pending: PreviewJob | None = None
+        self._cancel = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._stopped = False
+
+    def request(self, job: PreviewJob) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._pending = job
+            self._cancel.set()  # the running job, if any, stops at its next progress message
+            if self._worker is None:  # the worker clears this, under the lock, as it ends
+                self._worker = threading.Thread(target=self._work, name="ai-enhance-preview", daemon=True)
+                self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what runs and wait (a little) for the worker to end."""
+        with self._lock:
+            self._stopped = True
+            self._pending = None
+            self._cancel.set()
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                job, self._pending = self._pending, None
+                if job is None:
+                    self._worker = None
+                    return
+                cancel = self._cancel = threading.Event()
+            try:
+                outcome: PreviewResult | transport.BackendError = self._run(job, cancel.is_set)
+            except Superseded:
+                continue
+            except transport.BackendError as error:
+                outcome = error
+            except Exception as error:  # a bug: say so in the dialog, keep the worker going
+                outcome = transport.BackendError(f"The preview failed ({type(error).__name__}: {error}).")
+            if not cancel.is_set():
+                self._deliver(outcome)
