@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from spandrel.architectures.SPAN import SPAN
-from test_gimp_e2e import gimp_root  # noqa: F401 - the chroot fixture, shared
+from test_gimp_e2e import gimp_root, gimp_version  # noqa: F401 - the chroot fixtures, shared
 
 from image_enhancer.client.grpc_client import EnhancerClient
 
@@ -55,13 +55,15 @@ def community_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         process.wait(timeout=30)
 
 
-def test_a_community_span_model_enhances_a_layer(gimp_root: Path, community_backend: str) -> None:  # noqa: F811
+def test_a_community_span_model_enhances_a_layer(
+    gimp_root: Path, gimp_version: str, community_backend: str  # noqa: F811
+) -> None:
     with EnhancerClient(community_backend) as client:
         listed = {m.name: m for m in client.list_models()}
         assert (listed[MODEL].architecture, listed[MODEL].scale) == ("SPAN", 2)
         photo = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
         direct = client.enhance_array(photo, model=MODEL)
-    gimp = ChrootGimp(gimp_root, community_backend, ["/usr/bin/false"])
+    gimp = ChrootGimp(gimp_root, community_backend, ["/usr/bin/false"], gimp_version)
     try:
         result = gimp.run_job("span-x2", photo, arguments={"model": MODEL, "scale": "x2"})
         assert result["status"] == "success", result.get("error")
