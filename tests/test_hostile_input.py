@@ -278,6 +278,8 @@ def test_huge_alpha_mode_value_is_a_short_invalid_argument(grpc_server):
         (["serve", "--max-megapixels", "0"], "--max-megapixels: must be above 0"),
         (["serve", "--max-queue", "0"], "--max-queue: must be between 1 and"),
         (["serve", "--max-queue", "many"], "--max-queue: must be a whole number"),
+        (["activate", "--idle-stop", "nan"], "--idle-stop: must be a finite number"),
+        (["activate", "--idle-stop=-1"], "--idle-stop: must be between 0 and"),
         (["enhance", "a.png", "-o", "b.png", "--scale", "nan"], "--scale: must be a finite number"),
         (["enhance", "a.png", "-o", "b.png", "--scale", "0.5"], "--scale: must be between 1 and 8"),
         (["enhance", "a.png", "-o", "b.png", "--strength", "1.5"], "--strength: must be between 0 and 1"),

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from image_enhancer.arguments import float_in
 from image_enhancer.client.core import DEFAULT_ADDRESS
 from image_enhancer.paths import backend_log, user_home
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 180.0  # until the server's socket accepts: imports torch, so a slow disk needs minutes
 _POLL_S = 0.1
 _CHUNK = 1 << 20
+MAX_IDLE_STOP_MINUTES = 7 * 24 * 60.0
 SYSTEMD_FIRST_FD = 3  # sd_listen_fds(3): the first socket systemd passes
 
 
@@ -142,7 +144,8 @@ def add_activate_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"loopback HOST:PORT to listen on (default {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
-        "--idle-stop", type=float, default=0.0, help="stop the server after this many idle minutes (0: never)"
+        "--idle-stop", type=float_in(0.0, MAX_IDLE_STOP_MINUTES), default=0.0,
+        help="stop the server after this many idle minutes (0: never)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each start and stop")
     parser.add_argument(
