@@ -7,8 +7,6 @@ own home folder, and the plug-in in the chroot finds the model in the backend's 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from test_gimp_e2e import gimp_root, gimp_version  # noqa: F401 - the chroot fix
 from image_enhancer.client.grpc_client import EnhancerClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "gimp"))
-from chroot_gimp import ChrootGimp, free_address  # noqa: E402
+from chroot_gimp import ChrootGimp, backend_process, free_address  # noqa: E402
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -38,22 +36,9 @@ def community_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     network = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2)
     tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
     save_file(tensors, home / "models" / f"{MODEL}.safetensors")
-    address = free_address()
-    with open(home / "serve.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "IMAGE_ENHANCER_HOME": str(home)},
-        )
-    try:
-        with EnhancerClient(address) as client:
-            client.wait_until_serving(timeout=120)
+    env = {**os.environ, "IMAGE_ENHANCER_HOME": str(home)}
+    with backend_process(free_address(), home / "serve.log", env) as address:
         yield address
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
 
 def test_a_community_span_model_enhances_a_layer(
     gimp_root: Path, gimp_version: str, community_backend: str  # noqa: F811

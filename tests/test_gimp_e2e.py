@@ -30,7 +30,7 @@ from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import GIMP_VERSIONS, ChrootGimp, build_chroot, free_address  # noqa: E402
+from chroot_gimp import GIMP_VERSIONS, ChrootGimp, backend_process, build_chroot, free_address  # noqa: E402
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -66,25 +66,9 @@ def gimp_root(gimp_version: str) -> Path:
 def backend_address(model_store: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real backend on the host's loopback, which the chroot shares (`model_store` installs the
     weights it serves)."""
-    address = free_address()
     log = tmp_path_factory.mktemp("backend") / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with EnhancerClient(address) as client:
-            client.wait_until_serving(timeout=120)
+    with backend_process(free_address(), log) as address:
         yield address
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL), log.read_text()
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,15 @@ share the host's loopback network, so a backend started on the host is reachable
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,32 @@ def build_chroot(version: str = "3.0", *flags: str) -> Path:
     if built.returncode != 0:
         raise RuntimeError(f"no GIMP chroot could be built:\n{built.stderr[-3000:]}")
     return Path(built.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def backend_process(address: str, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`image-enhancer serve` on the host's loopback (which the chroots share), serving once warm;
+    stopped with SIGTERM afterwards, and its log shown if it did not stop cleanly."""
+    from image_enhancer.client.grpc_client import EnhancerClient
+
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        with EnhancerClient(address) as client:
+            client.wait_until_serving(timeout=120)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL), log.read_text()
 
 
 def free_address() -> str:
