@@ -162,6 +162,28 @@ def test_health_answers_within_a_second_while_100_idle_streams_are_open(small_se
             channel.close()
 
 
+def test_health_answers_within_a_second_while_a_job_keeps_the_cores_busy(small_server):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (384, 384, 3), dtype=np.uint8)  # thousands of 16-pixel tiles: minutes
+    with grpc.insecure_channel(small_server.address) as channel:
+        stub = enhancer_pb2_grpc.EnhancerStub(channel)
+        header = pb.ImageHeader(width=384, height=384, channels=3, sample_type=pb.SAMPLE_TYPE_U8)
+        options = pb.EnhanceOptions(model=FAST_MODEL, tile=16)
+        requests = [pb.EnhanceRequest(start=pb.EnhanceStart(image=header, options=options))]
+        requests.append(pb.EnhanceRequest(chunk=pixels.tobytes()))
+        call = stub.Enhance(iter(requests))
+        try:
+            assert any(r.progress.stage == "enhancing" for r in call)  # stops at the first one
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(5):
+                started = time.monotonic()
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                assert time.monotonic() - started < 1.0
+                time.sleep(0.2)
+        finally:
+            call.cancel()
+
+
 def test_idle_upload_is_ended_with_a_message_that_says_so(small_server):
     release = threading.Event()
     try:
