@@ -190,7 +190,7 @@ class Enhancer:
         runner, bytes_per_pixel = self._runner(loaded)
         tiler = Tiler(
             runner,
-            self._settings(options, descriptor, bytes_per_pixel),
+            self._settings(options, descriptor, bytes_per_pixel, (height, width)),
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )
@@ -208,6 +208,7 @@ class Enhancer:
             elif alpha_by_model:
                 done = tiler.count_tiles(height, width) * passes
                 upscaled = self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1)
+                upscaled = alpha_ops.keep_flat_alpha(upscaled, alpha_in, descriptor.scale)
                 alpha_out = colour.resize(upscaled, out_height, out_width)
             else:
                 alpha_out = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
@@ -240,12 +241,20 @@ class Enhancer:
         return runner, bytes_per_pixel
 
     def _settings(
-        self, options: EnhanceOptions, descriptor: ModelDescriptor, bytes_per_pixel: float
+        self,
+        options: EnhanceOptions,
+        descriptor: ModelDescriptor,
+        bytes_per_pixel: float,
+        size: tuple[int, int],
     ) -> TileSettings:
         pad = descriptor.tile_pad or DEFAULT_PAD
         budget = memory_budget(self.device)
         cpu = self.device.type == "cpu"
-        tile = options.tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
+        tile = options.tile
+        if not tile and size[0] * size[1] * bytes_per_pixel <= budget:
+            # The whole image fits: one window, the plain forward pass, no context computed twice.
+            tile = max(MIN_TILE, *size)
+        tile = tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
         batch = self.batch_size
         if batch is None:
             # On CPU a forward pass over a small window wastes most of its time (measured 3× slower per
