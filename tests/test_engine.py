@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from image_enhancer.engine import pixels
-from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_device, resolve_precision
+from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_precision
+from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
     Enhancer,
@@ -33,9 +34,11 @@ def forest() -> np.ndarray:
     return np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def enhancer(model_store) -> Enhancer:
-    return Enhancer(model_store, device="cpu")
+@pytest.fixture(scope="module", params=["pytorch", "ncnn"])
+def enhancer(model_store, request) -> Enhancer:
+    """The engine on each CPU runtime: everything but running the network is shared, so every
+    behaviour below must hold on both."""
+    return Enhancer(model_store, device="cpu", runtime=request.param)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
@@ -237,12 +240,14 @@ def test_pixel_limits_on_input_and_output(model_store, forest):
 
 
 def test_device_and_precision_choices():
-    assert resolve_device("cpu").type == "cpu"
+    assert choose_device("cpu", "pytorch").torch_device.type == "cpu"
     with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu")
+        choose_device("tpu")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        choose_device("cpu", "onnx")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            resolve_device("cuda")
+        with pytest.raises(ValueError, match="device cuda is not available here; found: .*cpu"):
+            choose_device("cuda")
     descriptor = ModelDescriptor(architecture="test", scale=2, in_channels=3, out_channels=3)
     assert resolve_precision("fp16", torch.device("cpu"), descriptor) is torch.float32
     with pytest.raises(ValueError, match="unknown precision"):

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list models and whether each is installed")
     models.set_defaults(run=_run_models)
 
+    devices = commands.add_parser("devices", help="list the GPUs and CPU runtimes found, and what auto picks")
+    devices.set_defaults(run=_run_devices)
+
     serve = commands.add_parser("serve", help="run the gRPC backend")
     from image_enhancer.server.main import add_serve_arguments, run_serve
 
@@ -56,8 +59,7 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--strength", type=float, default=None, help="0 = faithful (PSNR) … 1 = sharp (GAN); paired models"
     )
     parser.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = automatic)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add_device_arguments(parser)
     parser.add_argument("--alpha-mode", default="model", choices=["model", "bicubic"])
     parser.add_argument(
         "--colour-fidelity", action="store_true", help="keep the input's low-frequency colour"
@@ -76,6 +78,20 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--server", default=None, help="send work to a running server (host:port or unix:PATH)"
     )
     parser.add_argument("--token", default=None, help="access token for a remote server")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --runtime and --precision, shared by `enhance` and `serve`."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the fastest found: a PyTorch GPU, else a Vulkan GPU, else the CPU), cpu, cuda[:N], "
+        "xpu[:N], mps or vulkan[:N]; see `image-enhancer devices`",
+    )
+    parser.add_argument(
+        "--runtime", default="auto", choices=["auto", "pytorch", "ncnn"], help="what runs the network"
+    )
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
 
 
 def _run_enhance(args: argparse.Namespace) -> int:
@@ -106,6 +122,16 @@ def _run_models(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if any(not info.installed for info in store.list()):
         print("\nInstall missing models with: python install.py --models NAME")
+    return 0
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from image_enhancer.engine.devices import choose_device, discover
+
+    for device in discover():
+        note = "  (software rasteriser: never picked by auto)" if device.software else ""
+        print(f"{device.key:<10} {device.runtime:<8} {device.name}{note}")
+    print(f"\nauto picks: {choose_device('auto').describe()}")
     return 0
 
 

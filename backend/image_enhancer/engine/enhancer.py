@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -17,14 +18,12 @@ import torch
 
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels
-from image_enhancer.engine.device import (
-    ModelRunner,
-    memory_budget,
-    resolve_device,
-    resolve_precision,
-    set_cpu_threads,
-)
+from image_enhancer.engine.device import ModelRunner, resolve_precision, set_cpu_threads
+from image_enhancer.engine.devices import choose_device
+from image_enhancer.engine.ncnn_runner import NcnnRunner
 from image_enhancer.engine.tiling import MIN_TILE, JobCancelled, Tiler, TileSettings, auto_tile
+from image_enhancer.paths import ncnn_cache_dir
+from image_enhancer.weights import ncnn_export
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
@@ -48,6 +47,19 @@ class ModelSource(Protocol):
     """What the engine needs from a model store (``weights.store.ModelStore`` is one)."""
 
     def get(self, name: str, strength: float | None = None) -> LoadedModel: ...
+
+
+class Runner(Protocol):
+    """A runtime running one network (``ModelRunner`` for PyTorch, ``NcnnRunner`` for ncnn): the
+    tiler's ``op`` plus what the engine needs to size tiles."""
+
+    device: torch.device  # where its outputs land
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def bytes_per_pixel(self) -> float: ...
+
+    def memory_budget(self) -> int: ...
 
 
 class ImageTooLargeError(Exception):
@@ -105,7 +117,10 @@ class EnhanceOptions:
 class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
-    ``batch_size`` (tiles per forward pass) defaults to 4 on CUDA/MPS and, on CPU, to enough small
+    ``device`` and ``runtime`` choose where the network runs (``engine.devices.choose_device``; auto:
+    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU through ncnn, else PyTorch);
+    ``compute`` says what was chosen. Architectures ncnn has no graph for run on PyTorch on the CPU.
+    ``batch_size`` (tiles per forward pass) defaults to 4 on GPUs and, on CPU, to enough small
     tiles to make each forward pass about 64k input pixels (one for large tiles); ``channels_last``
     defaults to on for CUDA and CPU, off for MPS; ``threads`` sets the CPU thread count (None: one per core).
     """
@@ -120,9 +135,13 @@ class Enhancer:
         threads: int | None = None,
         batch_size: int | None = None,
         channels_last: bool | None = None,
+        runtime: str = "auto",
+        ncnn_cache: Path | None = None,
     ) -> None:
         self.store = store
-        self.device = resolve_device(device)
+        self.compute = choose_device(device, runtime)
+        self.device = self.compute.torch_device
+        self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
         if precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, fp16 or bf16")
         self.precision = precision
@@ -133,7 +152,7 @@ class Enhancer:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.channels_last = channels_last
-        self._runners: dict[tuple[int, torch.dtype], tuple[LoadedModel, ModelRunner, float]] = {}
+        self._runners: dict[tuple[int, object], tuple[LoadedModel, Runner, float]] = {}
 
     def enhance(
         self,
@@ -190,7 +209,7 @@ class Enhancer:
         runner, bytes_per_pixel = self._runner(loaded)
         tiler = Tiler(
             runner,
-            self._settings(options, descriptor, bytes_per_pixel, (height, width)),
+            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width)),
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )
@@ -227,12 +246,19 @@ class Enhancer:
         report("finishing", 1, 1)
         return output[:, :, 0] if image.ndim == 2 else output
 
-    def _runner(self, loaded: LoadedModel) -> tuple[ModelRunner, float]:
+    def _runner(self, loaded: LoadedModel) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept)."""
-        dtype = resolve_precision(self.precision, self.device, loaded.descriptor)
-        key = (id(loaded.module), dtype)
+        on_ncnn = self.compute.runtime == "ncnn" and ncnn_export.supports(loaded.descriptor.architecture)
+        kind: object = self._ncnn_precision(loaded.descriptor) if on_ncnn else resolve_precision(
+            self.precision, self.device, loaded.descriptor
+        )
+        key = (id(loaded.module), kind)
         if key not in self._runners:
-            runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
+            runner: Runner
+            if on_ncnn:
+                runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, str(kind))
+            else:
+                runner = ModelRunner(loaded, self.device, kind, self.channels_last)  # type: ignore[arg-type]
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))
             # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.
@@ -240,15 +266,25 @@ class Enhancer:
         _, runner, bytes_per_pixel = self._runners[key]
         return runner, bytes_per_pixel
 
+    def _ncnn_precision(self, descriptor: ModelDescriptor) -> str:
+        """fp32 on the CPU (x86 gains nothing from fp16; results stay within 1/255 of PyTorch); fp16
+        storage on a Vulkan GPU (half the memory traffic, still within one 8-bit level); fp16
+        arithmetic only when asked for."""
+        half_ok = descriptor.supports_half and self.precision in ("auto", "fp16")
+        if not half_ok or self.compute.vulkan_index is None and self.precision != "fp16":
+            return "fp32"
+        return "fp16" if self.precision == "fp16" else "fp16-storage"
+
     def _settings(
         self,
         options: EnhanceOptions,
         descriptor: ModelDescriptor,
+        runner: Runner,
         bytes_per_pixel: float,
         size: tuple[int, int],
     ) -> TileSettings:
         pad = descriptor.tile_pad or DEFAULT_PAD
-        budget = memory_budget(self.device)
+        budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
         tile = options.tile
         if not tile and size[0] * size[1] * bytes_per_pixel <= budget:

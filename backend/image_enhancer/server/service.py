@@ -190,7 +190,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     def DescribeServer(
         self, request: pb.DescribeServerRequest, context: grpc.ServicerContext
     ) -> pb.ServerDescription:
-        device, name, memory = describe_device(self._enhancer.device)
+        device, name, memory = describe_device(self._enhancer.compute)
         return pb.ServerDescription(
             version=image_enhancer.__version__,
             device=device,
