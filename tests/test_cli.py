@@ -113,6 +113,23 @@ def test_models_command_lists_installed_models(model_store) -> None:
     assert "yes" in listing
 
 
+def test_devices_command_lists_the_cpu_runtimes_and_what_auto_picks() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "image_enhancer", "devices"], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split()[:2] for line in listing.splitlines() if line.startswith("cpu")]
+    assert rows == [["cpu", "ncnn"], ["cpu", "pytorch"]]  # the faster CPU runtime first
+    assert "auto picks:" in listing and "(software rasteriser" not in listing.split("auto picks:")[1]
+
+
+def test_enhance_says_which_device_it_chose(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "result.png"
+    assert main(["enhance", str(small_photo), "-o", str(out), "-m", FAST_MODEL, "--device", "cpu",
+                 "--runtime", "pytorch"]) == 0
+    err = capsys.readouterr().err
+    assert "device: " in err and "(CPU, PyTorch)" in err
+
+
 def test_models_command_without_weights_says_how_to_install(tmp_path: Path) -> None:
     env = {**os.environ, "IMAGE_ENHANCER_HOME": str(tmp_path / "empty-home")}
     command = [sys.executable, "-m", "image_enhancer", "models"]
