@@ -83,17 +83,29 @@ def test_real_weights_on_the_cpu_stay_within_one_level(model_store, photo, cache
 
 
 def test_exports_are_cached_by_content_and_each_strength_is_its_own(model_store, cache):
-    def export(strength: float) -> tuple[Path, Path]:
+    def export(strength: float) -> list[ncnn_export.Stage]:
         loaded = model_store.get("ie-compact-x4-gan", strength)
         d = loaded.descriptor
         return ncnn_export.cached_export(loaded.module.state_dict(), d.architecture, d.hyperparameters, cache)
 
-    param, weights = export(0.3)
-    stamp = weights.stat().st_mtime_ns
-    assert export(0.3) == (param, weights) and weights.stat().st_mtime_ns == stamp  # reused, not rewritten
-    other, _ = export(0.7)
-    assert other != param and other.stem == ncnn_export.state_digest(model_store.get("ie-compact-x4-gan", 0.7)
-                                                                     .module.state_dict())
+    (stage,) = export(0.3)
+    stamp = stage.weights.stat().st_mtime_ns
+    assert export(0.3) == [stage] and stage.weights.stat().st_mtime_ns == stamp  # reused, not rewritten
+    (other,) = export(0.7)
+    digest = ncnn_export.state_digest(model_store.get("ie-compact-x4-gan", 0.7).module.state_dict())
+    assert other.param != stage.param and other.param.name.startswith(digest)
+
+
+def test_the_upsampling_tail_in_strips_equals_the_whole_tail(cache):
+    torch.manual_seed(2)
+    network = RRDBNet(scale=2, num_feat=16, num_block=1, num_grow_ch=8)
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.05)
+    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    batch = torch.rand(1, 3, 46, 30, generator=torch.Generator().manual_seed(3))
+    runner = NcnnRunner(loaded, cache, strip_pixels=15 * 5)  # 5 body rows (the body is at half size)
+    assert [stage.halo for stage in runner.stages] == [0, 2]
+    torch.testing.assert_close(runner(batch), plain(loaded, batch), atol=2e-5, rtol=0)
 
 
 def test_strength_blends_run_on_ncnn(model_store, photo, cache):

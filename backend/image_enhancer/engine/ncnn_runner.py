@@ -25,9 +25,16 @@ if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
 
 # ncnn's peak working memory per input pixel relative to PyTorch's estimate for the same network
-# (Winograd keeps transformed copies of a layer's input and output), measured on x4plus and the
-# compact model at 128² and 256².
-NCNN_MEMORY_FACTOR = 2.0
+# (Winograd keeps transformed copies of a layer's input and output; its pool allocator keeps freed
+# blocks). Measured peak RSS over the loaded model: compact model 637 MiB at 512² and 2700 MiB at
+# 1024² (estimates 240 and 960); x4plus with its tail in strips 594 MiB at 128² and 1473 MiB at 256²
+# (estimates 195 and 780).
+NCNN_MEMORY_FACTOR = 2.8
+NCNN_MEMORY_FACTOR_IN_STRIPS = 1.9
+# Input pixels per strip of a stage that runs at the output resolution (RRDBNet's ×4 tail, about
+# 55 kB of ncnn working memory per input pixel): 4096 keep a strip near 200 MB, and its 2 rows of
+# context each side add a few per cent to 4% of the work.
+STRIP_PIXELS = 4096
 # A Vulkan device's heap budget is what ncnn says it may use; a share leaves room for the display.
 VULKAN_BUDGET_SHARE = 0.6
 
@@ -83,6 +90,7 @@ class NcnnRunner:
         vulkan: int | None = None,
         precision: str = "fp32",
         threads: int | None = None,
+        strip_pixels: int = STRIP_PIXELS,
     ) -> None:
         ncnn = ncnn_module()
         if ncnn is None:
@@ -92,15 +100,20 @@ class NcnnRunner:
         self.vulkan = vulkan
         self.precision = precision
         self.device = torch.device("cpu")  # where batches come from and results go
+        self.strip_pixels = strip_pixels
         state = loaded.module.state_dict()
-        param, weights = cached_export(state, d.architecture, d.hyperparameters, cache_dir)
+        self.stages = cached_export(state, d.architecture, d.hyperparameters, cache_dir)
         self._ncnn = ncnn
-        self._net = ncnn.Net()
-        self._net.opt = ncnn_options(ncnn, vulkan, precision, threads or torch.get_num_threads())
-        if vulkan is not None:
-            self._net.set_vulkan_device(vulkan)
-        if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
-            raise RuntimeError(f"ncnn could not load the exported network {param.name}")
+        options = ncnn_options(ncnn, vulkan, precision, threads or torch.get_num_threads())
+        self._nets = []
+        for stage in self.stages:
+            net = ncnn.Net()
+            net.opt = options
+            if vulkan is not None:
+                net.set_vulkan_device(vulkan)
+            if net.load_param(str(stage.param)) != 0 or net.load_model(str(stage.weights)) != 0:
+                raise RuntimeError(f"ncnn could not load the exported network {stage.param.name}")
+            self._nets.append(net)
         self._source = loaded.module
         self._lock = threading.Lock()
 
@@ -109,7 +122,8 @@ class NcnnRunner:
         estimate = torch_device.activation_bytes_per_pixel(
             self._source, d.in_channels, d.size_multiple, d.min_size
         )
-        return estimate * NCNN_MEMORY_FACTOR
+        in_strips = any(stage.halo for stage in self.stages)
+        return estimate * (NCNN_MEMORY_FACTOR_IN_STRIPS if in_strips else NCNN_MEMORY_FACTOR)
 
     def memory_budget(self) -> int:
         if self.vulkan is None:
@@ -120,17 +134,43 @@ class NcnnRunner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
         outputs = []
-        with self._lock:  # one extractor at a time: ncnn's blob allocators are per net
+        with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
             for tile in batch.detach().to("cpu", torch.float32).numpy():
-                # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
-                pixels = np.ascontiguousarray(tile)
-                extractor = self._net.create_extractor()
-                extractor.input(INPUT, self._ncnn.Mat(pixels))
-                status, output = extractor.extract(OUTPUT)
-                if status != 0:
-                    # ncnn reports a failed allocation as -100; anything else is a broken graph.
-                    if status == -100:
-                        raise MemoryError("ncnn ran out of memory for a tile")
-                    raise RuntimeError(f"ncnn failed on a tile (status {status})")
-                outputs.append(torch.from_numpy(np.array(output)))
+                values = tile
+                for net, stage in zip(self._nets, self.stages, strict=True):
+                    if stage.halo:
+                        values = self._run_in_strips(net, values, stage.halo)
+                    else:
+                        values = self._run(net, values)
+                outputs.append(torch.from_numpy(values))
         return torch.stack(outputs)
+
+    def _run(self, net: object, values: np.ndarray) -> np.ndarray:
+        # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        extractor = net.create_extractor()
+        extractor.input(INPUT, self._ncnn.Mat(values))
+        status, output = extractor.extract(OUTPUT)
+        if status != 0:
+            # ncnn reports a failed allocation as -100; anything else is a broken graph.
+            if status == -100:
+                raise MemoryError("ncnn ran out of memory for a tile")
+            raise RuntimeError(f"ncnn failed on a tile (status {status})")
+        return np.array(output)
+
+    def _run_in_strips(self, net: object, values: np.ndarray, halo: int) -> np.ndarray:
+        """The stage over ``(C, H, W)`` in strips of rows, each with ``halo`` rows of context, so only
+        one strip's output-resolution activations exist at a time."""
+        _channels, height, width = values.shape
+        rows = max(1, self.strip_pixels // width)
+        if rows >= height:
+            return self._run(net, values)
+        parts = []
+        scale = 0
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            start, end = max(0, top - halo), min(height, bottom + halo)
+            output = self._run(net, values[:, start:end])
+            scale = scale or output.shape[1] // (end - start)
+            parts.append(output[:, (top - start) * scale : (bottom - start) * scale])
+        return np.concatenate(parts, axis=1)

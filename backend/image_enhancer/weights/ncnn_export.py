@@ -6,7 +6,9 @@ converter: official files, community files, our trained models and interpolated 
 alike. Weights are written as float32, so the runtime computes what PyTorch fp32 computes.
 
 Graphs: RRDBNet (x4; x2 and x1 through ncnn's `Reorg`, which is pixel-unshuffle) and
-SRVGGNetCompact. The input blob is `in0`, the output `out0`.
+SRVGGNetCompact. A graph may be cut into stages, each its own ncnn network with input blob `in0` and
+output `out0`: RRDBNet's ×4 tail (4% of its work, most of its memory: 64 channels at the output
+resolution, which ncnn's Winograd kernels hold several times over) runs in strips of rows.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def _fp32(tensor: Tensor) -> bytes:
     return tensor.detach().cpu().numpy().astype("<f4").tobytes()
 
 
-def _rrdbnet(state: dict[str, Tensor], hp: dict) -> _Graph:
+def _rrdbnet(state: dict[str, Tensor], hp: dict) -> list[tuple[_Graph, int]]:
+    """Two stages: the body at the input's resolution, then the ×4 upsampling tail (in strips)."""
     g = _Graph()
     x = g.add("Input", [], out=INPUT)
     unshuffle = {4: 1, 2: 2, 1: 4}[hp["scale"]]
@@ -108,15 +111,21 @@ def _rrdbnet(state: dict[str, Tensor], hp: dict) -> _Graph:
             x5 = g.conv(state, f"body.{b}.rdb{r}.conv5", g.add("Concat", list(dense)))
             body = g.add("Eltwise", [x5, rdb_in], "0=1 -23301=2,2.000000e-01,1.000000e+00")
         body = g.add("Eltwise", [body, block_in], "0=1 -23301=2,2.000000e-01,1.000000e+00")
-    feat = g.add("BinaryOp", [feat, g.conv(state, "conv_body", body)], "0=0")
+    g.add("BinaryOp", [feat, g.conv(state, "conv_body", body)], "0=0", out=OUTPUT)
+
+    tail = _Graph()
+    feat = tail.add("Input", [], out=INPUT)
     for up in ("conv_up1", "conv_up2"):
-        feat = g.conv(state, up, g.add("Interp", [feat], "0=1 1=2.000000e+00 2=2.000000e+00"), leaky=True)
-    feat = g.conv(state, "conv_hr", feat, leaky=True)
-    g.conv(state, "conv_last", feat, out=OUTPUT)
-    return g
+        upsampled = tail.add("Interp", [feat], "0=1 1=2.000000e+00 2=2.000000e+00")
+        feat = tail.conv(state, up, upsampled, leaky=True)
+    feat = tail.conv(state, "conv_hr", feat, leaky=True)
+    tail.conv(state, "conv_last", feat, out=OUTPUT)
+    # The tail's receptive field is 1.25 body pixels (one 3×3 conv at ×2, three at ×4), so strips
+    # with 2 rows of context reproduce the whole tail exactly.
+    return [(g, 0), (tail, 2)]
 
 
-def _srvgg(state: dict[str, Tensor], hp: dict) -> _Graph:
+def _srvgg(state: dict[str, Tensor], hp: dict) -> list[tuple[_Graph, int]]:
     g = _Graph()
     image = g.add("Input", [], out=INPUT)
     feat = image
@@ -132,21 +141,34 @@ def _srvgg(state: dict[str, Tensor], hp: dict) -> _Graph:
     else:
         base = g.add("Interp", [image], f"0=1 1={scale:.6e} 2={scale:.6e}")
         g.add("BinaryOp", [shuffled, base], "0=0", out=OUTPUT)
-    return g
+    return [(g, 0)]
 
 
 _GRAPHS = {"RRDBNet": _rrdbnet, "SRVGGNetCompact": _srvgg}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ncnn network of a model's chain. ``halo`` > 0: the stage may run on strips of rows with
+    that many rows of context each side (and must, for memory: it works at the output resolution)."""
+
+    param: Path
+    weights: Path
+    halo: int
 
 
 def supports(architecture: str) -> bool:
     return architecture in _GRAPHS
 
 
-def export(state: dict[str, Tensor], architecture: str, hyperparameters: dict) -> tuple[str, bytes]:
-    """The ncnn `.param` text and `.bin` bytes of a known architecture's state dict."""
+def export(
+    state: dict[str, Tensor], architecture: str, hyperparameters: dict
+) -> list[tuple[str, bytes, int]]:
+    """The stages of a known architecture's ncnn graph: `.param` text, `.bin` bytes and halo each."""
     if architecture not in _GRAPHS:
         raise UnsupportedGraphError(f"no ncnn graph for {architecture}; it runs on the PyTorch runtime")
-    return _GRAPHS[architecture](state, hyperparameters).text_and_weights()
+    stages = _GRAPHS[architecture](state, hyperparameters)
+    return [(*graph.text_and_weights(), halo) for graph, halo in stages]
 
 
 def state_digest(state: dict[str, Tensor]) -> str:
@@ -161,15 +183,22 @@ def state_digest(state: dict[str, Tensor]) -> str:
 
 def cached_export(
     state: dict[str, Tensor], architecture: str, hyperparameters: dict, cache_dir: Path
-) -> tuple[Path, Path]:
-    """The `.param` and `.bin` for this state dict in ``cache_dir``, written on first use (an
-    interpolated strength is a different content, so each strength gets its own pair)."""
+) -> list[Stage]:
+    """The stages' `.param` and `.bin` for this state dict in ``cache_dir``, written on first use (an
+    interpolated strength is a different content, so each strength gets its own files)."""
     if architecture not in _GRAPHS:
         raise UnsupportedGraphError(f"no ncnn graph for {architecture}; it runs on the PyTorch runtime")
-    stem = Path(cache_dir) / state_digest(state)
-    param, weights = stem.with_suffix(".param"), stem.with_suffix(".bin")
-    if not (param.is_file() and weights.is_file()):
-        text, data = export(state, architecture, hyperparameters)
-        write_atomically(weights, data)  # the .bin first: a present .param means a complete pair
-        write_atomically(param, text.encode("ascii"))
-    return param, weights
+    digest = state_digest(state)
+    index = Path(cache_dir) / f"{digest}.stages"  # written last: its presence means all stages are there
+    if not index.is_file():
+        halos = []
+        for number, (text, data, halo) in enumerate(export(state, architecture, hyperparameters)):
+            write_atomically(Path(cache_dir) / f"{digest}.{number}.bin", data)
+            write_atomically(Path(cache_dir) / f"{digest}.{number}.param", text.encode("ascii"))
+            halos.append(str(halo))
+        write_atomically(index, (" ".join(halos) + "\n").encode("ascii"))
+    halos = [int(h) for h in index.read_text(encoding="ascii").split()]
+    return [
+        Stage(Path(cache_dir) / f"{digest}.{n}.param", Path(cache_dir) / f"{digest}.{n}.bin", halo)
+        for n, halo in enumerate(halos)
+    ]
