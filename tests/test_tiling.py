@@ -227,7 +227,7 @@ class OutOfMemoryAbove:
         return nearest_x2(batch)
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError, MemoryError])
 def test_out_of_memory_halves_the_tile_and_finishes(error):
     image = torch.rand(3, 70, 70, generator=torch.Generator().manual_seed(5))
     op = OutOfMemoryAbove(max_pixels=40 * 40, error=error)

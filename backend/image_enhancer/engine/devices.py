@@ -46,7 +46,7 @@ class ComputeDevice:
         return f"{self.name} ({where}, {'PyTorch' if self.runtime == 'pytorch' else 'ncnn'})"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
@@ -91,7 +91,7 @@ def vulkan_gpus() -> list[ComputeDevice]:
 
 def cpu_devices() -> list[ComputeDevice]:
     """The CPU under each installed runtime, the faster first."""
-    name = _cpu_name()
+    name = cpu_name()
     found = [ComputeDevice("cpu", "ncnn", name)] if ncnn_module() is not None else []
     return found + [ComputeDevice("cpu", "pytorch", name)]
 

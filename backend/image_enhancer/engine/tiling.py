@@ -191,9 +191,9 @@ def window_of(image: torch.Tensor, tile: Tile) -> torch.Tensor:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for an allocation failure on any device (CUDA/MPS raise a typed error; the CPU allocator
-    raises a plain RuntimeError whose text is the only sign)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    """True for an allocation failure on any device (CUDA/MPS raise a typed error, the ncnn runtime a
+    MemoryError; PyTorch's CPU allocator raises a plain RuntimeError whose text is the only sign)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
 
@@ -334,7 +334,7 @@ class Tiler:
             return [
                 output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)
             ]
-        except (RuntimeError, torch.OutOfMemoryError) as error:
+        except (RuntimeError, torch.OutOfMemoryError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
         if torch.cuda.is_available():
