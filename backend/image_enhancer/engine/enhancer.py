@@ -248,17 +248,17 @@ class Enhancer:
 
     def _runner(self, loaded: LoadedModel) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept)."""
-        on_ncnn = self.compute.runtime == "ncnn" and ncnn_export.supports(loaded.descriptor.architecture)
-        kind: object = self._ncnn_precision(loaded.descriptor) if on_ncnn else resolve_precision(
-            self.precision, self.device, loaded.descriptor
-        )
-        key = (id(loaded.module), kind)
+        descriptor = loaded.descriptor
+        on_ncnn = self.compute.runtime == "ncnn" and ncnn_export.supports(descriptor.architecture)
+        precision = self._ncnn_precision(descriptor) if on_ncnn else None
+        dtype = resolve_precision(self.precision, self.device, descriptor)
+        key = (id(loaded.module), precision or dtype)
         if key not in self._runners:
             runner: Runner
-            if on_ncnn:
-                runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, str(kind))
+            if precision is not None:
+                runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
             else:
-                runner = ModelRunner(loaded, self.device, kind, self.channels_last)  # type: ignore[arg-type]
+                runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))
             # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.

@@ -1,8 +1,9 @@
 """The ncnn runtime: runs a batch of tiles through ncnn on the CPU or a Vulkan GPU.
 
-ncnn's hand-written x86/ARM kernels (Winograd 3×3 convolutions with fused activations) beat PyTorch's
-CPU convolutions on our networks, and its Vulkan backend reaches AMD, Intel and NVIDIA GPUs where
-PyTorch has no device. The network reaches ncnn from its own state dict (`weights/ncnn_export.py`),
+ncnn's hand-written x86/ARM kernels (Winograd 3×3 convolutions with fused activations) are what the
+popular desktop upscalers ship for CPUs without a usable GPU, and its Vulkan backend reaches AMD,
+Intel and NVIDIA GPUs where PyTorch has no device (bench/README.md compares it with PyTorch and
+OpenVINO). The network reaches ncnn from its own state dict (`weights/ncnn_export.py`),
 so every model and every strength runs here; the engine keeps tiling, alpha and colour.
 """
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 NCNN_MEMORY_FACTOR = 2.8
 NCNN_MEMORY_FACTOR_IN_STRIPS = 1.9
 # Input pixels per strip of a stage that runs at the output resolution (RRDBNet's ×4 tail, about
-# 55 kB of ncnn working memory per input pixel): 4096 keep a strip near 200 MB, and its 2 rows of
-# context each side add a few per cent to 4% of the work.
+# 55 kB of ncnn working memory per input pixel): 4096 keep a strip near 200 MB; on a 256-pixel-wide
+# tile the strips' 2 rows of context each side add a quarter to the tail, which is 8% of the work.
 STRIP_PIXELS = 4096
 # A Vulkan device's heap budget is what ncnn says it may use; a share leaves room for the display.
 VULKAN_BUDGET_SHARE = 0.6
