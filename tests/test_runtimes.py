@@ -114,9 +114,12 @@ def test_strength_blends_run_on_ncnn(model_store, photo, cache):
     torch.testing.assert_close(NcnnRunner(loaded, cache)(batch), plain(loaded, batch), atol=1e-4, rtol=0)
 
 
-def test_unknown_architectures_are_refused_by_the_exporter():
+def test_unknown_architectures_and_names_are_refused_by_the_exporter():
     with pytest.raises(ncnn_export.UnsupportedGraphError, match="PyTorch runtime"):
         ncnn_export.export({}, "SwinIR", {})
+    hyperparameters = {"scale": 4, "num_conv": 1}
+    with pytest.raises(ncnn_export.UnsupportedGraphError, match="body.0.weight"):
+        ncnn_export.export({"model.0.weight": torch.zeros(1)}, "SRVGGNetCompact", hyperparameters)
 
 
 def test_auto_never_picks_a_software_vulkan_device():

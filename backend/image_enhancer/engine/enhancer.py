@@ -7,6 +7,7 @@ merged → the input's sample type and channel count.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from image_enhancer.weights import ncnn_export
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EnhanceOptions", "Enhancer", "ImageTooLargeError", "JobCancelled", "Progress"]
 
@@ -254,10 +257,13 @@ class Enhancer:
         dtype = resolve_precision(self.precision, self.device, descriptor)
         key = (id(loaded.module), precision or dtype)
         if key not in self._runners:
-            runner: Runner
+            runner: Runner | None = None
             if precision is not None:
-                runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
-            else:
+                try:
+                    runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
+                except ncnn_export.UnsupportedGraphError as why:
+                    log.warning("%s; running it on PyTorch", why)
+            if runner is None:
                 runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))

@@ -167,7 +167,14 @@ def export(
     """The stages of a known architecture's ncnn graph: `.param` text, `.bin` bytes and halo each."""
     if architecture not in _GRAPHS:
         raise UnsupportedGraphError(f"no ncnn graph for {architecture}; it runs on the PyTorch runtime")
-    stages = _GRAPHS[architecture](state, hyperparameters)
+    try:
+        stages = _GRAPHS[architecture](state, hyperparameters)
+    except KeyError as missing:
+        # The graphs read Real-ESRGAN's canonical names; a module keeping its weights under other
+        # names is run by PyTorch instead.
+        raise UnsupportedGraphError(
+            f"the {architecture} state dict has no {missing}; the ncnn graph needs Real-ESRGAN's names"
+        ) from None
     return [(*graph.text_and_weights(), halo) for graph, halo in stages]
 
 
