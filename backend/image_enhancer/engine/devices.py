@@ -2,9 +2,8 @@
 
 Runtimes: PyTorch (CUDA, which is also how ROCm builds show AMD GPUs, Intel XPU, Apple MPS, CPU) and
 ncnn (CPU, and Vulkan for AMD, Intel and NVIDIA GPUs on Windows, Linux and macOS). ``auto`` picks the
-fastest available: a PyTorch GPU, else a Vulkan GPU, else the best CPU runtime (ncnn when it is
-installed: its Winograd kernels ran x4plus 1.5× faster than a plain PyTorch forward pass; see
-bench/README.md). A software Vulkan
+fastest available: a PyTorch GPU, else a Vulkan GPU, else the faster CPU runtime for this CPU
+(``preferred_cpu_runtime``; bench/README.md has the figures). A software Vulkan
 device (llvmpipe, lavapipe, SwiftShader) runs on the CPU slower than ncnn's CPU path, so ``auto``
 never picks one; it can still be asked for by index (``vulkan:N``), which is how tests reach it.
 """
@@ -90,11 +89,22 @@ def vulkan_gpus() -> list[ComputeDevice]:
     return found
 
 
+def preferred_cpu_runtime() -> str:
+    """The faster CPU runtime here: PyTorch where oneDNN has AVX-512 kernels (x4plus ran 1.2× faster
+    than on ncnn there, in two runs of bench/bench_runtimes.py), else ncnn (its Winograd kernels
+    for AVX2 and ARM), else PyTorch when ncnn is not installed."""
+    if ncnn_module() is None or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "pytorch"
+    return "ncnn"
+
+
 def cpu_devices() -> list[ComputeDevice]:
     """The CPU under each installed runtime, the faster first."""
     name = cpu_name()
-    found = [ComputeDevice("cpu", "ncnn", name)] if ncnn_module() is not None else []
-    return found + [ComputeDevice("cpu", "pytorch", name)]
+    found = [ComputeDevice("cpu", "pytorch", name)]
+    if ncnn_module() is not None:
+        found.append(ComputeDevice("cpu", "ncnn", name))
+    return sorted(found, key=lambda d: d.runtime != preferred_cpu_runtime())
 
 
 def discover() -> list[ComputeDevice]:
