@@ -121,7 +121,7 @@ class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
     ``device`` and ``runtime`` choose where the network runs (``engine.devices.choose_device``; auto:
-    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU through ncnn, else PyTorch);
+    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU on its faster runtime);
     ``compute`` says what was chosen. Architectures ncnn has no graph for run on PyTorch on the CPU.
     ``batch_size`` (tiles per forward pass) defaults to 4 on GPUs and, on CPU, to enough small
     tiles to make each forward pass about 64k input pixels (one for large tiles); ``channels_last``
