@@ -329,7 +329,9 @@ class Tiler:
                 )
             ]
         try:
-            windows = torch.stack([window_of(image, t) for t in batch])
+            windows = torch.stack([window_of(image, t) for t in batch]) if len(batch) > 1 else (
+                window_of(image, batch[0])[None]  # a view: the runtime makes the one copy it needs
+            )
             output = self.op(windows)
             return [
                 output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)
