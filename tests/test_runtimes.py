@@ -159,6 +159,25 @@ def test_vulkan_matches_pytorch(model_store, photo, cache, precision, limit):
     assert (output - plain(loaded, batch)).abs().max() < limit
 
 
+def test_tiles_that_overflow_fp16_are_rerun_in_fp32(cache):
+    """A network whose features exceed fp16's 65504 inside but not at its output."""
+    index = software_vulkan()
+    network = SRVGGNetCompact(num_feat=8, num_conv=1, scale=1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(0.0)
+        network.body[0].bias.fill_(1e5)  # every feature 100000: Inf in fp16
+        network.body[1].weight.fill_(1.0)
+        network.body[2].weight.fill_(1.0)  # the middle conv sums 9·8 of them …
+        network.body[4].weight.fill_(1e-7)  # … and the last scales them back down
+    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    batch = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    runner = NcnnRunner(loaded, cache, vulkan=index, precision="fp16-storage")
+    output = runner(batch)
+    assert runner.fallbacks == 1 and torch.isfinite(output).all()
+    torch.testing.assert_close(output, plain(loaded, batch), atol=1e-3, rtol=1e-4)
+
+
 def test_a_non_contiguous_batch_reaches_vulkan_intact(model_store, photo, cache):
     """ncnn borrows the array it is given; a temporary copy freed too early gave garbage rows."""
     index = software_vulkan()

@@ -107,7 +107,7 @@ class NcnnRunner:
         state = loaded.module.state_dict()
         self.stages = cached_export(state, d.architecture, d.hyperparameters, cache_dir)
         self._ncnn = ncnn
-        options = ncnn_options(ncnn, vulkan, precision, threads or torch.get_num_threads())
+        self._threads = threads or torch.get_num_threads()
         # Our own pools instead of the net's default one: a pool that hands out any cached block at
         # least half the requested size (not three quarters) keeps fewer blocks of near-equal sizes,
         # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256²; cleared after each
@@ -115,18 +115,25 @@ class NcnnRunner:
         self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
         for pool in self._pools:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
-        options.blob_allocator, options.workspace_allocator = self._pools
-        self._nets = []
-        for stage in self.stages:
-            net = ncnn.Net()
-            net.opt = options
-            if vulkan is not None:
-                net.set_vulkan_device(vulkan)
-            if net.load_param(str(stage.param)) != 0 or net.load_model(str(stage.weights)) != 0:
-                raise RuntimeError(f"ncnn could not load the exported network {stage.param.name}")
-            self._nets.append(net)
+        self._nets = self._load(precision)
+        self._fp32_nets = self._nets if precision == "fp32" else None
+        self.fallbacks = 0  # tiles rerun in fp32 because fp16 overflowed to Inf/NaN
         self._source = loaded.module
         self._lock = threading.Lock()
+
+    def _load(self, precision: str) -> list[object]:
+        options = ncnn_options(self._ncnn, self.vulkan, precision, self._threads)
+        options.blob_allocator, options.workspace_allocator = self._pools
+        nets = []
+        for stage in self.stages:
+            net = self._ncnn.Net()
+            net.opt = options
+            if self.vulkan is not None:
+                net.set_vulkan_device(self.vulkan)
+            if net.load_param(str(stage.param)) != 0 or net.load_model(str(stage.weights)) != 0:
+                raise RuntimeError(f"ncnn could not load the exported network {stage.param.name}")
+            nets.append(net)
+        return nets
 
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
@@ -147,16 +154,22 @@ class NcnnRunner:
         outputs = []
         with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
             for tile in batch.detach().to("cpu", torch.float32).numpy():
-                values = tile
-                for net, stage in zip(self._nets, self.stages, strict=True):
-                    if stage.halo:
-                        values = self._run_in_strips(net, values, stage.halo)
-                    else:
-                        values = self._run(net, values)
+                values = self._chain(self._nets, tile)
+                if not np.isfinite(values).all() and self._nets is not self._fp32_nets:
+                    # fp16 overflows inside some GAN models on bright areas: this tile again in fp32.
+                    self.fallbacks += 1
+                    if self._fp32_nets is None:
+                        self._fp32_nets = self._load("fp32")
+                    values = self._chain(self._fp32_nets, tile)
                 outputs.append(torch.from_numpy(values))
             for pool in self._pools:
                 pool.clear()
         return torch.stack(outputs)
+
+    def _chain(self, nets: list[object], values: np.ndarray) -> np.ndarray:
+        for net, stage in zip(nets, self.stages, strict=True):
+            values = self._run_in_strips(net, values, stage.halo) if stage.halo else self._run(net, values)
+        return values
 
     def _run(self, net: object, values: np.ndarray) -> np.ndarray:
         # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
