@@ -98,9 +98,9 @@ def reference_loop(
 def run_reference(config: dict, image: np.ndarray, store):
     import torch
 
-    from image_enhancer.engine.device import resolve_device
+    from image_enhancer.engine.devices import choose_device
 
-    device = resolve_device(config["device"])
+    device = choose_device(config["device"], "pytorch").torch_device
     loaded = store.get(config["model"])
     half = device.type == "cuda"
     module = loaded.module.to(device).half() if half else loaded.module.to(device)
@@ -131,8 +131,9 @@ def run_ncnn(config: dict, image: np.ndarray, store):
     scale = store.get(config["model"]).descriptor.scale
 
     def op(tile: torch.Tensor) -> torch.Tensor:
+        pixels = np.ascontiguousarray(tile[0].numpy())  # ncnn's Mat borrows it: keep it alive
         extractor = net.create_extractor()
-        extractor.input("data", ncnn.Mat(np.ascontiguousarray(tile[0].numpy())))
+        extractor.input("data", ncnn.Mat(pixels))
         _, out = extractor.extract("output")
         return torch.from_numpy(np.array(out))[None]
 

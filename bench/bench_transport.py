@@ -141,7 +141,8 @@ def main() -> int:
         local.append(time.perf_counter() - start)
     out_side = result.shape[0]
     print(
-        f"{MODEL} on {enhancer.device}: {args.side}x{args.side} RGBA u8 ({len(data) / 1e6:.1f} MB) -> "
+        f"{MODEL} on {enhancer.compute.describe()}: {args.side}x{args.side} RGBA u8 "
+        f"({len(data) / 1e6:.1f} MB) -> "
         f"{out_side}x{out_side} ({result.nbytes / 1e6:.1f} MB); best of {args.runs}"
     )
     print(f"{'in process':<22} total {min(local):7.2f} s")

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from image_enhancer.engine.alpha import constant_value, fill_transparent, split_alpha, upscale_bicubic
+from image_enhancer.engine.alpha import (
+    constant_value,
+    fill_transparent,
+    keep_flat_alpha,
+    split_alpha,
+    upscale_bicubic,
+)
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 
 MODEL = "realesr-animevideov3"
@@ -94,3 +100,19 @@ def test_split_and_constant_helpers():
     assert constant_value(torch.full((1, 3, 3), 0.25)) == 0.25
     assert constant_value(gray_alpha[1:]) is None
     assert upscale_bicubic(torch.ones(1, 4, 4), 8, 8).shape == (1, 8, 8)
+
+
+def test_flat_alpha_keeps_its_exact_value_and_edges_stay_the_networks():
+    alpha = torch.zeros(1, 12, 12)
+    alpha[:, 4:, 4:] = 1.0
+    drifted = torch.nn.functional.interpolate(alpha[None], scale_factor=2, mode="bilinear")[0] * 0.98 + 0.01
+    kept = keep_flat_alpha(drifted, alpha, 2)
+    assert kept[:, :4, :4].eq(0).all() and kept[:, 12:, 12:].eq(1).all()  # flat areas: exact
+    torch.testing.assert_close(kept[:, 8, 6:10], drifted[:, 8, 6:10])  # the edge: the network's
+
+
+def test_transparent_corners_stay_transparent_with_a_deep_network(model_store):
+    result = Enhancer(model_store, device="cpu").enhance(
+        logo("black"), EnhanceOptions(model="realesrgan-x4plus-anime", alpha_mode="model")
+    )
+    assert result[:40, :40, 3].max() == 0 and result[80:112, 80:112, 3].min() == 255

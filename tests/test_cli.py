@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from image_enhancer.cli import main
+from image_enhancer.engine.devices import preferred_cpu_runtime
 from image_enhancer.imagefiles import ImageFile, read_image, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,24 @@ def test_models_command_lists_installed_models(model_store) -> None:
     ).stdout
     assert "realesrgan-x4plus (default)" in listing
     assert "yes" in listing
+
+
+def test_devices_command_lists_the_cpu_runtimes_and_what_auto_picks() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "image_enhancer", "devices"], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split()[:2] for line in listing.splitlines() if line.startswith("cpu")]
+    assert sorted(rows) == [["cpu", "ncnn"], ["cpu", "pytorch"]]
+    assert rows[0] == ["cpu", preferred_cpu_runtime()]  # the faster CPU runtime first
+    assert "auto picks:" in listing and "(software rasteriser" not in listing.split("auto picks:")[1]
+
+
+def test_enhance_says_which_device_it_chose(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "result.png"
+    assert main(["enhance", str(small_photo), "-o", str(out), "-m", FAST_MODEL, "--device", "cpu",
+                 "--runtime", "pytorch"]) == 0
+    err = capsys.readouterr().err
+    assert "device: " in err and "(CPU, PyTorch)" in err
 
 
 def test_models_command_without_weights_says_how_to_install(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from image_enhancer.engine import pixels
-from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_device, resolve_precision
+from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_precision
+from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
     Enhancer,
@@ -35,9 +36,11 @@ def forest() -> np.ndarray:
     return np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def enhancer(model_store) -> Enhancer:
-    return Enhancer(model_store, device="cpu")
+@pytest.fixture(scope="module", params=["pytorch", "ncnn"])
+def enhancer(model_store, request) -> Enhancer:
+    """The engine on each CPU runtime: everything but running the network is shared, so every
+    behaviour below must hold on both."""
+    return Enhancer(model_store, device="cpu", runtime=request.param)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
@@ -65,6 +68,27 @@ def test_tiled_equals_untiled_with_our_psnr_model(enhancer, forest):
     tiled = enhancer.enhance(crop, EnhanceOptions(model="ie-compact-x4-psnr", tile=40))
     assert whole.shape == tiled.shape == (512, 512, 3)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_an_image_that_fits_is_exactly_the_plain_forward_pass(enhancer, model_store, forest):
+    """No invented border context and no tiling overhead: one window, the image itself."""
+    crop = forest[:72, :88]
+    ours = enhancer.enhance(crop, EnhanceOptions(model=COMPACT))
+    with torch.inference_mode():
+        plain = model_store.get(COMPACT).module(pixels.to_tensor(crop)[None])[0]
+    expected = pixels.from_tensor(plain, np.uint8)
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_plain_forward_tiles_record_one_window_per_image(forest):
+    windows: list[tuple[int, ...]] = []
+
+    def nearest_x4(batch: torch.Tensor) -> torch.Tensor:
+        windows.append(tuple(batch.shape))
+        return torch.nn.functional.interpolate(batch, scale_factor=4, mode="nearest")
+
+    Tiler(nearest_x4, TileSettings(tile=96, scale=4, pad=32)).run(pixels.to_tensor(forest[:72, :88]))
+    assert windows == [(1, 3, 72, 88)]
 
 
 def column_step_energy(image: torch.Tensor) -> np.ndarray:
@@ -218,12 +242,14 @@ def test_pixel_limits_on_input_and_output(model_store, forest):
 
 
 def test_device_and_precision_choices():
-    assert resolve_device("cpu").type == "cpu"
+    assert choose_device("cpu", "pytorch").torch_device.type == "cpu"
     with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu")
+        choose_device("tpu")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        choose_device("cpu", "onnx")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            resolve_device("cuda")
+        with pytest.raises(ValueError, match="device cuda is not available here; found: .*cpu"):
+            choose_device("cuda")
     descriptor = ModelDescriptor(architecture="test", scale=2, in_channels=3, out_channels=3)
     assert resolve_precision("fp16", torch.device("cpu"), descriptor) is torch.float32
     with pytest.raises(ValueError, match="unknown precision"):
@@ -346,4 +372,4 @@ def test_constructor_rejects_bad_settings(model_store):
 
 
 def test_cpu_memory_budget_is_bounded():
-    assert 64 << 20 < memory_budget(torch.device("cpu")) <= 1 << 30
+    assert 64 << 20 < memory_budget(torch.device("cpu")) <= 3 << 29

@@ -42,11 +42,12 @@ class ConvNet(torch.nn.Module):
         return self.body(x)
 
 
-def untiled(net: torch.nn.Module, image: torch.Tensor, pad: int, scale: int) -> torch.Tensor:
-    """The definition the tiler must reproduce: the reflect-padded image through the network at once."""
-    padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")
-    out = net(padded)[0]
-    return out[:, pad * scale : out.shape[1] - pad * scale, pad * scale : out.shape[2] - pad * scale]
+def untiled(net: torch.nn.Module, image: torch.Tensor, multiple: int = 1, scale: int = 2) -> torch.Tensor:
+    """The definition the tiler must reproduce: the whole image through the network at once (mirrored
+    at its far edges to whole groups of ``multiple`` pixels, as a network that needs them must be fed)."""
+    height, width = image.shape[-2:]
+    grown = F.pad(image[None], (0, -width % multiple, 0, -height % multiple), mode="reflect")
+    return net(grown)[0, :, : height * scale, : width * scale]
 
 
 @pytest.mark.parametrize(
@@ -74,12 +75,34 @@ def test_plan_axis_covers_range_with_equal_windows(length, tile, overlap, pad, m
     assert len(sizes) == 1  # one window shape, so tiles can be batched
     (size,) = sizes
     assert size % multiple == 0 and size >= min_size
+    whole_axis = -(-length // multiple) * multiple
     for s in spans:
-        assert s.window_start % multiple == -pad % multiple  # the whole image's pixel grid
-        assert s.window_start <= s.core_start - pad and s.window_end >= s.core_end + pad
+        assert s.window_start % multiple == 0  # the whole image's pixel grid
+        assert s.window_start >= 0 and (s.window_end <= whole_axis or s.window_start == 0)
+        # Context on every side that is not the image edge; a window never reaches past the image
+        # unless the network needs a larger input than the image.
+        assert s.window_start <= max(0, s.core_start - pad)
+        assert s.window_end >= min(whole_axis, s.core_end + pad)
         assert s.core_size <= max(min(tile, length), multiple)
         if multiple == 1:
-            assert s.core_size == spans[0].core_size and s.window_start == s.core_start - pad
+            assert s.core_size == spans[0].core_size
+    assert size <= max(spans[0].core_size + 2 * -(-pad // multiple) * multiple, whole_axis, min_size) or (
+        size == -(-min_size // multiple) * multiple
+    )
+
+
+def test_a_window_at_the_edge_is_shifted_inwards_not_mirrored():
+    first, middle, last = plan_axis(0, 100, 40, 8, 6)
+    assert (first.window_start, first.window_end) == (0, first.core_size + 12)
+    assert (middle.window_start, middle.window_end) == (middle.core_start - 6, middle.core_end + 6)
+    assert last.window_end == 100 and last.window_size == first.window_size
+
+
+def test_an_image_smaller_than_a_window_is_one_window_of_its_own_size():
+    (span,) = plan_axis(0, 70, 128, 8, 32)
+    assert (span.window_start, span.window_end) == (0, 70)
+    (span,) = plan_axis(0, 37, 128, 8, 32, multiple=4)  # the network needs whole groups of 4
+    assert (span.window_start, span.window_end) == (0, 40)
 
 
 def test_plan_tiles_offsets_a_sub_rectangle():
@@ -124,12 +147,13 @@ def test_reflect_indices_of_a_single_pixel():
     assert reflect_indices(-3, 4, 1).tolist() == [0] * 7
 
 
-def test_window_of_mirrors_beyond_the_edges():
+def test_window_of_mirrors_only_what_the_network_needs_beyond_the_image():
     image = torch.arange(2 * 6 * 7, dtype=torch.float32).view(2, 6, 7)
     (tile,) = plan_tiles(0, 0, 6, 7, tile=64, overlap=0, pad=2)
-    window = window_of(image, tile)
-    expected = F.pad(image[None], (2, 2, 2, 2), mode="reflect")[0]
-    torch.testing.assert_close(window, expected)
+    torch.testing.assert_close(window_of(image, tile), image)  # the image itself, no invented context
+    (tile,) = plan_tiles(0, 0, 6, 7, tile=64, overlap=0, pad=2, min_size=10)
+    expected = F.pad(image[None], (0, 3, 0, 4), mode="reflect")[0]
+    torch.testing.assert_close(window_of(image, tile), expected)
 
 
 @pytest.mark.parametrize(("tile", "pad", "batch"), [(16, 0, 1), (24, 3, 2), (40, 5, 3), (200, 2, 1)])
@@ -146,7 +170,8 @@ def test_tiled_equals_untiled_with_enough_context(feather, tile, multiple):
     net = ConvNet(depth=4)
     image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(3))
     settings = TileSettings(tile=tile, scale=2, overlap=4, pad=4, multiple=multiple, feather=feather)
-    torch.testing.assert_close(Tiler(net, settings).run(image), untiled(net, image, 4, 2), atol=1e-5, rtol=0)
+    expected = untiled(net, image, multiple)
+    torch.testing.assert_close(Tiler(net, settings).run(image), expected, atol=1e-5, rtol=0)
 
 
 def test_batches_are_sent_a_few_tiles_at_a_time():
@@ -202,7 +227,7 @@ class OutOfMemoryAbove:
         return nearest_x2(batch)
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError, MemoryError])
 def test_out_of_memory_halves_the_tile_and_finishes(error):
     image = torch.rand(3, 70, 70, generator=torch.Generator().manual_seed(5))
     op = OutOfMemoryAbove(max_pixels=40 * 40, error=error)

@@ -1,4 +1,5 @@
-"""Value types for the command line that refuse bad numbers when the arguments are parsed.
+"""Command-line arguments shared by several commands, and value types that refuse bad numbers when
+the arguments are parsed.
 
 Each returns an argparse type function; a bad value ends the command with argparse's usage message and
 the reason (e.g. "--max-megapixels: must be a finite number above 0, got 'nan'"), before anything loads.
@@ -53,3 +54,17 @@ def int_in(low: int, high: int, *, also: tuple[int, ...] = ()) -> Callable[[str]
         return value
 
     return parse
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --runtime and --precision, shared by `enhance` and `serve`."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the fastest found: a PyTorch GPU, else a Vulkan GPU, else the CPU), cpu, cuda[:N], "
+        "xpu[:N], mps or vulkan[:N]; see `image-enhancer devices`",
+    )
+    parser.add_argument(
+        "--runtime", default="auto", choices=["auto", "pytorch", "ncnn"], help="what runs the network"
+    )
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])

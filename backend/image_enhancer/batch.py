@@ -188,7 +188,8 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     limits = {}
     if args.max_megapixels is not None:
         limits["max_output_pixels"] = max(1, round(args.max_megapixels * 1e6))
-    enhancer = Enhancer(store, device=args.device, precision=args.precision, **limits)
+    enhancer = Enhancer(store, device=args.device, precision=args.precision, runtime=args.runtime, **limits)
+    print(f"device: {enhancer.compute.describe()}", file=sys.stderr)
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
         return enhancer.enhance(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
@@ -197,7 +198,7 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
 
 
 # Options that only the process running the models can honour, with their command-line defaults.
-_SERVER_SIDE = {"device": "auto", "precision": "auto", "max_megapixels": None}
+_SERVER_SIDE = {"device": "auto", "runtime": "auto", "precision": "auto", "max_megapixels": None}
 
 
 def _remote_enhance_function(args: argparse.Namespace) -> Enhance:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from image_enhancer import __version__
-from image_enhancer.arguments import float_in, int_in, positive_float
+from image_enhancer.arguments import add_device_arguments, float_in, int_in, positive_float
 from image_enhancer.request import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE
 
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--faithful", required=True, help="the model at strength 0 (e.g. a PSNR-trained one)")
     pair.add_argument("--sharp", required=True, help="the model at strength 1 (e.g. its GAN fine-tune)")
     pair.set_defaults(run=_run_pair)
+
+    devices = commands.add_parser("devices", help="list the GPUs and CPU runtimes found, and what auto picks")
+    devices.set_defaults(run=_run_devices)
 
     serve = commands.add_parser("serve", help="run the gRPC backend")
     from image_enhancer.server.main import add_serve_arguments, run_serve
@@ -82,8 +85,7 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile", type=int_in(MIN_TILE, MAX_TILE, also=(0,)), default=0,
         help="tile size in input pixels (0 = automatic)",
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add_device_arguments(parser)
     parser.add_argument("--alpha-mode", default="model", choices=["model", "bicubic"])
     parser.add_argument(
         "--colour-fidelity", action="store_true", help="keep the input's low-frequency colour"
@@ -145,6 +147,16 @@ def _run_pair(args: argparse.Namespace) -> int:
         print(f"image-enhancer pair: {exc}", file=sys.stderr)
         return 2
     print(f"{args.name}: {args.faithful} (strength 0) … {args.sharp} (strength 1), declared in {path}")
+    return 0
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from image_enhancer.engine.devices import choose_device, discover
+
+    for device in discover():
+        note = "  (software rasteriser: never picked by auto)" if device.software else ""
+        print(f"{device.key:<10} {device.runtime:<8} {device.name}{note}")
+    print(f"\nauto picks: {choose_device('auto').describe()}")
     return 0
 
 

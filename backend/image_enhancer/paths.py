@@ -33,6 +33,11 @@ def weights_dir() -> Path:
     return user_home() / "weights"
 
 
+def ncnn_cache_dir() -> Path:
+    """ncnn `.param`/`.bin` files written from state dicts, named by the sha256 of their content."""
+    return user_home() / "ncnn"
+
+
 def user_models_dir() -> Path:
     """Community model files dropped here (.safetensors / .pth) are listed next to the manifest's."""
     return user_home() / "models"

@@ -2,7 +2,10 @@
 
 Contract:
 - The alpha channel is upscaled on its own, by the network as a gray image ("model") or bicubic
-  interpolation ("bicubic"); a constant alpha passes through unchanged.
+  interpolation ("bicubic"); a constant alpha passes through unchanged. The network only decides
+  alpha near alpha edges: where the input's alpha is the same over a 3×3 neighbourhood, the result
+  keeps that exact value (networks drift by a few levels in flat areas and at the image edges,
+  which would make fully transparent pixels faintly visible).
 - The colour of fully transparent pixels is meaningless (often black or left-over garbage) and must not
   bleed into visible edges. Before the colour goes through the network, every fully transparent pixel
   is filled from the nearest visible colours (a push-pull pyramid: alpha-weighted averages at coarser
@@ -64,3 +67,13 @@ def upscale_bicubic(alpha: torch.Tensor, height: int, width: int) -> torch.Tenso
         alpha[None], size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking
     )
     return resized[0].clamp_(0.0, 1.0)
+
+
+def keep_flat_alpha(upscaled: torch.Tensor, alpha: torch.Tensor, scale: int) -> torch.Tensor:
+    """``upscaled`` (the network's ×``scale`` alpha) with every pixel whose source pixel has a 3×3
+    neighbourhood of one alpha value set to exactly that value."""
+    high = F.max_pool2d(alpha[None], 3, stride=1, padding=1)[0]
+    low = -F.max_pool2d(-alpha[None], 3, stride=1, padding=1)[0]
+    flat = F.interpolate((high == low).to(alpha.dtype)[None], scale_factor=scale, mode="nearest")[0]
+    source = F.interpolate(alpha[None], scale_factor=scale, mode="nearest")[0]
+    return torch.where(flat.bool(), source, upscaled)

@@ -8,8 +8,10 @@ merged → the input's sample type and channel count.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -17,18 +19,18 @@ import torch
 
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels
-from image_enhancer.engine.device import (
-    ModelRunner,
-    memory_budget,
-    resolve_device,
-    resolve_precision,
-    set_cpu_threads,
-)
+from image_enhancer.engine.device import ModelRunner, resolve_precision, set_cpu_threads
+from image_enhancer.engine.devices import choose_device
+from image_enhancer.engine.ncnn_runner import NcnnRunner
 from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
-from image_enhancer.request import EnhanceOptions
+from image_enhancer.paths import ncnn_cache_dir
+from image_enhancer.request import MIN_TILE, EnhanceOptions
+from image_enhancer.weights import ncnn_export
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EnhanceOptions", "Enhancer", "ImageTooLargeError", "JobCancelled", "Progress"]
 
@@ -50,6 +52,19 @@ class ModelSource(Protocol):
     def get(self, name: str, strength: float | None = None) -> LoadedModel: ...
 
 
+class Runner(Protocol):
+    """A runtime running one network (``ModelRunner`` for PyTorch, ``NcnnRunner`` for ncnn): the
+    tiler's ``op`` plus what the engine needs to size tiles."""
+
+    device: torch.device  # where its outputs land
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def bytes_per_pixel(self) -> float: ...
+
+    def memory_budget(self) -> int: ...
+
+
 class ImageTooLargeError(Exception):
     """The input or the result would exceed the pixel limit."""
 
@@ -66,7 +81,10 @@ class Progress:
 class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
-    ``batch_size`` (tiles per forward pass) defaults to 4 on CUDA/MPS and, on CPU, to enough small
+    ``device`` and ``runtime`` choose where the network runs (``engine.devices.choose_device``; auto:
+    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU on its faster runtime);
+    ``compute`` says what was chosen. Architectures ncnn has no graph for run on PyTorch on the CPU.
+    ``batch_size`` (tiles per forward pass) defaults to 4 on GPUs and, on CPU, to enough small
     tiles to make each forward pass about 64k input pixels (one for large tiles); ``channels_last``
     defaults to on for CUDA and CPU, off for MPS; ``threads`` sets the CPU thread count (None: one per core).
     """
@@ -81,9 +99,13 @@ class Enhancer:
         threads: int | None = None,
         batch_size: int | None = None,
         channels_last: bool | None = None,
+        runtime: str = "auto",
+        ncnn_cache: Path | None = None,
     ) -> None:
         self.store = store
-        self.device = resolve_device(device)
+        self.compute = choose_device(device, runtime)
+        self.device = self.compute.torch_device
+        self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
         if precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, fp16 or bf16")
         self.precision = precision
@@ -94,7 +116,7 @@ class Enhancer:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.channels_last = channels_last
-        self._runners: dict[tuple[int, torch.dtype], tuple[LoadedModel, ModelRunner, float]] = {}
+        self._runners: dict[tuple[int, object], tuple[LoadedModel, Runner, float]] = {}
 
     def enhance(
         self,
@@ -149,10 +171,10 @@ class Enhancer:
             colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
 
         runner, bytes_per_pixel = self._runner(loaded)
-        settings = self._settings(options, descriptor, bytes_per_pixel)
+        settings = self._settings(options, descriptor, runner, bytes_per_pixel, (height, width))
         whole = (height + 2 * settings.pad) * (width + 2 * settings.pad) * bytes_per_pixel
         if descriptor.tiling == "internal" or (
-            descriptor.tiling == "discouraged" and not options.tile and whole <= memory_budget(self.device)
+            descriptor.tiling == "discouraged" and not options.tile and whole <= runner.memory_budget()
         ):  # one tile: the network must see (internal) or does best with (discouraged) the whole image
             settings = dataclasses.replace(settings, tile=max(settings.tile, height, width))
         tiler = Tiler(
@@ -175,6 +197,7 @@ class Enhancer:
             elif alpha_by_model:
                 done = tiler.count_tiles(height, width) * passes
                 upscaled = self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1)
+                upscaled = alpha_ops.keep_flat_alpha(upscaled, alpha_in, descriptor.scale)
                 alpha_out = colour.resize(upscaled, out_height, out_width)
             else:
                 alpha_out = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
@@ -193,12 +216,22 @@ class Enhancer:
         report("finishing", 1, 1)
         return output[:, :, 0] if image.ndim == 2 else output
 
-    def _runner(self, loaded: LoadedModel) -> tuple[ModelRunner, float]:
+    def _runner(self, loaded: LoadedModel) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept)."""
-        dtype = resolve_precision(self.precision, self.device, loaded.descriptor)
-        key = (id(loaded.module), dtype)
+        descriptor = loaded.descriptor
+        on_ncnn = self.compute.runtime == "ncnn" and ncnn_export.supports(descriptor.architecture)
+        precision = self._ncnn_precision(descriptor) if on_ncnn else None
+        dtype = resolve_precision(self.precision, self.device, descriptor)
+        key = (id(loaded.module), precision or dtype)
         if key not in self._runners:
-            runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
+            runner: Runner | None = None
+            if precision is not None:
+                try:
+                    runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
+                except ncnn_export.UnsupportedGraphError as why:
+                    log.warning("%s; running it on PyTorch", why)
+            if runner is None:
+                runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))
             # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.
@@ -206,13 +239,31 @@ class Enhancer:
         _, runner, bytes_per_pixel = self._runners[key]
         return runner, bytes_per_pixel
 
+    def _ncnn_precision(self, descriptor: ModelDescriptor) -> str:
+        """fp32 on the CPU (x86 gains nothing from fp16; results stay within 1/255 of PyTorch); fp16
+        storage on a Vulkan GPU (half the memory traffic, still within one 8-bit level); fp16
+        arithmetic only when asked for."""
+        half_ok = descriptor.supports_half and self.precision in ("auto", "fp16")
+        if not half_ok or self.compute.vulkan_index is None and self.precision != "fp16":
+            return "fp32"
+        return "fp16" if self.precision == "fp16" else "fp16-storage"
+
     def _settings(
-        self, options: EnhanceOptions, descriptor: ModelDescriptor, bytes_per_pixel: float
+        self,
+        options: EnhanceOptions,
+        descriptor: ModelDescriptor,
+        runner: Runner,
+        bytes_per_pixel: float,
+        size: tuple[int, int],
     ) -> TileSettings:
         pad = descriptor.tile_pad or DEFAULT_PAD
-        budget = memory_budget(self.device)
+        budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
-        tile = options.tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
+        tile = options.tile
+        if not tile and size[0] * size[1] * bytes_per_pixel <= budget:
+            # The whole image fits: one window, the plain forward pass, no context computed twice.
+            tile = max(MIN_TILE, *size)
+        tile = tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
         batch = self.batch_size
         if batch is None:
             # On CPU a forward pass over a small window wastes most of its time (measured 3× slower per

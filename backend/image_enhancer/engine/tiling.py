@@ -1,11 +1,14 @@
 """Tiled inference: a pure tile layout, split-and-blend around any ``op``, and out-of-memory back-off.
 
-The result is defined as if the whole image, reflect-padded by ``pad`` pixels at its edges, went
-through the network at once. Each tile is a *core* (the part of the image it is responsible for) plus
-``pad`` pixels of context on every side, taken from the image where it exists and mirrored beyond its
-edges; all windows of one layout have the same size, so they can be stacked into batches. Neighbouring
-cores overlap by ``overlap`` pixels, and in the overlaps the outputs are blended with feathered weights
-that sum to one, so a tiled result matches the untiled one and leaves no seam even for GAN models.
+The result is defined as the whole image going through the network at once, exactly as a plain
+forward pass does it (the network's own zero padding at the image edges). Each tile is a *core* (the
+part of the image it is responsible for) plus at least ``pad`` pixels of context on every side that is
+not an image edge: a window that would reach beyond the image is shifted inwards instead, so an
+edge tile sees the edge just as the whole image does and no work is spent on invented pixels. All
+windows of one layout have the same size, so they can be stacked into batches; an image smaller than
+one window is a single tile that is exactly the plain forward pass. Neighbouring cores overlap by
+``overlap`` pixels, and in the overlaps the outputs are blended with feathered weights that sum to
+one, so a tiled result matches the untiled one and leaves no seam even for GAN models.
 
 Only one batch of windows is on the device at a time; the output canvas stays on the CPU.
 """
@@ -60,18 +63,28 @@ class Tile:
 
 
 def plan_axis(
-    start: int, end: int, tile: int, overlap: int, pad: int, multiple: int = 1, min_size: int = 1
+    start: int,
+    end: int,
+    tile: int,
+    overlap: int,
+    pad: int,
+    multiple: int = 1,
+    min_size: int = 1,
+    length: int | None = None,
 ) -> tuple[Span, ...]:
-    """Cover ``[start, end)`` with equal cores of at most ``tile`` pixels overlapping by ``overlap`` or more.
+    """Cover ``[start, end)`` of an axis ``length`` pixels long (default ``end``) with equal cores of at
+    most ``tile`` pixels overlapping by ``overlap`` or more.
 
-    Every window is the core plus ``pad`` pixels each side, then grown at its far end until its size is
-    a multiple of ``multiple`` and at least ``min_size`` (what the network accepts). Cores start on
-    multiples of ``multiple`` (absolute), so a network that folds pixels into groups (pixel-unshuffle)
-    sees each tile on the same grid as the whole image; a core is clipped to the range where that grid
-    makes it overhang.
+    Every window is the core plus ``pad`` pixels each side (``pad`` rounded up to a multiple of
+    ``multiple``), grown until its size is a multiple of ``multiple`` and at least ``min_size`` (what
+    the network accepts), but no larger than the axis needs; then shifted to lie inside ``[0, length)``
+    where it fits. Cores and windows start on multiples of ``multiple`` (absolute), so a network that
+    folds pixels into groups (pixel-unshuffle) sees each tile on the same grid as the whole image; a
+    core is clipped to the range where that grid makes it overhang.
     """
-    if end <= start:
-        raise ValueError(f"cannot tile an empty range [{start}, {end})")
+    length = end if length is None else length
+    if end <= start or start < 0 or end > length:
+        raise ValueError(f"cannot tile the range [{start}, {end}) of an axis of {length} pixels")
     if tile < 1 or pad < 0 or overlap < 0 or multiple < 1:
         raise ValueError(
             f"invalid tiling parameters tile={tile} overlap={overlap} pad={pad} multiple={multiple}"
@@ -79,19 +92,22 @@ def plan_axis(
     # Plan in units of `multiple` pixels, then convert back.
     first, last = start // multiple, -(-end // multiple)
     units = last - first
+    axis_units = -(-length // multiple)
+    pad_units = -(-pad // multiple)
     core = max(1, min(tile // multiple, units))
     overlap = min(-(-overlap // multiple), core // 2)  # beyond half a core, tiles would overlap three deep
     count = 1 if core == units else 1 + math.ceil((units - core) / (core - overlap))
     if count > 1:  # the smallest equal cores that still cover the range: no work wasted on extra overlap
         core = max(core // 2 + 1, min(core, -(-(units + (count - 1) * overlap) // count)))
-    window = max(core * multiple + 2 * pad, min_size)
-    window = -(-window // multiple) * multiple
+    # Context beyond the whole axis is never needed: a window the size of the axis sees all there is.
+    window = max(min(core + 2 * pad_units, axis_units), core, -(-min_size // multiple))
     spans = []
     for i in range(count):
         unit = first + (round(i * (units - core) / (count - 1)) if count > 1 else 0)
-        window_start = unit * multiple - pad
+        window_unit = max(0, min(unit - pad_units, axis_units - window))
         core_start, core_end = max(start, unit * multiple), min(end, (unit + core) * multiple)
-        spans.append(Span(core_start, core_end, window_start, window_start + window))
+        window_start = window_unit * multiple
+        spans.append(Span(core_start, core_end, window_start, window_start + window * multiple))
     return tuple(spans)
 
 
@@ -105,10 +121,13 @@ def plan_tiles(
     pad: int,
     multiple: int = 1,
     min_size: int = 1,
+    height: int | None = None,
+    width: int | None = None,
 ) -> list[Tile]:
-    """The tiles covering the rectangle ``[top, bottom) × [left, right)``, row by row."""
-    rows = plan_axis(top, bottom, tile, overlap, pad, multiple, min_size)
-    cols = plan_axis(left, right, tile, overlap, pad, multiple, min_size)
+    """The tiles covering ``[top, bottom) × [left, right)`` of a ``height × width`` image (default: the
+    rectangle reaches its far edges), row by row."""
+    rows = plan_axis(top, bottom, tile, overlap, pad, multiple, min_size, height)
+    cols = plan_axis(left, right, tile, overlap, pad, multiple, min_size, width)
     return [Tile(y, x) for y in rows for x in cols]
 
 
@@ -160,7 +179,8 @@ def reflect_indices(start: int, end: int, length: int) -> torch.Tensor:
 
 
 def window_of(image: torch.Tensor, tile: Tile) -> torch.Tensor:
-    """The tile's input window from a ``(C, H, W)`` image, mirrored where it leaves the image."""
+    """The tile's input window from a ``(C, H, W)`` image, mirrored where it leaves the image (only
+    when the network needs a larger or differently rounded input than the image itself)."""
     height, width = image.shape[-2:]
     y, x = tile.y, tile.x
     if y.window_start >= 0 and x.window_start >= 0 and y.window_end <= height and x.window_end <= width:
@@ -171,9 +191,9 @@ def window_of(image: torch.Tensor, tile: Tile) -> torch.Tensor:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for an allocation failure on any device (CUDA/MPS raise a typed error; the CPU allocator
-    raises a plain RuntimeError whose text is the only sign)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    """True for an allocation failure on any device (CUDA/MPS raise a typed error, the ncnn runtime a
+    MemoryError; PyTorch's CPU allocator raises a plain RuntimeError whose text is the only sign)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
 
@@ -224,7 +244,7 @@ class Tiler:
 
     def count_tiles(self, height: int, width: int) -> int:
         """How many tiles (progress units) an image of this size takes at the current tile size."""
-        return len(self._plan(0, 0, height, width, self.tile))
+        return len(self._plan((height, width), 0, 0, height, width, self.tile))
 
     def run(
         self, image: torch.Tensor, progress_offset: int = 0, progress_total: int | None = None
@@ -243,15 +263,19 @@ class Tiler:
         )
         return self._render(image, 0, 0, height, width, self.tile, report=True)
 
-    def _plan(self, top: int, left: int, bottom: int, right: int, tile: int) -> list[Tile]:
+    def _plan(
+        self, size: tuple[int, int], top: int, left: int, bottom: int, right: int, tile: int
+    ) -> list[Tile]:
         s = self.settings
-        return plan_tiles(top, left, bottom, right, tile, s.overlap, s.pad, s.multiple, s.min_size)
+        return plan_tiles(
+            top, left, bottom, right, tile, s.overlap, s.pad, s.multiple, s.min_size, size[0], size[1]
+        )
 
     def _render(
         self, image: torch.Tensor, top: int, left: int, bottom: int, right: int, tile: int, report: bool
     ) -> torch.Tensor:
         s = self.settings
-        tiles = self._plan(top, left, bottom, right, tile)
+        tiles = self._plan(image.shape[-2:], top, left, bottom, right, tile)
         rows = list(dict.fromkeys(t.y for t in tiles))
         cols = list(dict.fromkeys(t.x for t in tiles))
         feather = s.overlap * s.scale
@@ -265,14 +289,20 @@ class Tiler:
             batch = tiles[index : index + self.batch_size]
             outputs = self._cores(image, batch, tile)
             for t, core in zip(batch, outputs, strict=True):
+                if len(tiles) == 1:  # one tile covers the region: nothing to blend
+                    canvas = core.cpu()
+                    continue
                 weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(
                     1, -1
                 )
-                core = (core * weight).cpu()
                 if canvas is None:
                     canvas = torch.zeros(core.shape[0], (bottom - top) * s.scale, (right - left) * s.scale)
                 y0, x0 = (t.y.core_start - top) * s.scale, (t.x.core_start - left) * s.scale
-                canvas[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]] += core
+                target = canvas[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]]
+                if core.device.type == "cpu":
+                    target.addcmul_(core, weight)
+                else:
+                    target += (core * weight).cpu()
             index += len(batch)
             if report:
                 self._done += len(batch)
@@ -299,12 +329,14 @@ class Tiler:
                 )
             ]
         try:
-            windows = torch.stack([window_of(image, t) for t in batch])
+            windows = torch.stack([window_of(image, t) for t in batch]) if len(batch) > 1 else (
+                window_of(image, batch[0])[None]  # a view: the runtime makes the one copy it needs
+            )
             output = self.op(windows)
             return [
                 output[i, :, t.y.output_crop(s.scale), t.x.output_crop(s.scale)] for i, t in enumerate(batch)
             ]
-        except (RuntimeError, torch.OutOfMemoryError) as error:
+        except (RuntimeError, torch.OutOfMemoryError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
         if torch.cuda.is_available():

@@ -1,22 +1,13 @@
-"""What DescribeServer reports about the compute device: its name and memory."""
+"""What DescribeServer reports about the compute device: where the network runs, its name and memory."""
 
 from __future__ import annotations
 
 import os
-import platform
 
 import torch
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
+from image_enhancer.engine.devices import ComputeDevice
+from image_enhancer.engine.ncnn_runner import ncnn_module
 
 
 def _ram_bytes() -> int:
@@ -26,12 +17,14 @@ def _ram_bytes() -> int:
         return 0
 
 
-def describe_device(device: torch.device) -> tuple[str, str, int]:
-    """(device string such as "cuda:0", human name, memory in bytes; 0 when unknown)."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        properties = torch.cuda.get_device_properties(index)
-        return f"cuda:{index}", properties.name, properties.total_memory
-    if device.type == "mps":
-        return "mps", f"Apple GPU ({platform.machine()})", _ram_bytes()
-    return "cpu", f"{_cpu_name()} ({os.cpu_count() or 1} cores)", _ram_bytes()
+def describe_device(device: ComputeDevice) -> tuple[str, str, int]:
+    """(device such as "cuda:0", "vulkan:1" or "cpu"; its name with the runtime, e.g.
+    "AMD Radeon RX 7600 (vulkan:0, ncnn)"; memory in bytes, 0 when unknown)."""
+    memory = _ram_bytes()
+    if device.runtime == "pytorch" and device.key.startswith("cuda"):
+        memory = torch.cuda.get_device_properties(device.torch_device).total_memory
+    elif device.vulkan_index is not None:
+        ncnn = ncnn_module()
+        assert ncnn is not None  # a Vulkan device was found through it
+        memory = ncnn.get_gpu_device(device.vulkan_index).get_heap_budget() << 20
+    return device.key, device.describe(), memory

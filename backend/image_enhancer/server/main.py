@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from image_enhancer.arguments import int_in, positive_float
+from image_enhancer.arguments import add_device_arguments, int_in, positive_float
 from image_enhancer.client.core import DEFAULT_ADDRESS, TOKEN_ENV
 from image_enhancer.server import DEFAULT_MAX_QUEUE, MAX_QUEUE
 
@@ -30,8 +30,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain for TLS")
     parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key for TLS")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add_device_arguments(parser)
     parser.add_argument(
         "--max-queue", type=int_in(1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE,
         help="jobs that may wait; more are refused",
@@ -75,7 +74,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     limits = {} if args.max_megapixels is None else {"max_pixels": max(1, round(args.max_megapixels * 1e6))}
     try:
-        enhancer = Enhancer(ModelStore(), device=args.device, precision=args.precision, **limits)
+        enhancer = Enhancer(
+            ModelStore(), device=args.device, precision=args.precision, runtime=args.runtime, **limits
+        )
         running = serve(
             enhancer,
             args.address,
@@ -91,7 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"image-enhancer serving on {running.address} (device {enhancer.device})", flush=True)
+    print(f"image-enhancer serving on {running.address} (device {enhancer.compute.describe()})", flush=True)
     stop.wait()
     running.stop()
     return 0

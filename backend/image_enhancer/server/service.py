@@ -166,7 +166,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
         self._limits = limits
-        self._device = describe_device(enhancer.device)
+        self._device = describe_device(enhancer.compute)
         self._speeds = ModelSpeeds(self._device[1], user_home() / SPEEDS_FILE)
 
     # --- Enhance -------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             max_pixels=self._max_pixels,
             default_model=self._store.default_model,
             protocol_version=PROTOCOL_VERSION,
-            suggested_model=suggested_model(self._store, on_gpu=self._enhancer.device.type != "cpu"),
+            suggested_model=suggested_model(self._store, on_gpu=self._enhancer.compute.key != "cpu"),
         )
 
 

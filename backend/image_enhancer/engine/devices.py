@@ -1,0 +1,144 @@
+"""Which compute devices exist, and which one (with which runtime) runs the network.
+
+Runtimes: PyTorch (CUDA, which is also how ROCm builds show AMD GPUs, Intel XPU, Apple MPS, CPU) and
+ncnn (CPU, and Vulkan for AMD, Intel and NVIDIA GPUs on Windows, Linux and macOS). ``auto`` picks the
+fastest available: a PyTorch GPU, else a Vulkan GPU, else the faster CPU runtime for this CPU
+(``preferred_cpu_runtime``; bench/README.md has the figures). A software Vulkan
+device (llvmpipe, lavapipe, SwiftShader) runs on the CPU slower than ncnn's CPU path, so ``auto``
+never picks one; it can still be asked for by index (``vulkan:N``), which is how tests reach it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from image_enhancer.engine.ncnn_runner import ncnn_module
+
+RUNTIMES = ("auto", "pytorch", "ncnn")
+# ncnn's GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 CPU (a software rasteriser).
+_VULKAN_CPU_TYPE = 3
+_SOFTWARE_NAMES = re.compile(r"llvmpipe|lavapipe|swiftshader|softpipe", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ComputeDevice:
+    """One place the network can run. ``key`` is what ``--device`` takes."""
+
+    key: str  # "cuda:0", "xpu:0", "mps", "vulkan:0", "cpu"
+    runtime: str  # "pytorch" or "ncnn"
+    name: str
+    software: bool = False  # a Vulkan device that is really the CPU
+
+    @property
+    def torch_device(self) -> torch.device:
+        """Where batches live: the GPU for PyTorch GPUs, else the CPU (ncnn takes CPU arrays)."""
+        return torch.device(self.key) if self.runtime == "pytorch" else torch.device("cpu")
+
+    @property
+    def vulkan_index(self) -> int | None:
+        return int(self.key.split(":")[1]) if self.key.startswith("vulkan:") else None
+
+    def describe(self) -> str:
+        where = "CPU" if self.key == "cpu" else self.key
+        return f"{self.name} ({where}, {'PyTorch' if self.runtime == 'pytorch' else 'ncnn'})"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def torch_gpus() -> list[ComputeDevice]:
+    found = []
+    if torch.cuda.is_available():
+        found += [
+            ComputeDevice(f"cuda:{i}", "pytorch", torch.cuda.get_device_name(i))
+            for i in range(torch.cuda.device_count())
+        ]
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [
+            ComputeDevice(f"xpu:{i}", "pytorch", xpu.get_device_name(i)) for i in range(xpu.device_count())
+        ]
+    if torch.backends.mps.is_available():
+        found.append(ComputeDevice("mps", "pytorch", "Apple GPU (Metal)"))
+    return found
+
+
+def vulkan_gpus() -> list[ComputeDevice]:
+    ncnn = ncnn_module()
+    if ncnn is None:
+        return []
+    found = []
+    for index in range(ncnn.get_gpu_count()):
+        info = ncnn.get_gpu_info(index)
+        name = info.device_name()
+        software = info.type() == _VULKAN_CPU_TYPE or bool(_SOFTWARE_NAMES.search(name))
+        found.append(ComputeDevice(f"vulkan:{index}", "ncnn", name, software=software))
+    return found
+
+
+def preferred_cpu_runtime() -> str:
+    """The faster CPU runtime here: PyTorch where oneDNN has AVX-512 kernels (x4plus ran 1.2× faster
+    than on ncnn there, in two runs of bench/bench_runtimes.py), else ncnn (its Winograd kernels
+    for AVX2 and ARM), else PyTorch when ncnn is not installed."""
+    if ncnn_module() is None or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "pytorch"
+    return "ncnn"
+
+
+def cpu_devices() -> list[ComputeDevice]:
+    """The CPU under each installed runtime, the faster first."""
+    name = cpu_name()
+    found = [ComputeDevice("cpu", "pytorch", name)]
+    if ncnn_module() is not None:
+        found.append(ComputeDevice("cpu", "ncnn", name))
+    return sorted(found, key=lambda d: d.runtime != preferred_cpu_runtime())
+
+
+def discover() -> list[ComputeDevice]:
+    """Every device found, in the order ``auto`` prefers them (software Vulkan devices last)."""
+    vulkan = vulkan_gpus()
+    return (
+        torch_gpus()
+        + [d for d in vulkan if not d.software]
+        + cpu_devices()
+        + [d for d in vulkan if d.software]
+    )
+
+
+def choose_device(name: str = "auto", runtime: str = "auto") -> ComputeDevice:
+    """The device for ``--device NAME`` (auto, cpu, cuda[:N], xpu[:N], mps, vulkan[:N]) and
+    ``runtime`` (auto, pytorch, ncnn); ValueError naming what exists when the request cannot be met."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu|vulkan)(:\d+)?", name):
+        raise ValueError(
+            f"unknown device {name!r}; expected auto, cpu, cuda[:N], xpu[:N], mps or vulkan[:N]"
+        )
+    if runtime == "ncnn" and ncnn_module() is None:
+        raise ValueError("the ncnn runtime was requested but is not installed (pip install ncnn)")
+    found = discover()
+    candidates = [d for d in found if runtime in ("auto", d.runtime)]
+    if name == "auto":
+        candidates = [d for d in candidates if not d.software]
+    elif name in ("cuda", "xpu", "vulkan"):
+        candidates = [d for d in candidates if d.key.startswith(f"{name}:") and not d.software]
+    else:
+        candidates = [d for d in candidates if d.key == name]
+    if not candidates:
+        listed = ", ".join(d.key + (" (software)" if d.software else "") for d in found)
+        wanted = name if runtime == "auto" else f"{name} with the {runtime} runtime"
+        raise ValueError(f"device {wanted} is not available here; found: {listed}")
+    return candidates[0]

@@ -1,0 +1,202 @@
+"""The ncnn runtime: runs a batch of tiles through ncnn on the CPU or a Vulkan GPU.
+
+ncnn's hand-written x86/ARM kernels (Winograd 3×3 convolutions with fused activations) are what the
+popular desktop upscalers ship for CPUs without a usable GPU, and its Vulkan backend reaches AMD,
+Intel and NVIDIA GPUs where PyTorch has no device (bench/README.md compares it with PyTorch and
+OpenVINO). The network reaches ncnn from its own state dict (`weights/ncnn_export.py`),
+so every model and every strength runs here; the engine keeps tiling, alpha and colour.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from image_enhancer.engine import device as torch_device
+from image_enhancer.weights.ncnn_export import INPUT, OUTPUT, cached_export
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel
+
+# ncnn's peak working memory per input pixel relative to PyTorch's estimate for the same network
+# (Winograd keeps transformed copies of a layer's input and output). Measured peak RSS over the
+# loaded model, with our pools: compact model 640 MiB at 512² and 2136 MiB at 1024² (estimates 240
+# and 960: 2.7× and 2.2×); x4plus with its tail in strips 443 MiB at 128² and 1004 MiB at 256²
+# (estimates 195 and 780: 2.3× and 1.3×, a fixed part dominating small tiles). 1.9 keeps a 256²
+# x4plus image one window inside the 1.5 GiB CPU budget.
+NCNN_MEMORY_FACTOR = 2.8
+NCNN_MEMORY_FACTOR_IN_STRIPS = 1.9
+# Input pixels per strip of a stage that runs at the output resolution (RRDBNet's ×4 tail, about
+# 55 kB of ncnn working memory per input pixel): 4096 keep a strip near 200 MB; on a 256-pixel-wide
+# tile the strips' 2 rows of context each side add a quarter to the tail, which is 8% of the work.
+STRIP_PIXELS = 4096
+POOL_SIZE_RATIO = 0.5
+# A Vulkan device's heap budget is what ncnn says it may use; a share leaves room for the display.
+VULKAN_BUDGET_SHARE = 0.6
+
+
+@cache
+def ncnn_module() -> ModuleType | None:
+    """The ncnn module, or None when it cannot be imported on this platform.
+
+    ncnn's OpenMP threads spin for a while after each layer; on a machine shared with GIMP and other
+    work that spinning starves the threads that have work (measured 5–10× slower runs on 2 busy
+    cores), so they sleep instead unless the user chose otherwise.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import ncnn
+    except ImportError:
+        return None
+    return ncnn
+
+
+#: How ncnn may use half precision: not at all, for storage only (values are rounded to fp16 between
+#: layers, arithmetic stays fp32), or for storage and arithmetic (ncnn's own default).
+NCNN_PRECISIONS = ("fp32", "fp16-storage", "fp16")
+
+
+def ncnn_options(ncnn: ModuleType, vulkan: int | None, precision: str, threads: int) -> object:
+    """ncnn options for the CPU (``vulkan`` None) or a Vulkan device.
+
+    Measured against PyTorch fp32 on a photo (Vulkan, x4plus): fp16 storage stays within 0.9 of an
+    8-bit level, fp16 arithmetic drifts by up to 4 levels (RRDBNet's 69 residual sums each round the
+    running features to 11 bits); fp32 matches to 1e-6.
+    """
+    if precision not in NCNN_PRECISIONS:
+        raise ValueError(f"unknown ncnn precision {precision!r}; expected one of {NCNN_PRECISIONS}")
+    opt = ncnn.Option()
+    opt.num_threads = threads
+    opt.openmp_blocktime = 0
+    opt.lightmode = True  # free each intermediate blob as soon as its last consumer ran
+    opt.use_vulkan_compute = vulkan is not None
+    opt.use_fp16_storage = opt.use_fp16_packed = precision != "fp32"
+    opt.use_fp16_arithmetic = precision == "fp16"
+    opt.use_bf16_storage = opt.use_bf16_packed = False
+    return opt
+
+
+class NcnnRunner:
+    """Runs one network through ncnn; callable as the tiler's ``op`` (float32 CPU batch in and out)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cache_dir: Path,
+        vulkan: int | None = None,
+        precision: str = "fp32",
+        threads: int | None = None,
+        strip_pixels: int = STRIP_PIXELS,
+    ) -> None:
+        ncnn = ncnn_module()
+        if ncnn is None:
+            raise RuntimeError("the ncnn runtime is not installed (pip install ncnn)")
+        d = loaded.descriptor
+        self.descriptor = d
+        self.vulkan = vulkan
+        self.precision = precision
+        self.device = torch.device("cpu")  # where batches come from and results go
+        self.strip_pixels = strip_pixels
+        state = loaded.module.state_dict()
+        self.stages = cached_export(state, d.architecture, d.hyperparameters, cache_dir)
+        self._ncnn = ncnn
+        self._threads = threads or torch.get_num_threads()
+        # Our own pools instead of the net's default one: a pool that hands out any cached block at
+        # least half the requested size (not three quarters) keeps fewer blocks of near-equal sizes,
+        # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256²; cleared after each
+        # batch, so an idle server does not hold a tile's worth of memory.
+        self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
+        for pool in self._pools:
+            pool.set_size_compare_ratio(POOL_SIZE_RATIO)
+        self._nets = self._load(precision)
+        self._fp32_nets = self._nets if precision == "fp32" else None
+        self.fallbacks = 0  # tiles rerun in fp32 because fp16 overflowed to Inf/NaN
+        self._source = loaded.module
+        self._lock = threading.Lock()
+
+    def _load(self, precision: str) -> list[object]:
+        options = ncnn_options(self._ncnn, self.vulkan, precision, self._threads)
+        options.blob_allocator, options.workspace_allocator = self._pools
+        nets = []
+        for stage in self.stages:
+            net = self._ncnn.Net()
+            net.opt = options
+            if self.vulkan is not None:
+                net.set_vulkan_device(self.vulkan)
+            if net.load_param(str(stage.param)) != 0 or net.load_model(str(stage.weights)) != 0:
+                raise RuntimeError(f"ncnn could not load the exported network {stage.param.name}")
+            nets.append(net)
+        return nets
+
+    def bytes_per_pixel(self) -> float:
+        d = self.descriptor
+        estimate = torch_device.activation_bytes_per_pixel(
+            self._source, d.in_channels, d.size_multiple, d.min_size
+        )
+        in_strips = any(stage.halo for stage in self.stages)
+        return estimate * (NCNN_MEMORY_FACTOR_IN_STRIPS if in_strips else NCNN_MEMORY_FACTOR)
+
+    def memory_budget(self) -> int:
+        if self.vulkan is None:
+            return torch_device.memory_budget(torch.device("cpu"))
+        heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
+        return int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
+        outputs = []
+        with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
+            for tile in batch.detach().to("cpu", torch.float32).numpy():
+                values = self._chain(self._nets, tile)
+                if not np.isfinite(values).all() and self._nets is not self._fp32_nets:
+                    # fp16 overflows inside some GAN models on bright areas: this tile again in fp32.
+                    self.fallbacks += 1
+                    if self._fp32_nets is None:
+                        self._fp32_nets = self._load("fp32")
+                    values = self._chain(self._fp32_nets, tile)
+                outputs.append(torch.from_numpy(values))
+            for pool in self._pools:
+                pool.clear()
+        return torch.stack(outputs)
+
+    def _chain(self, nets: list[object], values: np.ndarray) -> np.ndarray:
+        for net, stage in zip(nets, self.stages, strict=True):
+            values = self._run_in_strips(net, values, stage.halo) if stage.halo else self._run(net, values)
+        return values
+
+    def _run(self, net: object, values: np.ndarray) -> np.ndarray:
+        # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        extractor = net.create_extractor()
+        extractor.input(INPUT, self._ncnn.Mat(values))
+        status, output = extractor.extract(OUTPUT)
+        if status != 0:
+            # ncnn reports a failed allocation as -100; anything else is a broken graph.
+            if status == -100:
+                raise MemoryError("ncnn ran out of memory for a tile")
+            raise RuntimeError(f"ncnn failed on a tile (status {status})")
+        return np.array(output)
+
+    def _run_in_strips(self, net: object, values: np.ndarray, halo: int) -> np.ndarray:
+        """The stage over ``(C, H, W)`` in strips of rows, each with ``halo`` rows of context, so only
+        one strip's output-resolution activations exist at a time."""
+        _channels, height, width = values.shape
+        rows = max(1, self.strip_pixels // width)
+        if rows >= height:
+            return self._run(net, values)
+        parts = []
+        scale = 0
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            start, end = max(0, top - halo), min(height, bottom + halo)
+            output = self._run(net, values[:, start:end])
+            scale = scale or output.shape[1] // (end - start)
+            parts.append(output[:, (top - start) * scale : (bottom - start) * scale])
+        return np.concatenate(parts, axis=1)

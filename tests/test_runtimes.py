@@ -1,0 +1,199 @@
+"""The ncnn runtime on the CPU and on Vulkan (llvmpipe, Mesa's software device, in CI), against PyTorch fp32.
+
+Set IMAGE_ENHANCER_TEST_VULKAN=required (CI does) to make a missing Vulkan device a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from image_enhancer.engine import pixels
+from image_enhancer.engine.devices import choose_device, discover, vulkan_gpus
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.engine.ncnn_runner import NcnnRunner
+from image_enhancer.models.registry import load_model
+from image_enhancer.models.rrdbnet import RRDBNet
+from image_enhancer.models.srvgg import SRVGGNetCompact
+from image_enhancer.weights import ncnn_export
+
+DATA = Path(__file__).parent / "data"
+LEVEL = 1 / 255
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    image = np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
+    return pixels.to_tensor(image)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ncnn")
+
+
+def plain(loaded, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return loaded.module(batch)
+
+
+def software_vulkan() -> int:
+    devices = vulkan_gpus()
+    if not devices:
+        if os.environ.get("IMAGE_ENHANCER_TEST_VULKAN") == "required":
+            pytest.fail("no Vulkan device found (install mesa-vulkan-drivers and libvulkan1)")
+        pytest.skip("no Vulkan device on this machine")
+    return devices[0].vulkan_index
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        RRDBNet(scale=4, num_feat=16, num_block=2, num_grow_ch=8),
+        RRDBNet(scale=2, num_feat=16, num_block=1, num_grow_ch=8),
+        RRDBNet(scale=1, num_feat=16, num_block=1, num_grow_ch=8),
+        RRDBNet(in_channels=1, out_channels=1, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
+        SRVGGNetCompact(num_feat=16, num_conv=3, scale=4),
+        SRVGGNetCompact(num_feat=16, num_conv=2, scale=3),
+        SRVGGNetCompact(in_channels=1, out_channels=1, num_feat=8, num_conv=2, scale=1),
+    ],
+    ids=["rrdb-x4", "rrdb-x2", "rrdb-x1", "rrdb-gray-x2", "compact-x4", "compact-x3", "compact-gray-x1"],
+)
+def test_exported_graph_computes_what_pytorch_computes(network, cache):
+    torch.manual_seed(0)
+    for parameter in network.parameters():  # random weights of a realistic size, not the init's
+        parameter.data.normal_(0, 0.05)
+    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    batch = torch.rand(2, loaded.descriptor.in_channels, 20, 28, generator=torch.Generator().manual_seed(1))
+    output = NcnnRunner(loaded, cache)(batch)
+    torch.testing.assert_close(output, plain(loaded, batch), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["realesrgan-x4plus-anime", "realesr-animevideov3"])
+def test_real_weights_on_the_cpu_stay_within_one_level(model_store, photo, cache, model):
+    loaded = model_store.get(model)
+    batch = photo[None, :, 40:88, 100:148]
+    difference = (NcnnRunner(loaded, cache)(batch) - plain(loaded, batch)).abs().max()
+    assert difference < 0.05 * LEVEL  # fp32 throughout: rounding only
+
+
+def test_exports_are_cached_by_content_and_each_strength_is_its_own(model_store, cache):
+    def export(strength: float) -> list[ncnn_export.Stage]:
+        loaded = model_store.get("ie-compact-x4-gan", strength)
+        d = loaded.descriptor
+        return ncnn_export.cached_export(loaded.module.state_dict(), d.architecture, d.hyperparameters, cache)
+
+    (stage,) = export(0.3)
+    stamp = stage.weights.stat().st_mtime_ns
+    assert export(0.3) == [stage] and stage.weights.stat().st_mtime_ns == stamp  # reused, not rewritten
+    (other,) = export(0.7)
+    digest = ncnn_export.state_digest(model_store.get("ie-compact-x4-gan", 0.7).module.state_dict())
+    assert other.param != stage.param and other.param.name.startswith(digest)
+
+
+def test_the_upsampling_tail_in_strips_equals_the_whole_tail(cache):
+    torch.manual_seed(2)
+    network = RRDBNet(scale=2, num_feat=16, num_block=1, num_grow_ch=8)
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.05)
+    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    batch = torch.rand(1, 3, 46, 30, generator=torch.Generator().manual_seed(3))
+    runner = NcnnRunner(loaded, cache, strip_pixels=15 * 5)  # 5 body rows (the body is at half size)
+    assert [stage.halo for stage in runner.stages] == [0, 2]
+    torch.testing.assert_close(runner(batch), plain(loaded, batch), atol=2e-5, rtol=0)
+
+
+def test_strength_blends_run_on_ncnn(model_store, photo, cache):
+    loaded = model_store.get("ie-compact-x4-gan", 0.5)
+    batch = photo[None, :, :32, :32]
+    torch.testing.assert_close(NcnnRunner(loaded, cache)(batch), plain(loaded, batch), atol=1e-4, rtol=0)
+
+
+def test_unknown_architectures_and_names_are_refused_by_the_exporter():
+    with pytest.raises(ncnn_export.UnsupportedGraphError, match="PyTorch runtime"):
+        ncnn_export.export({}, "SwinIR", {})
+    hyperparameters = {"scale": 4, "num_conv": 1}
+    with pytest.raises(ncnn_export.UnsupportedGraphError, match="body.0.weight"):
+        ncnn_export.export({"model.0.weight": torch.zeros(1)}, "SRVGGNetCompact", hyperparameters)
+
+
+def test_auto_never_picks_a_software_vulkan_device():
+    chosen = choose_device("auto")
+    assert not chosen.software
+    software = [d for d in discover() if d.software]
+    if software:
+        assert choose_device(software[0].key).software  # only when asked for by index
+        if not any(d.key.startswith("vulkan") and not d.software for d in discover()):
+            with pytest.raises(ValueError, match="not available here; found: .*software"):
+                choose_device("vulkan")
+
+
+def test_cpu_picks_the_faster_runtime_for_this_cpu_and_either_can_be_asked_for():
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert choose_device("cpu").runtime == ("pytorch" if avx512 else "ncnn")
+    assert choose_device("auto").runtime == choose_device("cpu").runtime or choose_device("auto").key != "cpu"
+    assert choose_device("cpu", "pytorch").runtime == "pytorch"
+    assert choose_device("cpu", "ncnn").runtime == "ncnn"
+
+
+# --- Vulkan (a real GPU on users' machines; Mesa's llvmpipe here and in CI) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("precision", "limit"),
+    # fp32 is exact; fp16 storage rounds values between layers (within one level); fp16 arithmetic
+    # drifts further through the deep network (measured up to 4 levels on x4plus).
+    [("fp32", 1e-4), ("fp16-storage", LEVEL), ("fp16", 6 * LEVEL)],
+)
+def test_vulkan_matches_pytorch(model_store, photo, cache, precision, limit):
+    index = software_vulkan()
+    loaded = model_store.get("realesrgan-x4plus-anime")
+    batch = photo[None, :, 60:92, 20:52]
+    output = NcnnRunner(loaded, cache, vulkan=index, precision=precision)(batch)
+    assert torch.isfinite(output).all()
+    assert (output - plain(loaded, batch)).abs().max() < limit
+
+
+def test_tiles_that_overflow_fp16_are_rerun_in_fp32(cache):
+    """A network whose features exceed fp16's 65504 inside but not at its output."""
+    index = software_vulkan()
+    network = SRVGGNetCompact(num_feat=8, num_conv=1, scale=1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(0.0)
+        network.body[0].bias.fill_(1e5)  # every feature 100000: Inf in fp16
+        network.body[1].weight.fill_(1.0)
+        network.body[2].weight.fill_(1.0)  # the middle conv sums 9·8 of them …
+        network.body[4].weight.fill_(1e-7)  # … and the last scales them back down
+    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    batch = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    runner = NcnnRunner(loaded, cache, vulkan=index, precision="fp16-storage")
+    output = runner(batch)
+    assert runner.fallbacks == 1 and torch.isfinite(output).all()
+    torch.testing.assert_close(output, plain(loaded, batch), atol=1e-3, rtol=1e-4)
+
+
+def test_a_non_contiguous_batch_reaches_vulkan_intact(model_store, photo, cache):
+    """ncnn borrows the array it is given; a temporary copy freed too early gave garbage rows."""
+    index = software_vulkan()
+    loaded = model_store.get("realesr-animevideov3")
+    batch = photo[None, :, :48, :40].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last
+    assert not batch.is_contiguous()
+    output = NcnnRunner(loaded, cache, vulkan=index)(batch)
+    assert (output - plain(loaded, batch)).abs().max() < 1e-4
+
+
+def test_the_whole_engine_on_vulkan_equals_the_cpu(model_store, photo):
+    index = software_vulkan()
+    image = pixels.from_tensor(photo[:, 30:70, 50:110], np.uint8)
+    rgba = np.dstack([image, np.tile(np.linspace(0, 255, 60, dtype=np.uint8), (40, 1))])
+    options = EnhanceOptions(model="realesr-animevideov3", tile=32)  # several tiles, blended
+    on_gpu = Enhancer(model_store, device=f"vulkan:{index}", precision="fp32").enhance(rgba, options)
+    on_cpu = Enhancer(model_store, device="cpu", runtime="pytorch").enhance(rgba, options)
+    assert on_gpu.shape == (160, 240, 4)
+    assert np.abs(on_gpu.astype(int) - on_cpu.astype(int)).max() <= 1
