@@ -300,7 +300,7 @@ def test_a_model_that_tiles_internally_sees_the_whole_image(tiling, single, fore
     )
     np.testing.assert_array_equal(result, forest[:40, :36])
     windows = Recording.seen[1:]  # the first pass is the engine's memory probe
-    assert windows and (windows == [(1, 3, 40 + 32, 36 + 32)]) is single  # the image and its context
+    assert windows and (windows == [(1, 3, 40, 36)]) is single  # the whole image, in one window
     # An explicit tile size is kept unless the model tiles by itself.
 
 

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
 from image_enhancer.engine import pixels
 from image_enhancer.engine.devices import choose_device, discover, vulkan_gpus
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.engine.ncnn_runner import NcnnRunner
-from image_enhancer.models.registry import load_model
-from image_enhancer.models.rrdbnet import RRDBNet
-from image_enhancer.models.srvgg import SRVGGNetCompact
+from image_enhancer.models.registry import load_model, stored_state_dict
 from image_enhancer.weights import ncnn_export
 
 DATA = Path(__file__).parent / "data"
@@ -30,6 +29,37 @@ LEVEL = 1 / 255
 def photo() -> torch.Tensor:
     image = np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
     return pixels.to_tensor(image)
+
+
+def random_rrdbnet(scale: int, num_feat: int, num_block: int, channels: int = 3, seed: int = 0):
+    """A Real-ESRGAN RRDBNet (×4 trunk; ×2 and ×1 pixel-unshuffle their input) with random weights,
+    as a stored state dict. Growth is 32 channels, as in every Real-ESRGAN file."""
+    generator = torch.Generator().manual_seed(seed)
+    growth, unshuffled = 32, channels * (4 // scale) ** 2
+
+    def conv(name: str, out: int, inp: int) -> dict[str, torch.Tensor]:
+        return {f"{name}.weight": torch.randn(out, inp, 3, 3, generator=generator) * 0.05,
+                f"{name}.bias": torch.randn(out, generator=generator) * 0.05}
+
+    state = conv("conv_first", num_feat, unshuffled)
+    for block in range(num_block):
+        for rdb in (1, 2, 3):
+            for index in range(1, 6):
+                out = num_feat if index == 5 else growth
+                state |= conv(f"body.{block}.rdb{rdb}.conv{index}", out, num_feat + (index - 1) * growth)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        state |= conv(name, num_feat, num_feat)
+    return state | conv("conv_last", channels, num_feat)
+
+
+def random_compact(num_feat: int, num_conv: int, scale: int, channels: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    network = SRVGGNetCompact(
+        num_in_ch=channels, num_out_ch=channels, num_feat=num_feat, num_conv=num_conv, upscale=scale
+    )
+    for parameter in network.parameters():  # random weights of a realistic size, not the init's
+        parameter.data.normal_(0, 0.05)
+    return {k: v.clone() for k, v in network.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -52,23 +82,20 @@ def software_vulkan() -> int:
 
 
 @pytest.mark.parametrize(
-    "network",
+    "state",
     [
-        RRDBNet(scale=4, num_feat=16, num_block=2, num_grow_ch=8),
-        RRDBNet(scale=2, num_feat=16, num_block=1, num_grow_ch=8),
-        RRDBNet(scale=1, num_feat=16, num_block=1, num_grow_ch=8),
-        RRDBNet(in_channels=1, out_channels=1, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
-        SRVGGNetCompact(num_feat=16, num_conv=3, scale=4),
-        SRVGGNetCompact(num_feat=16, num_conv=2, scale=3),
-        SRVGGNetCompact(in_channels=1, out_channels=1, num_feat=8, num_conv=2, scale=1),
+        random_rrdbnet(scale=4, num_feat=16, num_block=2),
+        random_rrdbnet(scale=2, num_feat=16, num_block=1),
+        random_rrdbnet(scale=1, num_feat=16, num_block=1),
+        random_rrdbnet(channels=1, scale=2, num_feat=8, num_block=1),
+        random_compact(num_feat=16, num_conv=3, scale=4),
+        random_compact(num_feat=16, num_conv=2, scale=3),
+        random_compact(channels=1, num_feat=8, num_conv=2, scale=1),
     ],
     ids=["rrdb-x4", "rrdb-x2", "rrdb-x1", "rrdb-gray-x2", "compact-x4", "compact-x3", "compact-gray-x1"],
 )
-def test_exported_graph_computes_what_pytorch_computes(network, cache):
-    torch.manual_seed(0)
-    for parameter in network.parameters():  # random weights of a realistic size, not the init's
-        parameter.data.normal_(0, 0.05)
-    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+def test_exported_graph_computes_what_pytorch_computes(state, cache):
+    loaded = load_model(state)
     batch = torch.rand(2, loaded.descriptor.in_channels, 20, 28, generator=torch.Generator().manual_seed(1))
     output = NcnnRunner(loaded, cache)(batch)
     torch.testing.assert_close(output, plain(loaded, batch), atol=2e-5, rtol=0)
@@ -86,22 +113,18 @@ def test_exports_are_cached_by_content_and_each_strength_is_its_own(model_store,
     def export(strength: float) -> list[ncnn_export.Stage]:
         loaded = model_store.get("ie-compact-x4-gan", strength)
         d = loaded.descriptor
-        return ncnn_export.cached_export(loaded.module.state_dict(), d.architecture, d.hyperparameters, cache)
+        return ncnn_export.cached_export(stored_state_dict(loaded), d.architecture, d.hyperparameters, cache)
 
     (stage,) = export(0.3)
     stamp = stage.weights.stat().st_mtime_ns
     assert export(0.3) == [stage] and stage.weights.stat().st_mtime_ns == stamp  # reused, not rewritten
     (other,) = export(0.7)
-    digest = ncnn_export.state_digest(model_store.get("ie-compact-x4-gan", 0.7).module.state_dict())
+    digest = ncnn_export.state_digest(stored_state_dict(model_store.get("ie-compact-x4-gan", 0.7)))
     assert other.param != stage.param and other.param.name.startswith(digest)
 
 
 def test_the_upsampling_tail_in_strips_equals_the_whole_tail(cache):
-    torch.manual_seed(2)
-    network = RRDBNet(scale=2, num_feat=16, num_block=1, num_grow_ch=8)
-    for parameter in network.parameters():
-        parameter.data.normal_(0, 0.05)
-    loaded = load_model({k: v.clone() for k, v in network.state_dict().items()})
+    loaded = load_model(random_rrdbnet(scale=2, num_feat=16, num_block=1, seed=2))
     batch = torch.rand(1, 3, 46, 30, generator=torch.Generator().manual_seed(3))
     runner = NcnnRunner(loaded, cache, strip_pixels=15 * 5)  # 5 body rows (the body is at half size)
     assert [stage.halo for stage in runner.stages] == [0, 2]
@@ -162,7 +185,7 @@ def test_vulkan_matches_pytorch(model_store, photo, cache, precision, limit):
 def test_tiles_that_overflow_fp16_are_rerun_in_fp32(cache):
     """A network whose features exceed fp16's 65504 inside but not at its output."""
     index = software_vulkan()
-    network = SRVGGNetCompact(num_feat=8, num_conv=1, scale=1)
+    network = SRVGGNetCompact(num_feat=8, num_conv=1, upscale=1)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.fill_(0.0)

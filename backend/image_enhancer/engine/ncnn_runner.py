@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from image_enhancer.engine import device as torch_device
+from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.weights.ncnn_export import INPUT, OUTPUT, cached_export
 
 if TYPE_CHECKING:
@@ -104,8 +105,7 @@ class NcnnRunner:
         self.precision = precision
         self.device = torch.device("cpu")  # where batches come from and results go
         self.strip_pixels = strip_pixels
-        state = loaded.module.state_dict()
-        self.stages = cached_export(state, d.architecture, d.hyperparameters, cache_dir)
+        self.stages = cached_export(stored_state_dict(loaded), d.architecture, d.hyperparameters, cache_dir)
         self._ncnn = ncnn
         self._threads = threads or torch.get_num_threads()
         # Our own pools instead of the net's default one: a pool that hands out any cached block at

@@ -146,6 +146,15 @@ def load_model(state_dict: dict[str, Any]) -> LoadedModel:
     return LoadedModel(module=module, descriptor=_descriptor(loaded))
 
 
+def stored_state_dict(loaded: LoadedModel) -> StateDict:
+    """The network's tensors under the names our weight files use: Real-ESRGAN's for RRDBNet, whose
+    spandrel module keeps the original ESRGAN's sequential names; the module's own names otherwise."""
+    state = loaded.module.state_dict()
+    if loaded.descriptor.architecture == "RRDBNet":
+        return esrgan_names.to_real_esrgan_names(state)
+    return state
+
+
 def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
     size = loaded.size_requirements
     architecture, hyperparameters, tile_pad = _known_facts(loaded)
