@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.paths import weights_dir
+from image_enhancer.request import EnhanceOptions as Options
+from image_enhancer.wire import ImageInfo, ModelInfo
 
 PLUGIN = Path(__file__).resolve().parents[1] / "gimp_plugin" / "ai_enhance"
 WEIGHTS = weights_dir()  # the real one, looked up before the tests point IMAGE_ENHANCER_HOME elsewhere

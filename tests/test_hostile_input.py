@@ -21,13 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from image_enhancer.cli import main
-from image_enhancer.client.core import MIB, EnhancerError
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.imagefiles import ImageFile, ImageFileError, read_image, write_image
 from image_enhancer.server.app import serve
 from image_enhancer.server.service import UploadLimits
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
+from image_enhancer.wire import MIB
 
 DATA = Path(__file__).resolve().parent / "data"
 

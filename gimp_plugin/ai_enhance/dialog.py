@@ -17,7 +17,7 @@ import transport  # noqa: E402
 from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
 from preview_panel import PreviewPanel  # noqa: E402
 
-from image_enhancer.client.core import ModelInfo, ServerInfo  # noqa: E402
+from image_enhancer.wire import ModelInfo, ServerInfo  # noqa: E402
 
 STRENGTH_TOOLTIP = (
     "0 %: faithful — smooth, nothing invented.  100 %: sharp — crisp detail and texture the model invents."

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import transport
 from settings import scaled_size
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.lite import LiteClient
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.wire import ImageInfo
 
 PREVIEW_SIDE = 256  # output pixels on each side of the shown crop
 CONTEXT = 24  # input pixels read around the crop (more than the compact models' reach)
@@ -80,7 +82,7 @@ class Superseded(Exception):
 class PreviewJob:
     data: bytes  # the crop's `read` rectangle in the layer's format
     image: ImageInfo
-    options: Options
+    options: EnhanceOptions
     crop: Crop
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from image_enhancer.arguments import int_in, positive_float
-from image_enhancer.client.core import DEFAULT_ADDRESS, TOKEN_ENV
 from image_enhancer.server import DEFAULT_MAX_QUEUE, MAX_QUEUE
+from image_enhancer.wire import DEFAULT_ADDRESS, TOKEN_ENV
 
 if TYPE_CHECKING:
     from image_enhancer.server.app import TlsFiles
