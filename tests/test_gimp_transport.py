@@ -218,7 +218,7 @@ def test_starts_the_recorded_backend_once_then_reuses_it(model_store: object, tm
     (home / "weights").symlink_to(WEIGHTS)  # the backend's private home sees the installed models
     pid_file = tmp_path / "pid"
     serve = f'echo $$ > {pid_file}; exec "$0" -m image_enhancer serve --address {address} --no-warm-up'
-    command = ("/bin/sh", "-c", serve + " --max-megapixels 0.01", sys.executable)
+    command = ("/bin/sh", "-c", serve + " --max-input-megapixels 0.01", sys.executable)
     config = transport.BackendConfig(address, command, 120.0)
     stages: list[str] = []
     try:

@@ -195,8 +195,8 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     chosen = find_model(store.list(), options.model)  # unknown names: the store's error lists them
     options = replace(options, model=chosen.name) if chosen else options
     limits = {}
-    if args.max_megapixels is not None:
-        limits["max_output_pixels"] = max(1, round(args.max_megapixels * 1e6))
+    if args.max_output_megapixels is not None:
+        limits["max_output_pixels"] = max(1, round(args.max_output_megapixels * 1e6))
     enhancer = Enhancer(store, device=args.device, precision=args.precision, **limits)
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
@@ -206,7 +206,7 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
 
 
 # Options that only the process running the models can honour, with their command-line defaults.
-_SERVER_SIDE = {"device": "auto", "precision": "auto", "max_megapixels": None}
+_SERVER_SIDE = {"device": "auto", "precision": "auto", "max_output_megapixels": None}
 
 
 def _remote_enhance_function(args: argparse.Namespace) -> Enhance:

@@ -25,9 +25,8 @@ from image_enhancer.paths import weights_dir as default_weights_dir
 from image_enhancer.request import shorten
 from image_enhancer.weights.integrity import problem_with
 from image_enhancer.weights.interpolation import IncompatiblePairError, check_compatible, interpolate
-from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest
+from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest, model_path
 from image_enhancer.weights.pairs import Pair, read_pairs, write_pair
-from image_enhancer.weights.provision import model_path
 from image_enhancer.weights.safe_load import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
