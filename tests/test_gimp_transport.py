@@ -35,8 +35,10 @@ def _load(name: str):  # noqa: ANN202 - a module
     return module
 
 
+sys.path.insert(0, str(PLUGIN))  # for the plug-in modules' own imports of each other
 transport = _load("transport")
 settings = _load("settings")
+geometry = _load("geometry")
 
 
 def _free_address() -> str:
@@ -191,7 +193,7 @@ def test_result_text_says_the_size_and_that_the_canvas_grows() -> None:
     assert "2.5" in settings.result_text((10, 10), 2.5, False)
     assert "only the selection" in settings.result_text((320, 200), 1.0, True)
     assert "grow" not in settings.result_text((320, 200), 1.0, False)
-    assert settings.scaled_size(3, 3, 1.5) == (4, 4)
+    assert geometry.scaled_size(3, 3, 1.5) == (4, 4)
 
 
 @pytest.mark.parametrize(

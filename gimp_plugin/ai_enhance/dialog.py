@@ -11,6 +11,7 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
+import geometry  # noqa: E402
 import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
@@ -104,7 +105,7 @@ def _summary(
     if model is not None and backend.server is not None:
         jobs = [
             width * height
-            for width, height in (settings.scaled_size(s.width, s.height, scale) for s in sources)
+            for width, height in (geometry.scaled_size(s.width, s.height, scale) for s in sources)
         ]
         lines.append(settings.estimate_text(jobs, model, backend.server.device))
     return "\n".join(lines)

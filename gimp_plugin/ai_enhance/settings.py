@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from geometry import scaled_size
+
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.wire import ModelInfo
 
@@ -75,11 +77,6 @@ class Settings:
 # --- what the dialog tells a person (plain text, no GIMP) ------------------------------------------------
 
 _DEVICE_WORDS = {"cpu": "this CPU", "mps": "this Mac's GPU"}
-
-
-def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """A size after scaling, rounded as GIMP's Image > Scale Image and the backend both round it."""
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def installed_models(models: list[ModelInfo]) -> list[ModelInfo]:
