@@ -4,6 +4,7 @@ These are pure functions; the clients themselves are tested against the real ser
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -165,3 +166,27 @@ def test_package_and_client_imports_stay_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_model_descriptions_cross_the_wire_unchanged():
+    info = wire.ModelInfo("m", "RRDBNet", 4, True, True, ("fp32", "fp16"), "BSD", "Photo", True, 2.5e6, 0.3)
+    assert wire.model_info(pb.ModelInfo.FromString(wire.model_message(info).SerializeToString())) == info
+    described = pb.ServerDescription(version="1", device="cpu", max_pixels=40_000_000, default_model="m")
+    assert wire.server_info(described) == wire.ServerInfo("1", "cpu", "", 0, 0, 40_000_000, "m", 0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(model="m", scale=2.5, strength=0.0, tile=64, alpha_mode="bicubic", colour_fidelity=True),
+        Options(model="m", strength=1.0, auto_contrast=0.5),
+    ],
+)
+def test_a_request_crosses_the_wire_unchanged(options):
+    image = ImageInfo(3, 2, 4, "f32", "linear")
+    sent = pb.EnhanceStart(image=wire.header_message(image), options=wire.options_message(options))
+    start = pb.EnhanceStart.FromString(sent.SerializeToString())
+    got = wire.image_info(start.image)
+    assert got == image
+    assert wire.request_options(start.options, got) == dataclasses.replace(options, linear=True)

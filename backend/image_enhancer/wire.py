@@ -9,9 +9,11 @@ protobuf messages only, no grpc, numpy or torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 
 from .address import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from .address import Address as Address
@@ -46,6 +48,9 @@ _COLOUR_ENCODING_NAMES = {pb.COLOUR_ENCODING_UNSPECIFIED: "srgb"} | {
     value: name for name, value in COLOUR_ENCODINGS.items()
 }
 _ALPHA_MODE_NAMES = {pb.ALPHA_MODE_UNSPECIFIED: "model"} | {v: k for k, v in ALPHA_MODES.items()}
+
+
+T = TypeVar("T")
 
 
 class WireError(ValueError):
@@ -172,47 +177,20 @@ def request_options(message: pb.EnhanceOptions, image: ImageInfo) -> EnhanceOpti
     )
 
 
+def _fields(message: Message, kind: type[T]) -> T:
+    """A dataclass from the message fields of the same names (repeated fields become tuples)."""
+    described = message.DESCRIPTOR.fields_by_name
+    values = {f.name: getattr(message, f.name) for f in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: tuple(v) if described[k].is_repeated else v for k, v in values.items()})
+
+
 def model_message(info: ModelInfo) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=info.name,
-        architecture=info.architecture,
-        scale=info.scale,
-        installed=info.installed,
-        has_strength=info.has_strength,
-        precisions=list(info.precisions),
-        license=info.license,
-        description=info.description,
-        is_default=info.is_default,
-        output_pixels_per_second=info.output_pixels_per_second,
-        job_fixed_seconds=info.job_fixed_seconds,
-    )
+    return pb.ModelInfo(**asdict(info))
 
 
 def model_info(message: pb.ModelInfo) -> ModelInfo:
-    return ModelInfo(
-        name=message.name,
-        architecture=message.architecture,
-        scale=message.scale,
-        installed=message.installed,
-        has_strength=message.has_strength,
-        precisions=tuple(message.precisions),
-        license=message.license,
-        description=message.description,
-        is_default=message.is_default,
-        output_pixels_per_second=message.output_pixels_per_second,
-        job_fixed_seconds=message.job_fixed_seconds,
-    )
+    return _fields(message, ModelInfo)
 
 
 def server_info(message: pb.ServerDescription) -> ServerInfo:
-    return ServerInfo(
-        version=message.version,
-        device=message.device,
-        device_name=message.device_name,
-        device_memory_bytes=message.device_memory_bytes,
-        max_queue=message.max_queue,
-        max_pixels=message.max_pixels,
-        default_model=message.default_model,
-        protocol_version=message.protocol_version,
-        suggested_model=message.suggested_model,
-    )
+    return _fields(message, ServerInfo)

@@ -174,6 +174,17 @@ def assemble(
     return assembler.result()
 
 
+@dataclass(frozen=True)
+class EnhanceCall:
+    """What a transport needs for one Enhance call: the start message, the chunks that follow it, where
+    progress goes and the deadline in seconds (None: none)."""
+
+    start: pb.EnhanceRequest
+    chunks: Iterator[pb.EnhanceRequest]
+    on_progress: ProgressCallback | None
+    timeout: float | None
+
+
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -257,15 +268,9 @@ class Client(ABC):
         """One request, one reply; failures as EnhancerError."""
 
     @abstractmethod
-    def _enhance(
-        self,
-        start: pb.EnhanceRequest,
-        chunks: Iterator[pb.EnhanceRequest],
-        on_progress: ProgressCallback | None,
-        timeout: float | None,
-    ) -> tuple[ImageInfo, bytes]:
-        """The streaming call: send `start` and `chunks` while feeding replies to a ResultAssembler;
-        cancel the call if anything (on_progress included) raises."""
+    def _enhance(self, call: EnhanceCall) -> tuple[ImageInfo, bytes]:
+        """The streaming call: send `call.start` and `call.chunks` while feeding replies to a
+        ResultAssembler; cancel the call if anything (on_progress included) raises."""
 
     def __enter__(self: T) -> T:
         return self
@@ -325,4 +330,4 @@ class Client(ABC):
         image = ImageInfo(width, height, channels, sample_type, colour_encoding)
         requests = enhance_requests(data, image, options, self._chunk_size)
         start = next(requests)  # checks the request and the data's size before connecting
-        return self._enhance(start, requests, on_progress, timeout)
+        return self._enhance(EnhanceCall(start, requests, on_progress, timeout))

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -62,25 +61,20 @@ class EnhancerClient(core.Client):
         except grpc.RpcError as error:
             raise _error(error) from None
 
-    def _enhance(
-        self,
-        start: pb.EnhanceRequest,
-        chunks: Iterator[pb.EnhanceRequest],
-        on_progress: ProgressCallback | None,
-        timeout: float | None,
-    ) -> tuple[wire.ImageInfo, bytes]:
+    def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
         method = self._channel.stream_stream(
             wire.ENHANCE_METHOD,
             request_serializer=pb.EnhanceRequest.SerializeToString,
             response_deserializer=pb.EnhanceResponse.FromString,
         )
-        call = method(itertools.chain([start], chunks), timeout=timeout, metadata=self._metadata)
+        requests = itertools.chain([call.start], call.chunks)
+        responses = method(requests, timeout=call.timeout, metadata=self._metadata)
         try:
-            return core.assemble(call, on_progress)
+            return core.assemble(responses, call.on_progress)
         except grpc.RpcError as error:
             raise _error(error) from None
         except BaseException:
-            call.cancel()
+            responses.cancel()
             raise
 
     def enhance_array(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -29,7 +29,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from .. import wire
 from ..v1 import enhancer_pb2 as pb
 from . import core
-from .core import EnhancerError, ProgressCallback
+from .core import EnhancerError
 
 # Large HTTP/2 windows: the default 64 KiB window would cap throughput on multi-megabyte chunks.
 _WINDOW = 16 * wire.MIB
@@ -102,35 +102,23 @@ class LiteClient(core.Client):
                 raise EnhancerError("protocol", f"{method} returned no reply")
             return reply
 
-    def _enhance(
-        self,
-        start: pb.EnhanceRequest,
-        chunks: Iterator[pb.EnhanceRequest],
-        on_progress: ProgressCallback | None,
-        timeout: float | None,
-    ) -> tuple[wire.ImageInfo, bytes]:
-        return self._run(self._enhance_call(start, chunks, on_progress, timeout))
+    def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
+        return self._run(self._enhance_call(call))
 
-    async def _enhance_call(
-        self,
-        start: pb.EnhanceRequest,
-        chunks: Iterator[pb.EnhanceRequest],
-        on_progress: ProgressCallback | None,
-        timeout: float | None,
-    ) -> tuple[wire.ImageInfo, bytes]:
+    async def _enhance_call(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
         async with self._channel.request(
             wire.ENHANCE_METHOD,
             Cardinality.STREAM_STREAM,
             pb.EnhanceRequest,
             pb.EnhanceResponse,
-            timeout=timeout,
+            timeout=call.timeout,
             metadata=self._metadata,
         ) as stream:
             # Upload concurrently with reading replies, so an early rejection (full queue, bad header)
             # ends the call without sending the rest of the image.
             await stream.send_request()
-            sender = asyncio.ensure_future(self._send_all(stream, start, chunks))
-            assembler = core.ResultAssembler(on_progress)
+            sender = asyncio.ensure_future(self._send_all(stream, call))
+            assembler = core.ResultAssembler(call.on_progress)
             try:
                 async for response in stream:
                     assembler.feed(response)
@@ -145,10 +133,8 @@ class LiteClient(core.Client):
             return assembler.result()
 
     @staticmethod
-    async def _send_all(
-        stream: Stream, start: pb.EnhanceRequest, chunks: Iterator[pb.EnhanceRequest]
-    ) -> None:
-        await stream.send_message(start)
-        for chunk in chunks:
+    async def _send_all(stream: Stream, call: core.EnhanceCall) -> None:
+        await stream.send_message(call.start)
+        for chunk in call.chunks:
             await stream.send_message(chunk)
         await stream.end()
