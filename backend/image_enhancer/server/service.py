@@ -240,12 +240,10 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             made = result.shape[0] * result.shape[1]
             self._speeds.record(options.model, made, time.perf_counter() - model_ready_at)
 
-        header = pb.ImageHeader(
-            width=result.shape[1],
-            height=result.shape[0],
-            channels=result.shape[2] if result.ndim == 3 else 1,
-            sample_type=wire.SAMPLE_TYPES[spec.sample_type],
-            colour_encoding=wire.COLOUR_ENCODINGS[spec.colour_encoding],
+        height, width = result.shape[:2]
+        channels = result.shape[2] if result.ndim == 3 else 1
+        header = wire.header_message(
+            wire.ImageInfo(width, height, channels, spec.sample_type, spec.colour_encoding)
         )
         # A large result takes a moment to convert: off the event loop, so other calls go on meanwhile.
         data = await asyncio.to_thread(pixels.to_bytes, result)
