@@ -35,6 +35,8 @@ STAMP_NAME = "image-enhancer-install.json"
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The default address has one home, the backend's address module, which the GIMP installer loads.
+    args.address = args.address or gimp_installer().DEFAULT_ADDRESS
     if args.check:
         return check(args)
     if args.uninstall_gimp:
@@ -67,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-gimp", action="store_true", help="do not install the GIMP plug-in")
     parser.add_argument("--gimp-plugin-dir", type=Path, action="append", default=None,
                         help="install the plug-in into this GIMP plug-ins folder (repeatable)")
-    parser.add_argument("--address", default="127.0.0.1:50051", help="backend address the plug-in uses")
+    parser.add_argument("--address", default=None,
+                        help="backend address the plug-in uses (default: the backend's)")
     parser.add_argument("--backend-command", type=backend_command, default=None,
                         help='JSON list: how the GIMP plug-in starts the backend when none answers, e.g. '
                              '\'["flatpak-spawn", "--host", "/opt/ie/.venv/bin/image-enhancer", "serve"]\'; '

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -31,10 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 PLUGIN_NAME = "ai_enhance"
 CONFIG_NAME = "ai_enhance.json"  # read by the plug-in's transport.py
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 SOURCE_DIR = Path(__file__).resolve().parent / PLUGIN_NAME
 # Distribution name -> the top-level import folders it provides. All ship pure-Python code; multidict
 # and protobuf also ship compiled speed-ups, which the plug-in switches off.
@@ -46,9 +47,12 @@ VENDORED = {
     "multidict": ("multidict",),
     "protobuf": ("google/protobuf",),
 }
-# Our own modules the plug-in needs: the package marker, user paths, the wire code and the lite client.
+# Our own modules the plug-in needs: the package marker, user paths, the request, the wire, the lite client.
 OWN_FILES = (
     "image_enhancer/__init__.py",
+    "image_enhancer/address.py",
+    "image_enhancer/request.py",
+    "image_enhancer/wire.py",
     "image_enhancer/paths.py",
     "image_enhancer/v1/__init__.py",
     "image_enhancer/v1/enhancer_pb2.py",
@@ -64,6 +68,34 @@ _VERSION_DIR = re.compile(r"^3\.\d+$")
 
 class InstallError(Exception):
     """Installation cannot go on; the message says why and what to do."""
+
+
+def _own_source_root() -> Path:
+    """The folder that contains our `image_enhancer` package (source checkout or installed)."""
+    checkout = Path(__file__).resolve().parents[1] / "backend"
+    if (checkout / "image_enhancer" / "__init__.py").exists():
+        return checkout
+    spec = importlib.util.find_spec("image_enhancer")
+    if spec is None or not spec.origin:
+        raise InstallError("The image_enhancer package was not found; run this from the project's checkout.")
+    return Path(spec.origin).resolve().parents[1]
+
+
+def _address_rules() -> ModuleType:
+    """The backend's address module (standard library only), loaded by path: the default address and
+    the address parser have one home, which this installer shares without importing the package."""
+    path = _own_source_root() / "image_enhancer" / "address.py"
+    spec = importlib.util.spec_from_file_location("image_enhancer_address", path)
+    if spec is None or spec.loader is None:
+        raise InstallError(f"{path} is missing from the image_enhancer package.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+ADDRESSES = _address_rules()
+DEFAULT_ADDRESS: str = ADDRESSES.DEFAULT_ADDRESS
 
 
 def gimp_config_roots(
@@ -108,19 +140,6 @@ def default_backend_command(address: str) -> list[str]:
     script = Path(sys.executable).with_name("image-enhancer.exe" if os.name == "nt" else "image-enhancer")
     start = [str(script)] if script.exists() else [sys.executable, "-m", "image_enhancer"]
     return [*start, "serve", "--address", address]
-
-
-def _own_source_root() -> Path:
-    """The folder that contains our `image_enhancer` package (source checkout or installed)."""
-    checkout = Path(__file__).resolve().parents[1] / "backend"
-    if (checkout / "image_enhancer" / "__init__.py").exists():
-        return checkout
-    import importlib.util
-
-    spec = importlib.util.find_spec("image_enhancer")
-    if spec is None or not spec.origin:
-        raise InstallError("The image_enhancer package was not found; run this from the project's checkout.")
-    return Path(spec.origin).resolve().parents[1]
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -384,11 +403,14 @@ class CheckReport:
 
 def _listening(address: str) -> bool:
     """Whether something accepts connections at HOST:PORT (a cheap probe, no gRPC needed)."""
-    if address.startswith("unix:"):
-        return Path(address[5:].removeprefix("//")).exists()
-    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0):
+        parsed = ADDRESSES.parse_address(address)
+    except ValueError:
+        return False
+    if parsed.unix_path is not None:
+        return Path(parsed.unix_path).exists()
+    try:
+        with socket.create_connection((parsed.host, parsed.port), timeout=1.0):
             return True
     except (OSError, ValueError):
         return False

@@ -73,7 +73,8 @@ def test_input_is_never_overwritten(model_store, small_photo: Path) -> None:
 
 def test_pixel_limit_gives_a_clear_error(model_store, small_photo: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "big.png"
-    code = main(["enhance", str(small_photo), "-o", str(out), "-m", FAST_MODEL, "--max-megapixels", "0.001"])
+    limit = ["--max-output-megapixels", "0.001"]
+    code = main(["enhance", str(small_photo), "-o", str(out), "-m", FAST_MODEL, *limit])
     assert code == 1
     assert not out.exists()
     assert "pixel" in capsys.readouterr().err.lower()

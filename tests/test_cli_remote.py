@@ -100,7 +100,7 @@ def test_server_down_is_one_clear_error_without_traceback(photo: Path, tmp_path:
     [
         (["--server", "no-port-here"], "must be HOST:PORT or unix:PATH"),
         (["--server", "127.0.0.1:1", "--device", "cpu"], "--device"),
-        (["--server", "127.0.0.1:1", "--max-megapixels", "4"], "--max-megapixels"),
+        (["--server", "127.0.0.1:1", "--max-megapixels", "4"], "--max-output-megapixels"),
     ],
 )
 def test_bad_remote_arguments_are_clear_errors(photo: Path, tmp_path: Path, capsys, extra, message) -> None:

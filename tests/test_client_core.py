@@ -4,16 +4,21 @@ These are pure functions; the clients themselves are tested against the real ser
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
+from image_enhancer import wire
 from image_enhancer.client import core
-from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.client.core import EnhancerError
+from image_enhancer.client.lite import LiteClient
+from image_enhancer.request import EnhanceOptions as Options
 from image_enhancer.v1 import enhancer_pb2 as pb
+from image_enhancer.wire import ImageInfo
 
-MIB = core.MIB
+MIB = wire.MIB
 
 
 def test_requests_are_a_start_then_chunks_that_rebuild_the_data():
@@ -31,7 +36,7 @@ def test_requests_are_a_start_then_chunks_that_rebuild_the_data():
     assert (start.options.model, start.options.scale, start.options.strength) == ("m", 2.0, 0.25)
     assert start.options.alpha_mode == pb.ALPHA_MODE_BICUBIC
     sizes = [len(r.chunk) for r in requests[1:]]
-    assert sizes[:-1] == [core.DEFAULT_CHUNK] * (len(sizes) - 1) and 0 < sizes[-1] <= core.DEFAULT_CHUNK
+    assert sizes[:-1] == [wire.DEFAULT_CHUNK] * (len(sizes) - 1) and 0 < sizes[-1] <= wire.DEFAULT_CHUNK
     assert b"".join(r.chunk for r in requests[1:]) == data
 
 
@@ -43,9 +48,9 @@ def test_no_strength_means_the_field_is_absent():
 @pytest.mark.parametrize(
     ("image", "size", "chunk", "message"),
     [
-        (ImageInfo(4, 4, 3, "u8"), 47, core.DEFAULT_CHUNK, "needs 48 bytes, got 47"),
-        (ImageInfo(4, 4, 3, "u9"), 48, core.DEFAULT_CHUNK, "unknown sample type 'u9'"),
-        (ImageInfo(4, 4, 3, "u8", "adobe"), 48, core.DEFAULT_CHUNK, "unknown colour encoding 'adobe'"),
+        (ImageInfo(4, 4, 3, "u8"), 47, wire.DEFAULT_CHUNK, "needs 48 bytes, got 47"),
+        (ImageInfo(4, 4, 3, "u9"), 48, wire.DEFAULT_CHUNK, "unknown sample type 'u9'"),
+        (ImageInfo(4, 4, 3, "u8", "adobe"), 48, wire.DEFAULT_CHUNK, "unknown colour encoding 'adobe'"),
         (ImageInfo(4, 4, 3, "u8"), 48, MIB // 2, "chunk_size must be 1-4 MiB"),
     ],
 )
@@ -132,20 +137,56 @@ def test_status_codes_map_to_error_kinds(code, details, kind):
     ],
 )
 def test_addresses_are_split(address, parts):
-    assert core.split_address(address) == parts
+    assert wire.parse_address(address) == wire.Address(*parts)
 
 
-@pytest.mark.parametrize("address", ["localhost", "host:port", ""])
+@pytest.mark.parametrize("address", ["localhost", "host:port", "", ":50051", "50051", "h:70000", "unix:"])
 def test_malformed_addresses_are_refused(address):
-    with pytest.raises(EnhancerError, match="HOST:PORT or unix:PATH"):
-        core.split_address(address)
+    with pytest.raises(wire.AddressError, match="unix:PATH"):
+        wire.parse_address(address)
+    with pytest.raises(EnhancerError, match="unix:PATH") as refused:
+        LiteClient(address)
+    assert refused.value.kind == "invalid"
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [("127.0.0.1:1", True), ("127.8.0.1:1", True), ("[::1]:1", True), ("localhost:1", True),
+     ("unix:/run/ie.sock", True), ("0.0.0.0:1", False), ("[::]:1", False), ("example.org:1", False)],
+)
+def test_local_addresses_are_recognised(address, local):
+    assert wire.parse_address(address).is_local is local
 
 
 def test_package_and_client_imports_stay_light():
     # GIMP's Python has neither grpcio nor numpy nor torch.
     code = (
-        "import sys, image_enhancer, image_enhancer.client, image_enhancer.client.core\n"
+        "import sys, image_enhancer, image_enhancer.client, image_enhancer.client.core, image_enhancer.wire\n"
         "print(sorted({'grpc', 'numpy', 'torch'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_model_descriptions_cross_the_wire_unchanged():
+    info = wire.ModelInfo("m", "RRDBNet", 4, True, True, ("fp32", "fp16"), "BSD", "Photo", True, 2.5e6, 0.3)
+    assert wire.model_info(pb.ModelInfo.FromString(wire.model_message(info).SerializeToString())) == info
+    described = pb.ServerDescription(version="1", device="cpu", max_pixels=40_000_000, default_model="m")
+    assert wire.server_info(described) == wire.ServerInfo("1", "cpu", "", 0, 0, 40_000_000, "m", 0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(model="m", scale=2.5, strength=0.0, tile=64, alpha_mode="bicubic", colour_fidelity=True),
+        Options(model="m", strength=1.0, auto_contrast=0.5),
+    ],
+)
+def test_a_request_crosses_the_wire_unchanged(options):
+    image = ImageInfo(3, 2, 4, "f32", "linear")
+    sent = pb.EnhanceStart(image=wire.header_message(image), options=wire.options_message(options))
+    start = pb.EnhanceStart.FromString(sent.SerializeToString())
+    got = wire.image_info(start.image)
+    assert got == image
+    assert wire.request_options(start.options, got) == dataclasses.replace(options, linear=True)

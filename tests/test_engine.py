@@ -205,7 +205,7 @@ def test_cancel_stops_between_batches(enhancer, forest):
         (EnhanceOptions(model=COMPACT, tile=100_000), "tile size"),
         (EnhanceOptions(model=COMPACT, alpha_mode="magic"), "unknown alpha mode 'magic'"),
         (EnhanceOptions(model=COMPACT, auto_contrast=-0.1), "auto_contrast"),
-        (EnhanceOptions(model=""), "model name"),
+        (EnhanceOptions(model=None), "model must be named"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_options_are_refused_clearly(enhancer, forest, options, message):

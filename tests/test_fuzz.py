@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
 from image_enhancer.imagefiles import ImageFileError, read_image
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import validation
@@ -39,6 +38,7 @@ from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.safe_load import WeightsError, load_state_dict
+from image_enhancer.wire import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES, ImageInfo
 
 settings.register_profile(
     "fuzz",
@@ -102,8 +102,8 @@ options_messages = st.builds(
 def test_any_header_and_options_give_a_valid_request_or_a_short_clear_error(header, options):
     with time_limit():
         try:
-            spec = validation.image_spec(header, max_pixels=40_000_000)
-            request = validation.engine_options(options, spec, default_model=FAST_MODEL)
+            spec = validation.image_info(header, max_pixels=40_000_000)
+            request = validation.request_options(options, spec)
         except RequestError as error:
             assert error.message and len(error.message) <= MAX_STATUS_MESSAGE
             return
@@ -130,7 +130,7 @@ upload_messages = st.lists(
     sizes=upload_messages,
 )
 def test_any_chunk_sequence_gives_exactly_the_image_or_a_clear_error(side, channels, sample_type, sizes):
-    spec = validation.ImageSpec(side, side, channels, sample_type, linear=False)
+    spec = ImageInfo(side, side, channels, sample_type)
     collector = validation.SampleCollector(spec)
     with time_limit():
         try:

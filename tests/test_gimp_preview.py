@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from image_enhancer.client.core import ImageInfo, Options
 from image_enhancer.client.lite import LiteClient
+from image_enhancer.request import EnhanceOptions as Options
+from image_enhancer.wire import ImageInfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "gimp_plugin" / "ai_enhance"))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.paths import weights_dir
+from image_enhancer.request import EnhanceOptions as Options
+from image_enhancer.wire import ImageInfo, ModelInfo
 
 PLUGIN = Path(__file__).resolve().parents[1] / "gimp_plugin" / "ai_enhance"
 WEIGHTS = weights_dir()  # the real one, looked up before the tests point IMAGE_ENHANCER_HOME elsewhere
@@ -33,8 +35,10 @@ def _load(name: str):  # noqa: ANN202 - a module
     return module
 
 
+sys.path.insert(0, str(PLUGIN))  # for the plug-in modules' own imports of each other
 transport = _load("transport")
 settings = _load("settings")
+geometry = _load("geometry")
 
 
 def _free_address() -> str:
@@ -189,7 +193,7 @@ def test_result_text_says_the_size_and_that_the_canvas_grows() -> None:
     assert "2.5" in settings.result_text((10, 10), 2.5, False)
     assert "only the selection" in settings.result_text((320, 200), 1.0, True)
     assert "grow" not in settings.result_text((320, 200), 1.0, False)
-    assert settings.scaled_size(3, 3, 1.5) == (4, 4)
+    assert geometry.scaled_size(3, 3, 1.5) == (4, 4)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +220,7 @@ def test_starts_the_recorded_backend_once_then_reuses_it(model_store: object, tm
     (home / "weights").symlink_to(WEIGHTS)  # the backend's private home sees the installed models
     pid_file = tmp_path / "pid"
     serve = f'echo $$ > {pid_file}; exec "$0" -m image_enhancer serve --address {address} --no-warm-up'
-    command = ("/bin/sh", "-c", serve + " --max-megapixels 0.01", sys.executable)
+    command = ("/bin/sh", "-c", serve + " --max-input-megapixels 0.01", sys.executable)
     config = transport.BackendConfig(address, command, 120.0)
     stages: list[str] = []
     try:

@@ -21,13 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from image_enhancer.cli import main
-from image_enhancer.client.core import MIB, EnhancerError
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.imagefiles import ImageFile, ImageFileError, read_image, write_image
 from image_enhancer.server.app import serve
 from image_enhancer.server.service import UploadLimits
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
+from image_enhancer.wire import MIB
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -294,10 +295,10 @@ def test_huge_alpha_mode_value_is_a_short_invalid_argument(grpc_server):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["serve", "--max-megapixels", "nan"], "--max-megapixels: must be a finite number"),
-        (["serve", "--max-megapixels", "inf"], "--max-megapixels: must be a finite number"),
+        (["serve", "--max-input-megapixels", "nan"], "megapixels: must be a finite"),
+        (["serve", "--max-input-megapixels", "inf"], "megapixels: must be a finite"),
         (["serve", "--max-megapixels", "-1"], "--max-megapixels: must be above 0"),
-        (["serve", "--max-megapixels", "0"], "--max-megapixels: must be above 0"),
+        (["serve", "--max-input-megapixels", "0"], "megapixels: must be above 0"),
         (["serve", "--max-queue", "0"], "--max-queue: must be between 1 and"),
         (["serve", "--max-queue", "many"], "--max-queue: must be a whole number"),
         (["activate", "--idle-stop", "nan"], "--idle-stop: must be a finite number"),
@@ -307,7 +308,7 @@ def test_huge_alpha_mode_value_is_a_short_invalid_argument(grpc_server):
         (["enhance", "a.png", "-o", "b.png", "--strength", "1.5"], "--strength: must be between 0 and 1"),
         (["enhance", "a.png", "-o", "b.png", "--tile=-5"], "--tile: must be 0 or between 16 and 8192"),
         (["enhance", "a.png", "-o", "b.png", "--auto-contrast=-inf"], "--auto-contrast: must be a finite"),
-        (["enhance", "a.png", "-o", "b.png", "--max-megapixels", "0"], "--max-megapixels: must be above 0"),
+        (["enhance", "a.png", "-o", "b.png", "--max-output-megapixels", "0"], "megapixels: must be above 0"),
     ],
 )
 def test_bad_numbers_are_refused_at_parse_time(arguments, message, capsys):

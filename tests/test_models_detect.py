@@ -11,7 +11,7 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from image_enhancer.models import UnsupportedModelError, describe, load_model
 from image_enhancer.models.esrgan_names import to_module_names, to_real_esrgan_names
 from image_enhancer.models.registry import NOT_SERVED, served_architectures
-from image_enhancer.weights.safe_load import load_state_dict
+from image_enhancer.weights.safe_load import load_state_dict, unwrap
 
 # (our hyperparameters, spandrel's ESRGAN arguments): ×2 and ×1 pixel-unshuffle their input.
 RRDB_CASES = [
@@ -134,8 +134,8 @@ def test_training_checkpoint_wrappers_and_prefixes():
     net = _compact(dict(num_conv=2, num_feat=8, scale=4))
     other = {k: v + 1.0 for k, v in net.state_dict().items()}
     # params_ema wins over params, as in Real-ESRGAN's releases.
-    _same_network(net, load_model({"params": other, "params_ema": net.state_dict()}).module)
-    _same_network(net, load_model({f"module.{k}": v for k, v in net.state_dict().items()}).module)
+    _same_network(net, load_model(unwrap({"params": other, "params_ema": net.state_dict()})).module)
+    _same_network(net, load_model(unwrap({f"module.{k}": v for k, v in net.state_dict().items()})).module)
 
 
 def _expect_refused(state_dict):

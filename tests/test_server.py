@@ -18,8 +18,9 @@ import pytest
 from conftest import FAST_MODEL
 from PIL import Image
 
+from image_enhancer import wire
 from image_enhancer.client import core
-from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.server.app import serve
@@ -28,11 +29,12 @@ from image_enhancer.server.service import UploadLimits
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.store import ModelStore
+from image_enhancer.wire import ImageInfo
 
 DATA = Path(__file__).resolve().parent / "data"
 # A job that would run for minutes: thousands of minimum-size tiles, one per batch on CPU.
 LONG_JOB_SIDE = 384
-LONG_JOB_OPTIONS = Options(model=FAST_MODEL, tile=16)
+LONG_JOB_OPTIONS = EnhanceOptions(model=FAST_MODEL, tile=16)
 # Time allowed for a queued job to finish once the worker is free: a 16x16 job takes well under a
 # second, but the CI machine's two cores are shared; a job left running would take minutes.
 PROMPT_S = 20.0
@@ -112,7 +114,7 @@ def status_of(
 @pytest.fixture
 def stub(grpc_server):
     with grpc.insecure_channel(
-        grpc_server.address, options=[("grpc.max_send_message_length", 64 * core.MIB)]
+        grpc_server.address, options=[("grpc.max_send_message_length", 64 * wire.MIB)]
     ) as channel:
         yield enhancer_pb2_grpc.EnhancerStub(channel)
 
@@ -274,7 +276,7 @@ def chunk(size: int) -> pb.EnhanceRequest:
     return pb.EnhanceRequest(chunk=bytes(size))
 
 
-MIB = core.MIB
+MIB = wire.MIB
 BIG = dict(width=1024, height=1024, channels=3)  # 3 MiB: room for several chunks
 HUGE = dict(width=2048, height=1024, channels=3)  # 6 MiB
 
@@ -387,7 +389,7 @@ def test_damaged_model_file_is_failed_precondition_with_the_reinstall_command(mo
 def test_garbage_and_truncated_streams_leave_the_server_serving(grpc_server, stub, grpc_client):
     # Bytes that are not an EnhanceRequest at all.
     with grpc.insecure_channel(grpc_server.address) as channel:
-        raw = channel.stream_stream(core.ENHANCE_METHOD, request_serializer=None, response_deserializer=None)
+        raw = channel.stream_stream(wire.ENHANCE_METHOD, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as caught:
             list(raw(iter([b"\xff\xff\xff\xff"]), timeout=30))
         assert caught.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)

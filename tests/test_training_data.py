@@ -133,6 +133,8 @@ def test_config_loads_toml_and_json_and_names_bad_keys(tmp_path: Path) -> None:
     assert load_config(as_json).model.num_feat == 8
     with pytest.raises(ConfigError, match="unknown key.*in model: num_feats"):
         parse_config({"model": {"num_feats": 8}, "data": {"sources": [{"kind": "dead_leaves"}]}})
+    with pytest.raises(ConfigError, match="in export: alphas is now called strengths"):
+        parse_config({"export": {"alphas": [0.5]}, "data": {"sources": [{"kind": "dead_leaves"}]}})
     with pytest.raises(ConfigError, match="psnr.iterations must be int"):
         parse_config({"psnr": {"iterations": "many"}, "data": {"sources": [{"kind": "dead_leaves"}]}})
     with pytest.raises(ConfigError, match="not a multiple of the scale"):

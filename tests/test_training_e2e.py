@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.models.registry import load_model
-from image_enhancer.weights.manifest import load_manifest
+from image_enhancer.weights.manifest import load_manifest, packaged_manifest_path
 from image_enhancer.weights.store import ModelStore
 from image_enhancer_training.run import run_training, train_main
 
@@ -32,7 +32,7 @@ def tiny_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         "seed": 0,
         "threads": 1,
         "checkpoint_every": 2,
-        "model": {"arch": "srvgg", "scale": 4, "num_feat": 8, "num_conv": 2},
+        "model": {"arch": "SRVGGNetCompact", "scale": 4, "num_feat": 8, "num_conv": 2},
         "data": {
             "patch_size": 32,
             "batch_size": 2,
@@ -68,7 +68,7 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 def test_both_stages_export_reload_and_enhance(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / "manifest.json").write_text((REPO_ROOT / "weights/manifest.json").read_text())
+    (weights / "manifest.json").write_text(packaged_manifest_path().read_text())
     config = tiny_config(
         tmp_path,
         gan={"iterations": 2, "disc_feat": 8, "lr_g": 1e-3},
@@ -88,13 +88,13 @@ def test_both_stages_export_reload_and_enhance(tmp_path: Path) -> None:
     assert load_model(psnr).descriptor.scale == 4
 
     card = (weights / "cards/tiny-x4.md").read_text()
-    assert "Strength sweep" in card and "tiny-x4-alpha.png" in card
-    assert (weights / "cards/tiny-x4-alpha.png").is_file()
+    assert "Strength sweep" in card and "tiny-x4-strength.png" in card
+    assert (weights / "cards/tiny-x4-strength.png").is_file()
     assert (weights / "cards/tiny-x4-restoration.png").is_file()
 
     # The manifest keeps every other entry and gains our pair.
     data = json.loads((weights / "manifest.json").read_text())
-    before = json.loads((REPO_ROOT / "weights/manifest.json").read_text())
+    before = json.loads(packaged_manifest_path().read_text())
     others = [m for m in data["models"] if not m["name"].startswith("tiny-x4")]
     assert others == [m for m in before["models"] if not m["name"].startswith("tiny-x4")]
     ours = {m["name"]: m for m in data["models"] if m["name"].startswith("tiny-x4")}

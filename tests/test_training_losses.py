@@ -115,7 +115,7 @@ def test_distillation_trains_towards_the_teacher(model_store, tmp_path: Path) ->
     teacher = weights_dir() / "realesrgan-x4plus.safetensors"
     base = {
         "threads": 1,
-        "model": {"arch": "srvgg", "num_feat": 8, "num_conv": 2},
+        "model": {"arch": "SRVGGNetCompact", "num_feat": 8, "num_conv": 2},
         "data": {"patch_size": 32, "batch_size": 2, "sources": [{"kind": "dead_leaves"}]},
         "psnr": {"iterations": 2, "schedule": "constant", "lr": 1e-3},
     }

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from image_enhancer.weights.manifest import packaged_manifest_path
 from image_enhancer.weights.store import ModelStore
 from image_enhancer_training.degradations import bicubic_downscale, jpeg, quantize
 from image_enhancer_training.metrics import psnr_y, sharpness
@@ -38,7 +39,7 @@ def _run(store: ModelStore, name: str, lr: torch.Tensor, strength: float | None 
 
 
 def test_our_pair_is_in_the_manifest_with_its_card(store: ModelStore) -> None:
-    entries = {m["name"]: m for m in json.loads((REPO_ROOT / "weights/manifest.json").read_text())["models"]}
+    entries = {m["name"]: m for m in json.loads(packaged_manifest_path().read_text())["models"]}
     assert entries[PSNR_MODEL]["source"] == entries[GAN_MODEL]["source"] == "ours"
     assert entries[GAN_MODEL]["pair"] == {"psnr": PSNR_MODEL, "gan": GAN_MODEL}
     assert (REPO_ROOT / "weights" / entries[GAN_MODEL]["card"]).is_file()

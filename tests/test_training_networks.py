@@ -21,12 +21,20 @@ from image_enhancer_training.run import train_main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = [
-    (ModelConfig(arch="srvgg", scale=4, num_feat=8, num_conv=2), "SRVGGNetCompact"),
-    (ModelConfig(arch="rrdb", scale=4, num_feat=8, num_block=1), "RRDBNet"),
-    (ModelConfig(arch="rrdb", scale=2, num_feat=8, num_block=1), "RRDBNet"),
-    (ModelConfig(arch="span", scale=2, num_feat=8), "SPAN"),
-    (ModelConfig(arch="realplksr", scale=2, num_feat=8, num_block=2), "RealPLKSR"),
+    (ModelConfig(arch="SRVGGNetCompact", scale=4, num_feat=8, num_conv=2), "SRVGGNetCompact"),
+    (ModelConfig(arch="RRDBNet", scale=4, num_feat=8, num_block=1), "RRDBNet"),
+    (ModelConfig(arch="RRDBNet", scale=2, num_feat=8, num_block=1), "RRDBNet"),
+    (ModelConfig(arch="SPAN", scale=2, num_feat=8), "SPAN"),
+    (ModelConfig(arch="RealPLKSR", scale=2, num_feat=8, num_block=2), "RealPLKSR"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("srvgg", "SRVGGNetCompact"), ("rrdb", "RRDBNet"), ("span", "SPAN"), ("realplksr", "RealPLKSR")],
+)
+def test_earlier_architecture_names_are_still_accepted(old, new):
+    assert ModelConfig(arch=old).arch == new
 
 
 @pytest.mark.parametrize(("config", "architecture"), CONFIGS, ids=lambda v: getattr(v, "arch", v))
@@ -41,8 +49,8 @@ def test_a_trained_generator_is_served_as_the_same_network(config, architecture)
 
 
 def test_rrdb_weights_are_stored_under_real_esrgan_names():
-    generator = build_generator(ModelConfig(arch="rrdb", num_feat=8, num_block=2))
-    state = stored_names(generator.state_dict(), "rrdb")
+    generator = build_generator(ModelConfig(arch="RRDBNet", num_feat=8, num_block=2))
+    state = stored_names(generator.state_dict(), "RRDBNet")
     expected = {"conv_first.weight", "body.1.rdb3.conv5.bias", "conv_body.weight", "conv_up2.bias"}
     assert expected <= state.keys() and len(state) == len(generator.state_dict())
 
@@ -52,12 +60,12 @@ def test_rrdb_starts_from_real_esrgan_named_weights(tmp_path):
     teacher = ESRGAN(num_filters=8, num_blocks=1).eval()
     path = tmp_path / "init.safetensors"
     save_file(to_real_esrgan_names(teacher.state_dict()), path)
-    student = build_generator(ModelConfig(arch="rrdb", num_feat=8, num_block=1, init=str(path))).eval()
+    student = build_generator(ModelConfig(arch="RRDBNet", num_feat=8, num_block=1, init=str(path))).eval()
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(student(x), teacher(x))
-    with pytest.raises(ConfigError, match="does not match model rrdb"):
-        build_generator(ModelConfig(arch="rrdb", num_feat=16, num_block=1, init=str(path)))
+    with pytest.raises(ConfigError, match="does not match model RRDBNet"):
+        build_generator(ModelConfig(arch="RRDBNet", num_feat=16, num_block=1, init=str(path)))
 
 
 def test_the_committed_compact_pair_trains_on_and_serves_the_same_network():
@@ -65,7 +73,8 @@ def test_the_committed_compact_pair_trains_on_and_serves_the_same_network():
     x = torch.rand(1, 3, 16, 16)
     for name in ("ie-compact-x4-psnr", "ie-compact-x4-gan"):
         init = str(REPO_ROOT / "weights" / f"{name}.safetensors")
-        generator = build_generator(ModelConfig(arch="srvgg", num_feat=32, num_conv=16, init=init)).eval()
+        config = ModelConfig(arch="SRVGGNetCompact", num_feat=32, num_conv=16, init=init)
+        generator = build_generator(config).eval()
         with torch.no_grad():
             assert torch.equal(generator(x), store.get(name).module(x))
 
@@ -77,9 +86,9 @@ def _config(tmp_path: Path, **model) -> dict:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ({"arch": "unet"}, "model.arch must be one of srvgg, rrdb, span, realplksr"),
-        ({"arch": "rrdb", "num_grow_ch": 16}, "num_grow_ch 32"),
-        ({"arch": "rrdb", "scale": 3}, "scale 1, 2 or 4"),
+        ({"arch": "unet"}, "model.arch must be one of SRVGGNetCompact, RRDBNet, SPAN, RealPLKSR"),
+        ({"arch": "RRDBNet", "num_grow_ch": 16}, "num_grow_ch 32"),
+        ({"arch": "RRDBNet", "scale": 3}, "scale 1, 2 or 4"),
     ],
 )
 def test_unsupported_generators_are_refused_clearly(tmp_path, model, message):
@@ -90,9 +99,9 @@ def test_unsupported_generators_are_refused_clearly(tmp_path, model, message):
 @pytest.mark.parametrize(
     ("model", "architecture", "first_key"),
     [
-        ({"arch": "rrdb", "num_feat": 8, "num_block": 1}, "RRDBNet", "conv_first.weight"),
-        ({"arch": "span", "num_feat": 8}, "SPAN", "conv_1.sk.weight"),
-        ({"arch": "realplksr", "num_feat": 8, "num_block": 1}, "RealPLKSR", "feats.0.weight"),
+        ({"arch": "RRDBNet", "num_feat": 8, "num_block": 1}, "RRDBNet", "conv_first.weight"),
+        ({"arch": "SPAN", "num_feat": 8}, "SPAN", "conv_1.sk.weight"),
+        ({"arch": "RealPLKSR", "num_feat": 8, "num_block": 1}, "RealPLKSR", "feats.0.weight"),
     ],
     ids=lambda v: v["arch"] if isinstance(v, dict) else None,
 )

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import pytest
 
 from image_enhancer.paths import repo_weights_dir
-from image_enhancer.weights.manifest import ManifestError, load_manifest, parse_manifest
+from image_enhancer.weights.manifest import (
+    ManifestError,
+    entry_json,
+    load_manifest,
+    packaged_manifest_path,
+    parse_manifest,
+    write_entries,
+)
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -48,7 +56,7 @@ def test_our_own_models_are_committed_with_their_hash():
 def _raw() -> dict:
     import json
 
-    return json.loads((repo_weights_dir() / "manifest.json").read_text())
+    return json.loads(packaged_manifest_path().read_text())
 
 
 @pytest.mark.parametrize(
@@ -76,3 +84,31 @@ def test_unreadable_manifest_is_a_clear_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ManifestError, match="cannot read the weights manifest"):
         load_manifest(path)
+
+
+def test_every_entry_is_written_back_exactly_as_it_is_read():
+    raw = _raw()["models"]
+    assert [entry_json(entry) for entry in load_manifest().models] == raw
+
+
+def test_writing_entries_replaces_by_name_and_leaves_the_rest(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(packaged_manifest_path().read_text())
+    shipped = load_manifest()
+    changed = dataclasses.replace(shipped.models[1], description="changed")
+    added = dataclasses.replace(shipped.models[2], name="new-model", default=False, pair=None)
+    write_entries(path, [changed, added])
+    written = load_manifest(path)
+    assert written.get(changed.name) == changed and written.get("new-model") == added
+    others = [m for m in written.models if m.name not in (changed.name, "new-model")]
+    assert others == [m for m in shipped.models if m.name != changed.name]
+
+
+def test_a_bad_entry_is_refused_before_the_file_is_replaced(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(packaged_manifest_path().read_text())
+    before = path.read_text()
+    broken = dataclasses.replace(load_manifest().models[0], name="broken", files=())
+    with pytest.raises(ManifestError, match="exactly one file with role 'weights'"):
+        write_entries(path, [broken])
+    assert path.read_text() == before

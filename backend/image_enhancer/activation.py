@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from image_enhancer.arguments import float_in
-from image_enhancer.client.core import DEFAULT_ADDRESS
 from image_enhancer.paths import backend_log, user_home
+from image_enhancer.wire import DEFAULT_ADDRESS, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ def systemd_socket() -> socket.socket | None:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    parsed = parse_address(address)
+    if parsed.port is None:
         raise ValueError(f"the listen address must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
+    return parsed.host, parsed.port
 
 
 class Activator:

@@ -2,7 +2,7 @@
 the arguments are parsed.
 
 Each returns an argparse type function; a bad value ends the command with argparse's usage message and
-the reason (e.g. "--max-megapixels: must be a finite number above 0, got 'nan'"), before anything loads.
+the reason (e.g. "--max-input-megapixels: must be a finite number, got 'nan'"), before anything loads.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+
+
+def add_renamed(parser: argparse.ArgumentParser, name: str, old_name: str, **settings: object) -> None:
+    """An option under its new `name` that still accepts the `old_name` it had (said so in its help)."""
+    settings["help"] = f"{settings.get('help', '')} (also accepted as {old_name}, its former name)".strip()
+    parser.add_argument(name, old_name, **settings)  # type: ignore[arg-type]
 
 
 def _number(text: str, kind: type[float] | type[int]) -> float | int:

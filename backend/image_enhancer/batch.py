@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from image_enhancer.imagefiles import (
     to_uint8,
     write_image,
 )
+from image_enhancer.request import EnhanceOptions
 
 # How long `--server` waits for a server that answers but is still loading its models.
 SERVER_WARM_UP_S = 120.0
@@ -165,19 +166,10 @@ def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.concatenate([enlarged, gap, after8], axis=1)
 
 
-def _make_enhance_function(args: argparse.Namespace) -> Enhance:
-    if args.server:
-        return _remote_enhance_function(args)
-    return _local_enhance_function(args)
-
-
-def _local_enhance_function(args: argparse.Namespace) -> Enhance:
-    from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-    from image_enhancer.weights.store import ModelStore
-
-    store = ModelStore()
-    options = EnhanceOptions(
-        model=args.model or store.default_model,
+def request_options(args: argparse.Namespace) -> EnhanceOptions:
+    """The request the command line asks for; the same for the local engine and a server."""
+    return EnhanceOptions(
+        model=args.model or "",
         scale=args.scale,
         strength=args.strength,
         tile=args.tile,
@@ -185,9 +177,26 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
         colour_fidelity=args.colour_fidelity,
         auto_contrast=args.auto_contrast,
     )
+
+
+def _make_enhance_function(args: argparse.Namespace) -> Enhance:
+    if args.server:
+        return _remote_enhance_function(args)
+    return _local_enhance_function(args)
+
+
+def _local_enhance_function(args: argparse.Namespace) -> Enhance:
+    from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.weights.store import ModelStore
+    from image_enhancer.wire import find_model
+
+    store = ModelStore()
+    options = request_options(args)
+    chosen = find_model(store.list(), options.model)  # unknown names: the store's error lists them
+    options = replace(options, model=chosen.name) if chosen else options
     limits = {}
-    if args.max_megapixels is not None:
-        limits["max_output_pixels"] = max(1, round(args.max_megapixels * 1e6))
+    if args.max_output_megapixels is not None:
+        limits["max_output_pixels"] = max(1, round(args.max_output_megapixels * 1e6))
     enhancer = Enhancer(store, device=args.device, precision=args.precision, runtime=args.runtime, **limits)
     print(f"device: {enhancer.compute.describe()}", file=sys.stderr)
 
@@ -198,7 +207,7 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
 
 
 # Options that only the process running the models can honour, with their command-line defaults.
-_SERVER_SIDE = {"device": "auto", "runtime": "auto", "precision": "auto", "max_megapixels": None}
+_SERVER_SIDE = {"device": "auto", "runtime": "auto", "precision": "auto", "max_output_megapixels": None}
 
 
 def _remote_enhance_function(args: argparse.Namespace) -> Enhance:
@@ -211,6 +220,7 @@ def _remote_enhance_function(args: argparse.Namespace) -> Enhance:
             f"{', '.join(server_side)}: with --server these are the server's settings; "
             "pass them to `image-enhancer serve` instead"
         )
+    options = request_options(args)
     client = EnhancerClient(args.server, token=args.token)
     # Checked once up front, so a server that is down is one clear error, not one per file.
     try:
@@ -225,15 +235,7 @@ def _remote_enhance_function(args: argparse.Namespace) -> Enhance:
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
         return client.enhance_array(
-            pixels,
-            model=args.model or "",
-            scale=args.scale or 0.0,
-            strength=args.strength,
-            tile=args.tile,
-            alpha_mode=args.alpha_mode,
-            colour_fidelity=args.colour_fidelity,
-            auto_contrast=args.auto_contrast,
-            on_progress=lambda p: report(p.stage, p.done, p.total),
+            pixels, options, on_progress=lambda p: report(p.stage, p.done, p.total)
         )
 
     return Enhance(enhance, client.describe().max_pixels)

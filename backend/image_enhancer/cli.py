@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from image_enhancer import __version__
-from image_enhancer.arguments import add_device_arguments, float_in, int_in, positive_float
+from image_enhancer.arguments import add_device_arguments, add_renamed, float_in, int_in, positive_float
 from image_enhancer.request import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE
 
 
@@ -97,8 +97,9 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--compare", action="store_true", help="also write a before/after picture")
-    parser.add_argument(
-        "--max-megapixels", type=positive_float, default=None, help="refuse outputs larger than this"
+    add_renamed(
+        parser, "--max-output-megapixels", "--max-megapixels",
+        type=positive_float, default=None, help="refuse results larger than this",
     )
     parser.add_argument(
         "--server", default=None, help="send work to a running server (host:port or unix:PATH)"

@@ -44,8 +44,8 @@ def user_models_dir() -> Path:
 
 
 def repo_weights_dir() -> Path:
-    """The committed `weights/` folder (manifest and our own small models).
-
-    Found relative to this file so it works from a source checkout or an editable install.
+    """The committed `weights/` folder: our own small models and their cards (the manifest ships inside
+    the package). Found relative to this file, so it exists in a source checkout or an editable install;
+    from a wheel, models that live there are listed as not installed.
     """
     return Path(__file__).resolve().parents[2] / "weights"

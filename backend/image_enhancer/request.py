@@ -18,15 +18,16 @@ ALPHA_MODES = ("model", "bicubic")
 class EnhanceOptions:
     """Everything a request can ask of the engine.
 
-    model: name known to the store. scale: output/input size ratio in [1, 8] (None = the model's own).
-    strength: faithful↔sharp network interpolation weight in [0, 1] (None = the model as it is). tile:
-    tile core size in input pixels (0 = chosen from free memory). alpha_mode: how transparency is
-    upscaled, "model" or "bicubic". colour_fidelity: keep the result's low-frequency colour matched to
-    the input. auto_contrast: contrast/colour improvement strength in [0, 1]. linear: the samples are
-    linear light (converted to sRGB for the network and back), for float layers in a linear working space.
+    model: name known to the store ("" = the default model). scale: output/input size ratio in
+    [1, 8] (None = the model's own). strength: faithful↔sharp network interpolation weight in [0, 1]
+    (None = the model as it is). tile: tile core size in input pixels (0 = chosen from free memory).
+    alpha_mode: how transparency is upscaled, "model" or "bicubic". colour_fidelity: keep the result's
+    low-frequency colour matched to the input. auto_contrast: contrast/colour improvement strength in
+    [0, 1]. linear: the samples are linear light (converted to sRGB for the network and back), for
+    float layers in a linear working space.
     """
 
-    model: str
+    model: str = ""
     scale: float | None = None
     strength: float | None = None
     tile: int = 0
@@ -37,12 +38,12 @@ class EnhanceOptions:
 
     def validate(self) -> None:
         """Raise ValueError with a human message for any option out of range."""
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError("a model name is required")
+        if not isinstance(self.model, str):
+            raise ValueError(f"the model must be named by a string, got {shorten(self.model)}")
         if self.scale is not None and not (MIN_SCALE <= self.scale <= MAX_SCALE):  # NaN fails too
             raise ValueError(f"scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {self.scale}")
-        if self.strength is not None and not (0.0 <= self.strength <= 1.0):
-            raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
+        if self.strength is not None:
+            check_strength(self.strength)
         if self.tile != 0 and not (MIN_TILE <= self.tile <= MAX_TILE):
             raise ValueError(
                 f"tile size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}, got {self.tile}"
@@ -51,6 +52,12 @@ class EnhanceOptions:
             raise ValueError(f"unknown alpha mode {shorten(self.alpha_mode)}; expected 'model' or 'bicubic'")
         if not (0.0 <= self.auto_contrast <= 1.0):
             raise ValueError(f"auto_contrast must be between 0 and 1, got {self.auto_contrast}")
+
+
+def check_strength(strength: float) -> None:
+    """The faithful↔sharp blend weight must lie in [0, 1] (NaN fails too)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
 
 
 #: How much of a client-supplied string an error message repeats.

@@ -36,9 +36,10 @@ import layer_io  # noqa: E402
 import placement  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
-from settings import ALPHA_CHOICES, MAX_SCALE, MAX_TILE, MIN_SCALE, SCALE_CHOICES, Settings  # noqa: E402
+from settings import SCALE_CHOICES, Settings  # noqa: E402
 
-from image_enhancer.client.core import ImageInfo  # noqa: E402
+from image_enhancer.request import ALPHA_MODES, MAX_SCALE, MAX_TILE, MIN_SCALE  # noqa: E402
+from image_enhancer.wire import ImageInfo  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
 # Set to print where the time goes to stderr: reading the layer, upload, server, download, placing.
@@ -245,8 +246,8 @@ class AIEnhance(Gimp.PlugIn):
             rw,
         )
         alphas = Gimp.Choice.new()
-        alphas.add(ALPHA_CHOICES[0], 0, "Enhance with the model", "")
-        alphas.add(ALPHA_CHOICES[1], 1, "Bicubic", "")
+        alphas.add(ALPHA_MODES[0], 0, "Enhance with the model", "")
+        alphas.add(ALPHA_MODES[1], 1, "Bicubic", "")
         procedure.add_choice_argument(
             "alpha-mode", "Alp_ha", "How transparency is upscaled", alphas, _DEFAULTS.alpha_mode, rw
         )

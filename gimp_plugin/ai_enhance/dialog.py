@@ -11,13 +11,14 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
+import geometry  # noqa: E402
 import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
 from preview_panel import PreviewPanel  # noqa: E402
 
-from image_enhancer.client.core import ModelInfo, ServerInfo  # noqa: E402
+from image_enhancer.wire import ModelInfo, ServerInfo  # noqa: E402
 
 STRENGTH_TOOLTIP = (
     "0 %: faithful — smooth, nothing invented.  100 %: sharp — crisp detail and texture the model invents."
@@ -104,7 +105,7 @@ def _summary(
     if model is not None and backend.server is not None:
         jobs = [
             width * height
-            for width, height in (settings.scaled_size(s.width, s.height, scale) for s in sources)
+            for width, height in (geometry.scaled_size(s.width, s.height, scale) for s in sources)
         ]
         lines.append(settings.estimate_text(jobs, model, backend.server.device))
     return "\n".join(lines)

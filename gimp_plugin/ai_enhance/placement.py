@@ -1,4 +1,5 @@
-"""Where a layer's pixels come from and where the enhanced result goes in the image.
+"""Where a layer's pixels come from and where the enhanced result goes in the image, applied with GIMP
+(the rectangle maths itself is in `geometry.py`).
 
 Nothing here touches pixel values: GIMP itself blends (layer masks) and resamples (image scale).
 """
@@ -10,13 +11,9 @@ from dataclasses import dataclass
 import gi
 
 gi.require_version("Gimp", "3.0")
+from geometry import Rect, result_offset, scaled_size, source_area  # noqa: E402
 from gi.repository import Gimp  # noqa: E402
 from layer_io import PixelFormat, layer_type, write_pixels  # noqa: E402
-from settings import scaled_size  # noqa: E402
-
-# Extra pixels read around a selection at x1, so the model sees context at the selection's edge;
-# the layer mask hides them again.
-SELECTION_CONTEXT = 16
 
 
 class PlacementError(ValueError):
@@ -59,18 +56,14 @@ def check_drawables(drawables: list[Gimp.Drawable]) -> list[Gimp.Layer]:
 def plan_source(layer: Gimp.Layer, scale: float) -> Source:
     """What to read from `layer`: at x1 the selection's bounds (plus context), otherwise the whole layer."""
     _, offset_x, offset_y = layer.get_offsets()
-    full = Source(layer, 0, 0, layer.get_width(), layer.get_height(), offset_x, offset_y, False)
-    image = layer.get_image()
-    if scale != 1.0 or Gimp.Selection.is_empty(image):
-        return full
-    touches, x, y, width, height = layer.mask_intersect()
-    if not touches:
-        raise PlacementError(f'The selection does not touch the layer "{layer.get_name()}".')
-    x0 = max(0, x - SELECTION_CONTEXT)
-    y0 = max(0, y - SELECTION_CONTEXT)
-    x1 = min(layer.get_width(), x + width + SELECTION_CONTEXT)
-    y1 = min(layer.get_height(), y + height + SELECTION_CONTEXT)
-    return Source(layer, x0, y0, x1 - x0, y1 - y0, offset_x, offset_y, True)
+    selection = None
+    if scale == 1.0 and not Gimp.Selection.is_empty(layer.get_image()):
+        touches, x, y, width, height = layer.mask_intersect()
+        if not touches:
+            raise PlacementError(f'The selection does not touch the layer "{layer.get_name()}".')
+        selection = Rect(x, y, width, height)
+    area, masked = source_area(layer.get_width(), layer.get_height(), selection, scale)
+    return Source(layer, area.x, area.y, area.width, area.height, offset_x, offset_y, masked)
 
 
 def enlarge_image(image: Gimp.Image, scale: float) -> None:
@@ -95,10 +88,8 @@ def add_result_layer(
         original.get_mode(),
     )
     image.insert_layer(layer, original.get_parent(), image.get_item_position(original))
-    layer.set_offsets(
-        round((source.offset_x + source.x) * scale),
-        round((source.offset_y + source.y) * scale),
-    )
+    area = Rect(source.x, source.y, source.width, source.height)
+    layer.set_offsets(*result_offset((source.offset_x, source.offset_y), area, scale))
     write_pixels(layer, width, height, fmt, data)
     if source.masked:
         # A mask from the selection blends the result in by the selection's (soft) values.

@@ -14,22 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import transport
-from settings import scaled_size
+from geometry import Rect, scaled_size
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, Options
+from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.lite import LiteClient
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.wire import SAMPLE_BYTES, ImageInfo
 
 PREVIEW_SIDE = 256  # output pixels on each side of the shown crop
 CONTEXT = 24  # input pixels read around the crop (more than the compact models' reach)
-_SAMPLE_BYTES = {"u8": 1, "u16": 2, "f32": 4}
-
-
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ def plan_crop(layer_width: int, layer_height: int, centre_x: float, centre_y: fl
 def cut(data: bytes, image: ImageInfo, rect: Rect) -> tuple[ImageInfo, bytes]:
     """The part of `rect` inside `image`, cut out of interleaved samples laid out as `image`."""
     width, height = min(rect.width, image.width - rect.x), min(rect.height, image.height - rect.y)
-    pixel = image.channels * _SAMPLE_BYTES[image.sample_type]
+    pixel = image.channels * SAMPLE_BYTES[image.sample_type]
     row = image.width * pixel
     view = memoryview(data)
     starts = ((rect.y + r) * row + rect.x * pixel for r in range(height))
@@ -80,7 +73,7 @@ class Superseded(Exception):
 class PreviewJob:
     data: bytes  # the crop's `read` rectangle in the layer's format
     image: ImageInfo
-    options: Options
+    options: EnhanceOptions
     crop: Crop
 
 

@@ -21,7 +21,7 @@ import transport  # noqa: E402
 from gi.repository import GdkPixbuf, Gegl, Gimp, GLib, Gtk  # noqa: E402
 from settings import Settings  # noqa: E402
 
-from image_enhancer.client.core import ImageInfo, ModelInfo  # noqa: E402
+from image_enhancer.wire import ImageInfo, ModelInfo  # noqa: E402
 
 SHOWN = layer_io.PixelFormat("R'G'B'A u8", 4, "u8")  # what GTK shows
 DELAY_MS = 400  # changes closer together than this make one preview

@@ -1,21 +1,22 @@
-"""The plug-in's options as plain values, independent of GIMP, and their translation to the wire.
+"""The plug-in's options as plain values, independent of GIMP, and the request they make.
 
 GIMP keeps them in the procedure's config (which also remembers the last values); `run` copies them
-into `Settings` once, so the rest of the plug-in never reads GObject properties.
+into `Settings` once, so the rest of the plug-in never reads GObject properties. `Settings.options`
+makes the request (`image_enhancer.request.EnhanceOptions`, checked by the same `validate()` as the
+server runs); the client turns it into the wire's message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from image_enhancer.client.core import ModelInfo, Options
+from geometry import scaled_size
+
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.wire import ModelInfo
 
 # Choice ids of the "scale" argument; "custom" takes the factor from "custom-scale".
 SCALE_CHOICES = {"x1": 1.0, "x2": 2.0, "x4": 4.0, "custom": None}
-ALPHA_CHOICES = ("model", "bicubic")
-MIN_SCALE = 1.0
-MAX_SCALE = 8.0
-MAX_TILE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class Settings:
             server=(get("server") or "").strip(),
         )
 
-    def options(self, model: ModelInfo) -> Options:
-        """The request's options for `model` (strength only where the model has a pair)."""
-        return Options(
+    def options(self, model: ModelInfo) -> EnhanceOptions:
+        """The request's options for `model` (strength only where the model has a pair); ValueError
+        for any value out of range."""
+        options = EnhanceOptions(
             model=model.name,
             scale=self.scale,
             strength=self.strength if model.has_strength else None,
@@ -57,6 +59,8 @@ class Settings:
             auto_contrast=self.auto_contrast,
             alpha_mode=self.alpha_mode,
         )
+        options.validate()
+        return options
 
     @property
     def scale(self) -> float:
@@ -66,19 +70,13 @@ class Settings:
         factor = SCALE_CHOICES[self.scale_choice]
         if factor is None:
             factor = self.custom_scale
-        if not MIN_SCALE <= factor <= MAX_SCALE:
-            raise ValueError(f"the scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {factor:g}")
+        EnhanceOptions(scale=factor).validate()
         return factor
 
 
 # --- what the dialog tells a person (plain text, no GIMP) ------------------------------------------------
 
 _DEVICE_WORDS = {"cpu": "this CPU", "mps": "this Mac's GPU"}
-
-
-def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """A size after scaling, rounded as GIMP's Image > Scale Image and the backend both round it."""
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def installed_models(models: list[ModelInfo]) -> list[ModelInfo]:

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_enhancer.client.core import EnhancerError, ImageInfo, ModelInfo, Options, ProgressEvent, ServerInfo
+from image_enhancer import wire
+from image_enhancer.client.core import EnhancerError, ProgressEvent
 from image_enhancer.client.lite import LiteClient
 from image_enhancer.paths import backend_log
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.wire import DEFAULT_ADDRESS, ImageInfo, ModelInfo, ServerInfo
 
 CONFIG_NAME = "ai_enhance.json"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 START_TIMEOUT = 180.0  # first start loads torch and a model; slow disks need minutes
 EXIT_GRACE = 3.0
 # Variables GIMP or this plug-in set for its own Python that must not leak into the backend's.
@@ -179,14 +181,14 @@ def describe(client: LiteClient) -> ServerInfo:
 
 def find_model(models: list[ModelInfo], name: str) -> ModelInfo:
     """The model `name` refers to ("" is the server's default), or a BackendError naming the choices."""
-    for model in models:
-        if (model.name == name) if name else model.is_default:
-            if not model.installed:
-                raise BackendError(
-                    f'The model "{model.name}" is known but not installed. Install it with the installer '
-                    "(install.py), or choose another model."
-                )
-            return model
+    model = wire.find_model(models, name)
+    if model is not None:
+        if not model.installed:
+            raise BackendError(
+                f'The model "{model.name}" is known but not installed. Install it with the installer '
+                "(install.py), or choose another model."
+            )
+        return model
     available = ", ".join(m.name for m in models if m.installed) or "none"
     wanted = f'"{name}"' if name else "a default model"
     raise BackendError(f"The backend has no {wanted}. Installed models: {available}.")
@@ -217,7 +219,7 @@ def enhance(
     client: LiteClient,
     data: bytes,
     image: ImageInfo,
-    options: Options,
+    options: EnhanceOptions,
     report: Report,
     timings: dict[str, float] | None = None,
 ) -> tuple[ImageInfo, bytes]:

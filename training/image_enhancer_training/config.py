@@ -22,12 +22,18 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
 from .data import SourceConfig
 from .degradations import DegradationConfig
 
-#: config `model.arch` → what it builds.
+#: config `model.arch` → what it builds; the names the model descriptors and the manifest use.
 ARCHITECTURES = {
-    "srvgg": "SRVGGNetCompact (Real-ESRGAN Compact)",
-    "rrdb": "RRDBNet (ESRGAN / Real-ESRGAN)",
-    "span": "SPAN",
-    "realplksr": "RealPLKSR",
+    "SRVGGNetCompact": "SRVGGNetCompact (Real-ESRGAN Compact)",
+    "RRDBNet": "RRDBNet (ESRGAN / Real-ESRGAN)",
+    "SPAN": "SPAN",
+    "RealPLKSR": "RealPLKSR",
+}
+#: Keys that were renamed: the old name gets a message that gives the new one.
+RENAMED_KEYS = {"alphas": "strengths"}
+#: Earlier short names of the architectures, still accepted in config files.
+ARCHITECTURE_ALIASES = {
+    "srvgg": "SRVGGNetCompact", "rrdb": "RRDBNet", "span": "SPAN", "realplksr": "RealPLKSR"
 }
 
 class ConfigError(ValueError):
@@ -36,14 +42,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "srvgg"  # a key of ARCHITECTURES
+    arch: str = "SRVGGNetCompact"  # a key of ARCHITECTURES (or an old short name, see ARCHITECTURE_ALIASES)
     scale: int = 4
-    num_feat: int = 48  # srvgg and rrdb features, span feature_channels, realplksr dim
-    num_conv: int = 16  # srvgg
-    num_block: int = 23  # rrdb, realplksr
-    num_grow_ch: int = 32  # rrdb: 32, as in every published RRDBNet (spandrel's ESRGAN fixes it)
+    num_feat: int = 48  # SRVGGNetCompact and RRDBNet features, SPAN feature_channels, RealPLKSR dim
+    num_conv: int = 16  # SRVGGNetCompact
+    num_block: int = 23  # RRDBNet, RealPLKSR
+    num_grow_ch: int = 32  # RRDBNet: 32, as in every published RRDBNet (spandrel's ESRGAN fixes it)
     # Weights to start the PSNR stage from (e.g. the converted x4plus); empty = random init.
     init: str = ""
+
+    def __post_init__(self) -> None:
+        self.arch = ARCHITECTURE_ALIASES.get(self.arch, self.arch)
 
 
 @dataclass
@@ -98,7 +107,8 @@ class GANStageConfig:
 class ExportConfig:
     name: str = ""  # model name prefix; "" = no export
     # Where the fp16 safetensors go ("" = the repository's weights/), the manifest that gets the
-    # entries ("" = manifest.json in that folder) and the cards ("" = its cards/ folder).
+    # entries ("" = the package's manifest for the repository's weights/, else manifest.json in that
+    # folder) and the cards ("" = its cards/ folder).
     dir: str = ""
     manifest: str = ""
     cards: str = ""
@@ -109,8 +119,8 @@ class ExportConfig:
     # With no GAN stage: an existing GAN model in the manifest to pair our PSNR model with (e.g.
     # "realesrgan-x4plus"); export then adds a model `<name>` that has the strength control.
     pair_gan: str = ""
-    # Strengths plotted in the card's α sweep.
-    alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    # Strengths (faithful 0 → sharp 1) plotted in the card's strength sweep.
+    strengths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     # Independent photos scored in the card (bicubic degradation); never used for training.
     evaluation: list[SourceConfig] = field(default_factory=list)
     evaluation_crops: int = 16
@@ -136,10 +146,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model.arch not in ARCHITECTURES:
             raise ConfigError(f"model.arch must be one of {', '.join(ARCHITECTURES)}: {self.model.arch!r}")
-        if self.model.arch == "rrdb" and (self.model.scale not in (1, 2, 4) or self.model.num_grow_ch != 32):
-            raise ConfigError("an rrdb model has scale 1, 2 or 4 and num_grow_ch 32")
-        if self.model.arch == "srvgg" and not 1 <= self.model.scale <= 4:
-            raise ConfigError("an srvgg model has scale 1 to 4")
+        model = self.model
+        if model.arch == "RRDBNet" and (model.scale not in (1, 2, 4) or model.num_grow_ch != 32):
+            raise ConfigError("an RRDBNet model has scale 1, 2 or 4 and num_grow_ch 32")
+        if self.model.arch == "SRVGGNetCompact" and not 1 <= self.model.scale <= 4:
+            raise ConfigError("an SRVGGNetCompact model has scale 1 to 4")
         if self.data.patch_size % self.model.scale:
             raise ConfigError(
                 f"data.patch_size {self.data.patch_size} is not a multiple of the scale {self.model.scale}"
@@ -164,11 +175,16 @@ class TrainConfig:
 
 
 def expand_path(value: str) -> Path:
-    """`{weights_dir}` → the user's weights folder, `~` → home; relative paths stay relative to cwd."""
+    """`{weights_dir}` → the user's weights folder, `{manifest}` → the manifest that ships with the
+    package, `~` → home; relative paths stay relative to cwd."""
     if "{weights_dir}" in value:
         from image_enhancer.paths import weights_dir
 
         value = value.replace("{weights_dir}", str(weights_dir()))
+    if "{manifest}" in value:
+        from image_enhancer.weights.manifest import packaged_manifest_path
+
+        value = value.replace("{manifest}", str(packaged_manifest_path()))
     return Path(value).expanduser()
 
 
@@ -179,6 +195,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
+    renamed = sorted(key for key in unknown if RENAMED_KEYS.get(key) in names)
+    if renamed:
+        now = ", ".join(f"{key} is now called {RENAMED_KEYS[key]}" for key in renamed)
+        raise ConfigError(f"in {where or 'config'}: {now}; rename it in the config file")
     if unknown:
         raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(sorted(unknown))}")
     values = {key: _convert(hints[key], value, f"{where}.{key}".lstrip(".")) for key, value in data.items()}

@@ -1,4 +1,4 @@
-"""Line charts drawn with Pillow (no plotting library needed): loss/metric curves and α sweeps."""
+"""Line charts drawn with Pillow (no plotting library needed): loss/metric curves and strength sweeps."""
 
 from __future__ import annotations
 

@@ -1,15 +1,13 @@
 """Export a trained PSNR/GAN pair: fp16 safetensors, a model card, and weights-manifest entries.
 
 The GAN entry carries `pair = {psnr, gan}` so the engine's strength control blends the two. The card
-records data, steps, losses, validation and held-out scores, and an α sweep (PSNR falls, sharpness
+records data, steps, losses, validation and held-out scores, and a strength sweep (PSNR falls, sharpness
 rises) plotted as a PNG next to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,18 @@ from torch import Tensor
 
 from image_enhancer.models.registry import load_model
 from image_enhancer.paths import repo_weights_dir
+from image_enhancer.weights.integrity import sha256_file
 from image_enhancer.weights.interpolation import interpolate
+from image_enhancer.weights.manifest import (
+    MANIFEST_NAME,
+    ModelEntry,
+    Source,
+    WeightsFile,
+    load_manifest,
+    model_path,
+    packaged_manifest_path,
+    write_entries,
+)
 
 from .config import TrainConfig, ValidationConfig, expand_path
 from .curves import save_chart
@@ -30,27 +39,22 @@ from .networks import stored_names
 from .validation import Scores, ValidationSet, bicubic_upscale
 
 _ARCH_KEYS = {
-    "srvgg": ("num_feat", "num_conv"),
-    "rrdb": ("num_feat", "num_block", "num_grow_ch"),
-    "span": ("num_feat",),
-    "realplksr": ("num_feat", "num_block"),
+    "SRVGGNetCompact": ("num_feat", "num_conv"),
+    "RRDBNet": ("num_feat", "num_block", "num_grow_ch"),
+    "SPAN": ("num_feat",),
+    "RealPLKSR": ("num_feat", "num_block"),
 }
 # The fixed damage used for the card's restoration example and scores.
 DAMAGE_NOISE_SIGMA = 10.0
 DAMAGE_JPEG_QUALITY = 40
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _folders(config: TrainConfig) -> tuple[Path, Path, Path]:
     out = expand_path(config.export.dir) if config.export.dir else repo_weights_dir()
-    manifest = expand_path(config.export.manifest) if config.export.manifest else out / "manifest.json"
+    if config.export.manifest:
+        manifest = expand_path(config.export.manifest)
+    else:  # the repository's models are listed in the manifest that ships with the package
+        manifest = packaged_manifest_path() if out == repo_weights_dir() else out / MANIFEST_NAME
     cards = expand_path(config.export.cards) if config.export.cards else out / "cards"
     return out, manifest, cards
 
@@ -95,64 +99,51 @@ def _damaged_scores(state: dict[str, Tensor] | None, data: ValidationSet) -> Sco
 
 
 def _entry(
-    config: TrainConfig, name: str, filename: str, sha: str, arch: str, pair: dict | None, sources: list
-) -> dict[str, Any]:
+    config: TrainConfig,
+    name: str,
+    filename: str,
+    sha: str,
+    arch: str,
+    pair: dict[str, str] | None,
+    sources: tuple[Source, ...],
+) -> ModelEntry:
     role = "GAN fine-tune" if name.endswith("-gan") else "PSNR-oriented"
-    entry: dict[str, Any] = {
-        "name": name,
-        "architecture": arch,
-        "scale": config.model.scale,
-        "description": f"{config.export.description} ({role}).".strip(),
-        "license": config.export.licence,
-        "source": "ours",
-        "card": f"cards/{config.export.name}.md",
-        "files": [{"role": "weights", "filename": filename, "sha256": sha, "sources": sources}],
-    }
-    if pair:
-        entry["pair"] = pair
-    return entry
+    return ModelEntry(
+        name=name,
+        architecture=arch,
+        scale=config.model.scale,
+        description=f"{config.export.description} ({role}).".strip(),
+        license=config.export.licence,
+        source="ours",
+        card=f"cards/{config.export.name}.md",
+        files=(WeightsFile("weights", filename, sha, sources),),
+        pair=pair,
+    )
 
 
-def _existing_model(manifest_path: Path, name: str) -> tuple[dict[str, Any], Path]:
+def _existing_model(manifest_path: Path, name: str) -> tuple[ModelEntry, Path]:
     """A GAN model already in the manifest (e.g. Real-ESRGAN x4plus) and its installed file."""
-    from image_enhancer.weights.manifest import load_manifest
-    from image_enhancer.weights.provision import model_path
-
-    manifest = load_manifest(manifest_path)
-    entry = manifest.get(name)
+    entry = load_manifest(manifest_path).get(name)
     if entry is None:
         raise ValueError(f"export.pair_gan names {name!r}, which is not in {manifest_path}")
     path = model_path(entry)
     if not path.is_file():
         raise ValueError(f"export.pair_gan: {name} is not installed ({path}); install it first")
-    raw = next(
-        m for m in json.loads(manifest_path.read_text(encoding="utf-8"))["models"] if m["name"] == name
-    )
-    return raw, path
+    return entry, path
 
 
-def _pair_entry(config: TrainConfig, name: str, arch: str, gan: dict[str, Any]) -> dict[str, Any]:
+def _pair_entry(config: TrainConfig, name: str, arch: str, gan: ModelEntry) -> ModelEntry:
     """A model named `name` that runs the GAN model's own file, with our PSNR model as its pair."""
-    return {
-        "name": name,
-        "architecture": arch,
-        "scale": config.model.scale,
-        "description": f"{gan['description']} Strength blends it with our PSNR-oriented {name}-psnr.",
-        "license": gan["license"],
-        "source": gan["source"],
-        "card": f"cards/{name}.md",
-        "files": gan["files"],
-        "pair": {"psnr": f"{name}-psnr", "gan": gan["name"]},
-    }
-
-
-def update_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
-    """Replace (or add) our entries by name, leaving every other entry exactly as it was."""
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"version": 1, "models": []}
-    names = {e["name"] for e in entries}
-    models = [m for m in data.get("models", []) if m.get("name") not in names]
-    data["models"] = models + entries
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return dataclasses.replace(
+        gan,
+        name=name,
+        default=False,
+        architecture=arch,
+        scale=config.model.scale,
+        description=f"{gan.description} Strength blends it with our PSNR-oriented {name}-psnr.",
+        card=f"cards/{name}.md",
+        pair={"psnr": f"{name}-psnr", "gan": gan.name},
+    )
 
 
 def export_models(config: TrainConfig, result: Any, validation: ValidationSet | None) -> list[Path]:
@@ -174,11 +165,11 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         filename = f"{name}-{kind}.safetensors"
         path = out_dir / filename
         save_file(state, str(path), metadata={"format": "pt", "source": "ours", "model": f"{name}-{kind}"})
-        files[kind] = (filename, sha256_of(path))
+        files[kind] = (filename, sha256_file(path))
         written.append(path)
 
     # Files in the repository's weights/ are committed; anywhere else they are local, installed files.
-    sources = [{"kind": "repo"}] if out_dir.resolve() == repo_weights_dir().resolve() else []
+    sources = (Source("repo"),) if out_dir.resolve() == repo_weights_dir().resolve() else ()
     entries = [_entry(config, f"{name}-psnr", *files["psnr"], arch, None, sources)]
     if "gan" in states:
         pair = {"psnr": f"{name}-psnr", "gan": f"{name}-gan"}
@@ -187,7 +178,7 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         gan_entry, gan_path = _existing_model(manifest_path, config.export.pair_gan)
         states["gan"] = _half(gan_path)
         entries.append(_pair_entry(config, name, arch, gan_entry))
-    update_manifest(manifest_path, entries)
+    write_entries(manifest_path, entries)
     written.append(manifest_path)
 
     labels = {"psnr": f"{name}-psnr", "gan": config.export.pair_gan or f"{name}-gan"}
@@ -195,7 +186,7 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
     if validation is not None:
         report.validation(validation, states)
         if "gan" in states:
-            report.sweep(validation, states, cards_dir / f"{name}-alpha.png")
+            report.sweep(validation, states, cards_dir / f"{name}-strength.png")
         figure = cards_dir / f"{name}-restoration.png"
         _restoration_figure(figure, validation, states)
         report.figures.append(
@@ -206,7 +197,7 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
                 + " | ground truth",
             )
         )
-        written += [figure] + ([cards_dir / f"{name}-alpha.png"] if "gan" in states else [])
+        written += [figure] + ([cards_dir / f"{name}-strength.png"] if "gan" in states else [])
     if config.export.evaluation:
         report.held_out(config, states)
     curves = result.run_dir / "curves.png"
@@ -248,24 +239,26 @@ class Report:
         )
 
     def sweep(self, data: ValidationSet, states: dict[str, dict[str, Tensor]], figure: Path) -> None:
-        alphas = self.config.export.alphas
-        scores = [_evaluate(interpolate(states["psnr"], states["gan"], a), data) for a in alphas]
+        strengths = self.config.export.strengths
+        scores = [_evaluate(interpolate(states["psnr"], states["gan"], s), data) for s in strengths]
+        psnr, sharpness = [s.psnr for s in scores], [s.sharpness for s in scores]
         save_chart(
             figure,
             [
-                ("PSNR-Y on validation crops (dB)", [("PSNR", alphas, [s.psnr for s in scores])]),
-                ("sharpness (mean |Laplacian| of Y)", [("sharpness", alphas, [s.sharpness for s in scores])]),
+                ("PSNR-Y on validation crops (dB)", [("PSNR", strengths, psnr)]),
+                ("sharpness (mean |Laplacian| of Y)", [("sharpness", strengths, sharpness)]),
             ],
-            "strength alpha (0 = PSNR model, 1 = GAN model)",
+            "strength (0 = faithful PSNR model, 1 = sharp GAN model)",
             width=700,
         )
-        lines = ["| α | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]
+        lines = ["| strength | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]
         lines += [
-            f"| {a:.2f} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |"
-            for a, s in zip(alphas, scores, strict=True)
+            f"| {strength:.2f} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |"
+            for strength, s in zip(strengths, scores, strict=True)
         ]
         self.sections.append("## Strength sweep (network interpolation)\n\n" + "\n".join(lines))
-        self.figures.insert(0, (figure.name, "α sweep: PSNR falls and sharpness rises towards the GAN model"))
+        caption = "Strength sweep: PSNR falls and sharpness rises towards the GAN model"
+        self.figures.insert(0, (figure.name, caption))
 
     def held_out(self, config: TrainConfig, states: dict[str, dict[str, Tensor]]) -> None:
         ex = config.export

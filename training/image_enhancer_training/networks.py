@@ -37,23 +37,23 @@ def build_generator(config: ModelConfig) -> nn.Module:
 
 
 def _build(config: ModelConfig) -> nn.Module:
-    if config.arch == "srvgg":
+    if config.arch == "SRVGGNetCompact":
         return Compact(num_in_ch=3, num_out_ch=3, num_feat=config.num_feat, num_conv=config.num_conv,
                        upscale=config.scale)
-    if config.arch == "rrdb":
+    if config.arch == "RRDBNet":
         unshuffle = _UNSHUFFLE[config.scale]
         return ESRGAN(in_nc=3 * (unshuffle or 1) ** 2, out_nc=3, num_filters=config.num_feat,
                       num_blocks=config.num_block, scale=4, shuffle_factor=unshuffle)
-    if config.arch == "span":
+    if config.arch == "SPAN":
         return SPAN(num_in_ch=3, num_out_ch=3, feature_channels=config.num_feat, upscale=config.scale)
     return RealPLKSR(dim=config.num_feat, n_blocks=config.num_block, upscaling_factor=config.scale)
 
 
 def module_names(state: dict[str, Tensor], arch: str) -> dict[str, Tensor]:
     """Stored names → the training module's names."""
-    return to_module_names(state) if arch == "rrdb" and is_real_esrgan(state) else state
+    return to_module_names(state) if arch == "RRDBNet" and is_real_esrgan(state) else state
 
 
 def stored_names(state: dict[str, Tensor], arch: str) -> dict[str, Tensor]:
     """The training module's names → the names the engine's weight files use."""
-    return to_real_esrgan_names(state) if arch == "rrdb" else state
+    return to_real_esrgan_names(state) if arch == "RRDBNet" else state

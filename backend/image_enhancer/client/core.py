@@ -1,4 +1,6 @@
-"""What both clients share, independent of the gRPC library: requests, chunking, results and errors.
+"""What both clients share, independent of the gRPC library: the client API itself, the request stream,
+result assembly and errors. A transport supplies only how to connect, one unary call and the streaming
+Enhance call (`grpc_client` on grpcio, `lite` on grpclib).
 
 Pure Python on purpose (protobuf messages only; no grpc, no numpy): the pure-Python client that the
 GIMP plug-in vendors imports this module on interpreters that cannot load compiled extensions.
@@ -6,30 +8,23 @@ GIMP plug-in vendors imports this module on interpreters that cannot load compil
 
 from __future__ import annotations
 
+import functools
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto
+from google.protobuf.message import Message
+
+from .. import wire
+from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
+from ..wire import ImageInfo, ModelInfo, ServerInfo
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-TOKEN_ENV = "IMAGE_ENHANCER_TOKEN"
-MIB = 1024 * 1024
-MIN_CHUNK = 1 * MIB
-MAX_CHUNK = 4 * MIB
-DEFAULT_CHUNK = MAX_CHUNK
-# Largest message either side accepts: a full chunk plus protobuf framing, with room to spare.
-MAX_MESSAGE_BYTES = MAX_CHUNK + 64 * 1024
-
-SAMPLE_TYPES = {"u8": pb.SAMPLE_TYPE_U8, "u16": pb.SAMPLE_TYPE_U16, "f32": pb.SAMPLE_TYPE_F32}
-SAMPLE_BYTES = {"u8": 1, "u16": 2, "f32": 4}
-COLOUR_ENCODINGS = {"srgb": pb.COLOUR_ENCODING_SRGB, "linear": pb.COLOUR_ENCODING_LINEAR}
-ALPHA_MODES = {"model": pb.ALPHA_MODE_MODEL, "bicubic": pb.ALPHA_MODE_BICUBIC}
-
-ENHANCE_METHOD = "/image_enhancer.v1.Enhancer/Enhance"
-LIST_MODELS_METHOD = "/image_enhancer.v1.Enhancer/ListModels"
-DESCRIBE_METHOD = "/image_enhancer.v1.Enhancer/DescribeServer"
-HEALTH_METHOD = "/grpc.health.v1.Health/Check"
-SERVICE_NAME = "image_enhancer.v1.Enhancer"
+T = TypeVar("T")
 
 
 class EnhancerError(Exception):
@@ -81,34 +76,6 @@ def error_from_status(code_name: str, details: str) -> EnhancerError:
 
 
 @dataclass(frozen=True)
-class ImageInfo:
-    """An image's layout on the wire."""
-
-    width: int
-    height: int
-    channels: int
-    sample_type: str  # "u8" | "u16" | "f32"
-    colour_encoding: str = "srgb"  # "srgb" | "linear"
-
-    @property
-    def nbytes(self) -> int:
-        return self.width * self.height * self.channels * SAMPLE_BYTES[self.sample_type]
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to do with an image; defaults leave every choice to the server."""
-
-    model: str = ""
-    scale: float = 0.0  # 0: the model's own scale
-    strength: float | None = None
-    tile: int = 0
-    colour_fidelity: bool = False
-    auto_contrast: float = 0.0
-    alpha_mode: str = "model"
-
-
-@dataclass(frozen=True)
 class ProgressEvent:
     stage: str  # "queued", "loading model", "enhancing", "finishing"
     done: int
@@ -120,78 +87,27 @@ class ProgressEvent:
         return self.done / self.total if self.total else 0.0
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    architecture: str
-    scale: int
-    installed: bool
-    has_strength: bool
-    precisions: tuple[str, ...] = ()
-    license: str = ""
-    description: str = ""
-    is_default: bool = False
-    # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
-    output_pixels_per_second: float = 0.0
-    job_fixed_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    version: str
-    device: str
-    device_name: str
-    device_memory_bytes: int
-    max_queue: int
-    max_pixels: int
-    default_model: str
-    protocol_version: int
-    suggested_model: str = ""  # the model to start with on the server's device
-
-
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def _enum_name(table: dict[str, int], value: str, what: str) -> int:
-    try:
-        return table[value]
-    except KeyError:
-        raise EnhancerError("invalid", f"unknown {what} {value!r}; choose from {sorted(table)}") from None
-
-
-def header_message(image: ImageInfo) -> pb.ImageHeader:
-    return pb.ImageHeader(
-        width=image.width,
-        height=image.height,
-        channels=image.channels,
-        sample_type=_enum_name(SAMPLE_TYPES, image.sample_type, "sample type"),
-        colour_encoding=_enum_name(COLOUR_ENCODINGS, image.colour_encoding, "colour encoding"),
-    )
-
-
-def options_message(options: Options) -> pb.EnhanceOptions:
-    message = pb.EnhanceOptions(
-        model=options.model,
-        scale=options.scale,
-        tile=options.tile,
-        colour_fidelity=options.colour_fidelity,
-        auto_contrast=options.auto_contrast,
-        alpha_mode=_enum_name(ALPHA_MODES, options.alpha_mode, "alpha mode"),
-    )
-    if options.strength is not None:
-        message.strength = options.strength
-    return message
-
-
 def enhance_requests(
-    data: bytes | bytearray | memoryview, image: ImageInfo, options: Options, chunk_size: int = DEFAULT_CHUNK
+    data: bytes | bytearray | memoryview,
+    image: ImageInfo,
+    options: EnhanceOptions,
+    chunk_size: int = wire.DEFAULT_CHUNK,
 ) -> Iterator[pb.EnhanceRequest]:
-    """The request stream: the start message, then the samples in chunks of `chunk_size` bytes."""
-    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+    """The request stream: the start message, then the samples in chunks of `chunk_size` bytes.
+
+    The options are checked with the same `validate()` the server runs, so a bad request fails here."""
+    if not wire.MIN_CHUNK <= chunk_size <= wire.MAX_CHUNK:
         raise ValueError(f"chunk_size must be 1-4 MiB, got {chunk_size} bytes")
-    start = pb.EnhanceRequest(
-        start=pb.EnhanceStart(image=header_message(image), options=options_message(options))
-    )
+    try:
+        options.validate()
+        start = pb.EnhanceRequest(
+            start=pb.EnhanceStart(image=wire.header_message(image), options=wire.options_message(options))
+        )
+    except ValueError as error:
+        raise EnhancerError("invalid", str(error)) from None
     view = memoryview(data).cast("B")
     if view.nbytes != image.nbytes:
         raise EnhancerError(
@@ -202,14 +118,6 @@ def enhance_requests(
     yield start
     for offset in range(0, view.nbytes, chunk_size):
         yield pb.EnhanceRequest(chunk=bytes(view[offset : offset + chunk_size]))
-
-
-def image_info(header: pb.ImageHeader) -> ImageInfo:
-    sample_types = {v: k for k, v in SAMPLE_TYPES.items()}
-    if header.sample_type not in sample_types:
-        raise EnhancerError("protocol", f"the server sent an unknown sample type {header.sample_type}")
-    encoding = "linear" if header.colour_encoding == pb.COLOUR_ENCODING_LINEAR else "srgb"
-    return ImageInfo(header.width, header.height, header.channels, sample_types[header.sample_type], encoding)
 
 
 class ResultAssembler:
@@ -230,7 +138,10 @@ class ResultAssembler:
         elif kind == "result":
             if self.image is not None:
                 raise EnhancerError("protocol", "the server sent two result headers")
-            self.image = image_info(response.result)
+            try:
+                self.image = wire.image_info(response.result)
+            except wire.WireError as error:
+                raise EnhancerError("protocol", f"the server sent an {error}") from None
         elif kind == "chunk":
             if self.image is None:
                 raise EnhancerError("protocol", "the server sent result bytes before the result header")
@@ -263,48 +174,160 @@ def assemble(
     return assembler.result()
 
 
-def model_info(message: pb.ModelInfo) -> ModelInfo:
-    return ModelInfo(
-        name=message.name,
-        architecture=message.architecture,
-        scale=message.scale,
-        installed=message.installed,
-        has_strength=message.has_strength,
-        precisions=tuple(message.precisions),
-        license=message.license,
-        description=message.description,
-        is_default=message.is_default,
-        output_pixels_per_second=message.output_pixels_per_second,
-        job_fixed_seconds=message.job_fixed_seconds,
-    )
+@dataclass(frozen=True)
+class EnhanceCall:
+    """What a transport needs for one Enhance call: the start message, the chunks that follow it, where
+    progress goes and the deadline in seconds (None: none)."""
 
-
-def server_info(message: pb.ServerDescription) -> ServerInfo:
-    return ServerInfo(
-        version=message.version,
-        device=message.device,
-        device_name=message.device_name,
-        device_memory_bytes=message.device_memory_bytes,
-        max_queue=message.max_queue,
-        max_pixels=message.max_pixels,
-        default_model=message.default_model,
-        protocol_version=message.protocol_version,
-        suggested_model=message.suggested_model,
-    )
+    start: pb.EnhanceRequest
+    chunks: Iterator[pb.EnhanceRequest]
+    on_progress: ProgressCallback | None
+    timeout: float | None
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def split_address(address: str) -> tuple[str, int | None, str | None]:
-    """`host:port`, `[v6]:port` or `unix:PATH` -> (host, port, unix_path)."""
-    if address.startswith("unix:"):
-        path = address[len("unix:") :]
-        if path.startswith("//"):  # unix:///abs/path form
-            path = path[2:]
-        return "", None, path
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise EnhancerError("invalid", f"address {address!r} must be HOST:PORT or unix:PATH")
-    return host.strip("[]") or "127.0.0.1", int(port), None
+@functools.cache
+def health_messages() -> tuple[Any, Any]:
+    """grpc.health.v1 request and reply classes, built in a private descriptor pool.
+
+    The standard health messages may already sit in the default pool under another file name (grpcio's
+    and grpclib's copies differ), and registering them twice fails; a private pool cannot clash.
+    """
+    field_type, label = FieldDescriptorProto.Type, FieldDescriptorProto.Label
+    file = descriptor_pb2.FileDescriptorProto(
+        name="image_enhancer_client/health.proto", package="grpc.health.v1", syntax="proto3"
+    )
+    request = file.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=field_type.TYPE_STRING, label=label.LABEL_OPTIONAL)
+    reply = file.message_type.add(name="HealthCheckResponse")
+    reply.field.add(
+        name="status",
+        number=1,
+        type=field_type.TYPE_ENUM,
+        label=label.LABEL_OPTIONAL,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+    )
+    statuses = reply.enum_type.add(name="ServingStatus")
+    for number, name in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        statuses.value.add(name=name, number=number)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return tuple(  # type: ignore[return-value]
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{name}"))
+        for name in ("HealthCheckRequest", "HealthCheckResponse")
+    )
+
+
+class Client(ABC):
+    """A connection to an Image Enhancer server; every method raises `EnhancerError`.
+
+        with LiteClient("127.0.0.1:50051", token=None) as client:    # or "unix:/path/to/socket"
+            client.wait_until_serving(timeout=60)
+            client.health() -> "SERVING" | "NOT_SERVING" | ...
+            client.list_models() -> list[ModelInfo]
+            client.describe() -> ServerInfo
+            info, data = client.enhance(data, width, height, channels, "u8" | "u16" | "f32",
+                                        model="", scale=None, strength=None, ..., colour_encoding="srgb",
+                                        on_progress=callback, timeout=None)
+
+    A transport subclass supplies `_connect`, `close`, `_unary` and `_enhance`.
+    """
+
+    def __init__(
+        self,
+        address: str = wire.DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        chunk_size: int = wire.DEFAULT_CHUNK,
+    ) -> None:
+        """`token` is sent as `authorization: Bearer` metadata; `tls` (implied by `root_certificates`,
+        PEM bytes; None trusts the system's roots) encrypts the connection."""
+        try:
+            parsed = wire.parse_address(address)
+        except wire.AddressError as error:
+            raise EnhancerError("invalid", str(error)) from None
+        self._metadata = auth_metadata(token)
+        self._chunk_size = chunk_size
+        self._connect(address, parsed, tls or root_certificates is not None, root_certificates)
+
+    @abstractmethod
+    def _connect(
+        self, address: str, parsed: wire.Address, tls: bool, root_certificates: bytes | None
+    ) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
+        """One request, one reply; failures as EnhancerError."""
+
+    @abstractmethod
+    def _enhance(self, call: EnhanceCall) -> tuple[ImageInfo, bytes]:
+        """The streaming call: send `call.start` and `call.chunks` while feeding replies to a
+        ResultAssembler; cancel the call if anything (on_progress included) raises."""
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def health(self, timeout: float = 5.0) -> str:
+        """The server's health status name: "SERVING", "NOT_SERVING", ..."""
+        request_type, reply_type = health_messages()
+        reply = self._unary(wire.HEALTH_METHOD, request_type(service=wire.SERVICE_NAME), reply_type, timeout)
+        return reply_type.ServingStatus.Name(reply.status)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Block until the server answers SERVING (it loads and warms models first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health(timeout=max(0.1, min(2.0, deadline - time.monotonic()))) == "SERVING":
+                    return
+            except EnhancerError as error:
+                if error.kind not in ("unavailable", "deadline"):
+                    raise
+            if time.monotonic() >= deadline:
+                raise EnhancerError("unavailable", f"the server was not serving within {timeout:g} s")
+            time.sleep(0.1)
+
+    def list_models(self, timeout: float = 30.0) -> list[ModelInfo]:
+        reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
+        return [wire.model_info(m) for m in reply.models]
+
+    def describe(self, timeout: float = 30.0) -> ServerInfo:
+        reply = self._unary(wire.DESCRIBE_METHOD, pb.DescribeServerRequest(), pb.ServerDescription, timeout)
+        return wire.server_info(reply)
+
+    def enhance(
+        self,
+        data: bytes | bytearray | memoryview,
+        width: int,
+        height: int,
+        channels: int,
+        sample_type: str = "u8",
+        options: EnhanceOptions | None = None,
+        *,
+        colour_encoding: str = "srgb",
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        **option_fields: Any,
+    ) -> tuple[ImageInfo, bytes]:
+        """Enhance raw samples (row-major, interleaved, little-endian); returns the result's layout and bytes.
+
+        Options come as an `EnhanceOptions` or as its fields by keyword (model, scale, strength, tile,
+        colour_fidelity, auto_contrast, alpha_mode). If `on_progress` raises, the job is cancelled on the
+        server and the exception propagates.
+        """
+        options = options or EnhanceOptions(**option_fields)
+        image = ImageInfo(width, height, channels, sample_type, colour_encoding)
+        requests = enhance_requests(data, image, options, self._chunk_size)
+        start = next(requests)  # checks the request and the data's size before connecting
+        return self._enhance(EnhanceCall(start, requests, on_progress, timeout))

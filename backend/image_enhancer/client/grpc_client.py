@@ -10,17 +10,19 @@
 from __future__ import annotations
 
 import itertools
-import time
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.message import Message
 
+from .. import wire
+from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
-from ..v1 import enhancer_pb2_grpc
 from . import core
-from .core import DEFAULT_ADDRESS, EnhancerError, ImageInfo, ModelInfo, Options, ProgressCallback, ServerInfo
+from .core import EnhancerError, ProgressCallback
 
+T = TypeVar("T")
 # numpy dtypes of the wire's sample types (little-endian, as the wire is).
 _DTYPES = {"u8": np.dtype("<u1"), "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}
 
@@ -29,125 +31,60 @@ def _error(error: grpc.RpcError) -> EnhancerError:
     return core.error_from_status(error.code().name, error.details() or "")
 
 
-class EnhancerClient:
-    """A connection to an Image Enhancer server; methods raise `EnhancerError`."""
+class EnhancerClient(core.Client):
+    """`core.Client` on a grpcio channel."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        *,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        tls: bool = False,
-        chunk_size: int = core.DEFAULT_CHUNK,
+    def _connect(
+        self, address: str, parsed: wire.Address, tls: bool, root_certificates: bytes | None
     ) -> None:
-        """`token` is sent as `authorization: Bearer` metadata; `tls` (implied by `root_certificates`,
-        PEM bytes; None trusts the system's roots) encrypts the connection."""
-        core.split_address(address)  # reject malformed addresses with a clear message
         options = [
-            ("grpc.max_receive_message_length", core.MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", core.MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
         ]
-        if tls or root_certificates is not None:
+        if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates)
             self._channel = grpc.secure_channel(address, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)
-        self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = core.auth_metadata(token)
-        self._chunk_size = chunk_size
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> EnhancerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def health(self, timeout: float = 5.0) -> str:
-        """The server's health status name: "SERVING", "NOT_SERVING", ..."""
-        request = health_pb2.HealthCheckRequest(service=core.SERVICE_NAME)
-        try:
-            reply = self._health.Check(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-    def wait_until_serving(self, timeout: float = 60.0) -> None:
-        """Block until the server answers SERVING (it loads and warms models first)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.health(timeout=max(0.1, min(2.0, deadline - time.monotonic()))) == "SERVING":
-                    return
-            except EnhancerError as error:
-                if error.kind not in ("unavailable", "deadline"):
-                    raise
-            if time.monotonic() >= deadline:
-                raise EnhancerError("unavailable", f"the server was not serving within {timeout:g} s")
-            time.sleep(0.1)
-
-    def list_models(self, timeout: float = 30.0) -> list[ModelInfo]:
-        try:
-            reply = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return [core.model_info(m) for m in reply.models]
-
-    def describe(self, timeout: float = 30.0) -> ServerInfo:
-        try:
-            reply = self._stub.DescribeServer(
-                pb.DescribeServerRequest(), timeout=timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return core.server_info(reply)
-
-    def enhance(
-        self,
-        data: bytes | bytearray | memoryview,
-        width: int,
-        height: int,
-        channels: int,
-        sample_type: str = "u8",
-        options: Options | None = None,
-        *,
-        colour_encoding: str = "srgb",
-        on_progress: ProgressCallback | None = None,
-        timeout: float | None = None,
-        **option_fields: object,
-    ) -> tuple[ImageInfo, bytes]:
-        """Enhance raw samples (row-major, interleaved, little-endian); returns the result's layout and bytes.
-
-        Options come as an `Options` or as its fields by keyword (model, scale, strength, tile,
-        colour_fidelity, auto_contrast, alpha_mode). If `on_progress` raises, the job is cancelled on the
-        server and the exception propagates.
-        """
-        options = options or Options(**option_fields)  # type: ignore[arg-type]
-        image = ImageInfo(width, height, channels, sample_type, colour_encoding)
-        requests = core.enhance_requests(data, image, options, self._chunk_size)
-        start = next(requests)  # checks the layout against the data here, not in grpc's sending thread
-        call = self._stub.Enhance(
-            itertools.chain([start], requests), timeout=timeout, metadata=self._metadata
+    def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
+        call = self._channel.unary_unary(
+            method,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return core.assemble(call, on_progress)
+            return call(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
+        method = self._channel.stream_stream(
+            wire.ENHANCE_METHOD,
+            request_serializer=pb.EnhanceRequest.SerializeToString,
+            response_deserializer=pb.EnhanceResponse.FromString,
+        )
+        requests = itertools.chain([call.start], call.chunks)
+        responses = method(requests, timeout=call.timeout, metadata=self._metadata)
+        try:
+            return core.assemble(responses, call.on_progress)
         except grpc.RpcError as error:
             raise _error(error) from None
         except BaseException:
-            call.cancel()
+            responses.cancel()
             raise
 
     def enhance_array(
         self,
         pixels: np.ndarray,
+        options: EnhanceOptions | None = None,
         *,
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
-        **option_fields: object,
+        **option_fields: Any,
     ) -> np.ndarray:
         """`enhance` for an H×W×C (or H×W) uint8/uint16/float32 array; returns an array of the same kind."""
         sample_type = next(
@@ -167,6 +104,7 @@ class EnhancerClient:
             height,
             channels,
             sample_type,
+            options,
             on_progress=on_progress,
             timeout=timeout,
             **option_fields,

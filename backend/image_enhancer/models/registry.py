@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 import torch
-from spandrel import MAIN_REGISTRY, ArchSupport, ImageModelDescriptor, ModelTiling, canonicalize_state_dict
+from spandrel import MAIN_REGISTRY, ArchSupport, ImageModelDescriptor, ModelTiling
 from spandrel import ModelDescriptor as SpandrelDescriptor
 from torch import Tensor, nn
 
@@ -60,8 +60,7 @@ def _summary(state_dict: StateDict) -> str:
 
 
 def canonical(state_dict: dict[str, Any]) -> StateDict:
-    """Unwrapped from training checkpoints (`params_ema` before `params`, `module.` prefixes)."""
-    state_dict = canonicalize_state_dict(state_dict)
+    """A flat state dict of tensors, as `weights.safe_load` gives it (it unwraps checkpoints)."""
     bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
         raise UnsupportedModelError(f"state dict holds non-tensor entries: {', '.join(bad[:4])}")

@@ -18,7 +18,6 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from image_enhancer.client.core import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_NAME
 from image_enhancer.engine.enhancer import Enhancer
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import DEFAULT_MAX_QUEUE
@@ -26,6 +25,7 @@ from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
 from image_enhancer.server.jobs import JobQueue
 from image_enhancer.server.service import EnhancerService, UploadLimits
 from image_enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
+from image_enhancer.wire import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_NAME, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,9 @@ def _prepare_socket(path: Path) -> None:
 
 def _listen(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> tuple[str, Path | None]:
     """Bind the listener; Unix sockets are created owner-only (mode 0600)."""
-    socket_path = None
-    if address.startswith("unix:"):
-        socket_path = Path(address[len("unix:") :].removeprefix("//"))
+    unix_path = parse_address(address).unix_path
+    socket_path = Path(unix_path) if unix_path is not None else None
+    if socket_path is not None:
         _prepare_socket(socket_path)
     credentials = grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)]) if tls else None
     # The umask makes the socket private from the moment it exists; chmod below makes sure of it.

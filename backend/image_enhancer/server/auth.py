@@ -5,10 +5,11 @@ needs an access token (sent as `authorization: Bearer <token>` call metadata) or
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 
 import grpc
+
+from image_enhancer.wire import parse_address
 
 # Health checks stay open so that supervisors and load balancers can probe without the token.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -20,23 +21,13 @@ class UnsafeListenError(ValueError):
 
 def is_local_address(address: str) -> bool:
     """True for Unix sockets and loopback hosts (127.0.0.0/8, ::1, localhost)."""
-    if address.startswith("unix:"):
-        return True
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
+    return parse_address(address).is_local
 
 
 def check_listen_safety(address: str, token: str | None, tls: bool) -> None:
-    """Raise ValueError for a malformed address, UnsafeListenError for an unprotected public one."""
-    host, sep, port = address.rpartition(":")
-    if not address.startswith("unix:") and not (sep and host and port.isdigit()):
-        raise ValueError(f"address {address!r} must be HOST:PORT (e.g. 127.0.0.1:50051) or unix:PATH")
-    if not is_local_address(address) and not token and not tls:
+    """Raise ValueError (AddressError) for a malformed address, UnsafeListenError for an unprotected
+    public one."""
+    if not parse_address(address).is_local and not token and not tls:
         raise UnsafeListenError(
             f"refusing to listen on {address} without protection: other machines could use this server. "
             "Set an access token (--token or the IMAGE_ENHANCER_TOKEN environment variable) or TLS "

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from image_enhancer.arguments import add_device_arguments, int_in, positive_float
-from image_enhancer.client.core import DEFAULT_ADDRESS, TOKEN_ENV
+from image_enhancer.arguments import add_device_arguments, add_renamed, int_in, positive_float
 from image_enhancer.server import DEFAULT_MAX_QUEUE, MAX_QUEUE
+from image_enhancer.wire import DEFAULT_ADDRESS, TOKEN_ENV
 
 if TYPE_CHECKING:
     from image_enhancer.server.app import TlsFiles
@@ -35,7 +35,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue", type=int_in(1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE,
         help="jobs that may wait; more are refused",
     )
-    parser.add_argument("--max-megapixels", type=positive_float, default=None, help="largest input accepted")
+    add_renamed(
+        parser, "--max-input-megapixels", "--max-megapixels",
+        type=positive_float, default=None, help="largest input image accepted",
+    )
     parser.add_argument("--no-warm-up", action="store_true", help="do not load the default model at start")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
 
@@ -72,7 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"image-enhancer serve: {error}", file=sys.stderr)
         return 2
 
-    limits = {} if args.max_megapixels is None else {"max_pixels": max(1, round(args.max_megapixels * 1e6))}
+    megapixels = args.max_input_megapixels
+    limits = {} if megapixels is None else {"max_pixels": max(1, round(megapixels * 1e6))}
     try:
         enhancer = Enhancer(
             ModelStore(), device=args.device, precision=args.precision, runtime=args.runtime, **limits

@@ -13,14 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
 import image_enhancer
-from image_enhancer.client.core import MAX_CHUNK
+from image_enhancer import wire
 from image_enhancer.engine import pixels
 from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
 from image_enhancer.paths import user_home
@@ -33,12 +33,12 @@ from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.safe_load import WeightsError
-from image_enhancer.weights.store import INSTALL_COMMAND, ModelInfo
+from image_enhancer.weights.store import INSTALL_COMMAND
+from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PROTOCOL_VERSION = 1
 SPEEDS_FILE = "throughput.json"  # in the user cache: measured model speeds, per device
 # How long a short upload waits for a cancellation that may be on its way (see Upload.ended_early).
 CANCEL_SETTLE_S = 0.1
@@ -198,9 +198,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             await upload.ended_early()
             raise validation.invalid("the Enhance call ended before its start message")
         start = validation.start_message(first)
-        spec = validation.image_spec(start.image, self._max_pixels)
-        options = validation.engine_options(start.options, spec, self._store.default_model)
-        await self._check_model(options)
+        spec = validation.image_info(start.image, self._max_pixels)
+        options = await self._with_model(validation.request_options(start.options, spec))
         upload.expect(spec.nbytes)
 
         self._jobs.reserve()
@@ -241,19 +240,17 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             made = result.shape[0] * result.shape[1]
             self._speeds.record(options.model, made, time.perf_counter() - model_ready_at)
 
-        header = pb.ImageHeader(
-            width=result.shape[1],
-            height=result.shape[0],
-            channels=result.shape[2] if result.ndim == 3 else 1,
-            sample_type=validation.SAMPLE_TYPE_VALUES[spec.sample_type],
-            colour_encoding=start.image.colour_encoding or pb.COLOUR_ENCODING_SRGB,
+        height, width = result.shape[:2]
+        channels = result.shape[2] if result.ndim == 3 else 1
+        header = wire.header_message(
+            wire.ImageInfo(width, height, channels, spec.sample_type, spec.colour_encoding)
         )
         # A large result takes a moment to convert: off the event loop, so other calls go on meanwhile.
         data = await asyncio.to_thread(pixels.to_bytes, result)
         del result
         yield pb.EnhanceResponse(result=header)
-        for offset in range(0, len(data), MAX_CHUNK):
-            yield pb.EnhanceResponse(chunk=data[offset : offset + MAX_CHUNK])
+        for offset in range(0, len(data), wire.MAX_CHUNK):
+            yield pb.EnhanceResponse(chunk=data[offset : offset + wire.MAX_CHUNK])
 
     @staticmethod
     def _handle_event(event: Event) -> pb.EnhanceResponse | np.ndarray:
@@ -271,10 +268,11 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         # Listing may read a newly dropped-in model file: off the event loop.
         return await asyncio.to_thread(self._store.list)
 
-    async def _check_model(self, options: EnhanceOptions) -> None:
-        """Refuse unknown models and unsupported strength before the upload, not after it."""
+    async def _with_model(self, options: EnhanceOptions) -> EnhanceOptions:
+        """The options with the model named ("" is the default); unknown or uninstalled models and a
+        strength the model cannot take are refused before the upload, not after it."""
         models = await self._models()
-        info = next((m for m in models if m.name == options.model), None)
+        info = wire.find_model(models, options.model)
         if info is None:
             names = ", ".join(m.name for m in models)
             raise RequestError(
@@ -283,13 +281,15 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         if not info.installed:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {options.model!r} is not installed; install it with: "
+                f"model {info.name!r} is not installed; install it with: "
                 f"{INSTALL_COMMAND} --models {info.name}",
             )
         if options.strength is not None and not info.has_strength:
             raise validation.invalid(
-                f"model {options.model!r} takes no strength: that needs its PSNR/GAN pair, both installed"
+                f"model {info.name!r} takes no strength: that needs its faithful/sharp (PSNR/GAN) pair, "
+                "both installed"
             )
+        return replace(options, model=info.name)
 
     # --- metadata ------------------------------------------------------------------------------------
 
@@ -297,7 +297,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[model_message(m, *self._speeds.speed(m.name)) for m in await self._models()]
+            models=[
+                wire.model_message(_with_speed(m, *self._speeds.speed(m.name))) for m in await self._models()
+            ]
         )
 
     async def DescribeServer(
@@ -323,19 +325,7 @@ def _model_loaded(event: Event) -> bool:
     return p is not None and p.stage == "loading model" and p.total > 0 and p.done == p.total
 
 
-def model_message(
-    info: ModelInfo, output_pixels_per_second: float = 0.0, job_fixed_seconds: float = 0.0
-) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=info.name,
-        architecture=info.architecture,
-        scale=info.scale,
-        installed=info.installed,
-        has_strength=info.has_strength,
-        precisions=list(info.precisions),
-        license=info.license,
-        description=info.description,
-        is_default=info.is_default,
-        output_pixels_per_second=output_pixels_per_second,
-        job_fixed_seconds=job_fixed_seconds,
+def _with_speed(info: ModelInfo, output_pixels_per_second: float, job_fixed_seconds: float) -> ModelInfo:
+    return replace(
+        info, output_pixels_per_second=output_pixels_per_second, job_fixed_seconds=job_fixed_seconds
     )

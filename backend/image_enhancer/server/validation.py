@@ -6,27 +6,12 @@ upload or queues the job, so a bad request costs nothing and gets a human messag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from image_enhancer.client.core import MAX_CHUNK, MIN_CHUNK, SAMPLE_BYTES
+from image_enhancer import wire
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.v1 import enhancer_pb2 as pb
-
-SAMPLE_TYPE_NAMES = {pb.SAMPLE_TYPE_U8: "u8", pb.SAMPLE_TYPE_U16: "u16", pb.SAMPLE_TYPE_F32: "f32"}
-SAMPLE_TYPE_VALUES = {name: value for value, name in SAMPLE_TYPE_NAMES.items()}
-ALPHA_MODE_NAMES = {
-    pb.ALPHA_MODE_UNSPECIFIED: "model",
-    pb.ALPHA_MODE_MODEL: "model",
-    pb.ALPHA_MODE_BICUBIC: "bicubic",
-}
-COLOUR_ENCODINGS = {
-    pb.COLOUR_ENCODING_UNSPECIFIED: False,
-    pb.COLOUR_ENCODING_SRGB: False,
-    pb.COLOUR_ENCODING_LINEAR: True,
-}
+from image_enhancer.wire import ImageInfo
 
 
 class RequestError(Exception):
@@ -42,38 +27,18 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """The layout of an uploaded image, as announced by its header."""
-
-    width: int
-    height: int
-    channels: int
-    sample_type: str  # "u8" | "u16" | "f32"
-    linear: bool
-
-    @property
-    def nbytes(self) -> int:
-        return self.width * self.height * self.channels * SAMPLE_BYTES[self.sample_type]
-
-
-def _enum_name(enum: EnumTypeWrapper, value: int) -> str:
-    return enum.Name(value) if value in enum.values() else str(value)
-
-
-def image_spec(header: pb.ImageHeader, max_pixels: int) -> ImageSpec:
+def image_info(header: pb.ImageHeader, max_pixels: int) -> ImageInfo:
+    """The uploaded image's layout, as announced by its header, once every field is checked."""
     if header.width == 0 or header.height == 0:
         raise invalid(f"image width and height must be positive, got {header.width}x{header.height}")
     if header.channels not in (1, 2, 3, 4):
         raise invalid(
             f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got {header.channels}"
         )
-    if header.sample_type not in SAMPLE_TYPE_NAMES:
-        raise invalid(
-            f"sample_type must be U8, U16 or F32, got {_enum_name(pb.SampleType, header.sample_type)}"
-        )
-    if header.colour_encoding not in COLOUR_ENCODINGS:
-        raise invalid(f"unknown colour_encoding {header.colour_encoding}; expected SRGB or LINEAR")
+    try:
+        image = wire.image_info(header)
+    except wire.WireError as error:
+        raise invalid(str(error)) from None
     pixels = header.width * header.height
     if pixels > max_pixels:
         raise RequestError(
@@ -81,30 +46,13 @@ def image_spec(header: pb.ImageHeader, max_pixels: int) -> ImageSpec:
             f"the image has {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels; this server takes"
             f" at most {max_pixels / 1e6:.1f} megapixels",
         )
-    return ImageSpec(
-        header.width,
-        header.height,
-        header.channels,
-        SAMPLE_TYPE_NAMES[header.sample_type],
-        COLOUR_ENCODINGS[header.colour_encoding],
-    )
+    return image
 
 
-def engine_options(message: pb.EnhanceOptions, image: ImageSpec, default_model: str) -> EnhanceOptions:
-    """The engine's options for a request; range errors come from the engine's own checks."""
-    if message.alpha_mode not in ALPHA_MODE_NAMES:
-        raise invalid(f"unknown alpha_mode {message.alpha_mode}; expected MODEL or BICUBIC")
-    options = EnhanceOptions(
-        model=message.model or default_model,
-        scale=message.scale or None,
-        strength=message.strength if message.HasField("strength") else None,
-        tile=message.tile,
-        alpha_mode=ALPHA_MODE_NAMES[message.alpha_mode],
-        colour_fidelity=message.colour_fidelity,
-        auto_contrast=message.auto_contrast,
-        linear=image.linear,
-    )
+def request_options(message: pb.EnhanceOptions, image: ImageInfo) -> EnhanceOptions:
+    """The request's options, checked by the same `validate()` the clients run ("" model: the default)."""
     try:
+        options = wire.request_options(message, image)
         options.validate()
     except ValueError as error:
         raise invalid(str(error)) from None
@@ -127,7 +75,7 @@ class SampleCollector:
     arrive, so a header announcing a huge image costs nothing until its bytes come.
     """
 
-    def __init__(self, spec: ImageSpec) -> None:
+    def __init__(self, spec: ImageInfo) -> None:
         self._spec = spec
         self._buffer = bytearray()
         self._messages = 1  # the start message came first
@@ -151,11 +99,11 @@ class SampleCollector:
                 f"too many bytes: a {spec.width}x{spec.height} image with {spec.channels} {spec.sample_type}"
                 f" channels has {spec.nbytes} bytes, got at least {len(self._buffer) + size}"
             )
-        if self._short_chunk or size == 0 or size > MAX_CHUNK:
+        if self._short_chunk or size == 0 or size > wire.MAX_CHUNK:
             short = self._short_chunk
             bad, bad_size = (short, "under 1 MiB") if short else (index, f"{size} bytes")
             raise invalid(f"chunk {bad} has {bad_size}; chunks are 1-4 MiB, only the last may be smaller")
-        if size < MIN_CHUNK:
+        if size < wire.MIN_CHUNK:
             self._short_chunk = index
         self._buffer += request.chunk
 

@@ -6,8 +6,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from image_enhancer.weights.manifest import WeightsFile
+if TYPE_CHECKING:  # the manifest writes through this module, so it cannot be imported at load time
+    from image_enhancer.weights.manifest import WeightsFile
 
 SIDECAR_SUFFIX = ".sha256"
 

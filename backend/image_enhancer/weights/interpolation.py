@@ -1,4 +1,4 @@
-"""Network interpolation for the strength control: θ = (1−α)·θ_PSNR + α·θ_GAN.
+"""Network interpolation for the strength control: θ = (1−s)·θ_faithful + s·θ_sharp, s the strength.
 
 Blending the weights of a PSNR-oriented network and its GAN fine-tune gives a continuous trade-off
 between faithful-but-soft and detailed-but-invented, at the cost of one forward pass.
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from image_enhancer.models.tensors import as_fp32
+from image_enhancer.request import check_strength
 
 
 class IncompatiblePairError(ValueError):
@@ -33,14 +34,13 @@ def check_compatible(psnr: dict[str, Tensor], gan: dict[str, Tensor]) -> None:
             )
 
 
-def interpolate(psnr: dict[str, Tensor], gan: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
-    """Blend in fp32. Written as (1−α)·a + α·b rather than a lerp so that α = 0 and α = 1 give the
-    endpoints bit for bit (a + α·(b − a) does not round back to b at α = 1)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"strength must be between 0 and 1, not {alpha}")
+def interpolate(psnr: dict[str, Tensor], gan: dict[str, Tensor], strength: float) -> dict[str, Tensor]:
+    """Blend in fp32. Written as (1−s)·a + s·b rather than a lerp so that s = 0 and s = 1 give the
+    endpoints bit for bit (a + s·(b − a) does not round back to b at s = 1)."""
+    check_strength(strength)
     check_compatible(psnr, gan)
     # NumPy arithmetic on fp32 copies: one pass per tensor, no per-op thread start-up (see as_fp32).
     return {
-        k: torch.from_numpy((1.0 - alpha) * as_fp32(psnr[k]).numpy() + alpha * as_fp32(gan[k]).numpy())
+        k: torch.from_numpy((1.0 - strength) * as_fp32(psnr[k]).numpy() + strength * as_fp32(gan[k]).numpy())
         for k in psnr
     }

@@ -1,4 +1,7 @@
-"""The weights manifest (`weights/manifest.json`): which models exist, their files, hashes and origins.
+"""The weights manifest: which models exist, their files, hashes and origins; its one reader and writer.
+
+It ships inside this package (`image_enhancer/weights/manifest.json`, package data found through
+importlib.resources), so an installed wheel has it as well as a source checkout.
 
 Each model has one weights file (fp16 safetensors) with the sha256 of the converted result, and a list
 of ways to obtain it, tried in order:
@@ -10,11 +13,13 @@ of ways to obtain it, tried in order:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from image_enhancer.paths import repo_weights_dir
+from image_enhancer.paths import repo_weights_dir, weights_dir
+from image_enhancer.weights.integrity import write_atomically
 
 MANIFEST_NAME = "manifest.json"
 ALL_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -62,6 +67,7 @@ class ModelEntry:
     default: bool = False
     pair: dict[str, str] | None = None
     precisions: tuple[str, ...] = ALL_PRECISIONS
+    card: str = ""  # the model card, relative to the repository's weights/ folder
 
     @property
     def weights(self) -> WeightsFile:
@@ -123,6 +129,7 @@ def _entry(raw: dict[str, Any]) -> ModelEntry:
             default=bool(raw.get("default", False)),
             pair=raw.get("pair"),
             precisions=tuple(raw.get("precisions", ALL_PRECISIONS)),
+            card=raw.get("card", ""),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"model {name}: missing or bad field {exc}") from exc
@@ -152,11 +159,65 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
     return Manifest(models=models, path=path)
 
 
+def packaged_manifest_path() -> Path:
+    """The manifest that ships with the package."""
+    return Path(str(files("image_enhancer.weights") / MANIFEST_NAME))
+
+
 def load_manifest(path: Path | None = None) -> Manifest:
-    """Read and check the manifest (by default the repository's `weights/manifest.json`)."""
-    path = path or repo_weights_dir() / MANIFEST_NAME
+    """Read and check the manifest (by default the one that ships with the package)."""
+    path = path or packaged_manifest_path()
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"cannot read the weights manifest {path}: {exc}") from exc
     return parse_manifest(data, path)
+
+
+def model_path(entry: ModelEntry, cache: Path | None = None) -> Path:
+    """Where a model's weights file lives: the repository for our own models, else the user cache."""
+    folder = repo_weights_dir() if entry.in_repo else (cache or weights_dir())
+    return folder / entry.weights.filename
+
+
+def entry_json(entry: ModelEntry) -> dict[str, Any]:
+    """An entry in the manifest's JSON form: what `parse_manifest` reads back as the same entry."""
+    data: dict[str, Any] = {"name": entry.name}
+    if entry.default:
+        data["default"] = True
+    data |= {
+        "architecture": entry.architecture,
+        "scale": entry.scale,
+        "description": entry.description,
+        "license": entry.license,
+        "source": entry.source,
+    }
+    if entry.card:
+        data["card"] = entry.card
+    if entry.pair is not None:
+        data["pair"] = dict(entry.pair)
+    if entry.precisions != ALL_PRECISIONS:
+        data["precisions"] = list(entry.precisions)
+    data["files"] = [
+        {
+            "role": f.role,
+            "filename": f.filename,
+            "sha256": f.sha256,
+            "sources": [{k: v for k, v in asdict(s).items() if v} for s in f.sources],
+        }
+        for f in entry.files
+    ]
+    return data
+
+
+def write_entries(path: Path, entries: list[ModelEntry]) -> None:
+    """Replace (or add) `entries` by name in the manifest at `path` (created when missing), leaving every
+    other entry exactly as it was; each entry is read back before the file is replaced."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"version": 1, "models": []}
+    names = {e.name for e in entries}
+    data["models"] = [m for m in data.get("models", []) if m.get("name") not in names]
+    data["models"] += [entry_json(e) for e in entries]
+    for raw in data["models"]:
+        _entry(raw)
+    write_atomically(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+

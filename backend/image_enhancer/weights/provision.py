@@ -28,10 +28,10 @@ from safetensors.torch import save
 from torch import Tensor
 
 from image_enhancer.models.registry import load_model
-from image_enhancer.paths import repo_weights_dir, user_home, weights_dir
+from image_enhancer.paths import user_home, weights_dir
 from image_enhancer.weights import ncnn
 from image_enhancer.weights.integrity import problem_with, record_hash, sha256_file, write_atomically
-from image_enhancer.weights.manifest import Manifest, ModelEntry, Source, load_manifest
+from image_enhancer.weights.manifest import Manifest, ModelEntry, Source, load_manifest, model_path
 from image_enhancer.weights.safe_load import load_state_dict
 
 WHEEL_ENV = "IMAGE_ENHANCER_NCNN_WHEEL"
@@ -51,12 +51,6 @@ class ModelStatus:
     status: str  # "installed" | "missing" | "corrupt"
     path: Path
     detail: str = ""
-
-
-def model_path(entry: ModelEntry, cache: Path | None = None) -> Path:
-    """Where a model's weights file lives: the repository for our own models, else the user cache."""
-    folder = repo_weights_dir() if entry.in_repo else (cache or weights_dir())
-    return folder / entry.weights.filename
 
 
 def status_of(entry: ModelEntry, cache: Path | None = None) -> ModelStatus:

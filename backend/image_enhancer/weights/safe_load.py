@@ -39,7 +39,10 @@ def load_state_dict(path: Path | str) -> dict[str, Tensor]:
     if path.stat().st_size == 0:
         raise WeightsError(f"{path.name}: weight file is empty")
     raw = _read_safetensors(path) if suffix in SAFETENSORS_SUFFIXES else _read_pickle(path)
-    return _as_tensor_dict(path, raw)
+    try:
+        return unwrap(raw)
+    except WeightsError as exc:
+        raise WeightsError(f"{path.name}: {exc}") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -75,13 +78,15 @@ def _refused_global(exc: Exception) -> str:
     return f" {lines[0]}" if lines else ""
 
 
-def _as_tensor_dict(path: Path, raw: Any) -> dict[str, Tensor]:
+def unwrap(raw: Any) -> dict[str, Tensor]:
+    """The flat state dict inside a training checkpoint (`params_ema` before `params`, `module.`
+    prefixes, ...): the one place keys are unwrapped; the model registry takes the result as it is."""
     if not isinstance(raw, dict):
-        raise WeightsError(f"{path.name}: holds a {type(raw).__name__}, not a dictionary of tensors")
+        raise WeightsError(f"holds a {type(raw).__name__}, not a dictionary of tensors")
     state_dict = canonicalize_state_dict(raw)
     if not state_dict:
-        raise WeightsError(f"{path.name}: holds no tensors")
+        raise WeightsError("holds no tensors")
     bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
-        raise WeightsError(f"{path.name}: entries that are not tensors: {', '.join(bad[:5])}")
+        raise WeightsError(f"entries that are not tensors: {', '.join(bad[:5])}")
     return dict(state_dict)

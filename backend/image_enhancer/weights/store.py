@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -26,15 +25,15 @@ from image_enhancer.paths import weights_dir as default_weights_dir
 from image_enhancer.request import shorten
 from image_enhancer.weights.integrity import problem_with
 from image_enhancer.weights.interpolation import IncompatiblePairError, check_compatible, interpolate
-from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest
+from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest, model_path
 from image_enhancer.weights.pairs import Pair, read_pairs, write_pair
-from image_enhancer.weights.provision import model_path
 from image_enhancer.weights.safe_load import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     WeightsError,
     load_state_dict,
 )
+from image_enhancer.wire import ModelInfo
 
 INSTALL_COMMAND = "python install.py"
 
@@ -45,19 +44,6 @@ class ModelNotFoundError(LookupError):
 
 class ModelNotInstalledError(LookupError):
     """The model is listed but its weights are not in the user cache."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    architecture: str
-    scale: int
-    installed: bool
-    has_strength: bool
-    precisions: tuple[str, ...]
-    license: str
-    description: str
-    is_default: bool
 
 
 # Cache key: (model name, strength rounded to 0.01 or None for the plain network).
@@ -197,9 +183,7 @@ class ModelStore:
         if strength is not None:
             if entry.pair is None:
                 raise ValueError(f"model {name!r} has no PSNR/GAN pair, so it takes no strength")
-            if not 0.0 <= strength <= 1.0:
-                raise ValueError(f"strength must be between 0 and 1, not {strength}")
-            strength = round(strength, 2)
+            strength = round(strength, 2)  # interpolate() refuses values outside [0, 1]
         key: _Key = (name, strength)
         with self._lock:
             if key in self._models:
@@ -241,23 +225,21 @@ class ModelStore:
         """The blend of a declared pair; no strength means the sharp member, as for manifest pairs."""
         if isinstance(pair, str):
             raise ValueError(pair)
-        if strength is not None and not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1, not {strength}")
-        alpha = 1.0 if strength is None else round(strength, 2)
+        weight = 1.0 if strength is None else round(strength, 2)
         members = (self._stamp(pair.faithful), self._stamp(pair.sharp))
-        key: _Key = (f"pair|{name}|{members}", alpha)
+        key: _Key = (f"pair|{name}|{members}", weight)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        model = load_model(self._blend(name, pair, alpha))
+        model = load_model(self._blend(name, pair, weight))
         self._remember(key, model)
         return model
 
-    def _blend(self, name: str, pair: Pair, alpha: float) -> dict[str, Tensor]:
+    def _blend(self, name: str, pair: Pair, strength: float) -> dict[str, Tensor]:
         faithful, sharp = self._state_dict(pair.faithful), self._state_dict(pair.sharp)
         try:
-            return interpolate(faithful, sharp, alpha)
+            return interpolate(faithful, sharp, strength)
         except IncompatiblePairError as exc:
             raise IncompatiblePairError(f"pair {name!r} ({pair.faithful} + {pair.sharp}): {exc}") from exc
 

@@ -1,0 +1,196 @@
+"""The wire's facts in one place, beside the generated code: names of the enums, chunk and message
+limits, the image, model and server descriptions both ends use, addresses, and the conversions between
+protobuf messages and these types.
+
+Imported by the server, both clients and the GIMP plug-in (which vendors it), so it stays pure Python:
+protobuf messages only, no grpc, numpy or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
+
+from .address import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from .address import Address as Address
+from .address import AddressError as AddressError
+from .address import parse_address as parse_address
+from .request import EnhanceOptions
+from .v1 import enhancer_pb2 as pb
+
+PROTOCOL_VERSION = 1
+SERVICE_NAME = "image_enhancer.v1.Enhancer"
+ENHANCE_METHOD = f"/{SERVICE_NAME}/Enhance"
+LIST_MODELS_METHOD = f"/{SERVICE_NAME}/ListModels"
+DESCRIBE_METHOD = f"/{SERVICE_NAME}/DescribeServer"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+TOKEN_ENV = "IMAGE_ENHANCER_TOKEN"
+
+MIB = 1024 * 1024
+# Samples travel in chunks of 1-4 MiB; only the last chunk of an image may be smaller.
+MIN_CHUNK = 1 * MIB
+MAX_CHUNK = 4 * MIB
+DEFAULT_CHUNK = MAX_CHUNK
+# Largest message either side accepts: a full chunk plus protobuf framing, with room to spare.
+MAX_MESSAGE_BYTES = MAX_CHUNK + 64 * 1024
+
+# Names <-> enum values. Unspecified values read as the protocol's defaults.
+SAMPLE_TYPES = {"u8": pb.SAMPLE_TYPE_U8, "u16": pb.SAMPLE_TYPE_U16, "f32": pb.SAMPLE_TYPE_F32}
+SAMPLE_BYTES = {"u8": 1, "u16": 2, "f32": 4}
+COLOUR_ENCODINGS = {"srgb": pb.COLOUR_ENCODING_SRGB, "linear": pb.COLOUR_ENCODING_LINEAR}
+ALPHA_MODES = {"model": pb.ALPHA_MODE_MODEL, "bicubic": pb.ALPHA_MODE_BICUBIC}
+_SAMPLE_TYPE_NAMES = {value: name for name, value in SAMPLE_TYPES.items()}
+_COLOUR_ENCODING_NAMES = {pb.COLOUR_ENCODING_UNSPECIFIED: "srgb"} | {
+    value: name for name, value in COLOUR_ENCODINGS.items()
+}
+_ALPHA_MODE_NAMES = {pb.ALPHA_MODE_UNSPECIFIED: "model"} | {v: k for k, v in ALPHA_MODES.items()}
+
+
+T = TypeVar("T")
+
+
+class WireError(ValueError):
+    """A value that has no form on the wire, or a message value the protocol does not define."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image's layout on the wire: row-major, interleaved channels, little-endian samples."""
+
+    width: int
+    height: int
+    channels: int  # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
+    sample_type: str  # "u8" | "u16" | "f32"
+    colour_encoding: str = "srgb"  # "srgb" | "linear"
+
+    @property
+    def nbytes(self) -> int:
+        return self.width * self.height * self.channels * SAMPLE_BYTES[self.sample_type]
+
+    @property
+    def linear(self) -> bool:
+        return self.colour_encoding == "linear"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the store lists it and the server describes it."""
+
+    name: str
+    architecture: str
+    scale: int
+    installed: bool
+    has_strength: bool  # a faithful/sharp pair is installed, so `strength` is accepted
+    precisions: tuple[str, ...] = ()
+    license: str = ""
+    description: str = ""
+    is_default: bool = False
+    # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
+    output_pixels_per_second: float = 0.0
+    job_fixed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    device: str
+    device_name: str
+    device_memory_bytes: int
+    max_queue: int
+    max_pixels: int
+    default_model: str
+    protocol_version: int
+    suggested_model: str = ""  # the model to start with on the server's device
+
+
+def find_model(models: Sequence[ModelInfo], name: str) -> ModelInfo | None:
+    """The listed model `name` stands for; "" stands for the default model."""
+    return next((m for m in models if (m.name == name if name else m.is_default)), None)
+
+
+def _value(table: dict[str, int], name: str, what: str) -> int:
+    try:
+        return table[name]
+    except KeyError:
+        raise WireError(f"unknown {what} {name!r}; choose from {sorted(table)}") from None
+
+
+def _name(table: dict[int, str], value: int, field: str, enum: EnumTypeWrapper) -> str:
+    try:
+        return table[value]
+    except KeyError:
+        got = enum.Name(value) if value in enum.values() else value
+        what, expected = field.replace("_", " "), sorted(set(table.values()))
+        raise WireError(f"unknown {what} ({field} got {got}); expected one of {expected}") from None
+
+
+def header_message(image: ImageInfo) -> pb.ImageHeader:
+    return pb.ImageHeader(
+        width=image.width,
+        height=image.height,
+        channels=image.channels,
+        sample_type=_value(SAMPLE_TYPES, image.sample_type, "sample type"),
+        colour_encoding=_value(COLOUR_ENCODINGS, image.colour_encoding, "colour encoding"),
+    )
+
+
+def image_info(header: pb.ImageHeader) -> ImageInfo:
+    """The header's layout; WireError for a sample type or colour encoding the protocol lacks."""
+    return ImageInfo(
+        header.width,
+        header.height,
+        header.channels,
+        _name(_SAMPLE_TYPE_NAMES, header.sample_type, "sample_type", pb.SampleType),
+        _name(_COLOUR_ENCODING_NAMES, header.colour_encoding, "colour_encoding", pb.ColourEncoding),
+    )
+
+
+def options_message(options: EnhanceOptions) -> pb.EnhanceOptions:
+    message = pb.EnhanceOptions(
+        model=options.model,
+        scale=options.scale or 0.0,  # 0 on the wire: the model's own scale
+        tile=options.tile,
+        colour_fidelity=options.colour_fidelity,
+        auto_contrast=options.auto_contrast,
+        alpha_mode=_value(ALPHA_MODES, options.alpha_mode, "alpha mode"),
+    )
+    if options.strength is not None:
+        message.strength = options.strength
+    return message
+
+
+def request_options(message: pb.EnhanceOptions, image: ImageInfo) -> EnhanceOptions:
+    """The request's options for an image of that layout (not yet validated)."""
+    return EnhanceOptions(
+        model=message.model,
+        scale=message.scale or None,
+        strength=message.strength if message.HasField("strength") else None,
+        tile=message.tile,
+        alpha_mode=_name(_ALPHA_MODE_NAMES, message.alpha_mode, "alpha_mode", pb.AlphaMode),
+        colour_fidelity=message.colour_fidelity,
+        auto_contrast=message.auto_contrast,
+        linear=image.linear,
+    )
+
+
+def _fields(message: Message, kind: type[T]) -> T:
+    """A dataclass from the message fields of the same names (repeated fields become tuples)."""
+    described = message.DESCRIPTOR.fields_by_name
+    values = {f.name: getattr(message, f.name) for f in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: tuple(v) if described[k].is_repeated else v for k, v in values.items()})
+
+
+def model_message(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(**asdict(info))
+
+
+def model_info(message: pb.ModelInfo) -> ModelInfo:
+    return _fields(message, ModelInfo)
+
+
+def server_info(message: pb.ServerDescription) -> ServerInfo:
+    return _fields(message, ServerInfo)
