@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from image_enhancer.engine import pixels
-from image_enhancer.engine.device import ModelRunner, memory_budget, resolve_precision
+from image_enhancer.engine.device import ModelRunner, memory_budget
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
@@ -22,6 +22,7 @@ from image_enhancer.engine.enhancer import (
     Progress,
 )
 from image_enhancer.engine.pixels import PixelFormatError
+from image_enhancer.engine.precision import resolve_precision
 from image_enhancer.engine.tiling import Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.weights.store import ModelStore

@@ -11,6 +11,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from image_enhancer.engine.precision import PRECISIONS
+
 
 def add_renamed(parser: argparse.ArgumentParser, name: str, old_name: str, **settings: object) -> None:
     """An option under its new `name` that still accepts the `old_name` it had (said so in its help)."""
@@ -73,4 +75,4 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime", default="auto", choices=["auto", "pytorch", "ncnn"], help="what runs the network"
     )
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)

@@ -19,9 +19,10 @@ import torch
 
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels
-from image_enhancer.engine.device import ModelRunner, resolve_precision, set_cpu_threads
+from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
+from image_enhancer.engine.precision import check_precision, resolve_precision
 from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
 from image_enhancer.paths import ncnn_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
@@ -106,8 +107,7 @@ class Enhancer:
         self.compute = choose_device(device, runtime)
         self.device = self.compute.torch_device
         self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
-        if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, fp16 or bf16")
+        check_precision(precision)
         self.precision = precision
         self.max_pixels = max_pixels
         self.max_output_pixels = max_output_pixels
