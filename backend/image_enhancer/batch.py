@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -88,11 +87,11 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     failures = 0
     batch_errors = _batch_errors(remote=bool(args.server))
-    sources = [job.source for job in jobs]
+    inputs = input_identities([job.source for job in jobs])
     for index, job in enumerate(jobs, start=1):
         label = f"[{index}/{len(jobs)}] {job.source.name}"
         try:
-            _process(job, enhance, label, sources, args.overwrite, args.compare)
+            _process(job, enhance, label, inputs, args.overwrite, args.compare)
         except batch_errors as error:
             failures += 1
             print(f"{label}: failed: {error}", file=sys.stderr)
@@ -111,30 +110,43 @@ def _batch_errors(remote: bool) -> tuple[type[BaseException], ...]:
     return (*common, ImageTooLargeError)
 
 
-def check_writable(target: Path, sources: list[Path], overwrite: bool) -> None:
-    """Refuse a target that names an input file by any route (same path, symbolic or hard link,
-    bind mount: compared by device and inode), or that exists without `overwrite`."""
-    if target.resolve() in {source.resolve() for source in sources}:
-        raise ValueError(f"{target} is an input of this batch; choose another output path")
-    if not (target.exists() or target.is_symlink()):
-        return
+FileIdentity = tuple[int, int]  # (device, inode): one file, whatever path or link names it
+
+
+def input_identities(sources: list[Path]) -> dict[FileIdentity, Path]:
+    """The batch's inputs by file identity, read once for the whole batch."""
+    identities = {}
     for source in sources:
         with contextlib.suppress(OSError):  # a source that vanished cannot be overwritten
-            if target.exists() and os.path.samefile(target, source):
-                raise ValueError(
-                    f"{target} is the same file as the input {source} (a link to it); "
-                    "choose another output path"
-                )
-    if not overwrite:
+            status = source.stat()
+            identities[(status.st_dev, status.st_ino)] = source
+    return identities
+
+
+def check_writable(target: Path, inputs: dict[FileIdentity, Path], overwrite: bool) -> None:
+    """Refuse a target that is an input file by any route (same path, symbolic or hard link, bind
+    mount: compared by device and inode), or that exists without `overwrite`."""
+    try:
+        status = target.stat()
+    except OSError:  # nothing there (or a dangling link, which still counts as existing below)
+        status = None
+    source = inputs.get((status.st_dev, status.st_ino)) if status else None
+    if source is not None and target.resolve() == source.resolve():
+        raise ValueError(f"{target} is an input of this batch; choose another output path")
+    if source is not None:
+        raise ValueError(
+            f"{target} is the same file as the input {source} (a link to it); choose another output path"
+        )
+    if (status is not None or target.is_symlink()) and not overwrite:
         raise ValueError(f"{target} exists (pass --overwrite to replace it)")
 
 
 def _process(
-    job: Job, enhance: Enhance, label: str, sources: list[Path], overwrite: bool, compare: bool
+    job: Job, enhance: Enhance, label: str, inputs: dict[FileIdentity, Path], overwrite: bool, compare: bool
 ) -> None:
     compare_path = job.target.with_name(job.target.stem + "_compare.png") if compare else None
     for target in filter(None, (job.target, compare_path)):
-        check_writable(target, sources, overwrite)
+        check_writable(target, inputs, overwrite)
     image = read_image(job.source, enhance.max_input_pixels)
     with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
 

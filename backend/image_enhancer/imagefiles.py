@@ -209,16 +209,16 @@ def _is_16bit_colour_png(path: Path) -> bool:
 
 
 def _read_png16(path: Path) -> ImageFile:
-    with Image.open(path) as im:  # pypng reads only an animated PNG's first frame
+    # pypng decodes the samples (Pillow cannot hold 16-bit colour) but only an animated PNG's first
+    # frame; Pillow counts the frames and reads the metadata.
+    with Image.open(path) as im:
         _refuse_animation(path, getattr(im, "n_frames", 1))
+        icc = im.info.get("icc_profile")
+        exif = im.info.get("exif")
     reader = png.Reader(filename=str(path))
     width, height, rows, info = reader.asDirect()
     channels = info["planes"]
     pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
-    icc = None
-    with Image.open(path) as im:  # Pillow still reads the metadata correctly
-        icc = im.info.get("icc_profile")
-        exif = im.info.get("exif")
     return ImageFile(pixels=pixels, icc_profile=icc, exif=exif)
 
 

@@ -238,7 +238,8 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
                 job.cancel()
         if model_ready_at is not None:
             made = result.shape[0] * result.shape[1]
-            self._speeds.record(options.model, made, time.perf_counter() - model_ready_at)
+            took = time.perf_counter() - model_ready_at
+            await asyncio.to_thread(self._speeds.record, options.model, made, took)  # writes a file
 
         height, width = result.shape[:2]
         channels = result.shape[2] if result.ndim == 3 else 1
