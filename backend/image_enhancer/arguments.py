@@ -11,7 +11,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from image_enhancer.engine.precision import PRECISIONS
+from image_enhancer.engine.choices import PRECISIONS, RUNTIMES
 
 
 def add_renamed(parser: argparse.ArgumentParser, name: str, old_name: str, **settings: object) -> None:
@@ -73,6 +73,6 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "xpu[:N], mps or vulkan[:N]; see `image-enhancer devices`",
     )
     parser.add_argument(
-        "--runtime", default="auto", choices=["auto", "pytorch", "ncnn"], help="what runs the network"
+        "--runtime", default="auto", choices=RUNTIMES, help="what runs the network"
     )
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from image_enhancer.engine.choices import RUNTIMES
 from image_enhancer.engine.ncnn_runner import ncnn_module
 
-RUNTIMES = ("auto", "pytorch", "ncnn")
 # ncnn's GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 CPU (a software rasteriser).
 _VULKAN_CPU_TYPE = 3
 _SOFTWARE_NAMES = re.compile(r"llvmpipe|lavapipe|swiftshader|softpipe", re.IGNORECASE)

@@ -1,18 +1,16 @@
 """Which floating-point precision a network runs in on PyTorch, from the user's choice, the device and
-what the model tolerates. Imports torch only when a choice is resolved, so the command line can offer
-the choices without loading it.
-"""
+what the model tolerates."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from image_enhancer.engine.choices import PRECISIONS
+
 if TYPE_CHECKING:
     import torch
 
     from image_enhancer.models.descriptor import ModelDescriptor
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def check_precision(name: str) -> None:
