@@ -7,7 +7,6 @@ merged → the input's sample type and channel count.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,15 +170,9 @@ class Enhancer:
             colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
 
         runner, bytes_per_pixel = self._runner(loaded)
-        settings = self._settings(options, descriptor, runner, bytes_per_pixel, (height, width))
-        whole = (height + 2 * settings.pad) * (width + 2 * settings.pad) * bytes_per_pixel
-        if descriptor.tiling == "internal" or (
-            descriptor.tiling == "discouraged" and not options.tile and whole <= runner.memory_budget()
-        ):  # one tile: the network must see (internal) or does best with (discouraged) the whole image
-            settings = dataclasses.replace(settings, tile=max(settings.tile, height, width))
         tiler = Tiler(
             runner,
-            settings,
+            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width)),
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )
@@ -260,8 +253,11 @@ class Enhancer:
         budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
         tile = options.tile
-        if not tile and size[0] * size[1] * bytes_per_pixel <= budget:
-            # The whole image fits: one window, the plain forward pass, no context computed twice.
+        fits = size[0] * size[1] * bytes_per_pixel <= budget
+        if descriptor.tiling == "internal" or (not tile and fits):
+            # One window, the plain forward pass: the network must see the whole image (it tiles by
+            # itself), or the whole image fits and no context needs computing twice. This also covers
+            # models for which tiling is only discouraged.
             tile = max(MIN_TILE, *size)
         tile = tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
         batch = self.batch_size
