@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
@@ -132,8 +133,12 @@ class ModelStore:
             )
         return infos
 
+    def _user_file(self, name: str) -> Path | None:
+        """The dropped-in file serving `name`; None for manifest names (they take precedence)."""
+        return None if self.manifest.get(name) is not None else self._user_files().get(name)
+
     def _descriptor_of(self, name: str) -> ModelDescriptor:
-        user_file = self._user_files().get(name) if self.manifest.get(name) is None else None
+        user_file = self._user_file(name)
         if user_file is not None:
             d = self._user_descriptor(user_file)
             if isinstance(d, str):
@@ -142,7 +147,7 @@ class ModelStore:
         return _manifest_descriptor(self._entry(name))
 
     def _is_installed(self, name: str) -> bool:
-        if self.manifest.get(name) is None and name in self._user_files():
+        if self._user_file(name) is not None:
             return True
         return self._installed(self._entry(name))
 
@@ -173,7 +178,7 @@ class ModelStore:
         return infos + self._pair_infos({i.name for i in infos})
 
     def get(self, name: str, strength: float | None = None) -> LoadedModel:
-        user_file = self._user_files().get(name) if self.manifest.get(name) is None else None
+        user_file = self._user_file(name)
         if user_file is not None:
             return self._get_user(name, user_file, strength)
         pair = read_pairs(self.models_dir).get(name) if self.manifest.get(name) is None else None
@@ -184,7 +189,13 @@ class ModelStore:
             if entry.pair is None:
                 raise ValueError(f"model {name!r} has no PSNR/GAN pair, so it takes no strength")
             strength = round(strength, 2)  # interpolate() refuses values outside [0, 1]
-        key: _Key = (name, strength)
+        return self._cached(
+            (name, strength),
+            lambda: self._blended(entry, strength) if strength is not None else self._read(entry),
+        )
+
+    def _cached(self, key: _Key, tensors: Callable[[], dict[str, Tensor]]) -> LoadedModel:
+        """The network under `key` from the LRU cache, else built from `tensors()` and kept."""
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -196,16 +207,13 @@ class ModelStore:
                 if key in self._models:
                     self._models.move_to_end(key)
                     return self._models[key]
-            model = load_model(self._blended(entry, strength) if strength is not None else self._read(entry))
-            self._remember(key, model)
+            model = load_model(tensors())
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self.max_loaded:
+                    self._models.popitem(last=False)
+                self._build_locks.pop(key, None)
             return model
-
-    def _remember(self, key: _Key, model: LoadedModel) -> None:
-        with self._lock:
-            self._models[key] = model
-            while len(self._models) > self.max_loaded:
-                self._models.popitem(last=False)
-            self._build_locks.pop(key, None)
 
     def _get_user(self, name: str, path: Path, strength: float | None) -> LoadedModel:
         if strength is not None:
@@ -213,13 +221,7 @@ class ModelStore:
         stat = path.stat()
         # The file's size and time are part of the key: replacing the file replaces the model.
         key: _Key = (f"{path}|{stat.st_size}|{stat.st_mtime_ns}", None)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        model = load_model(load_state_dict(path))
-        self._remember(key, model)
-        return model
+        return self._cached(key, lambda: load_state_dict(path))
 
     def _get_pair(self, name: str, pair: Pair | str, strength: float | None) -> LoadedModel:
         """The blend of a declared pair; no strength means the sharp member, as for manifest pairs."""
@@ -227,14 +229,7 @@ class ModelStore:
             raise ValueError(pair)
         weight = 1.0 if strength is None else round(strength, 2)
         members = (self._stamp(pair.faithful), self._stamp(pair.sharp))
-        key: _Key = (f"pair|{name}|{members}", weight)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        model = load_model(self._blend(name, pair, weight))
-        self._remember(key, model)
-        return model
+        return self._cached((f"pair|{name}|{members}", weight), lambda: self._blend(name, pair, weight))
 
     def _blend(self, name: str, pair: Pair, strength: float) -> dict[str, Tensor]:
         faithful, sharp = self._state_dict(pair.faithful), self._state_dict(pair.sharp)
@@ -249,15 +244,12 @@ class ModelStore:
         return (str(path), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
 
     def _path_of_any(self, name: str) -> Path:
-        if self.manifest.get(name) is None and name in self._user_files():
-            return self._user_files()[name]
-        return self.path_of(name)
+        return self._user_file(name) or self.path_of(name)
 
     def _state_dict(self, name: str) -> dict[str, Tensor]:
         """The stored tensors of a manifest model (hash-checked) or a user model file."""
-        if self.manifest.get(name) is None and name in self._user_files():
-            return load_state_dict(self._user_files()[name])
-        return self._read(self._entry(name))
+        user_file = self._user_file(name)
+        return load_state_dict(user_file) if user_file is not None else self._read(self._entry(name))
 
     def declare_pair(self, name: str, faithful: str, sharp: str) -> Path:
         """Check that the two models blend (same architecture and tensor shapes), then write the pair file.
