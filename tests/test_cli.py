@@ -120,8 +120,8 @@ def test_devices_command_lists_the_cpu_runtimes_and_what_auto_picks() -> None:
         [sys.executable, "-m", "image_enhancer", "devices"], capture_output=True, text=True, check=True
     ).stdout
     rows = [line.split()[:2] for line in listing.splitlines() if line.startswith("cpu")]
-    assert sorted(rows) == [["cpu", "ncnn"], ["cpu", "pytorch"]]
-    assert rows[0] == ["cpu", preferred_cpu_runtime()]  # the faster CPU runtime first
+    assert sorted(rows) == [["cpu", "ncnn"], ["cpu", "openvino"], ["cpu", "pytorch"]]
+    assert rows[0] == ["cpu", preferred_cpu_runtime()]  # the fastest CPU runtime first
     assert "auto picks:" in listing and "(software rasteriser" not in listing.split("auto picks:")[1]
 
 

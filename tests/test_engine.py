@@ -37,10 +37,10 @@ def forest() -> np.ndarray:
     return np.asarray(Image.open(DATA / "forest_256.png").convert("RGB"))
 
 
-@pytest.fixture(scope="module", params=["pytorch", "ncnn"])
+@pytest.fixture(scope="module", params=["pytorch", "openvino", "ncnn"])
 def enhancer(model_store, request) -> Enhancer:
     """The engine on each CPU runtime: everything but running the network is shared, so every
-    behaviour below must hold on both."""
+    behaviour below must hold on all of them."""
     return Enhancer(model_store, device="cpu", runtime=request.param)
 
 
@@ -296,7 +296,7 @@ def test_a_model_that_tiles_internally_sees_the_whole_image(tiling, single, fore
         def get(self, name: str, strength: float | None = None) -> LoadedModel:
             return LoadedModel(network, descriptor)
 
-    result = Enhancer(OneModel(), device="cpu", batch_size=1).enhance(
+    result = Enhancer(OneModel(), device="cpu", runtime="pytorch", batch_size=1).enhance(
         forest[:40, :36], EnhanceOptions(model="recording", tile=16)
     )
     np.testing.assert_array_equal(result, forest[:40, :36])

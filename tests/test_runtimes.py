@@ -6,6 +6,7 @@ Set IMAGE_ENHANCER_TEST_VULKAN=required (CI does) to make a missing Vulkan devic
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +157,12 @@ def test_auto_never_picks_a_software_vulkan_device():
                 choose_device("vulkan")
 
 
-def test_cpu_picks_the_faster_runtime_for_this_cpu_and_either_can_be_asked_for():
-    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    assert choose_device("cpu").runtime == ("pytorch" if avx512 else "ncnn")
+def test_cpu_picks_the_fastest_runtime_for_this_cpu_and_each_can_be_asked_for():
+    arm = platform.machine().lower() in ("arm64", "aarch64")
+    assert choose_device("cpu").runtime == ("ncnn" if arm else "openvino")
     assert choose_device("auto").runtime == choose_device("cpu").runtime or choose_device("auto").key != "cpu"
-    assert choose_device("cpu", "pytorch").runtime == "pytorch"
-    assert choose_device("cpu", "ncnn").runtime == "ncnn"
+    for runtime in ("pytorch", "openvino", "ncnn"):
+        assert choose_device("cpu", runtime).runtime == runtime
 
 
 # --- Vulkan (a real GPU on users' machines; Mesa's llvmpipe here and in CI) ------------------------------

@@ -38,6 +38,11 @@ def ncnn_cache_dir() -> Path:
     return user_home() / "ncnn"
 
 
+def openvino_cache_dir() -> Path:
+    """OpenVINO models converted from our networks, named by the sha256 of their graph (or weights)."""
+    return user_home() / "openvino"
+
+
 def user_models_dir() -> Path:
     """Community model files dropped here (.safetensors / .pth) are listed next to the manifest's."""
     return user_home() / "models"

@@ -1,15 +1,16 @@
 """Which compute devices exist, and which one (with which runtime) runs the network.
 
-Runtimes: PyTorch (CUDA, which is also how ROCm builds show AMD GPUs, Intel XPU, Apple MPS, CPU) and
-ncnn (CPU, and Vulkan for AMD, Intel and NVIDIA GPUs on Windows, Linux and macOS). ``auto`` picks the
-fastest available: a PyTorch GPU, else a Vulkan GPU, else the faster CPU runtime for this CPU
-(``preferred_cpu_runtime``; bench/README.md has the figures). A software Vulkan
+Runtimes: PyTorch (CUDA, which is also how ROCm builds show AMD GPUs, Intel XPU, Apple MPS, CPU),
+OpenVINO (CPU) and ncnn (CPU, and Vulkan for AMD, Intel and NVIDIA GPUs on Windows, Linux and macOS).
+``auto`` picks the fastest available: a PyTorch GPU, else a Vulkan GPU, else the fastest CPU runtime
+for this CPU (``cpu_runtime_order``; bench/README.md has the figures). A software Vulkan
 device (llvmpipe, lavapipe, SwiftShader) runs on the CPU slower than ncnn's CPU path, so ``auto``
 never picks one; it can still be asked for by index (``vulkan:N``), which is how tests reach it.
 """
 
 from __future__ import annotations
 
+import platform
 import re
 from dataclasses import dataclass
 
@@ -17,7 +18,9 @@ import torch
 
 from image_enhancer.engine.choices import RUNTIMES
 from image_enhancer.engine.ncnn_runner import ncnn_module
+from image_enhancer.engine.openvino_runner import openvino_module
 
+RUNTIME_NAMES = {"pytorch": "PyTorch", "openvino": "OpenVINO", "ncnn": "ncnn"}
 # ncnn's GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 CPU (a software rasteriser).
 _VULKAN_CPU_TYPE = 3
 _SOFTWARE_NAMES = re.compile(r"llvmpipe|lavapipe|swiftshader|softpipe", re.IGNORECASE)
@@ -28,7 +31,7 @@ class ComputeDevice:
     """One place the network can run. ``key`` is what ``--device`` takes."""
 
     key: str  # "cuda:0", "xpu:0", "mps", "vulkan:0", "cpu"
-    runtime: str  # "pytorch" or "ncnn"
+    runtime: str  # "pytorch", "openvino" or "ncnn"
     name: str
     software: bool = False  # a Vulkan device that is really the CPU
 
@@ -43,7 +46,7 @@ class ComputeDevice:
 
     def describe(self) -> str:
         where = "CPU" if self.key == "cpu" else self.key
-        return f"{self.name} ({where}, {'PyTorch' if self.runtime == 'pytorch' else 'ncnn'})"
+        return f"{self.name} ({where}, {RUNTIME_NAMES[self.runtime]})"
 
 
 def cpu_name() -> str:
@@ -54,8 +57,6 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or platform.machine() or "CPU"
 
 
@@ -89,22 +90,40 @@ def vulkan_gpus() -> list[ComputeDevice]:
     return found
 
 
+def cpu_runtime_order() -> tuple[str, ...]:
+    """The CPU runtimes, fastest first for this CPU (bench/README.md has the figures).
+
+    x86: OpenVINO (x4plus 1.3–2× faster than PyTorch and ncnn on an AVX-512 Xeon, as fast as ncnn on an
+    AVX2 EPYC); then PyTorch where oneDNN has AVX-512 kernels (1.2× faster than ncnn there), else ncnn
+    (its Winograd kernels for AVX2). ARM: ncnn's hand-written NEON kernels first.
+    """
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return ("ncnn", "openvino", "pytorch")
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return ("openvino", "pytorch", "ncnn")
+    return ("openvino", "ncnn", "pytorch")
+
+
+def installed_runtimes() -> set[str]:
+    found = {"pytorch"}
+    if openvino_module() is not None:
+        found.add("openvino")
+    if ncnn_module() is not None:
+        found.add("ncnn")
+    return found
+
+
 def preferred_cpu_runtime() -> str:
-    """The faster CPU runtime here: PyTorch where oneDNN has AVX-512 kernels (x4plus ran 1.2× faster
-    than on ncnn there, in two runs of bench/bench_runtimes.py), else ncnn (its Winograd kernels
-    for AVX2 and ARM), else PyTorch when ncnn is not installed."""
-    if ncnn_module() is None or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return "pytorch"
-    return "ncnn"
+    """The fastest CPU runtime installed here."""
+    installed = installed_runtimes()
+    return next(runtime for runtime in cpu_runtime_order() if runtime in installed)
 
 
 def cpu_devices() -> list[ComputeDevice]:
-    """The CPU under each installed runtime, the faster first."""
+    """The CPU under each installed runtime, the fastest first."""
     name = cpu_name()
-    found = [ComputeDevice("cpu", "pytorch", name)]
-    if ncnn_module() is not None:
-        found.append(ComputeDevice("cpu", "ncnn", name))
-    return sorted(found, key=lambda d: d.runtime != preferred_cpu_runtime())
+    installed = installed_runtimes()
+    return [ComputeDevice("cpu", runtime, name) for runtime in cpu_runtime_order() if runtime in installed]
 
 
 def discover() -> list[ComputeDevice]:
@@ -127,8 +146,8 @@ def choose_device(name: str = "auto", runtime: str = "auto") -> ComputeDevice:
         raise ValueError(
             f"unknown device {name!r}; expected auto, cpu, cuda[:N], xpu[:N], mps or vulkan[:N]"
         )
-    if runtime == "ncnn" and ncnn_module() is None:
-        raise ValueError("the ncnn runtime was requested but is not installed (pip install ncnn)")
+    if runtime != "auto" and runtime not in installed_runtimes():
+        raise ValueError(f"the {runtime} runtime was requested but is not installed (pip install {runtime})")
     found = discover()
     candidates = [d for d in found if runtime in ("auto", d.runtime)]
     if name == "auto":

@@ -21,11 +21,12 @@ from image_enhancer.engine import colour, pixels
 from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
+from image_enhancer.engine.openvino_runner import OpenVinoRunner, cpu_precision
 from image_enhancer.engine.precision import check_precision, resolve_precision
 from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
-from image_enhancer.paths import ncnn_cache_dir
+from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
-from image_enhancer.weights import ncnn_export
+from image_enhancer.weights import ncnn_export, openvino_export
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
@@ -53,8 +54,8 @@ class ModelSource(Protocol):
 
 
 class Runner(Protocol):
-    """A runtime running one network (``ModelRunner`` for PyTorch, ``NcnnRunner`` for ncnn): the
-    tiler's ``op`` plus what the engine needs to size tiles."""
+    """A runtime running one network (``ModelRunner`` for PyTorch, ``OpenVinoRunner``, ``NcnnRunner``):
+    the tiler's ``op`` plus what the engine needs to size tiles."""
 
     device: torch.device  # where its outputs land
 
@@ -82,8 +83,10 @@ class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
     ``device`` and ``runtime`` choose where the network runs (``engine.devices.choose_device``; auto:
-    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU on its faster runtime);
-    ``compute`` says what was chosen. Architectures ncnn has no graph for run on PyTorch on the CPU.
+    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU on its fastest runtime);
+    ``compute`` says what was chosen. Networks ncnn has no graph for, or OpenVINO has not been
+    verified on or cannot convert, run on PyTorch on the CPU. Converted networks are cached in
+    ``ncnn_cache`` and ``openvino_cache``.
     ``batch_size`` (tiles per forward pass) defaults to 4 on GPUs and, on CPU, to enough small
     tiles to make each forward pass about 64k input pixels (one for large tiles); ``channels_last``
     defaults to on for CUDA and CPU, off for MPS; ``threads`` sets the CPU thread count (None: one per core).
@@ -101,11 +104,13 @@ class Enhancer:
         channels_last: bool | None = None,
         runtime: str = "auto",
         ncnn_cache: Path | None = None,
+        openvino_cache: Path | None = None,
     ) -> None:
         self.store = store
         self.compute = choose_device(device, runtime)
         self.device = self.compute.torch_device
         self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
+        self.openvino_cache = openvino_cache or openvino_cache_dir()
         check_precision(precision)
         self.precision = precision
         self.max_pixels = max_pixels
@@ -212,17 +217,27 @@ class Enhancer:
     def _runner(self, loaded: LoadedModel) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept)."""
         descriptor = loaded.descriptor
-        on_ncnn = self.compute.runtime == "ncnn" and ncnn_export.supports(descriptor.architecture)
-        precision = self._ncnn_precision(descriptor) if on_ncnn else None
-        dtype = resolve_precision(self.precision, self.device, descriptor)
-        key = (id(loaded.module), precision or dtype)
+        runtime = self.compute.runtime
+        if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
+            runtime = "pytorch"
+        if runtime == "openvino" and not openvino_export.supports(descriptor.architecture):
+            runtime = "pytorch"
+        precision = self._ncnn_precision(descriptor) if runtime == "ncnn" else None
+        if runtime == "openvino":
+            dtype = cpu_precision(self.precision, descriptor.supports_half, descriptor.supports_bf16)
+        else:
+            dtype = resolve_precision(self.precision, self.device, descriptor)
+        key = (id(loaded.module), runtime, precision or dtype)
         if key not in self._runners:
             runner: Runner | None = None
-            if precision is not None:
-                try:
+            try:
+                if runtime == "ncnn":
                     runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
-                except ncnn_export.UnsupportedGraphError as why:
-                    log.warning("%s; running it on PyTorch", why)
+                elif runtime == "openvino":
+                    runner = OpenVinoRunner(loaded, self.openvino_cache, dtype)
+            except (ncnn_export.UnsupportedGraphError, openvino_export.UnsupportedGraphError) as why:
+                log.warning("%s; running it on PyTorch", why)
+                dtype = resolve_precision(self.precision, self.device, descriptor)
             if runner is None:
                 runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
             while len(self._runners) >= 2:

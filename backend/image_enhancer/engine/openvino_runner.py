@@ -1,0 +1,131 @@
+"""The OpenVINO runtime: runs a batch of tiles through OpenVINO on the CPU.
+
+OpenVINO's CPU plugin (oneDNN's JIT kernels, with AVX-512 and AMX where the CPU has them) was the
+fastest CPU runtime in bench/README.md: x4plus 1.3–2× faster than PyTorch and ncnn on an AVX-512
+Xeon, and on par with or ahead of ncnn on an AVX2 EPYC. Every architecture OpenVINO's converter takes
+reaches it (`weights/openvino_export.py`), every strength included; the engine keeps tiling, alpha
+and colour. A model is compiled for the window shape it meets (dynamic shapes ran 2× slower), and
+only the last shape's compiled model is kept, so its working memory is held once.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+
+from image_enhancer.engine import device as torch_device
+from image_enhancer.weights.openvino_export import network
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel
+
+# OpenVINO's peak working memory per input pixel relative to PyTorch's estimate for the same network.
+# Measured peak RSS over the loaded model: x4plus at 256² about 0.8 GB for an estimate of 0.78 GB.
+OPENVINO_MEMORY_FACTOR = 1.2
+
+#: OpenVINO's name of each precision a user can ask for.
+_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+@cache
+def openvino_module() -> ModuleType | None:
+    """The openvino module, or None when it cannot be imported on this platform."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
+def cpu_precision(name: str, supports_half: bool, supports_bf16: bool) -> torch.dtype:
+    """fp32 unless asked otherwise: a CPU's bf16 (AVX-512 BF16, AMX) is several times faster but drifts
+    by more than one 8-bit level on deep networks; fp16 asked of a model that is not fp16-safe gives
+    bf16, and a reduced precision the model does not tolerate gives fp32."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
+    if dtype is torch.float16 and not supports_half:
+        dtype = torch.bfloat16
+    if dtype is torch.bfloat16 and not supports_bf16:
+        dtype = torch.float32
+    return dtype
+
+
+class OpenVinoRunner:
+    """Runs one network through OpenVINO; callable as the tiler's ``op`` (float32 CPU batch in and out)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cache_dir: Path,
+        dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
+    ) -> None:
+        ov = openvino_module()
+        if ov is None:
+            raise RuntimeError("the OpenVINO runtime is not installed (pip install openvino)")
+        self.descriptor = loaded.descriptor
+        self.device = torch.device("cpu")  # where batches come from and results go
+        self.dtype = dtype
+        self._source = loaded.module
+        self._core = ov.Core()
+        self._model = network(loaded, cache_dir)
+        self._threads = threads or torch.get_num_threads()
+        self._compiled: dict[tuple[torch.dtype, tuple[int, ...]], object] = {}
+        self.fallbacks = 0  # tiles rerun in fp32 because a reduced precision overflowed to Inf/NaN
+        self._lock = threading.Lock()
+
+    def bytes_per_pixel(self) -> float:
+        d = self.descriptor
+        estimate = torch_device.activation_bytes_per_pixel(
+            self._source, d.in_channels, d.size_multiple, d.min_size
+        )
+        return estimate * OPENVINO_MEMORY_FACTOR * torch.finfo(self.dtype).bits / 32
+
+    def memory_budget(self) -> int:
+        return torch_device.memory_budget(torch.device("cpu"))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
+        outputs = []
+        with self._lock:  # one inference at a time: the compiled model's request is shared
+            for tile in batch.detach().to("cpu", torch.float32):
+                values = self._infer(self.dtype, tile[None])
+                if self.dtype is not torch.float32 and not torch.isfinite(values).all():
+                    self.fallbacks += 1
+                    values = self._infer(torch.float32, tile[None])
+                outputs.append(values[0])
+        return torch.stack(outputs)
+
+    def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
+        request = self._request(dtype, tuple(window.shape))
+        try:
+            result = request.infer({0: window.contiguous().numpy()})
+        except RuntimeError as error:
+            if "alloc" in str(error).lower() or "memory" in str(error).lower():
+                raise MemoryError(f"OpenVINO ran out of memory for a tile: {error}") from error
+            raise
+        return torch.from_numpy(next(iter(result.values())).copy())
+
+    def _request(self, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
+        """An inference request compiled for this precision and window shape; the previous shape's
+        compiled model is dropped first, so only one holds working memory."""
+        key = (dtype, shape)
+        if key not in self._compiled:
+            self._compiled.clear()
+            model = self._model.clone()
+            model.reshape(list(shape))
+            compiled = self._core.compile_model(
+                model,
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": _HINTS[dtype],
+                    "INFERENCE_NUM_THREADS": self._threads,
+                    "NUM_STREAMS": 1,
+                },
+            )
+            self._compiled[key] = compiled.create_infer_request()
+        return self._compiled[key]

@@ -1,0 +1,266 @@
+"""A model's network as an OpenVINO model, converted by OpenVINO's own PyTorch converter once per graph.
+
+Converting traces the module: about 2 s for a compact model and 30 s for x4plus on two cores. So the
+converted model is cached in the user cache under the sha256 of its *graph* (architecture,
+hyperparameters, tensor names and shapes, OpenVINO version), not of its weights. Beside it a weight
+map says which of the model's constants holds which state-dict tensor, found by content when the graph
+was converted and proven by swapping in other weights and comparing with PyTorch. Any model with the
+same graph (another strength of a pair, another community file of that architecture) then gets its
+weights written into those constants in memory, in a fraction of a second: moving the strength slider
+costs a compile, not a conversion. A graph whose weights cannot all be swapped (the converter folded
+some of them into other constants) is converted and cached per weights instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from image_enhancer.weights.integrity import write_atomically
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from image_enhancer.models.descriptor import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever conversion or the map's format changes, so older cache entries are not reused.
+EXPORT_VERSION = 1
+#: How far the converted network may stray from PyTorch fp32 on the check input (float32 rounding in a
+#: differently ordered sum; measured 3e-6 for x4plus).
+TOLERANCE = 1e-4
+
+
+#: Architectures the engine sends to OpenVINO: those our tests run through it. OpenVINO 2026.4's CPU
+#: plugin crashes the whole process (a segmentation fault, nothing to catch) compiling RealPLKSR and
+#: DAT, so an architecture joins this list only once its family test passes on OpenVINO.
+VERIFIED_ARCHITECTURES = frozenset({"RRDBNet", "SRVGGNetCompact", "SPAN"})
+
+
+class UnsupportedGraphError(ValueError):
+    """OpenVINO cannot convert or faithfully run this network (the PyTorch runtime still runs it)."""
+
+
+def supports(architecture: str) -> bool:
+    return architecture in VERIFIED_ARCHITECTURES
+
+
+def graph_digest(module: torch.nn.Module, architecture: str, hyperparameters: dict) -> str:
+    """sha256 of what the converted graph depends on: everything but the weights' values."""
+    import openvino as ov
+
+    digest = hashlib.sha256(f"openvino-export-{EXPORT_VERSION}-{ov.get_version()}".encode())
+    digest.update(f"{type(module).__qualname__}|{architecture}|{sorted(hyperparameters.items())!r}".encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(f"|{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+    return digest.hexdigest()
+
+
+def weights_digest(module: torch.nn.Module, graph: str) -> str:
+    """sha256 of the graph and the weights' values: the key of a model that must be converted whole."""
+    digest = hashlib.sha256(graph.encode())
+    for tensor in module.state_dict().values():
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_input(loaded: LoadedModel) -> torch.Tensor:
+    """A small deterministic input the network accepts (its size multiple and minimum honoured)."""
+    d = loaded.descriptor
+    side = max(16, d.min_size)
+    side = -(-side // d.size_multiple) * d.size_multiple
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, d.in_channels, side, side, generator=generator)
+
+
+def convert(module: torch.nn.Module, example: torch.Tensor, architecture: str) -> ov.Model:
+    """The network as an OpenVINO model taking any batch and size of ``(N, C, H, W)`` float32, checked
+    against PyTorch on ``example``."""
+    import openvino as ov
+
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            shape = [(-1, example.shape[1], -1, -1)]
+            converted = ov.convert_model(module, example_input=example, input=shape)
+    except Exception as error:  # the converter raises many types for graphs it cannot handle
+        why = str(error)[:200]
+        raise UnsupportedGraphError(f"OpenVINO cannot convert {architecture}: {why}") from error
+    if not matches(converted, module, example):
+        raise UnsupportedGraphError(f"OpenVINO's {architecture} does not match PyTorch's")
+    return converted
+
+
+def _float_constants(model: ov.Model) -> list[ov.Node]:
+    return [
+        op
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).to_dtype() == np.float32
+    ]
+
+
+def _multiple_of(data: np.ndarray, candidates: list[tuple[str, np.ndarray]]) -> tuple[list[str], float]:
+    """The keys of the candidates ``data`` is a multiple of (rounding allowed), and the last factor."""
+    data = data.reshape(-1)
+    found, factor = [], 1.0
+    for key, source in candidates:
+        largest = int(np.argmax(np.abs(source)))
+        if source[largest] == 0:
+            continue
+        ratio = float(data[largest] / source[largest])
+        sample = slice(None, None, max(1, source.size // 16))  # a cheap look first, then every value
+        if np.allclose(data[sample], ratio * source[sample], rtol=1e-5, atol=1e-8) and np.allclose(
+            data, ratio * source, rtol=1e-5, atol=1e-8
+        ):
+            found.append(key)
+            factor = ratio
+    return found, factor
+
+
+def find_weight_map(model: ov.Model, state: dict[str, torch.Tensor]) -> dict[str, list] | None:
+    """Constant name → [state-dict key, factor] for every tensor of ``state``: the constant holds the
+    tensor times the factor (the converter folds constant scalings, such as RRDBNet's 0.2 residual
+    scale, into the weights before them). None when a tensor has no constant or two tensors look alike.
+    """
+    exact: dict[bytes, list[str]] = {}
+    by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for key, tensor in state.items():
+        values = _as_float32(tensor)
+        exact.setdefault(values.tobytes(), []).append(key)
+        if values.size > 1:  # a single number is a multiple of any other
+            by_size.setdefault(values.size, []).append((key, values.reshape(-1)))
+    mapping: dict[str, list] = {}
+    for constant in _float_constants(model):
+        data = np.ascontiguousarray(constant.get_data())
+        keys, factor = exact.get(data.tobytes()), 1.0
+        if not keys and data.size > 1:
+            keys, factor = _multiple_of(data, by_size.get(data.size, []))
+        if not keys:
+            continue
+        name = constant.get_friendly_name()
+        if len(keys) > 1 or name in mapping:
+            return None
+        mapping[name] = [keys[0], factor]
+    return mapping if {key for key, _ in mapping.values()} == set(state) else None
+
+
+def swap_weights(model: ov.Model, mapping: dict[str, list], state: dict[str, torch.Tensor]) -> None:
+    """Replace the mapped constants of ``model`` by the tensors of ``state`` (times their factors)."""
+    import openvino as ov
+
+    for constant in _float_constants(model):
+        if constant.get_friendly_name() not in mapping:
+            continue
+        key, factor = mapping[constant.get_friendly_name()]
+        values = _as_float32(state[key]).reshape(tuple(constant.get_output_shape(0)))
+        if factor != 1.0:
+            values = (values * np.float32(factor)).astype(np.float32)
+        replacement = ov.op.Constant(values)
+        replacement.set_friendly_name(constant.get_friendly_name())
+        for target in list(constant.output(0).get_target_inputs()):
+            target.replace_source_output(replacement.output(0))
+
+
+def run_once(model: ov.Model, batch: torch.Tensor) -> torch.Tensor:
+    """One fp32 forward pass of ``model`` on the CPU (to check it against PyTorch)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return torch.from_numpy(compiled(batch.numpy())[0].copy())
+
+
+def matches(model: ov.Model, module: torch.nn.Module, batch: torch.Tensor) -> bool:
+    with torch.inference_mode():
+        expected = module(batch).float()
+    got = run_once(model, batch)
+    if got.shape != expected.shape:
+        return False
+    return bool((got - expected).abs().max() <= TOLERANCE * max(1.0, float(expected.abs().max())))
+
+
+def network(loaded: LoadedModel, cache_dir: Path) -> ov.Model:
+    """``loaded``'s network as an OpenVINO model with its weights, from the cache when its graph (or,
+    for graphs whose weights cannot be swapped, these very weights) was converted before."""
+    import openvino as ov
+
+    module, d = loaded.module, loaded.descriptor
+    state = module.state_dict()
+    graph = graph_digest(module, d.architecture, d.hyperparameters)
+    cache_dir = Path(cache_dir)
+    record = cache_dir / f"{graph}.json"
+    example = check_input(loaded)
+    if not record.is_file():
+        log.info("converting %s for OpenVINO (once per graph; this takes a while)", d.architecture)
+        # Converted with every weight moved a little, so no two tensors are alike (freshly initialised
+        # networks repeat theirs) and each constant can be told by its content.
+        distinct = _moved(module)
+        try:
+            converted = convert(distinct, example, d.architecture)
+        except UnsupportedGraphError as why:
+            # Remembered, so the next model of this graph goes straight to PyTorch.
+            write_atomically(record, json.dumps({"unsupported": str(why)}).encode())
+            raise
+        mapping = find_weight_map(converted, distinct.state_dict())
+        if mapping is not None and _swap_proven(converted, mapping, module, example):
+            _save(converted, cache_dir / f"{graph}.xml")
+        else:
+            mapping = None
+        # Written last: its presence means the model files beside it are complete.
+        write_atomically(record, json.dumps({"weights": mapping}).encode())
+    known = json.loads(record.read_text(encoding="utf-8"))
+    if "unsupported" in known:
+        raise UnsupportedGraphError(known["unsupported"])
+    mapping = known["weights"]
+    if mapping is not None:
+        model = ov.Core().read_model(cache_dir / f"{graph}.xml")
+        swap_weights(model, mapping, state)
+        return model
+    whole = cache_dir / f"{weights_digest(module, graph)}.xml"
+    if not whole.is_file():
+        log.info("converting %s for OpenVINO (its weights cannot be swapped in)", d.architecture)
+        _save(convert(module, example, d.architecture), whole)
+    return ov.Core().read_model(whole)
+
+
+def _moved(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every weight value moved by its own 5–15%."""
+    moved = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for tensor in moved.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.mul_(0.85 + 0.1 * torch.rand(tensor.shape, generator=generator))
+    return moved
+
+
+def _swap_proven(
+    converted: ov.Model, mapping: dict[str, list], module: torch.nn.Module, batch: torch.Tensor
+) -> bool:
+    """True when swapping ``module``'s weights into ``converted`` gives what PyTorch gives with them:
+    no tensor was also folded into a constant the map does not know."""
+    trial = converted.clone()
+    swap_weights(trial, mapping, module.state_dict())
+    return matches(trial, module, batch)
+
+
+def _save(model: ov.Model, path: Path) -> None:
+    """Write the model's `.xml` and `.bin` so that a reader never sees half of either."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.part.xml")
+    ov.save_model(model, partial, compress_to_fp16=False)
+    os.replace(partial.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(partial, path)
+
+
+def _as_float32(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())

@@ -1,0 +1,154 @@
+"""The OpenVINO runtime: conversion once per graph, weights swapped in for every other model of that
+graph (strengths, community files), and results equal to PyTorch fp32."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
+
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.engine.openvino_runner import OpenVinoRunner, cpu_precision
+from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.weights import openvino_export
+
+pytest.importorskip("openvino")
+
+LEVEL = 1 / 255
+
+
+def loaded(module: torch.nn.Module, architecture: str, scale: int) -> LoadedModel:
+    descriptor = ModelDescriptor(architecture=architecture, scale=scale, in_channels=3, out_channels=3)
+    return LoadedModel(module.eval(), descriptor)
+
+
+def tiny_rrdb(seed: int) -> LoadedModel:
+    torch.manual_seed(seed)
+    return loaded(RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4), "RRDBNet", 4)
+
+
+def tiny_compact(seed: int) -> LoadedModel:
+    torch.manual_seed(seed)
+    return loaded(
+        SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4), "SRVGGNetCompact", 4
+    )
+
+
+def run_both(model: LoadedModel, cache: Path, side: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = torch.rand(2, 3, side, side + 8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model.module(batch)
+    return OpenVinoRunner(model, cache)(batch), expected
+
+
+@pytest.mark.parametrize("make", [tiny_rrdb, tiny_compact])
+def test_converted_network_equals_pytorch_and_is_cached_once_per_graph(make, tmp_path):
+    got, expected = run_both(make(0), tmp_path)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
+    graphs = sorted(tmp_path.glob("*.xml"))
+    assert len(graphs) == 1
+
+    # Another model of the same graph (a community file, another strength): its weights are swapped
+    # into the cached graph, nothing is converted again, and it computes with its own weights.
+    stamp = graphs[0].stat().st_mtime_ns
+    other = make(1)
+    got, expected = run_both(other, tmp_path)
+    assert (got - expected).abs().max() < 1e-4
+    assert sorted(tmp_path.glob("*.xml")) == graphs and graphs[0].stat().st_mtime_ns == stamp
+
+
+def test_weights_the_converter_folded_into_a_scaling_are_found_with_their_factor(tmp_path):
+    """RRDBNet scales each dense block's last conv by 0.2; the converter folds that into the weights,
+    so the map records the factor and a swap writes 0.2 × the new weights."""
+    model = tiny_rrdb(0)
+    openvino_export.network(model, tmp_path)
+    (record,) = tmp_path.glob("*.json")
+    mapping = json.loads(record.read_text())["weights"]
+    assert {key for key, _ in mapping.values()} == set(model.module.state_dict())
+    factors = {key: factor for key, factor in mapping.values()}
+    assert factors["model.1.sub.0.RDB1.conv5.0.weight"] == pytest.approx(0.2, rel=1e-5)
+    assert factors["model.0.weight"] == 1.0
+
+
+class Squared(torch.nn.Module):
+    """A ×1 network using a weight only through its square, which the converter computes ahead."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(
+            torch.randn(3, 3, 3, 3, generator=torch.Generator().manual_seed(seed))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.weight * self.weight, padding=1)
+
+
+def test_a_graph_whose_weights_cannot_be_swapped_is_converted_per_weights(tmp_path):
+    first, second = loaded(Squared(0), "test", 1), loaded(Squared(1), "test", 1)
+    for model in (first, second):
+        got, expected = run_both(model, tmp_path)
+        assert (got - expected).abs().max() < 1e-4  # never the other model's weights
+    (record,) = tmp_path.glob("*.json")
+    assert json.loads(record.read_text())["weights"] is None
+    assert len(list(tmp_path.glob("*.xml"))) == 2  # each model's own conversion
+
+
+def test_a_strength_change_reuses_the_converted_graph_within_seconds(model_store, tmp_path):
+    """Moving the strength slider on the OpenVINO runtime: blend, swap, compile — no conversion."""
+    crop = np.asarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3)), dtype=np.uint8)
+    engine = Enhancer(model_store, device="cpu", runtime="openvino", openvino_cache=tmp_path)
+    reference = Enhancer(model_store, device="cpu", runtime="pytorch")
+    engine.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.0))
+    started = time.perf_counter()
+    ours = engine.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.6))
+    assert time.perf_counter() - started < 3.0
+    assert len(list(tmp_path.glob("*.xml"))) == 1
+    expected = reference.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.6))
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_reduced_precision_is_only_used_when_asked_for_and_tolerated():
+    assert cpu_precision("auto", True, True) is torch.float32
+    assert cpu_precision("fp32", True, True) is torch.float32
+    assert cpu_precision("bf16", True, True) is torch.bfloat16
+    assert cpu_precision("fp16", True, True) is torch.float16
+    assert cpu_precision("fp16", False, True) is torch.bfloat16
+    assert cpu_precision("bf16", True, False) is torch.float32
+
+
+def test_bf16_when_asked_stays_close_to_fp32(tmp_path):
+    model = tiny_compact(0)
+    batch = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model.module(batch)
+    got = OpenVinoRunner(model, tmp_path, torch.bfloat16)(batch)
+    assert torch.isfinite(got).all()
+    assert (got - expected).abs().max() < 8 * LEVEL
+
+
+def test_a_graph_openvino_cannot_run_goes_to_pytorch(tmp_path):
+    """A graph recorded as unconvertible is not tried again, and the engine runs it on PyTorch."""
+    model = tiny_compact(0)
+    graph = openvino_export.graph_digest(model.module, "SRVGGNetCompact", {})
+    (tmp_path / f"{graph}.json").write_text(json.dumps({"unsupported": "converter failed here"}))
+    with pytest.raises(openvino_export.UnsupportedGraphError, match="converter failed here"):
+        openvino_export.network(model, tmp_path)
+
+    class OneModel:
+        def get(self, name: str, strength: float | None = None) -> LoadedModel:
+            return model
+
+    image = np.asarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3)), dtype=np.uint8)
+    engine = Enhancer(OneModel(), device="cpu", runtime="openvino", openvino_cache=tmp_path)
+    reference = Enhancer(OneModel(), device="cpu", runtime="pytorch")
+    np.testing.assert_array_equal(
+        engine.enhance(image, EnhanceOptions(model="tiny")),
+        reference.enhance(image, EnhanceOptions(model="tiny")),
+    )
