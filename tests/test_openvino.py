@@ -3,6 +3,7 @@ graph (strengths, community files), and results equal to PyTorch fp32."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -53,28 +54,51 @@ def test_converted_network_equals_pytorch_and_is_cached_once_per_graph(make, tmp
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
     graphs = sorted(tmp_path.glob("*.xml"))
-    assert len(graphs) == 1
+    assert len(graphs) == len(openvino_export.split(make(0)))  # one per stage
 
     # Another model of the same graph (a community file, another strength): its weights are swapped
     # into the cached graph, nothing is converted again, and it computes with its own weights.
-    stamp = graphs[0].stat().st_mtime_ns
+    stamps = [graph.stat().st_mtime_ns for graph in graphs]
     other = make(1)
     got, expected = run_both(other, tmp_path)
     assert (got - expected).abs().max() < 1e-4
-    assert sorted(tmp_path.glob("*.xml")) == graphs and graphs[0].stat().st_mtime_ns == stamp
+    assert sorted(tmp_path.glob("*.xml")) == graphs
+    assert [graph.stat().st_mtime_ns for graph in graphs] == stamps
 
 
 def test_weights_the_converter_folded_into_a_scaling_are_found_with_their_factor(tmp_path):
     """RRDBNet scales each dense block's last conv by 0.2; the converter folds that into the weights,
     so the map records the factor and a swap writes 0.2 × the new weights."""
     model = tiny_rrdb(0)
-    openvino_export.network(model, tmp_path)
-    (record,) = tmp_path.glob("*.json")
-    mapping = json.loads(record.read_text())["weights"]
-    assert {key for key, _ in mapping.values()} == set(model.module.state_dict())
-    factors = {key: factor for key, factor in mapping.values()}
-    assert factors["model.1.sub.0.RDB1.conv5.0.weight"] == pytest.approx(0.2, rel=1e-5)
-    assert factors["model.0.weight"] == 1.0
+    openvino_export.networks(model, tmp_path)
+    maps = [json.loads(record.read_text())["weights"] for record in tmp_path.glob("*.json")]
+    assert len(maps) == 2  # the body, and the tail that runs in strips
+    body, tail = (stage.module.state_dict() for stage in openvino_export.split(model))
+    assert sorted({key for mapping in maps for key, _ in mapping.values()}) == sorted({*body, *tail})
+    factors = {key: factor for mapping in maps for key, factor in mapping.values()}
+    assert factors["layers.1.sub.0.RDB1.conv5.0.weight"] == pytest.approx(0.2, rel=1e-5)
+    assert factors["layers.0.weight"] == 1.0
+
+
+@pytest.mark.parametrize(("scale", "shuffle"), [(4, None), (2, None), (4, 2), (4, 4)])
+def test_rrdbnet_in_stages_equals_the_whole_network(scale, shuffle, tmp_path):
+    """Body, then the ×4 tail in strips of a few rows (less than the tile): the whole network's result."""
+    torch.manual_seed(0)
+    channels = 3 * (shuffle or 1) ** 2  # as spandrel builds Real-ESRGAN x2plus: unshuffled input
+    network = RRDBNet(in_nc=channels, num_filters=8, num_blocks=1, scale=scale, shuffle_factor=shuffle)
+    model = loaded(network, "RRDBNet", scale // (shuffle or 1))
+    model.descriptor = dataclasses.replace(model.descriptor, size_multiple=shuffle or 1)
+    batch = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model.module(batch)
+        chained = batch
+        stages = openvino_export.split(model)
+        for stage in stages:
+            chained = stage.module(chained)
+    assert [stage.halo for stage in stages] == [0, openvino_export.RRDB_TAIL_HALO]
+    assert torch.equal(chained, expected)
+    runner = OpenVinoRunner(model, tmp_path, strip_pixels=3 * 28 // (shuffle or 1))  # 3 body rows
+    assert (runner(batch) - expected).abs().max() < 1e-4
 
 
 class Squared(torch.nn.Module):
@@ -139,7 +163,7 @@ def test_a_graph_openvino_cannot_run_goes_to_pytorch(tmp_path):
     graph = openvino_export.graph_digest(model.module, "SRVGGNetCompact", {})
     (tmp_path / f"{graph}.json").write_text(json.dumps({"unsupported": "converter failed here"}))
     with pytest.raises(openvino_export.UnsupportedGraphError, match="converter failed here"):
-        openvino_export.network(model, tmp_path)
+        openvino_export.networks(model, tmp_path)
 
     class OneModel:
         def get(self, name: str, strength: float | None = None) -> LoadedModel:

@@ -9,6 +9,7 @@ so every model and every strength runs here; the engine keeps tiling, alpha and 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from functools import cache
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from image_enhancer.engine import device as torch_device
+from image_enhancer.engine.strips import STRIP_PIXELS, run_in_strips
 from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.weights.ncnn_export import INPUT, OUTPUT, cached_export
 
@@ -34,10 +36,6 @@ if TYPE_CHECKING:
 # x4plus image one window inside the 1.5 GiB CPU budget.
 NCNN_MEMORY_FACTOR = 2.8
 NCNN_MEMORY_FACTOR_IN_STRIPS = 1.9
-# Input pixels per strip of a stage that runs at the output resolution (RRDBNet's ×4 tail, about
-# 55 kB of ncnn working memory per input pixel): 4096 keep a strip near 200 MB; on a 256-pixel-wide
-# tile the strips' 2 rows of context each side add a quarter to the tail, which is 8% of the work.
-STRIP_PIXELS = 4096
 POOL_SIZE_RATIO = 0.5
 # A Vulkan device's heap budget is what ncnn says it may use; a share leaves room for the display.
 VULKAN_BUDGET_SHARE = 0.6
@@ -168,7 +166,8 @@ class NcnnRunner:
 
     def _chain(self, nets: list[object], values: np.ndarray) -> np.ndarray:
         for net, stage in zip(nets, self.stages, strict=True):
-            values = self._run_in_strips(net, values, stage.halo) if stage.halo else self._run(net, values)
+            run = functools.partial(self._run, net)
+            values = run_in_strips(run, values, stage.halo, self.strip_pixels) if stage.halo else run(values)
         return values
 
     def _run(self, net: object, values: np.ndarray) -> np.ndarray:
@@ -183,20 +182,3 @@ class NcnnRunner:
                 raise MemoryError("ncnn ran out of memory for a tile")
             raise RuntimeError(f"ncnn failed on a tile (status {status})")
         return np.array(output)
-
-    def _run_in_strips(self, net: object, values: np.ndarray, halo: int) -> np.ndarray:
-        """The stage over ``(C, H, W)`` in strips of rows, each with ``halo`` rows of context, so only
-        one strip's output-resolution activations exist at a time."""
-        _channels, height, width = values.shape
-        rows = max(1, self.strip_pixels // width)
-        if rows >= height:
-            return self._run(net, values)
-        parts = []
-        scale = 0
-        for top in range(0, height, rows):
-            bottom = min(height, top + rows)
-            start, end = max(0, top - halo), min(height, bottom + halo)
-            output = self._run(net, values[:, start:end])
-            scale = scale or output.shape[1] // (end - start)
-            parts.append(output[:, (top - start) * scale : (bottom - start) * scale])
-        return np.concatenate(parts, axis=1)

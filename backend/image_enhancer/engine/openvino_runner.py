@@ -4,29 +4,37 @@ OpenVINO's CPU plugin (oneDNN's JIT kernels, with AVX-512 and AMX where the CPU 
 fastest CPU runtime in bench/README.md: x4plus 1.3–2× faster than PyTorch and ncnn on an AVX-512
 Xeon, and on par with or ahead of ncnn on an AVX2 EPYC. Every architecture OpenVINO's converter takes
 reaches it (`weights/openvino_export.py`), every strength included; the engine keeps tiling, alpha
-and colour. A model is compiled for the window shape it meets (dynamic shapes ran 2× slower), and
-only the last shape's compiled model is kept, so its working memory is held once.
+and colour. RRDBNet runs as its body and then its ×4 tail in strips of rows
+(``weights.openvino_export.split``), which keeps a whole 512² image one window within 2.5 GB. Each
+stage is compiled for the shape it meets (dynamic shapes ran 2× slower), and only the last shape's
+compiled stage is kept, so its working memory is held once.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from image_enhancer.engine import device as torch_device
-from image_enhancer.weights.openvino_export import network
+from image_enhancer.engine.strips import STRIP_PIXELS, run_in_strips
+from image_enhancer.weights.openvino_export import networks, split
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
 
-# OpenVINO's peak working memory per input pixel relative to PyTorch's estimate for the same network.
-# Measured peak RSS over the loaded model: x4plus at 256² about 0.8 GB for an estimate of 0.78 GB.
+# OpenVINO's peak working memory per input pixel relative to PyTorch's estimate for the network's
+# first stage, measured as peak RSS over the RSS after warm-up: compact model 1.2 (1024²); x4plus run
+# as body and tail in strips 2.9 (384²: 0.53 GB), the body's dense blocks concatenating 192 channels
+# that the estimate, which sees layer outputs only, does not count.
 OPENVINO_MEMORY_FACTOR = 1.2
+OPENVINO_MEMORY_FACTOR_IN_STAGES = 3.0
 
 #: OpenVINO's name of each precision a user can ask for.
 _HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -63,6 +71,7 @@ class OpenVinoRunner:
         cache_dir: Path,
         dtype: torch.dtype = torch.float32,
         threads: int | None = None,
+        strip_pixels: int = STRIP_PIXELS,
     ) -> None:
         ov = openvino_module()
         if ov is None:
@@ -70,20 +79,23 @@ class OpenVinoRunner:
         self.descriptor = loaded.descriptor
         self.device = torch.device("cpu")  # where batches come from and results go
         self.dtype = dtype
-        self._source = loaded.module
+        self._first_stage = split(loaded)[0].module
         self._core = ov.Core()
-        self._model = network(loaded, cache_dir)
+        self._stages = networks(loaded, cache_dir)
         self._threads = threads or torch.get_num_threads()
-        self._compiled: dict[tuple[torch.dtype, tuple[int, ...]], object] = {}
+        self.strip_pixels = strip_pixels
+        # Per stage: (precision, input shape) and its inference request.
+        self._compiled: dict[int, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
         self.fallbacks = 0  # tiles rerun in fp32 because a reduced precision overflowed to Inf/NaN
         self._lock = threading.Lock()
 
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
         estimate = torch_device.activation_bytes_per_pixel(
-            self._source, d.in_channels, d.size_multiple, d.min_size
+            self._first_stage, d.in_channels, d.size_multiple, d.min_size
         )
-        return estimate * OPENVINO_MEMORY_FACTOR * torch.finfo(self.dtype).bits / 32
+        factor = OPENVINO_MEMORY_FACTOR_IN_STAGES if len(self._stages) > 1 else OPENVINO_MEMORY_FACTOR
+        return estimate * factor * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
         return torch_device.memory_budget(torch.device("cpu"))
@@ -101,22 +113,30 @@ class OpenVinoRunner:
         return torch.stack(outputs)
 
     def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
-        request = self._request(dtype, tuple(window.shape))
+        values = window.contiguous().numpy()
+        for index, (_model, halo) in enumerate(self._stages):
+            run = functools.partial(self._run, index, dtype)
+            values = run_in_strips(run, values, halo, self.strip_pixels) if halo else run(values)
+        return torch.from_numpy(values)
+
+    def _run(self, stage: int, dtype: torch.dtype, values: np.ndarray) -> np.ndarray:
+        request = self._request(stage, dtype, tuple(values.shape))
         try:
-            result = request.infer({0: window.contiguous().numpy()})
+            result = request.infer({0: np.ascontiguousarray(values)})
         except RuntimeError as error:
             if "alloc" in str(error).lower() or "memory" in str(error).lower():
                 raise MemoryError(f"OpenVINO ran out of memory for a tile: {error}") from error
             raise
-        return torch.from_numpy(next(iter(result.values())).copy())
+        return next(iter(result.values())).copy()
 
-    def _request(self, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
-        """An inference request compiled for this precision and window shape; the previous shape's
-        compiled model is dropped first, so only one holds working memory."""
+    def _request(self, stage: int, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
+        """An inference request for this stage compiled for this precision and input shape; the
+        stage's previous shape is dropped first, so only one holds working memory."""
         key = (dtype, shape)
-        if key not in self._compiled:
-            self._compiled.clear()
-            model = self._model.clone()
+        known = self._compiled.get(stage)
+        if known is None or known[0] != key:
+            self._compiled.pop(stage, None)
+            model = self._stages[stage][0].clone()
             model.reshape(list(shape))
             compiled = self._core.compile_model(
                 model,
@@ -127,5 +147,5 @@ class OpenVinoRunner:
                     "NUM_STREAMS": 1,
                 },
             )
-            self._compiled[key] = compiled.create_infer_request()
-        return self._compiled[key]
+            self._compiled[stage] = (key, compiled.create_infer_request())
+        return self._compiled[stage][1]

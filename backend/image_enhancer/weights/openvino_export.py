@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,12 +55,13 @@ def supports(architecture: str) -> bool:
     return architecture in VERIFIED_ARCHITECTURES
 
 
-def graph_digest(module: torch.nn.Module, architecture: str, hyperparameters: dict) -> str:
-    """sha256 of what the converted graph depends on: everything but the weights' values."""
+def graph_digest(module: torch.nn.Module, label: str, hyperparameters: dict) -> str:
+    """sha256 of what the converted graph depends on: everything but the weights' values (``label``
+    names the architecture, and the stage for a network run in stages)."""
     import openvino as ov
 
     digest = hashlib.sha256(f"openvino-export-{EXPORT_VERSION}-{ov.get_version()}".encode())
-    digest.update(f"{type(module).__qualname__}|{architecture}|{sorted(hyperparameters.items())!r}".encode())
+    digest.update(f"{type(module).__qualname__}|{label}|{sorted(hyperparameters.items())!r}".encode())
     for name, tensor in module.state_dict().items():
         digest.update(f"|{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
     return digest.hexdigest()
@@ -186,24 +188,83 @@ def matches(model: ov.Model, module: torch.nn.Module, batch: torch.Tensor) -> bo
     return bool((got - expected).abs().max() <= TOLERANCE * max(1.0, float(expected.abs().max())))
 
 
-def network(loaded: LoadedModel, cache_dir: Path) -> ov.Model:
-    """``loaded``'s network as an OpenVINO model with its weights, from the cache when its graph (or,
-    for graphs whose weights cannot be swapped, these very weights) was converted before."""
+@dataclass(frozen=True)
+class Stage:
+    """One part of a network's chain; ``halo`` > 0: it works at the output resolution and runs on
+    strips of rows with that many rows of context (``engine/strips.py``)."""
+
+    module: torch.nn.Module
+    halo: int = 0
+
+
+class RrdbBody(torch.nn.Module):
+    """RRDBNet up to its upsampling tail: pixel-unshuffle (×2 and ×1 models), first conv and trunk."""
+
+    def __init__(self, layers: torch.nn.Sequential, shuffle_factor: int) -> None:
+        super().__init__()
+        self.layers = layers
+        self.shuffle_factor = shuffle_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_factor:
+            x = torch.nn.functional.pixel_unshuffle(x, self.shuffle_factor)
+        return self.layers(x)
+
+
+#: Rows of context RRDBNet's tail needs: its receptive field is 1.25 body pixels (one 3×3 conv at ×2,
+#: three at ×4; at ×8 less), so 2 rows reproduce the whole tail exactly.
+RRDB_TAIL_HALO = 2
+
+
+def split(loaded: LoadedModel) -> list[Stage]:
+    """The network as a chain of stages: RRDBNet's body, then its tail in strips (the tail holds 64
+    channels at the output resolution, most of the memory: split off, a whole 512² image stays one
+    window within 2.5 GB); any other network whole."""
+    module = loaded.module
+    layers = getattr(module, "model", None)
+    if (
+        loaded.descriptor.architecture == "RRDBNet"
+        and isinstance(layers, torch.nn.Sequential)
+        and len(layers) > 2
+        and isinstance(layers[2], torch.nn.Upsample)
+    ):
+        body = RrdbBody(layers[:2], getattr(module, "shuffle_factor", 0) or 0)
+        return [Stage(body), Stage(layers[2:], RRDB_TAIL_HALO)]
+    return [Stage(module)]
+
+
+def networks(loaded: LoadedModel, cache_dir: Path) -> list[tuple[ov.Model, int]]:
+    """``loaded``'s stages as OpenVINO models with its weights, each with its halo."""
+    d = loaded.descriptor
+    stages = split(loaded)
+    example = check_input(loaded)
+    result = []
+    for index, stage in enumerate(stages):
+        label = d.architecture if len(stages) == 1 else f"{d.architecture} stage {index + 1}"
+        result.append((network(stage.module, example, label, d.hyperparameters, cache_dir), stage.halo))
+        with torch.inference_mode():
+            example = stage.module(example)
+    return result
+
+
+def network(
+    module: torch.nn.Module, example: torch.Tensor, label: str, hyperparameters: dict, cache_dir: Path
+) -> ov.Model:
+    """``module`` as an OpenVINO model with its weights, from the cache when its graph (or, for graphs
+    whose weights cannot be swapped, these very weights) was converted before."""
     import openvino as ov
 
-    module, d = loaded.module, loaded.descriptor
     state = module.state_dict()
-    graph = graph_digest(module, d.architecture, d.hyperparameters)
+    graph = graph_digest(module, label, hyperparameters)
     cache_dir = Path(cache_dir)
     record = cache_dir / f"{graph}.json"
-    example = check_input(loaded)
     if not record.is_file():
-        log.info("converting %s for OpenVINO (once per graph; this takes a while)", d.architecture)
+        log.info("converting %s for OpenVINO (once per graph; this takes a while)", label)
         # Converted with every weight moved a little, so no two tensors are alike (freshly initialised
         # networks repeat theirs) and each constant can be told by its content.
         distinct = _moved(module)
         try:
-            converted = convert(distinct, example, d.architecture)
+            converted = convert(distinct, example, label)
         except UnsupportedGraphError as why:
             # Remembered, so the next model of this graph goes straight to PyTorch.
             write_atomically(record, json.dumps({"unsupported": str(why)}).encode())
@@ -225,8 +286,8 @@ def network(loaded: LoadedModel, cache_dir: Path) -> ov.Model:
         return model
     whole = cache_dir / f"{weights_digest(module, graph)}.xml"
     if not whole.is_file():
-        log.info("converting %s for OpenVINO (its weights cannot be swapped in)", d.architecture)
-        _save(convert(module, example, d.architecture), whole)
+        log.info("converting %s for OpenVINO (its weights cannot be swapped in)", label)
+        _save(convert(module, example, label), whole)
     return ov.Core().read_model(whole)
 
 
