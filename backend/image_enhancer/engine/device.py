@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,22 +26,13 @@ def set_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-#: The RAM a CPU user is promised the whole backend process stays within (the original tool's figure).
-PROCESS_RAM_PROMISE = 2_500_000_000
-#: Kept free under the promise for what the engine holds besides the network's working memory (the
-#: result canvas, conversions of the output).
-PROCESS_RAM_MARGIN = 200_000_000
-#: The least a CPU batch is given, however full the process is: below it tiles get too small to pay.
-MIN_CPU_BUDGET = 256 << 20
-
-
 def memory_budget(device: torch.device, fraction: float = 0.6, cpu_cap: int = 3 << 29) -> int:
     """Bytes the network's working memory may use for one batch on ``device``.
 
     CUDA (and ROCm) or XPU: a share of the free memory now. CPU: a share of the available RAM, capped
-    at ``cpu_cap`` (1.5 GiB: a 512² x4plus image or a 1024² compact-model image is still one window
-    with no context computed twice) and at what keeps the process within the 2.5 GB a CPU user is
-    promised, given what it holds now. MPS: a fixed 2 GiB (unified memory, no reliable free figure).
+    at ``cpu_cap`` (1.5 GiB: with PyTorch and the model the process stays within the 2.5 GB a CPU
+    user is promised, while a 256² x4plus image or a 1024² compact-model image is still one window
+    with no context computed twice). MPS: a fixed 2 GiB (unified memory, no reliable free figure).
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -52,24 +42,7 @@ def memory_budget(device: torch.device, fraction: float = 0.6, cpu_cap: int = 3 
         return int(free * fraction)
     if device.type == "mps":
         return 2 << 30
-    headroom = PROCESS_RAM_PROMISE - PROCESS_RAM_MARGIN - process_ram()
-    return int(max(MIN_CPU_BUDGET, min(available_ram() * fraction, cpu_cap, headroom)))
-
-
-def process_ram() -> int:
-    """This process's resident memory in bytes now (0 where the platform does not say)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import resource  # no /proc (macOS): the peak so far is the best figure at hand
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except (ImportError, OSError):
-        return 0
+    return int(min(available_ram() * fraction, cpu_cap))
 
 
 def available_ram() -> int:

@@ -3,12 +3,17 @@
 Converting traces the module: about 2 s for a compact model and 30 s for x4plus on two cores. So the
 converted model is cached in the user cache under the sha256 of its *graph* (architecture,
 hyperparameters, tensor names and shapes, OpenVINO version), not of its weights. Beside it a weight
-map says which of the model's constants holds which state-dict tensor, found by content when the graph
-was converted and proven by swapping in other weights and comparing with PyTorch. Any model with the
-same graph (another strength of a pair, another community file of that architecture) then gets its
-weights written into those constants in memory, in a fraction of a second: moving the strength slider
-costs a compile, not a conversion. A graph whose weights cannot all be swapped (the converter folded
-some of them into other constants) is converted and cached per weights instead.
+map says which of the model's constants holds which state-dict tensor (times which factor: the
+converter folds constant scalings into weights), found by content when the graph was converted (with
+every weight moved a little, so no two tensors are alike) and proven by swapping in the real weights
+and comparing with PyTorch. Any model with the same graph (another strength of a pair, another
+community file of that architecture) then gets its weights written into those constants in memory,
+in a fraction of a second: moving the strength slider costs a compile, not a conversion. A graph
+whose weights cannot all be swapped (the converter computed some constant from them) is converted
+and cached per weights instead.
+
+RRDBNet is converted as two stages, its body and its upsampling tail, so the tail can run in strips
+of rows (``split``).
 """
 
 from __future__ import annotations
