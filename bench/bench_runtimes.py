@@ -14,12 +14,14 @@ same weights, fp32, the same thread count:
 - ``ours-pytorch``, ``ours-openvino``, ``ours-ncnn``: the same on one CPU runtime, to show the choice
   ``auto`` made and the engine's overhead against the plain run on that runtime.
 
-Prints output megapixels per second (best of ``--repeat`` runs after loading), load time, peak RSS
-of the process, our speed relative to each peer, and each output's largest difference from the plain
-PyTorch result in 8-bit levels, away from a 16-pixel output border.
+Every variant starts from the 8-bit photo and ends with an 8-bit image (the peers convert as
+Real-ESRGAN's inference script does), so each pays for its own conversions. Prints output megapixels
+per second (best of ``--repeat`` runs after loading), load time, peak RSS of the process, our speed
+relative to each peer, and each output's largest difference from the plain PyTorch result in 8-bit
+levels, away from a 16-pixel output border.
 
-    python bench/bench_runtimes.py                   # the default cases (about 10 minutes on 2 cores)
-    python bench/bench_runtimes.py --cases realesrgan-x4plus:512 --repeat 1
+    python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (10 min)
+    python bench/bench_runtimes.py --cases realesrgan-x4plus:512:2 --variants pytorch ncnn openvino ours
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "forest_256.png"
 # MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores.
 DEFAULT_CASES = [
-    "realesrgan-x4plus:256:1",
-    "realesrgan-x4plus:512:1",
+    "realesrgan-x4plus:256:2",
     "realesr-animevideov3:256:3",
     "realesr-animevideov3:1024:2",
     "ie-compact-x4-gan:256:3",
@@ -66,10 +67,21 @@ def photo(size: int) -> np.ndarray:
     return np.asarray(Image.open(PHOTO).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
+def as_planes(image: np.ndarray) -> np.ndarray:
+    """8-bit ``H×W×3`` → float32 ``3×H×W`` in ``[0, 1]``, as Real-ESRGAN's script feeds its network."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
+
+
+def as_image(planes: np.ndarray) -> np.ndarray:
+    """float ``3×H×W`` → 8-bit ``H×W×3``, as Real-ESRGAN's script saves its result: every variant ends
+    with an image a user can save, so each pays its own conversions."""
+    return (np.clip(planes, 0, 1).transpose(1, 2, 0) * 255.0).round().astype(np.uint8)
+
+
 def as_batch(image: np.ndarray):
     import torch
 
-    return torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1).contiguous()[None]
+    return torch.from_numpy(as_planes(image))[None]
 
 
 # --- variants (each in its own process); each returns (load, run) ---------------------------------------
@@ -82,11 +94,10 @@ def prepare_pytorch(model: str, image: np.ndarray, threads: int):
 
     torch.set_num_threads(threads)
     module = ModelStore().get(model).module
-    batch = as_batch(image)
 
     def run() -> np.ndarray:
         with torch.inference_mode():
-            return module(batch)[0].numpy()
+            return as_image(module(as_batch(image))[0].numpy())
 
     return run
 
@@ -110,13 +121,12 @@ def prepare_ncnn(model: str, image: np.ndarray, threads: int):
     net.opt.num_threads = threads
     net.load_param(str(folder / f"{stem}.param"))
     net.load_model(str(folder / f"{stem}.bin"))
-    pixels = np.ascontiguousarray(image.transpose(2, 0, 1).astype(np.float32) / 255)
-
     def run() -> np.ndarray:
+        pixels = as_planes(image)  # ncnn's Mat borrows it: kept alive until the extraction is done
         extractor = net.create_extractor()
         extractor.input("data", ncnn.Mat(pixels))
         _status, output = extractor.extract("output")
-        return np.array(output)
+        return as_image(np.array(output))
 
     return run
 
@@ -139,11 +149,10 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int):
         converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
     )
     del module
-    inputs = batch.numpy()
     torch.set_num_threads(threads)
 
     def run() -> np.ndarray:
-        return compiled(inputs)[0][0]
+        return as_image(compiled(as_planes(image)[None])[0][0])
 
     return run
 
@@ -158,7 +167,7 @@ def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "au
     enhancer.enhance(image[:16, :16], options)  # load and prepare the model, as the server's warm-up does
 
     def run() -> np.ndarray:
-        return enhancer.enhance(image, options).transpose(2, 0, 1).astype(np.float32) / 255
+        return enhancer.enhance(image, options)
 
     return run
 
@@ -188,7 +197,7 @@ def child(variant: str, model: str, size: int, repeat: int, threads: int, output
         start = time.perf_counter()
         result = run()
         times.append(time.perf_counter() - start)
-    np.save(output, np.clip(result, 0, 1).astype(np.float32))
+    np.save(output, result)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"load": load, "time": min(times), "peak": peak}))
 
@@ -208,10 +217,10 @@ def measure(variant: str, model: str, size: int, repeat: int, threads: int, fold
     return {**json.loads(lines[-1]), "output": output}
 
 
-def levels_apart(a: Path, b: Path) -> float:
-    x, y = np.load(a), np.load(b)
-    inside = (slice(None), slice(BORDER, -BORDER), slice(BORDER, -BORDER))
-    return float(np.abs(x[inside] - y[inside]).max() * 255)
+def levels_apart(a: Path, b: Path) -> int:
+    x, y = np.load(a).astype(int), np.load(b).astype(int)
+    inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+    return int(np.abs(x[inside] - y[inside]).max())
 
 
 def main() -> None:
@@ -252,7 +261,7 @@ def main() -> None:
                     print(f"| {variant} | – | – | – | – | – | {r['skipped']} |")
                     continue
                 ratio = f"{r['time'] / ours['time']:.2f}×" if "time" in ours else "–"
-                diff = (f"{levels_apart(r['output'], results['pytorch']['output']):.2f}"
+                diff = (f"{levels_apart(r['output'], results['pytorch']['output'])}"
                         if "output" in results.get("pytorch", {}) else "–")
                 print(f"| {variant} | {out_mp / r['time']:.3f} | {r['time']:.2f} s | {r['load']:.1f} s "
                       f"| {r['peak'] / 2**30:.2f} GB | {ratio} | {diff} |", flush=True)
