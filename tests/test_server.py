@@ -132,7 +132,7 @@ def test_health_reflection_and_description(grpc_server, grpc_client, grpc_enhanc
 
     info = grpc_client.describe()
     assert info.version and info.device == "cpu" and info.device_name == grpc_enhancer.compute.describe()
-    assert info.device_name.endswith(("(CPU, ncnn)", "(CPU, PyTorch)"))
+    assert info.device_name.endswith(("(CPU, OpenVINO)", "(CPU, ncnn)", "(CPU, PyTorch)"))
     assert info.device_memory_bytes > 1 << 30
     assert info.default_model == model_store.default_model and info.protocol_version == 1
     assert info.max_queue == grpc_server.jobs.max_waiting and info.max_pixels == grpc_enhancer.max_pixels
