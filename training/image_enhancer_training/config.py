@@ -134,6 +134,16 @@ class ExportConfig:
     evaluation: list[SourceConfig] = field(default_factory=list)
     evaluation_crops: int = 16
     evaluation_crop_size: int = 0  # 0 = whole images
+    # How the held-out inputs are made: "bicubic" downscales, and/or "train": the training
+    # degradations applied to every image (no clean share), with a fixed seed.
+    evaluation_degradations: list[str] = field(default_factory=lambda: ["bicubic"])
+    # A model scored next to ours on the held-out photos, and timed against our PSNR model in the
+    # same run (e.g. "{weights_dir}/realesrgan-x4plus.safetensors"); its outputs are kept in the run
+    # folder, since a large model is slow on a CPU.
+    reference: str = ""
+    # Add BRISQUE (no-reference naturalness; the `training` extra) to the held-out tables and plot the
+    # strength sweep as (PSNR-Y, BRISQUE) against bicubic and the reference.
+    brisque: bool = False
 
 
 @dataclass
@@ -175,6 +185,10 @@ class TrainConfig:
             raise ConfigError(f"psnr.schedule must be cosine, multistep or constant: {self.psnr.schedule!r}")
         if self.validation.degradation not in ("bicubic", "train"):
             raise ConfigError("validation.degradation must be 'bicubic' or 'train'")
+        if not self.export.evaluation_degradations or not set(self.export.evaluation_degradations) <= {
+            "bicubic", "train"
+        }:
+            raise ConfigError("export.evaluation_degradations lists 'bicubic' and/or 'train'")
         for stage in ("psnr", "gan"):
             if not 0.0 <= getattr(self, stage).distill <= 1.0:
                 raise ConfigError(f"{stage}.distill must be between 0 and 1")
