@@ -291,12 +291,29 @@ class Report:
             for s in c.data.sources
         )
         deg = c.degradation
-        losses = [f"PSNR stage: {c.psnr.loss}"]
+        teacher = Path(c.data.teacher).stem if c.data.teacher else ""
+
+        def target(loss: str, distill: float) -> str:
+            """The pixel loss's target: ground truth, the teacher's output, or their mix."""
+            if not teacher or distill == 0.0:
+                return loss
+            if distill == 1.0:
+                return f"{loss} to {teacher}'s output"
+            return f"({1 - distill:g}·{loss} to the ground truth + {distill:g}·{loss} to {teacher}'s output)"
+
+        losses = [f"PSNR stage: {target(c.psnr.loss, c.psnr.distill)}"]
         if c.gan.iterations:
             perceptual = f" + {c.gan.perceptual_weight:g}·VGG19 perceptual" if c.gan.vgg_weights else ""
+            real = f"; its real images are {teacher}'s outputs" if teacher and c.gan.distill else ""
             losses.append(
-                f"GAN stage: {c.gan.pixel_weight:g}·{c.gan.pixel_loss} + {c.gan.gan_weight:g}·adversarial "
-                f"(U-Net discriminator with spectral norm, {c.gan.disc_feat} features){perceptual}"
+                f"GAN stage: {c.gan.pixel_weight:g}·{target(c.gan.pixel_loss, c.gan.distill)} + "
+                f"{c.gan.gan_weight:g}·adversarial (U-Net discriminator with spectral norm, "
+                f"{c.gan.disc_feat} features{real}){perceptual}"
+            )
+        if c.data.teacher_cache:
+            losses.append(
+                f"batches drawn from {c.data.teacher_cache_size} degraded crops with {teacher}'s outputs "
+                "computed once (the teacher cache), flipped and rotated"
             )
         hp = dataclasses.asdict(c.model)
         parts = [
