@@ -141,6 +141,8 @@ class ExportConfig:
     # same run (e.g. "{weights_dir}/realesrgan-x4plus.safetensors"); its outputs are kept in the run
     # folder, since a large model is slow on a CPU.
     reference: str = ""
+    # The evaluation degradations the reference is scored under (a large one is slow on a CPU).
+    reference_degradations: list[str] = field(default_factory=lambda: ["bicubic", "train"])
     # Add BRISQUE (no-reference naturalness; the `training` extra) to the held-out tables and plot the
     # strength sweep as (PSNR-Y, BRISQUE) against bicubic and the reference.
     brisque: bool = False

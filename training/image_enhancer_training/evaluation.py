@@ -50,8 +50,8 @@ class HeldOutResult:
     rows: list[Row]
     sweep: list[tuple[float, Row]] = field(default_factory=list)
 
-    def row(self, label: str) -> Row:
-        return next(r for r in self.rows if r.label == label)
+    def row(self, label: str) -> Row | None:
+        return next((r for r in self.rows if r.label == label), None)
 
 
 def held_out_set(config: TrainConfig, degradation: str) -> ValidationSet:
@@ -123,7 +123,7 @@ def evaluate_held_out(
         bicubic = [bicubic_upscale(lr[None], data.scale)[0] for lr in data.lr]
         rows = [_row("bicubic", bicubic, data, ex.brisque)]
         rows += [_row(labels[k], data.run(_module(s), cpu), data, ex.brisque) for k, s in states.items()]
-        if reference is not None:
+        if reference is not None and degradation in ex.reference_degradations:
             rows.append(_row(reference.name, reference.outputs(data.lr), data, ex.brisque))
         result = HeldOutResult(degradation, len(data.hr), rows)
         if ex.brisque and "gan" in states:
@@ -196,11 +196,11 @@ def held_out_sections(
     sections = []
     for result in results:
         title = DEGRADATION_TITLES[result.degradation].format(scale=config.model.scale)
-        bicubic, psnr = result.row("bicubic"), result.row(labels["psnr"])
+        bicubic, psnr = result.rows[0], result.rows[1]
+        ref = result.row(reference.name) if reference is not None else None
+        gan = result.row(labels["gan"]) if "gan" in labels else None
         notes = [f"PSNR model vs bicubic: **{psnr.scores.psnr - bicubic.scores.psnr:+.2f} dB**."]
-        if reference is not None and "gan" in labels and psnr.brisque is not None:
-            ref, gan = result.row(reference.name), result.row(labels["gan"])
-            assert gan.brisque is not None and ref.brisque is not None
+        if reference is not None and ref is not None and gan is not None and ref.brisque and gan.brisque:
             notes.append(
                 f"GAN model vs {reference.name}: BRISQUE {gan.brisque / ref.brisque - 1:+.0%}, "
                 f"PSNR-Y {gan.scores.psnr - ref.scores.psnr:+.2f} dB."
@@ -209,8 +209,7 @@ def held_out_sections(
             f"## Held-out photos, {title}\n\n{result.images} {size} from {where}; never used in "
             "training.\n\n" + _table(result.rows) + "\n\n" + " ".join(notes)
         )
-        if result.sweep and reference is not None:
-            ref = result.row(reference.name)
+        if result.sweep and ref is not None:
             lines = ["| strength | PSNR-Y (dB) | BRISQUE ↓ | below the bicubic–reference line |"]
             lines.append("|---|---|---|---|")
             for strength, row in result.sweep:
@@ -225,9 +224,9 @@ def sweep_figure(path: Path, results: list[HeldOutResult], reference: Reference)
     """(PSNR-Y, BRISQUE) of the strength sweep, bicubic and the reference, one panel per degradation."""
     panels = []
     for result in results:
-        if not result.sweep:
+        bicubic, ref = result.rows[0], result.row(reference.name)
+        if not result.sweep or ref is None:
             continue
-        bicubic, ref = result.row("bicubic"), result.row(reference.name)
         xs = [row.scores.psnr for _, row in result.sweep]
         ys = [float(row.brisque or 0.0) for _, row in result.sweep]
         line_x = [bicubic.scores.psnr, ref.scores.psnr]

@@ -203,7 +203,7 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         reference = load_reference(config, result.run_dir)
         results = evaluate_held_out(config, states, labels, reference)
         report.sections += held_out_sections(config, results, labels, reference)
-        if reference is not None and any(r.sweep for r in results):
+        if reference is not None and any(r.sweep and r.row(reference.name) for r in results):
             figure = sweep_figure(cards_dir / f"{name}-sweep.png", results, reference)
             caption = f"Strength sweep on held-out photos: (PSNR-Y, BRISQUE), bicubic and {reference.name}"
             report.figures.insert(0, (figure.name, caption))
