@@ -141,3 +141,13 @@ def test_distill_and_cache_settings_are_checked(tmp_path: Path, teacher_file: Pa
     no_teacher["data"]["teacher"] = ""
     with pytest.raises(ConfigError, match="teacher_cache needs data.teacher"):
         parse_config(no_teacher)
+
+
+def test_the_distillation_schedule_of_our_pair_parses() -> None:
+    from image_enhancer_training.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "training/configs/ie-compact-x4-distill.toml")
+    assert config.data.teacher_cache and config.data.teacher_cache_size > 0
+    assert config.psnr.distill == 0.0 and 0.0 < config.gan.distill < 1.0
+    assert config.export.name == "ie-compact-x4" and config.export.brisque
+    assert len({s.path for s in config.export.evaluation}) == 3  # photos from three other packages
