@@ -21,7 +21,7 @@ from image_enhancer_training.data import (
     ffhq_source,
     open_source,
 )
-from image_enhancer_training.metrics import psnr_y, ssim_y
+from image_enhancer_training.metrics import brisque, psnr_y, ssim_y
 from image_enhancer_training.procedural import dead_leaves
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +191,13 @@ def test_metrics_on_known_cases() -> None:
     assert psnr_y(shifted, image) == pytest.approx(20 * np.log10(255 / 3.435), abs=0.3)
     noisy = (image + torch.randn(image.shape, generator=torch.Generator().manual_seed(0)) * 0.05).clamp(0, 1)
     assert ssim_y(noisy, image) < ssim_y(shifted, image) < 1.0
+
+
+def test_brisque_scores_a_photo_as_more_natural_than_its_noisy_or_blurred_copies() -> None:
+    photo = torch.from_numpy(np.asarray(Image.open(FOREST).convert("RGB")).copy()).permute(2, 0, 1) / 255.0
+    gen = torch.Generator().manual_seed(0)
+    noisy = (photo + 0.08 * torch.randn(photo.shape, generator=gen)).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(photo[None], 5, stride=1, padding=2)[0]
+    clean = brisque(photo)
+    assert clean < brisque(noisy) and clean < brisque(blurred)
+    assert brisque(photo) == pytest.approx(clean, rel=1e-9)  # the same score again

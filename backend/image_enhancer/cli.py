@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a config file")
     train.add_argument("config", help="training config file (see training/configs/)")
     train.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    train.add_argument("--teacher-cache-only", action="store_true",
+                       help="only compute the missing samples of data.teacher_cache, then stop")
     train.set_defaults(run=_run_train)
     return parser
 
@@ -164,7 +166,9 @@ def _run_devices(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from image_enhancer_training.run import train_main
 
-    return train_main([args.config] + (["--no-resume"] if args.no_resume else []))
+    flags = [flag for flag, on in (("--no-resume", args.no_resume),
+                                   ("--teacher-cache-only", args.teacher_cache_only)) if on]
+    return train_main([args.config, *flags])
 
 
 if __name__ == "__main__":

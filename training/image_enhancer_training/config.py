@@ -61,8 +61,13 @@ class DataConfig:
     patch_size: int = 128  # HR crop side; must be a multiple of the scale
     batch_size: int = 16  # per process
     workers: int = 0  # DataLoader worker processes
-    # Distillation: when set, the target is this teacher's output for the degraded input.
+    # Distillation: the teacher's output for the degraded input becomes (part of) the target; the
+    # stages' `distill` says how much. The teacher runs on the fly, or once into `teacher_cache`.
     teacher: str = ""
+    # A folder of `teacher_cache_size` (degraded crop, ground truth, teacher output) samples computed
+    # once (see teacher_cache.py); when set, training draws its batches from it.
+    teacher_cache: str = ""
+    teacher_cache_size: int = 0
 
 
 @dataclass
@@ -85,6 +90,9 @@ class PSNRStageConfig:
     warmup: int = 0
     ema_decay: float = 0.999
     betas: tuple[float, float] = (0.9, 0.99)
+    # With a teacher: the share of the pixel loss measured against its output (the rest against
+    # the ground truth); 1 = pure distillation.
+    distill: float = 1.0
 
 
 @dataclass
@@ -94,6 +102,7 @@ class GANStageConfig:
     lr_d: float = 1e-4
     pixel_loss: str = "l1"
     pixel_weight: float = 1.0
+    distill: float = 1.0  # as in the PSNR stage; the discriminator's real images are then the teacher's
     gan_weight: float = 0.1
     perceptual_weight: float = 1.0
     # VGG19 weights (safetensors or .pth, loaded safely) for the perceptual loss; empty = no VGG loss.
@@ -125,6 +134,18 @@ class ExportConfig:
     evaluation: list[SourceConfig] = field(default_factory=list)
     evaluation_crops: int = 16
     evaluation_crop_size: int = 0  # 0 = whole images
+    # How the held-out inputs are made: "bicubic" downscales, and/or "train": the training
+    # degradations applied to every image (no clean share), with a fixed seed.
+    evaluation_degradations: list[str] = field(default_factory=lambda: ["bicubic"])
+    # A model scored next to ours on the held-out photos, and timed against our PSNR model in the
+    # same run (e.g. "{weights_dir}/realesrgan-x4plus.safetensors"); its outputs are kept in the run
+    # folder, since a large model is slow on a CPU.
+    reference: str = ""
+    # The evaluation degradations the reference is scored under (a large one is slow on a CPU).
+    reference_degradations: list[str] = field(default_factory=lambda: ["bicubic", "train"])
+    # Add BRISQUE (no-reference naturalness; the `training` extra) to the held-out tables and plot the
+    # strength sweep as (PSNR-Y, BRISQUE) against bicubic and the reference.
+    brisque: bool = False
 
 
 @dataclass
@@ -166,6 +187,15 @@ class TrainConfig:
             raise ConfigError(f"psnr.schedule must be cosine, multistep or constant: {self.psnr.schedule!r}")
         if self.validation.degradation not in ("bicubic", "train"):
             raise ConfigError("validation.degradation must be 'bicubic' or 'train'")
+        if not self.export.evaluation_degradations or not set(self.export.evaluation_degradations) <= {
+            "bicubic", "train"
+        }:
+            raise ConfigError("export.evaluation_degradations lists 'bicubic' and/or 'train'")
+        for stage in ("psnr", "gan"):
+            if not 0.0 <= getattr(self, stage).distill <= 1.0:
+                raise ConfigError(f"{stage}.distill must be between 0 and 1")
+        if self.data.teacher_cache and (not self.data.teacher or self.data.teacher_cache_size < 1):
+            raise ConfigError("data.teacher_cache needs data.teacher and a positive data.teacher_cache_size")
         if self.psnr.iterations < 0 or self.gan.iterations < 0:
             raise ConfigError("stage iterations must be non-negative")
         try:

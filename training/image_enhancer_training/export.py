@@ -32,9 +32,10 @@ from image_enhancer.weights.manifest import (
     write_entries,
 )
 
-from .config import TrainConfig, ValidationConfig, expand_path
+from .config import TrainConfig, expand_path
 from .curves import save_chart
 from .degradations import jpeg, quantize
+from .evaluation import evaluate_held_out, held_out_sections, load_reference, measure_speed, sweep_figure
 from .networks import stored_names
 from .validation import Scores, ValidationSet, bicubic_upscale
 
@@ -199,7 +200,16 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         )
         written += [figure] + ([cards_dir / f"{name}-strength.png"] if "gan" in states else [])
     if config.export.evaluation:
-        report.held_out(config, states)
+        reference = load_reference(config, result.run_dir)
+        results = evaluate_held_out(config, states, labels, reference)
+        report.sections += held_out_sections(config, results, labels, reference)
+        if reference is not None and any(r.sweep and r.row(reference.name) for r in results):
+            figure = sweep_figure(cards_dir / f"{name}-sweep.png", results, reference)
+            caption = f"Strength sweep on held-out photos: (PSNR-Y, BRISQUE), bicubic and {reference.name}"
+            report.figures.insert(0, (figure.name, caption))
+            written.append(figure)
+        if reference is not None:
+            report.speed(measure_speed(config, states["psnr"], reference), labels["psnr"], reference.name)
     curves = result.run_dir / "curves.png"
     if curves.is_file():
         shutil.copyfile(curves, cards_dir / f"{name}-curves.png")
@@ -260,21 +270,13 @@ class Report:
         caption = "Strength sweep: PSNR falls and sharpness rises towards the GAN model"
         self.figures.insert(0, (figure.name, caption))
 
-    def held_out(self, config: TrainConfig, states: dict[str, dict[str, Tensor]]) -> None:
-        ex = config.export
-        vcfg = ValidationConfig(
-            sources=ex.evaluation, crops=ex.evaluation_crops, crop_size=ex.evaluation_crop_size
-        )
-        data = ValidationSet(vcfg, config.model.scale, config.seed + 1)
-        rows = [("bicubic", data.bicubic)] + [(self.labels[k], _evaluate(s, data)) for k, s in states.items()]
-        gain = rows[1][1].psnr - data.bicubic.psnr  # rows[1] is the PSNR model
-        where = ", ".join(f"`{s.path}`" for s in ex.evaluation)
-        size = f"crops of {ex.evaluation_crop_size}²" if ex.evaluation_crop_size else "whole images"
+    def speed(self, measured: tuple[float, float, tuple[int, int]], ours: str, reference: str) -> None:
+        mine, theirs, (w, h) = measured
+        threads = torch.get_num_threads()
         self.sections.append(
-            f"## Held-out photos ({len(data.hr)} {size} from {where}; never used in training, bicubic "
-            f"×{config.model.scale} degradation)\n\n"
-            + self._table(rows)
-            + f"\n\nPSNR model vs bicubic: **{gain:+.2f} dB**."
+            f"## Speed\n\nOne {w}×{h} held-out photo upscaled ×{self.config.model.scale} with PyTorch on the "
+            f"CPU ({threads} thread{'s' if threads > 1 else ''}), both measured in the same run: "
+            f"{ours} {mine:.2f} s, {reference} {theirs:.1f} s — **{theirs / mine:.0f}× faster**."
         )
 
     def markdown(self, name: str, files: dict[str, tuple[str, str]]) -> str:
@@ -289,12 +291,29 @@ class Report:
             for s in c.data.sources
         )
         deg = c.degradation
-        losses = [f"PSNR stage: {c.psnr.loss}"]
+        teacher = Path(c.data.teacher).stem if c.data.teacher else ""
+
+        def target(loss: str, distill: float) -> str:
+            """The pixel loss's target: ground truth, the teacher's output, or their mix."""
+            if not teacher or distill == 0.0:
+                return loss
+            if distill == 1.0:
+                return f"{loss} to {teacher}'s output"
+            return f"({1 - distill:g}·{loss} to the ground truth + {distill:g}·{loss} to {teacher}'s output)"
+
+        losses = [f"PSNR stage: {target(c.psnr.loss, c.psnr.distill)}"]
         if c.gan.iterations:
             perceptual = f" + {c.gan.perceptual_weight:g}·VGG19 perceptual" if c.gan.vgg_weights else ""
+            real = f"; its real images are {teacher}'s outputs" if teacher and c.gan.distill else ""
             losses.append(
-                f"GAN stage: {c.gan.pixel_weight:g}·{c.gan.pixel_loss} + {c.gan.gan_weight:g}·adversarial "
-                f"(U-Net discriminator with spectral norm, {c.gan.disc_feat} features){perceptual}"
+                f"GAN stage: {c.gan.pixel_weight:g}·{target(c.gan.pixel_loss, c.gan.distill)} + "
+                f"{c.gan.gan_weight:g}·adversarial (U-Net discriminator with spectral norm, "
+                f"{c.gan.disc_feat} features{real}){perceptual}"
+            )
+        if c.data.teacher_cache:
+            losses.append(
+                f"batches drawn from {c.data.teacher_cache_size} degraded crops with {teacher}'s outputs "
+                "computed once (the teacher cache), flipped and rotated"
             )
         hp = dataclasses.asdict(c.model)
         parts = [

@@ -61,3 +61,42 @@ def sharpness(image: Tensor) -> float:
     y = rgb_to_y(image.clamp(0, 1)).reshape(-1, 1, *image.shape[-2:]).double()
     kernel = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float64)[None, None]
     return float(F.conv2d(y, kernel).abs().mean() * 255)
+
+
+def brisque(image: Tensor) -> float:
+    """BRISQUE no-reference quality of an sRGB image (3, H, W) in [0, 1]: lower looks more natural.
+
+    Uses the PyPI `brisque` package (the `training` extra). Its feature vector mixes numpy scalars
+    and one-element arrays, which numpy ≥ 2.4 refuses to turn into floats inside the package, so the
+    features are computed here, flattened to plain floats, and handed to its scorer.
+    """
+    import cv2  # the package's own dependencies, present with it
+    import numpy as np
+    from skimage.color import rgb2gray
+
+    scorer = _brisque_scorer()
+    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    gray = rgb2gray(rgb)  # the same steps as the package's own `score`
+    half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+    features = [
+        float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+        for level in (gray, half)
+        for value in scorer.calculate_brisque_features(level, kernel_size=7, sigma=7 / 6)
+    ]
+    return float(scorer.calculate_image_quality_score(np.array(features, dtype=np.float64)))
+
+
+_SCORER = None
+
+
+def _brisque_scorer():  # noqa: ANN202 - the package's own class
+    global _SCORER
+    if _SCORER is None:
+        try:
+            from brisque import BRISQUE
+        except ImportError as exc:
+            raise RuntimeError(
+                "BRISQUE needs the training extra: pip install 'image-enhancer[training]'"
+            ) from exc
+        _SCORER = BRISQUE(url=False)
+    return _SCORER

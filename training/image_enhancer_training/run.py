@@ -21,14 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_latest
-from .config import ConfigError, TrainConfig, config_to_dict, expand_path, load_config
+from .config import ConfigError, TrainConfig, config_to_dict, load_config
 from .curves import plot_training_log
 from .data import DataError, PatchDataset
 from .degradations import Degrader
-from .distributed import Placement, barrier, setup, teardown
+from .distributed import Placement, barrier, choose_device, setup, teardown
 from .export import export_models
 from .networks import build_generator
 from .stages import GANStage, PSNRStage, RunContext, Stage, restore_stage, run_stage
+from .teacher_cache import CachedSamples, TeacherCacheError, build_teacher_cache, load_teacher
 from .validation import ValidationSet
 
 PSNR_WEIGHTS = "psnr_generator.safetensors"
@@ -44,17 +45,6 @@ class TrainingResult:
     generator_state: dict[str, Tensor] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     exported: list[Path] = field(default_factory=list)
-
-
-def load_teacher(path: str, scale: int, device: torch.device) -> nn.Module:
-    """The distillation teacher, loaded safely and detected by the engine's model registry."""
-    from image_enhancer.models.registry import load_model
-    from image_enhancer.weights.safe_load import load_state_dict
-
-    loaded = load_model(load_state_dict(expand_path(path)))
-    if loaded.scale != scale:
-        raise ConfigError(f"teacher {path} is ×{loaded.scale} but the model is ×{scale}")
-    return loaded.module.to(device).eval().requires_grad_(False)
 
 
 def _fresh_run(run_dir: Path) -> None:
@@ -87,13 +77,17 @@ def _save_weights(module: nn.Module, path: Path, placement: Placement) -> None:
 
 
 def _context(config: TrainConfig, run_dir: Path, placement: Placement) -> RunContext:
-    dataset = PatchDataset(config.data.sources, config.data.patch_size, config.seed)
+    dataset: PatchDataset | CachedSamples
+    if config.data.teacher_cache:
+        dataset = CachedSamples(config)
+    else:
+        dataset = PatchDataset(config.data.sources, config.data.patch_size, config.seed)
     degrader = Degrader(config.degradation, config.model.scale, seed=config.seed)
     validation = None
     if placement.is_main and config.validation.sources:
         validation = ValidationSet(config.validation, config.model.scale, config.seed, config.degradation)
     teacher = None
-    if config.data.teacher:
+    if config.data.teacher and not config.data.teacher_cache:
         teacher = load_teacher(config.data.teacher, config.model.scale, placement.device)
     return RunContext(config, run_dir, placement, dataset, degrader, validation, teacher)
 
@@ -105,13 +99,23 @@ def _stage_done(weights: Path, ckpt: Checkpoint | None, stage: str, iterations: 
 
 
 def run_training(config_path: Path, resume: bool = True) -> TrainingResult:
-    """Train as `config_path` says, resuming from the run folder's latest checkpoint when `resume`."""
+    """Train as `config_path` says, resuming from the run folder's latest checkpoint when `resume`;
+    a configured teacher cache is completed first."""
     config = load_config(Path(config_path))
+    if config.data.teacher_cache:
+        build_cache(config)
     placement = setup(config.device)
     try:
         return _run(config, placement, resume)
     finally:
         teardown(placement)
+
+
+def build_cache(config: TrainConfig) -> Path:
+    """Complete the config's teacher cache (one process; the teacher runs on the config's device)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return build_teacher_cache(config, choose_device(config.device))
 
 
 def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingResult:
@@ -165,10 +169,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="image-enhancer train", description="train a model from a config")
     parser.add_argument("config", type=Path, help="training config (.toml or .json), see training/configs/")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    parser.add_argument("--teacher-cache-only", action="store_true",
+                        help="only compute the missing samples of data.teacher_cache, then stop")
     args = parser.parse_args(argv)
     try:
+        if args.teacher_cache_only:
+            print(f"teacher cache: {build_cache(load_config(args.config))}")
+            return 0
         result = run_training(args.config, resume=not args.no_resume)
-    except (ConfigError, DataError, CheckpointError, ValueError) as exc:
+    except (ConfigError, DataError, CheckpointError, TeacherCacheError, ValueError) as exc:
         print(f"image-enhancer train: error: {exc}", file=sys.stderr)
         return 2
     print(f"run folder: {result.run_dir}")

@@ -27,10 +27,27 @@ from .degradations import Degrader
 from .discriminator import UNetDiscriminatorSN
 from .distributed import Placement, barrier
 from .ema import EMA
-from .losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss, pixel_loss
+from .losses import PerceptualLoss, PixelLoss, discriminator_loss, generator_adversarial_loss, pixel_loss
+from .teacher_cache import CachedSamples
 from .validation import ValidationSet
 
 LOG_EVERY = 10
+
+
+@dataclass
+class Batch:
+    lq: Tensor  # the degraded input
+    hr: Tensor  # the ground truth
+    teacher: Tensor | None = None  # the teacher's output for `lq`, when distilling
+
+
+def target_loss(loss: PixelLoss, output: Tensor, batch: Batch, distill: float) -> Tensor:
+    """Pixel loss against the ground truth, the teacher's output, or a mix (`distill` = its share)."""
+    if batch.teacher is None or distill == 0.0:
+        return loss(output, batch.hr)
+    if distill == 1.0:
+        return loss(output, batch.teacher)
+    return (1.0 - distill) * loss(output, batch.hr) + distill * loss(output, batch.teacher)
 
 
 def lr_at(config: PSNRStageConfig, iteration: int) -> float:
@@ -80,8 +97,8 @@ class PSNRStage:
             group["lr"] = lr
         return lr
 
-    def step(self, lq: Tensor, target: Tensor) -> dict[str, float]:
-        loss = self.loss(self.trained(lq), target)
+    def step(self, batch: Batch) -> dict[str, float]:
+        loss = target_loss(self.loss, self.trained(batch.lq), batch, self.config.distill)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -119,18 +136,20 @@ class GANStage:
     def set_lr(self, iteration: int) -> float:
         return self.config.lr_g
 
-    def step(self, lq: Tensor, target: Tensor) -> dict[str, float]:
+    def step(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
+        # With a teacher, its outputs are what the discriminator learns to call real.
+        real = batch.teacher if batch.teacher is not None else batch.hr
         # Generator step. The discriminator runs unwrapped here: its weights are frozen for this
         # step, and DDP must only see it in the discriminator step where all its weights get grads.
         self.discriminator.requires_grad_(False)
-        output = self.trained(lq)
-        l_pix = cfg.pixel_weight * self.pixel(output, target)
+        output = self.trained(batch.lq)
+        l_pix = cfg.pixel_weight * target_loss(self.pixel, output, batch, cfg.distill)
         l_gan = cfg.gan_weight * generator_adversarial_loss(self.discriminator(output))
         loss = l_pix + l_gan
         logs = {"loss_pixel": l_pix.item(), "loss_gan": l_gan.item()}
         if self.perceptual is not None:
-            l_per = cfg.perceptual_weight * self.perceptual(output, target)
+            l_per = cfg.perceptual_weight * self.perceptual(output, real)
             loss = loss + l_per
             logs["loss_perceptual"] = l_per.item()
         self.opt_g.zero_grad(set_to_none=True)
@@ -138,9 +157,9 @@ class GANStage:
         self.opt_g.step()
         self.ema.update(self.generator)
 
-        # Discriminator step on the target (real) and the detached output (fake).
+        # Discriminator step on the real images and the detached output (fake).
         self.discriminator.requires_grad_(True)
-        l_d = discriminator_loss(self.disc_trained(target), self.disc_trained(output.detach()))
+        l_d = discriminator_loss(self.disc_trained(real), self.disc_trained(output.detach()))
         self.opt_d.zero_grad(set_to_none=True)
         l_d.backward()
         self.opt_d.step()
@@ -156,7 +175,7 @@ class RunContext:
     config: TrainConfig
     run_dir: Path
     placement: Placement
-    dataset: PatchDataset
+    dataset: PatchDataset | CachedSamples
     degrader: Degrader
     validation: ValidationSet | None
     teacher: nn.Module | None
@@ -216,6 +235,21 @@ def validate(ctx: RunContext, stage: Stage, iteration: int) -> dict[str, float]:
     return scores.as_dict("val_")
 
 
+def make_batch(ctx: RunContext, stage: str, iteration: int, item: Tensor | list[Tensor]) -> Batch:
+    """A training batch from what the loader gave: HR crops to degrade (and run the teacher on), or
+    cached (lq, hr, teacher) triples."""
+    device = ctx.placement.device
+    if isinstance(item, list | tuple):
+        lq, hr, teacher = (t.to(device, non_blocking=True) for t in item)
+        return Batch(lq, hr, teacher)
+    hr = item.to(device, non_blocking=True)
+    with torch.no_grad():
+        ctx.degrader.reseed(_batch_seed(ctx.config, stage, iteration, ctx.placement.rank))
+        lq = ctx.degrader(hr)
+        teacher = ctx.teacher(lq).clamp(0, 1) if ctx.teacher is not None else None
+    return Batch(lq, hr, teacher)
+
+
 def _batch_seed(config: TrainConfig, stage: str, iteration: int, rank: int) -> int:
     return (config.seed * 1_000_003 + (iteration * 64 + rank) * 2 + (stage == "gan")) % 2**63
 
@@ -245,14 +279,10 @@ def run_stage(
     bar = tqdm(total=total, initial=start, desc=desc, disable=not placement.is_main, dynamic_ncols=True)
     scores: dict[str, float] = {}
     every = config.validation.every
-    for iteration, hr in zip(range(start, total), loader, strict=False):
-        hr = hr.to(placement.device, non_blocking=True)
-        with torch.no_grad():
-            ctx.degrader.reseed(_batch_seed(config, stage.name, iteration, placement.rank))
-            lq = ctx.degrader(hr)
-            target = ctx.teacher(lq).clamp(0, 1) if ctx.teacher is not None else hr
+    for iteration, item in zip(range(start, total), loader, strict=False):
+        batch = make_batch(ctx, stage.name, iteration, item)
         lr = stage.set_lr(iteration)
-        logs = stage.step(lq, target)
+        logs = stage.step(batch)
         done = iteration + 1
         if placement.is_main and (done % LOG_EVERY == 0 or done == total):
             step = stage_offset(config, stage.name) + done

@@ -1,0 +1,243 @@
+"""Held-out evaluation for the model card: whole photos never trained on, one table per degradation
+(bicubic, and the training degradations on every image), optionally a reference model and BRISQUE,
+the strength sweep as (PSNR-Y, BRISQUE) against bicubic and the reference, and the speed of our PSNR
+model against the reference measured in the same run.
+
+A large reference such as x4plus takes tens of seconds per photo on a CPU, so its outputs are kept in
+the run folder (keyed by the reference file and the input's bytes) and reused when the card is
+written again; its speed is measured afresh every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from image_enhancer.models.registry import load_model
+from image_enhancer.weights.interpolation import interpolate
+from image_enhancer.weights.safe_load import load_state_dict
+
+from .config import TrainConfig, ValidationConfig, expand_path
+from .curves import save_chart
+from .metrics import brisque
+from .validation import Scores, ValidationSet, bicubic_upscale
+
+DEGRADATION_TITLES = {
+    "bicubic": "bicubic ×{scale} downscale",
+    "train": "the training degradations on every photo (blur, resize, noise, JPEG; fixed seed)",
+}
+
+
+@dataclass
+class Row:
+    label: str
+    scores: Scores
+    brisque: float | None = None
+
+
+@dataclass
+class HeldOutResult:
+    degradation: str
+    images: int
+    rows: list[Row]
+    sweep: list[tuple[float, Row]] = field(default_factory=list)
+
+    def row(self, label: str) -> Row | None:
+        return next((r for r in self.rows if r.label == label), None)
+
+
+def held_out_set(config: TrainConfig, degradation: str) -> ValidationSet:
+    ex = config.export
+    vcfg = ValidationConfig(
+        sources=ex.evaluation, crops=ex.evaluation_crops, crop_size=ex.evaluation_crop_size,
+        degradation=degradation,
+    )
+    damage = dataclasses.replace(config.degradation, clean_prob=0.0)
+    return ValidationSet(vcfg, config.model.scale, config.seed + 1, damage)
+
+
+def _module(state: dict[str, Tensor]) -> nn.Module:
+    return load_model({k: v.float() for k, v in state.items()}).module
+
+
+def _to_png(image: Tensor, path: Path) -> None:
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
+
+
+def _from_png(path: Path) -> Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1) / 255.0
+
+
+class Reference:
+    """The reference model and its kept outputs."""
+
+    def __init__(self, path: Path, keep_dir: Path) -> None:
+        self.path = path
+        self.name = path.stem
+        self.module = load_model(load_state_dict(path)).module.eval()
+        self.keep_dir = keep_dir
+        self.key = f"{path.name}:{path.stat().st_size}".encode()
+
+    @torch.no_grad()
+    def outputs(self, inputs: list[Tensor]) -> list[Tensor]:
+        self.keep_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for lr in inputs:
+            quantised = (lr.clamp(0, 1) * 255).round().to(torch.uint8)
+            digest = hashlib.sha256(self.key + str(tuple(lr.shape)).encode() + quantised.numpy().tobytes())
+            kept = self.keep_dir / f"{digest.hexdigest()[:24]}.png"
+            if not kept.is_file():
+                output = self.module(lr[None]).clamp(0, 1)[0]
+                _to_png(output, kept.with_suffix(".partial.png"))
+                kept.with_suffix(".partial.png").replace(kept)
+            results.append(_from_png(kept))
+        return results
+
+
+def _row(label: str, outputs: list[Tensor], data: ValidationSet, with_brisque: bool) -> Row:
+    score = sum(brisque(o) for o in outputs) / len(outputs) if with_brisque else None
+    return Row(label, data.score_outputs(outputs), score)
+
+
+def evaluate_held_out(
+    config: TrainConfig,
+    states: dict[str, dict[str, Tensor]],
+    labels: dict[str, str],
+    reference: Reference | None,
+) -> list[HeldOutResult]:
+    """One result per configured degradation: bicubic, our models (and the sweep), the reference."""
+    ex = config.export
+    results = []
+    for degradation in ex.evaluation_degradations:
+        data = held_out_set(config, degradation)
+        cpu = torch.device("cpu")
+        bicubic = [bicubic_upscale(lr[None], data.scale)[0] for lr in data.lr]
+        rows = [_row("bicubic", bicubic, data, ex.brisque)]
+        rows += [_row(labels[k], data.run(_module(s), cpu), data, ex.brisque) for k, s in states.items()]
+        if reference is not None and degradation in ex.reference_degradations:
+            rows.append(_row(reference.name, reference.outputs(data.lr), data, ex.brisque))
+        result = HeldOutResult(degradation, len(data.hr), rows)
+        if ex.brisque and "gan" in states:
+            ends = {0.0: rows[1], 1.0: rows[2]}
+            for strength in ex.strengths:
+                if strength not in ends:
+                    blend = _module(interpolate(states["psnr"], states["gan"], strength))
+                    ends[strength] = _row(f"{strength:g}", data.run(blend, cpu), data, True)
+                result.sweep.append((strength, ends[strength]))
+        results.append(result)
+    return results
+
+
+def measure_speed(
+    config: TrainConfig, state: dict[str, Tensor], reference: Reference, repeats: int = 3
+) -> tuple[float, float, tuple[int, int]]:
+    """Seconds per photo for our model and the reference on the first held-out input, in this run."""
+    data = held_out_set(config, "bicubic")
+    lr = data.lr[0][None]
+    ours = _module(state).eval()
+
+    def seconds(module: nn.Module, runs: int) -> float:
+        with torch.no_grad():
+            module(lr[..., :32, :32])  # warm-up
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                module(lr)
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    return seconds(ours, repeats), seconds(reference.module, 1), (lr.shape[-1], lr.shape[-2])
+
+
+def load_reference(config: TrainConfig, run_dir: Path) -> Reference | None:
+    if not config.export.reference:
+        return None
+    path = expand_path(config.export.reference)
+    if not path.is_file():
+        raise ValueError(f"export.reference {path} does not exist")
+    return Reference(path, run_dir / "reference-outputs")
+
+
+def _table(rows: list[Row]) -> str:
+    with_brisque = rows[0].brisque is not None
+    head = "| | PSNR-Y (dB) | SSIM-Y | sharpness |" + (" BRISQUE ↓ |" if with_brisque else "")
+    lines = [head, "|---|---|---|---|" + ("---|" if with_brisque else "")]
+    for r in rows:
+        s = r.scores
+        cells = f"| {r.label} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |"
+        lines.append(cells + (f" {r.brisque:.1f} |" if with_brisque else ""))
+    return "\n".join(lines)
+
+
+def below_line(point: Row, a: Row, b: Row) -> bool:
+    """Whether `point` has a lower BRISQUE than the line through a and b at its PSNR (the good side)."""
+    assert point.brisque is not None and a.brisque is not None and b.brisque is not None
+    if a.scores.psnr == b.scores.psnr:
+        return point.brisque < min(a.brisque, b.brisque)
+    slope = (b.brisque - a.brisque) / (b.scores.psnr - a.scores.psnr)
+    return point.brisque < a.brisque + slope * (point.scores.psnr - a.scores.psnr)
+
+
+def held_out_sections(
+    config: TrainConfig, results: list[HeldOutResult], labels: dict[str, str], reference: Reference | None
+) -> list[str]:
+    ex = config.export
+    where = ", ".join(dict.fromkeys(f"`{s.path}`" for s in ex.evaluation))
+    size = f"crops of {ex.evaluation_crop_size}²" if ex.evaluation_crop_size else "whole photos"
+    sections = []
+    for result in results:
+        title = DEGRADATION_TITLES[result.degradation].format(scale=config.model.scale)
+        bicubic, psnr = result.rows[0], result.rows[1]
+        ref = result.row(reference.name) if reference is not None else None
+        gan = result.row(labels["gan"]) if "gan" in labels else None
+        notes = [f"PSNR model vs bicubic: **{psnr.scores.psnr - bicubic.scores.psnr:+.2f} dB**."]
+        if reference is not None and ref is not None and gan is not None and ref.brisque and gan.brisque:
+            notes.append(
+                f"GAN model vs {reference.name}: BRISQUE {gan.brisque / ref.brisque - 1:+.0%}, "
+                f"PSNR-Y {gan.scores.psnr - ref.scores.psnr:+.2f} dB."
+            )
+        sections.append(
+            f"## Held-out photos, {title}\n\n{result.images} {size} from {where}; never used in "
+            "training.\n\n" + _table(result.rows) + "\n\n" + " ".join(notes)
+        )
+        if result.sweep and ref is not None:
+            lines = ["| strength | PSNR-Y (dB) | BRISQUE ↓ | below the bicubic–reference line |"]
+            lines.append("|---|---|---|---|")
+            for strength, row in result.sweep:
+                side = "yes" if below_line(row, bicubic, ref) else "no"
+                lines.append(f"| {strength:.2f} | {row.scores.psnr:.2f} | {row.brisque:.1f} | {side} |")
+            heading = f"### Strength sweep on these photos ({result.degradation} inputs)"
+            sections.append(heading + "\n\n" + "\n".join(lines))
+    return sections
+
+
+def sweep_figure(path: Path, results: list[HeldOutResult], reference: Reference) -> Path:
+    """(PSNR-Y, BRISQUE) of the strength sweep, bicubic and the reference, one panel per degradation."""
+    panels = []
+    for result in results:
+        bicubic, ref = result.rows[0], result.row(reference.name)
+        if not result.sweep or ref is None:
+            continue
+        xs = [row.scores.psnr for _, row in result.sweep]
+        ys = [float(row.brisque or 0.0) for _, row in result.sweep]
+        line_x = [bicubic.scores.psnr, ref.scores.psnr]
+        line_y = [float(bicubic.brisque or 0.0), float(ref.brisque or 0.0)]
+        panels.append((
+            f"held-out photos, {result.degradation} inputs: BRISQUE (lower is more natural) against PSNR-Y",
+            [
+                ("ours, strength 0 → 1", xs, ys),
+                ("bicubic — reference", line_x, line_y),
+                ("bicubic", line_x[:1], line_y[:1]),
+                (reference.name, line_x[1:], line_y[1:]),
+            ],
+        ))
+    return save_chart(path, panels, "PSNR-Y (dB)", width=760)
