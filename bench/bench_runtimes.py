@@ -198,8 +198,20 @@ def child(variant: str, model: str, size: int, repeat: int, threads: int, output
         result = run()
         times.append(time.perf_counter() - start)
     np.save(output, result)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"load": load, "time": min(times), "peak": peak}))
+    print(json.dumps({"load": load, "time": min(times), "peak": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes. Linux's VmHWM belongs to the process's own memory;
+    ``ru_maxrss`` would also carry the parent's size across the exec that started this child."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- the parent: one fresh process per variant, then the table --------------------------------------------
