@@ -15,7 +15,8 @@ from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
 
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.engine.openvino_runner import OpenVinoRunner, cpu_precision
+from image_enhancer.engine.openvino_runner import OpenVinoRunner
+from image_enhancer.engine.precision import cpu_precision
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.weights import openvino_export
 
@@ -139,12 +140,15 @@ def test_a_strength_change_reuses_the_converted_graph_within_seconds(model_store
 
 
 def test_reduced_precision_is_only_used_when_asked_for_and_tolerated():
-    assert cpu_precision("auto", True, True) is torch.float32
-    assert cpu_precision("fp32", True, True) is torch.float32
-    assert cpu_precision("bf16", True, True) is torch.bfloat16
-    assert cpu_precision("fp16", True, True) is torch.float16
-    assert cpu_precision("fp16", False, True) is torch.bfloat16
-    assert cpu_precision("bf16", True, False) is torch.float32
+    def model(half: bool, bf16: bool) -> ModelDescriptor:
+        return ModelDescriptor("test", 4, 3, 3, supports_half=half, supports_bf16=bf16)
+
+    assert cpu_precision("auto", model(True, True)) is torch.float32
+    assert cpu_precision("fp32", model(True, True)) is torch.float32
+    assert cpu_precision("bf16", model(True, True)) is torch.bfloat16
+    assert cpu_precision("fp16", model(True, True)) is torch.float16
+    assert cpu_precision("fp16", model(False, True)) is torch.bfloat16
+    assert cpu_precision("bf16", model(True, False)) is torch.float32
 
 
 def test_bf16_when_asked_stays_close_to_fp32(tmp_path):

@@ -21,8 +21,8 @@ from image_enhancer.engine import colour, pixels
 from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
-from image_enhancer.engine.openvino_runner import OpenVinoRunner, cpu_precision
-from image_enhancer.engine.precision import check_precision, resolve_precision
+from image_enhancer.engine.openvino_runner import OpenVinoRunner
+from image_enhancer.engine.precision import check_precision, cpu_precision, resolve_precision
 from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
 from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
@@ -224,7 +224,7 @@ class Enhancer:
             runtime = "pytorch"
         precision = self._ncnn_precision(descriptor) if runtime == "ncnn" else None
         if runtime == "openvino":
-            dtype = cpu_precision(self.precision, descriptor.supports_half, descriptor.supports_bf16)
+            dtype = cpu_precision(self.precision, descriptor)
         else:
             dtype = resolve_precision(self.precision, self.device, descriptor)
         key = (id(loaded.module), runtime, precision or dtype)

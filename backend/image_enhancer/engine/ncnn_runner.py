@@ -9,10 +9,9 @@ so every model and every strength runs here; the engine keeps tiling, alpha and 
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -166,7 +165,7 @@ class NcnnRunner:
 
     def _chain(self, nets: list[object], values: np.ndarray) -> np.ndarray:
         for net, stage in zip(nets, self.stages, strict=True):
-            run = functools.partial(self._run, net)
+            run = partial(self._run, net)
             values = run_in_strips(run, values, stage.halo, self.strip_pixels) if stage.halo else run(values)
         return values
 

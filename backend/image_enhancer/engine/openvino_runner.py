@@ -12,9 +12,8 @@ compiled stage is kept, so its working memory is held once.
 
 from __future__ import annotations
 
-import functools
 import threading
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -57,18 +56,6 @@ def openvino_module() -> ModuleType | None:
     except ImportError:
         return None
     return openvino
-
-
-def cpu_precision(name: str, supports_half: bool, supports_bf16: bool) -> torch.dtype:
-    """fp32 unless asked otherwise: a CPU's bf16 (AVX-512 BF16, AMX) ran x4plus about 4× faster but up
-    to 8 levels off (0.5 on average; the compact model under 2). fp16 asked of a model that is not
-    fp16-safe gives bf16, and a reduced precision the model does not tolerate gives fp32."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
-    if dtype is torch.float16 and not supports_half:
-        dtype = torch.bfloat16
-    if dtype is torch.bfloat16 and not supports_bf16:
-        dtype = torch.float32
-    return dtype
 
 
 class OpenVinoRunner:
@@ -125,7 +112,7 @@ class OpenVinoRunner:
     def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
         values = window.contiguous().numpy()
         for index, (_model, halo) in enumerate(self._stages):
-            run = functools.partial(self._run, index, dtype)
+            run = partial(self._run, index, dtype)
             values = run_in_strips(run, values, halo, self.strip_pixels) if halo else run(values)
         return torch.from_numpy(values)
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the manifest writes through this module, so it cannot be imported at load time
+    from collections.abc import Mapping
+
+    from torch import Tensor
+
     from image_enhancer.weights.manifest import WeightsFile
 
 SIDECAR_SUFFIX = ".sha256"
@@ -19,6 +23,19 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def state_digest(state: Mapping[str, Tensor], salt: str) -> str:
+    """sha256 of ``salt`` and a state dict's content (names, shapes and float32 values), independent of
+    the file form it came from: the cache key of files generated from weights."""
+    import torch
+
+    digest = hashlib.sha256(salt.encode())
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -13,15 +13,14 @@ resolution, which ncnn's Winograd kernels hold several times over) runs in strip
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from image_enhancer.weights import integrity
 from image_enhancer.weights.integrity import write_atomically
 from image_enhancer.weights.ncnn import LEAKY_RELU, PARAM_MAGIC, TAG_FP32
 
@@ -179,13 +178,8 @@ def export(
 
 
 def state_digest(state: dict[str, Tensor]) -> str:
-    """sha256 of a state dict's content (names, shapes and float32 values), independent of file form."""
-    digest = hashlib.sha256(f"ncnn-export-{EXPORT_VERSION}".encode())
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
+    """The cache key of this state dict's ncnn files."""
+    return integrity.state_digest(state, f"ncnn-export-{EXPORT_VERSION}")
 
 
 def cached_export(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from image_enhancer.weights.integrity import write_atomically
+from image_enhancer.weights.integrity import state_digest, write_atomically
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -69,14 +69,6 @@ def graph_digest(module: torch.nn.Module, label: str, hyperparameters: dict) -> 
     digest.update(f"{type(module).__qualname__}|{label}|{sorted(hyperparameters.items())!r}".encode())
     for name, tensor in module.state_dict().items():
         digest.update(f"|{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-    return digest.hexdigest()
-
-
-def weights_digest(module: torch.nn.Module, graph: str) -> str:
-    """sha256 of the graph and the weights' values: the key of a model that must be converted whole."""
-    digest = hashlib.sha256(graph.encode())
-    for tensor in module.state_dict().values():
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -247,8 +239,9 @@ def networks(loaded: LoadedModel, cache_dir: Path) -> list[tuple[ov.Model, int]]
     for index, stage in enumerate(stages):
         label = d.architecture if len(stages) == 1 else f"{d.architecture} stage {index + 1}"
         result.append((network(stage.module, example, label, d.hyperparameters, cache_dir), stage.halo))
-        with torch.inference_mode():
-            example = stage.module(example)
+        if index + 1 < len(stages):  # the next stage's check input is this one's output
+            with torch.inference_mode():
+                example = stage.module(example)
     return result
 
 
@@ -289,7 +282,7 @@ def network(
         model = ov.Core().read_model(cache_dir / f"{graph}.xml")
         swap_weights(model, mapping, state)
         return model
-    whole = cache_dir / f"{weights_digest(module, graph)}.xml"
+    whole = cache_dir / f"{state_digest(state, graph)}.xml"  # the key of a model converted whole
     if not whole.is_file():
         log.info("converting %s for OpenVINO (its weights cannot be swapped in)", label)
         _save(convert(module, example, label), whole)
