@@ -148,6 +148,28 @@ def test_config_loads_toml_and_json_and_names_bad_keys(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml")
 
 
+def test_a_config_extends_another_table_by_table(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text(
+        '[model]\nnum_feat = 8\nnum_conv = 4\n[psnr]\niterations = 100\nlr = 1e-3\n'
+        '[[data.sources]]\nkind = "dead_leaves"\n[[data.sources]]\nkind = "dead_leaves"\nweight = 0.5\n'
+    )
+    (tmp_path / "runs").mkdir()
+    child = tmp_path / "runs" / "child.toml"
+    child.write_text(
+        'extends = "../base.toml"\n[psnr]\niterations = 7\n[[data.sources]]\nkind = "dead_leaves"\n'
+    )
+    config = load_config(child)
+    assert (config.model.num_feat, config.model.num_conv) == (8, 4)  # kept from the base
+    assert (config.psnr.iterations, config.psnr.lr) == (7, 1e-3)  # one key overridden, its neighbour kept
+    assert len(config.data.sources) == 1  # lists are replaced whole
+    (tmp_path / "loop.toml").write_text('extends = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.toml")
+    (tmp_path / "orphan.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="missing.toml does not exist"):
+        load_config(tmp_path / "orphan.toml")
+
+
 def test_checkpoint_round_trip_restores_modules_and_optimiser(tmp_path: Path) -> None:
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -38,10 +38,15 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
     reference = _compact(tmp_path / "reference.safetensors", 3, feat=8)
     config = parse_config({
         "output_dir": str(run),
-        "model": {"arch": "SRVGGNetCompact", "num_feat": 4, "num_conv": 1},
+        "model": {
+            "arch": "SRVGGNetCompact", "num_feat": 4, "num_conv": 1,
+            "init": "clean.safetensors", "init_blend": "blind.safetensors", "init_blend_weight": 0.25,
+        },
         "data": {"sources": [{"kind": "dead_leaves"}]},
+        "psnr": {"iterations": 0},
         "export": {
             "name": "tiny-x4", "dir": str(weights), "description": "test model",
+            "limitations": "Not sharp enough yet.",
             "reference": str(reference), "brisque": True, "evaluation_degradations": ["bicubic", "train"],
             "reference_degradations": ["bicubic"],
             "strengths": [0.0, 0.5, 1.0],
@@ -58,6 +63,9 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
     assert "GAN model vs reference: BRISQUE" in card
     assert card.count("| 0.50 |") == 1 and "below the bicubic–reference line" in card
     assert "faster**" in card and "## Speed" in card
+    blend = "the weight average 0.75·`clean.safetensors` + 0.25·`blind.safetensors`, not trained further"
+    assert blend in card
+    assert card.endswith("## Limitations\n\nNot sharp enough yet.\n")
     sweep = weights / "cards/tiny-x4-sweep.png"
     assert sweep in written and Image.open(sweep).size[0] == 760
 

@@ -121,3 +121,33 @@ def test_a_training_run_exports_what_the_engine_serves(tmp_path, model, architec
     assert load_model(exported).descriptor.architecture == architecture
     entry = next(m for m in json.loads((weights / "manifest.json").read_text())["models"])
     assert entry["architecture"] == architecture
+
+
+def test_init_blend_starts_from_the_weight_average_of_two_fine_tunes(tmp_path):
+    torch.manual_seed(3)
+    config = ModelConfig(arch="SRVGGNetCompact", num_feat=8, num_conv=2)
+    a, b = build_generator(config).state_dict(), build_generator(config).state_dict()
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    blend = {"init": str(tmp_path / "a.safetensors"), "init_blend": str(tmp_path / "b.safetensors")}
+    blended = build_generator(
+        ModelConfig(arch="SRVGGNetCompact", num_feat=8, num_conv=2, init_blend_weight=0.25, **blend)
+    ).state_dict()
+    for key in a:
+        torch.testing.assert_close(blended[key], 0.75 * a[key] + 0.25 * b[key])
+    wider = build_generator(ModelConfig(arch="SRVGGNetCompact", num_feat=12, num_conv=2)).state_dict()
+    save_file(wider, tmp_path / "wide.safetensors")
+    with pytest.raises(ConfigError, match="cannot be blended"):
+        blend["init_blend"] = str(tmp_path / "wide.safetensors")
+        build_generator(
+            ModelConfig(arch="SRVGGNetCompact", num_feat=8, num_conv=2, init_blend_weight=0.5, **blend)
+        )
+
+
+def test_init_blend_is_checked(tmp_path):
+    data = _config(tmp_path, init_blend="b.safetensors", init_blend_weight=0.5)
+    with pytest.raises(ConfigError, match="init_blend needs model.init"):
+        parse_config(data)
+    data = _config(tmp_path, init="a.safetensors", init_blend="b.safetensors", init_blend_weight=1.5)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        parse_config(data)

@@ -50,6 +50,10 @@ class ModelConfig:
     num_grow_ch: int = 32  # RRDBNet: 32, as in every published RRDBNet (spandrel's ESRGAN fixes it)
     # Weights to start the PSNR stage from (e.g. the converted x4plus); empty = random init.
     init: str = ""
+    # Optionally start from a weight average instead: (1 − init_blend_weight)·init + init_blend_weight·
+    # init_blend, two fine-tunes of one parent (e.g. a clean-input and a damaged-input specialist).
+    init_blend: str = ""
+    init_blend_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.arch = ARCHITECTURE_ALIASES.get(self.arch, self.arch)
@@ -123,8 +127,10 @@ class ExportConfig:
     cards: str = ""
     description: str = ""
     licence: str = "BSD-3-Clause"
-    # Free text added to the card, e.g. how a run was resumed with changed settings.
+    # Free text added to the card, e.g. how a run was resumed with changed settings, and what the
+    # models cannot do yet (the card's closing "Limitations" section).
     notes: str = ""
+    limitations: str = ""
     # With no GAN stage: an existing GAN model in the manifest to pair our PSNR model with (e.g.
     # "realesrgan-x4plus"); export then adds a model `<name>` that has the strength control.
     pair_gan: str = ""
@@ -198,6 +204,8 @@ class TrainConfig:
             raise ConfigError("data.teacher_cache needs data.teacher and a positive data.teacher_cache_size")
         if self.psnr.iterations < 0 or self.gan.iterations < 0:
             raise ConfigError("stage iterations must be non-negative")
+        if self.model.init_blend and (not self.model.init or not 0.0 <= self.model.init_blend_weight <= 1.0):
+            raise ConfigError("model.init_blend needs model.init and an init_blend_weight between 0 and 1")
         try:
             self.degradation.validate()
         except ValueError as exc:
@@ -273,10 +281,16 @@ def parse_config(data: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(path: Path) -> TrainConfig:
-    """Read a `.toml` or `.json` training config."""
-    path = Path(path)
+    """Read a `.toml` or `.json` training config. A top-level `extends = "base.toml"` (relative to the
+    file) starts from that config and overrides it table by table; lists are replaced whole."""
+    return parse_config(_read_config(Path(path), ()))
+
+
+def _read_config(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"training config {path} extends itself")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -286,7 +300,20 @@ def load_config(path: Path) -> TrainConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
-    return parse_config(data)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a config file's path")
+    return _override(_read_config(path.parent / base, (*seen, path.resolve())), data)
+
+
+def _override(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        both_tables = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _override(base[key], value) if both_tables else value
+    return merged
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class HeldOutResult:
     degradation: str
     images: int
     rows: list[Row]
+    first_input: Tensor  # the first photo's LR input, for the speed measurement
     sweep: list[tuple[float, Row]] = field(default_factory=list)
 
     def row(self, label: str) -> Row | None:
@@ -125,7 +126,7 @@ def evaluate_held_out(
         rows += [_row(labels[k], data.run(_module(s), cpu), data, ex.brisque) for k, s in states.items()]
         if reference is not None and degradation in ex.reference_degradations:
             rows.append(_row(reference.name, reference.outputs(data.lr), data, ex.brisque))
-        result = HeldOutResult(degradation, len(data.hr), rows)
+        result = HeldOutResult(degradation, len(data.hr), rows, data.lr[0])
         if ex.brisque and "gan" in states:
             ends = {0.0: rows[1], 1.0: rows[2]}
             for strength in ex.strengths:
@@ -138,11 +139,10 @@ def evaluate_held_out(
 
 
 def measure_speed(
-    config: TrainConfig, state: dict[str, Tensor], reference: Reference, repeats: int = 3
+    state: dict[str, Tensor], reference: Reference, photo: Tensor, repeats: int = 3
 ) -> tuple[float, float, tuple[int, int]]:
-    """Seconds per photo for our model and the reference on the first held-out input, in this run."""
-    data = held_out_set(config, "bicubic")
-    lr = data.lr[0][None]
+    """Seconds for our model and the reference on one held-out LR input (3, H, W), in this run."""
+    lr = photo[None]
     ours = _module(state).eval()
 
     def seconds(module: nn.Module, runs: int) -> float:

@@ -209,7 +209,8 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
             report.figures.insert(0, (figure.name, caption))
             written.append(figure)
         if reference is not None:
-            report.speed(measure_speed(config, states["psnr"], reference), labels["psnr"], reference.name)
+            speed = measure_speed(states["psnr"], reference, results[0].first_input)
+            report.speed(speed, labels["psnr"], reference.name)
     curves = result.run_dir / "curves.png"
     if curves.is_file():
         shutil.copyfile(curves, cards_dir / f"{name}-curves.png")
@@ -279,6 +280,19 @@ class Report:
             f"{ours} {mine:.2f} s, {reference} {theirs:.1f} s — **{theirs / mine:.0f}× faster**."
         )
 
+    def _psnr_steps(self) -> str:
+        c = self.config
+        if c.psnr.iterations == 0 and c.model.init_blend:
+            w = c.model.init_blend_weight
+            return (
+                f"PSNR stage: the weight average {1 - w:g}·`{c.model.init}` + {w:g}·`{c.model.init_blend}`, "
+                "not trained further"
+            )
+        return (
+            f"PSNR stage {c.psnr.iterations} iterations (Adam, lr {c.psnr.lr:g}, {c.psnr.schedule} schedule, "
+            f"EMA {c.psnr.ema_decay})"
+        )
+
     def markdown(self, name: str, files: dict[str, tuple[str, str]]) -> str:
         c = self.config
         sources = "\n".join(
@@ -332,9 +346,8 @@ class Report:
             "Real-ESRGAN-style second order (blur kernels incl. anisotropic / generalized / plateau and "
             "sinc, random resize, Gaussian and Poisson noise, JPEG; second order with probability "
             f"{deg.second_order_prob:g}).\n",
-            f"Steps: PSNR stage {c.psnr.iterations} iterations (Adam, lr {c.psnr.lr:g}, {c.psnr.schedule} "
-            f"schedule, EMA {c.psnr.ema_decay}); GAN stage {c.gan.iterations} iterations "
-            f"(lr {c.gan.lr_g:g} / {c.gan.lr_d:g}), started from the PSNR stage's EMA weights. "
+            f"Steps: {self._psnr_steps()}; GAN stage {c.gan.iterations} iterations "
+            f"(lr {c.gan.lr_g:g} / {c.gan.lr_d:g}), started from the PSNR stage's weights. "
             "Exported weights are the EMA, in fp16.\n",
             "Losses: " + "; ".join(losses) + ".\n",
             f"Reproduce: `image-enhancer train training/configs/{name}.toml` (seed {c.seed}).\n",
@@ -343,4 +356,6 @@ class Report:
             parts.append(f"Notes: {c.export.notes}\n")
         parts += [s + "\n" for s in self.sections]
         parts += [f"![{caption}]({fname})\n\n*{caption}.*\n" for fname, caption in self.figures]
+        if c.export.limitations:
+            parts.append(f"## Limitations\n\n{c.export.limitations.strip()}\n")
         return "\n".join(parts)

@@ -13,6 +13,7 @@ from spandrel.architectures.SPAN import SPAN
 from torch import Tensor, nn
 
 from image_enhancer.models.esrgan_names import is_real_esrgan, to_module_names, to_real_esrgan_names
+from image_enhancer.weights.interpolation import interpolate
 from image_enhancer.weights.safe_load import load_state_dict
 
 from .config import ConfigError, ModelConfig, expand_path
@@ -22,11 +23,18 @@ _UNSHUFFLE = {4: None, 2: 2, 1: 4}
 
 
 def build_generator(config: ModelConfig) -> nn.Module:
-    """A fresh generator as the config describes, initialised from `config.init` when set."""
+    """A fresh generator as the config describes, initialised from `config.init` (blended with
+    `config.init_blend` when that is set) when set."""
     model = _build(config)
     if config.init:
         path = expand_path(config.init)
         state = {k: v.float() for k, v in load_state_dict(path).items()}
+        if config.init_blend:
+            other = {k: v.float() for k, v in load_state_dict(expand_path(config.init_blend)).items()}
+            try:
+                state = interpolate(state, other, config.init_blend_weight)
+            except ValueError as exc:
+                raise ConfigError(f"model.init_blend cannot be blended with {path}: {exc}") from exc
         try:
             model.load_state_dict(module_names(state, config.arch))
         except RuntimeError as exc:

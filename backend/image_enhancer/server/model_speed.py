@@ -114,10 +114,12 @@ class ModelSpeeds:
 def suggested_model(store: ModelStore, on_gpu: bool) -> str:
     """The model a person on this device should start with: the manifest's default (best quality) on a
     GPU; on a CPU the installed model with the smallest weights, since for these network families the
-    work per pixel grows with the parameter count."""
+    work per pixel grows with the parameter count. A model with a strength control is preferred there,
+    so the choice does not hang on a few bytes of file header between a pair and its faithful end."""
     if on_gpu:
         return store.default_model
-    installed = [m.name for m in store.manifest.models if store.path_of(m.name).is_file()]
+    installed = [m for m in store.manifest.models if store.path_of(m.name).is_file()]
     if not installed:
         return store.default_model
-    return min(installed, key=lambda name: store.path_of(name).stat().st_size)
+    paired = [m for m in installed if m.pair] or installed
+    return min(paired, key=lambda m: store.path_of(m.name).stat().st_size).name
