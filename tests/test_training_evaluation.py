@@ -34,7 +34,10 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
     (weights / "manifest.json").write_text(packaged_manifest_path().read_text())
     run = tmp_path / "run"
     run.mkdir()
-    result = TrainingResult(run, _compact(run / "psnr.safetensors", 1), _compact(run / "gan.safetensors", 2))
+    result = TrainingResult(
+        run, _compact(run / "psnr.safetensors", 1), _compact(run / "gan.safetensors", 2),
+        config_file=Path("training/configs/tiny.toml"),
+    )
     reference = _compact(tmp_path / "reference.safetensors", 3, feat=8)
     config = parse_config({
         "output_dir": str(run),
@@ -66,6 +69,7 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
     blend = "the weight average 0.75·`clean.safetensors` + 0.25·`blind.safetensors`, not trained further"
     assert blend in card
     assert card.endswith("## Limitations\n\nNot sharp enough yet.\n")
+    assert "Reproduce: `image-enhancer train training/configs/tiny.toml` (seed 0), after the runs" in card
     sweep = weights / "cards/tiny-x4-sweep.png"
     assert sweep in written and Image.open(sweep).size[0] == 760
 

@@ -183,7 +183,7 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
     written.append(manifest_path)
 
     labels = {"psnr": f"{name}-psnr", "gan": config.export.pair_gan or f"{name}-gan"}
-    report = Report(config, arch, labels)
+    report = Report(config, arch, labels, getattr(result, "config_file", None))
     if validation is not None:
         report.validation(validation, states)
         if "gan" in states:
@@ -225,8 +225,11 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
 class Report:
     """Collects the figures for a model card and renders it as Markdown."""
 
-    def __init__(self, config: TrainConfig, arch: str, labels: dict[str, str]) -> None:
+    def __init__(
+        self, config: TrainConfig, arch: str, labels: dict[str, str], config_file: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_file = config_file
         self.arch = arch
         self.labels = labels
         self.sections: list[str] = []
@@ -279,6 +282,15 @@ class Report:
             f"CPU ({threads} thread{'s' if threads > 1 else ''}), both measured in the same run: "
             f"{ours} {mine:.2f} s, {reference} {theirs:.1f} s — **{theirs / mine:.0f}× faster**."
         )
+
+    def _config_name(self, name: str) -> str:
+        """The config file as a user would type it: relative to the folder trained from."""
+        if self.config_file is None:
+            return f"training/configs/{name}.toml"
+        path = self.config_file
+        if path.is_absolute() and path.is_relative_to(Path.cwd()):
+            path = path.relative_to(Path.cwd())
+        return path.as_posix()
 
     def _psnr_steps(self) -> str:
         c = self.config
@@ -350,7 +362,9 @@ class Report:
             f"(lr {c.gan.lr_g:g} / {c.gan.lr_d:g}), started from the PSNR stage's weights. "
             "Exported weights are the EMA, in fp16.\n",
             "Losses: " + "; ".join(losses) + ".\n",
-            f"Reproduce: `image-enhancer train training/configs/{name}.toml` (seed {c.seed}).\n",
+            f"Reproduce: `image-enhancer train {self._config_name(name)}` (seed {c.seed})"
+            + (", after the runs that made `model.init` and `model.init_blend`" if c.model.init_blend else "")
+            + ".\n",
         ]
         if c.export.notes:
             parts.append(f"Notes: {c.export.notes}\n")

@@ -33,11 +33,15 @@ def psnr_y(output: Tensor, target: Tensor, border: int = 0) -> float:
     return float(10 * torch.log10(1.0 / mse))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+def _gaussian(size: int = 11, sigma: float = 1.5) -> Tensor:
     axis = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(axis**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] @ g[None, :])[None, None]
+    return g / g.sum()
+
+
+def _blur(image: Tensor, g: Tensor) -> Tensor:
+    """The 2-D Gaussian window as two 1-D passes: the same result, 5× fewer operations on big photos."""
+    return F.conv2d(F.conv2d(image, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
 
 
 def ssim_y(output: Tensor, target: Tensor, border: int = 0) -> float:
@@ -46,12 +50,12 @@ def ssim_y(output: Tensor, target: Tensor, border: int = 0) -> float:
     x = _crop(rgb_to_y(torch.round(output.clamp(0, 1) * 255) / 255), border).double() * 255
     y = _crop(rgb_to_y(torch.round(target.clamp(0, 1) * 255) / 255), border).double() * 255
     x, y = x.reshape(-1, 1, *x.shape[-2:]), y.reshape(-1, 1, *y.shape[-2:])
-    window = _gaussian_window().to(x)
+    g = _gaussian().to(x)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    sxx = F.conv2d(x * x, window) - mu_x**2
-    syy = F.conv2d(y * y, window) - mu_y**2
-    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    mu_x, mu_y = _blur(x, g), _blur(y, g)
+    sxx = _blur(x * x, g) - mu_x**2
+    syy = _blur(y * y, g) - mu_y**2
+    sxy = _blur(x * y, g) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return float(ssim_map.mean())
 

@@ -45,6 +45,7 @@ class TrainingResult:
     generator_state: dict[str, Tensor] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     exported: list[Path] = field(default_factory=list)
+    config_file: Path | None = None  # the config this run was started with, named in the model card
 
 
 def _fresh_run(run_dir: Path) -> None:
@@ -106,7 +107,7 @@ def run_training(config_path: Path, resume: bool = True) -> TrainingResult:
         build_cache(config)
     placement = setup(config.device)
     try:
-        return _run(config, placement, resume)
+        return _run(config, placement, resume, Path(config_path))
     finally:
         teardown(placement)
 
@@ -118,7 +119,7 @@ def build_cache(config: TrainConfig) -> Path:
     return build_teacher_cache(config, choose_device(config.device))
 
 
-def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingResult:
+def _run(config: TrainConfig, placement: Placement, resume: bool, config_file: Path) -> TrainingResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.output_dir).expanduser()
@@ -130,7 +131,7 @@ def _run(config: TrainConfig, placement: Placement, resume: bool) -> TrainingRes
     barrier(placement)
     ctx = _context(config, run_dir, placement)
     ckpt = load_latest(ctx.checkpoint_dir)
-    result = TrainingResult(run_dir, run_dir / PSNR_WEIGHTS, None)
+    result = TrainingResult(run_dir, run_dir / PSNR_WEIGHTS, None, config_file=config_file)
 
     def redraw() -> None:
         if (run_dir / "log.jsonl").is_file():
