@@ -234,8 +234,8 @@ def sweep_figure(path: Path, results: list[HeldOutResult], reference: Reference)
         panels.append((
             f"held-out photos, {result.degradation} inputs: BRISQUE (lower is more natural) against PSNR-Y",
             [
-                ("ours, strength 0 → 1", xs, ys),
-                ("bicubic — reference", line_x, line_y),
+                ("ours, strength 0 to 1", xs, ys),
+                ("line from bicubic to the reference", line_x, line_y),
                 ("bicubic", line_x[:1], line_y[:1]),
                 (reference.name, line_x[1:], line_y[1:]),
             ],
