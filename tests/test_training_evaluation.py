@@ -77,7 +77,9 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
     kept = sorted((run / "reference-outputs").glob("*.png"))
     assert len(kept) == 2
     stamps = [p.stat().st_mtime_ns for p in kept]
+    first = (weights / "tiny-x4-psnr.safetensors").read_bytes()
     export_models(config, result, None)
+    assert (weights / "tiny-x4-psnr.safetensors").read_bytes() == first  # the same file, the same sha256
     assert [p.stat().st_mtime_ns for p in kept] == stamps
     def held_out(text: str) -> str:
         return text[text.index("## Held-out") : text.index("## Speed")]

@@ -165,7 +165,9 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
     for kind, state in states.items():
         filename = f"{name}-{kind}.safetensors"
         path = out_dir / filename
-        save_file(state, str(path), metadata={"format": "pt", "source": "ours", "model": f"{name}-{kind}"})
+        # One metadata entry: safetensors writes several in no fixed order, and the file's sha256
+        # would then change from one export of the same weights to the next.
+        save_file(state, str(path), metadata={"model": f"{name}-{kind}"})
         files[kind] = (filename, sha256_file(path))
         written.append(path)
 
