@@ -50,6 +50,7 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
         "export": {
             "name": "tiny-x4", "dir": str(weights), "description": "test model",
             "limitations": "Not sharp enough yet.",
+            "model_descriptions": {"psnr": "Photo — tiny, faithful"},
             "reference": str(reference), "brisque": True, "evaluation_degradations": ["bicubic", "train"],
             "reference_degradations": ["bicubic"],
             "strengths": [0.0, 0.5, 1.0],
@@ -59,6 +60,9 @@ def test_held_out_card_has_both_degradations_the_reference_brisque_sweep_and_spe
         },
     })
     written = export_models(config, result, None)
+    entries = {m["name"]: m for m in json.loads((weights / "manifest.json").read_text())["models"]}
+    assert entries["tiny-x4-psnr"]["description"] == "Photo — tiny, faithful"  # what the plug-in lists
+    assert entries["tiny-x4-gan"]["description"] == "test model (GAN fine-tune)."
     card = (weights / "cards/tiny-x4.md").read_text()
     assert "## Held-out photos, bicubic ×4 downscale" in card
     assert "## Held-out photos, the training degradations on every photo" in card
@@ -102,3 +106,9 @@ def test_evaluation_degradations_are_checked() -> None:
     with pytest.raises(ConfigError, match="evaluation_degradations"):
         parse_config(config)
     assert json.dumps(parse_config({"data": config["data"]}).export.evaluation_degradations) == '["bicubic"]'
+
+
+def test_model_descriptions_name_the_pairs_ends_only() -> None:
+    config = {"data": {"sources": [{"kind": "dead_leaves"}]}, "export": {"model_descriptions": {"sharp": "x"}}}
+    with pytest.raises(ConfigError, match="model_descriptions has the keys 'psnr' and/or 'gan'"):
+        parse_config(config)

@@ -126,6 +126,9 @@ class ExportConfig:
     manifest: str = ""
     cards: str = ""
     description: str = ""
+    # The one-line description each exported model gets in the manifest, which the plug-in's model
+    # list shows (keys "psnr", "gan"); a model without one gets `description` and its role.
+    model_descriptions: dict[str, str] = field(default_factory=dict)
     licence: str = "BSD-3-Clause"
     # Free text added to the card, e.g. how a run was resumed with changed settings, and what the
     # models cannot do yet (the card's closing "Limitations" section).
@@ -204,6 +207,8 @@ class TrainConfig:
             raise ConfigError("data.teacher_cache needs data.teacher and a positive data.teacher_cache_size")
         if self.psnr.iterations < 0 or self.gan.iterations < 0:
             raise ConfigError("stage iterations must be non-negative")
+        if not set(self.export.model_descriptions) <= {"psnr", "gan"}:
+            raise ConfigError("export.model_descriptions has the keys 'psnr' and/or 'gan'")
         if self.model.init_blend and (not self.model.init or not 0.0 <= self.model.init_blend_weight <= 1.0):
             raise ConfigError("model.init_blend needs model.init and an init_blend_weight between 0 and 1")
         try:

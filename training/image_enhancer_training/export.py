@@ -108,12 +108,13 @@ def _entry(
     pair: dict[str, str] | None,
     sources: tuple[Source, ...],
 ) -> ModelEntry:
-    role = "GAN fine-tune" if name.endswith("-gan") else "PSNR-oriented"
+    kind, role = ("gan", "GAN fine-tune") if name.endswith("-gan") else ("psnr", "PSNR-oriented")
+    description = config.export.model_descriptions.get(kind) or f"{config.export.description} ({role})."
     return ModelEntry(
         name=name,
         architecture=arch,
         scale=config.model.scale,
-        description=f"{config.export.description} ({role}).".strip(),
+        description=description.strip(),
         license=config.export.licence,
         source="ours",
         card=f"cards/{config.export.name}.md",
