@@ -109,6 +109,6 @@ def test_evaluation_degradations_are_checked() -> None:
 
 
 def test_model_descriptions_name_the_pairs_ends_only() -> None:
-    config = {"data": {"sources": [{"kind": "dead_leaves"}]}, "export": {"model_descriptions": {"sharp": "x"}}}
+    config = {"data": {"sources": [{"kind": "dead_leaves"}]}, "export": {"model_descriptions": {"a": "x"}}}
     with pytest.raises(ConfigError, match="model_descriptions has the keys 'psnr' and/or 'gan'"):
         parse_config(config)

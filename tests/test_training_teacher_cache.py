@@ -75,7 +75,7 @@ def test_an_interrupted_build_resumes_with_the_same_samples(tmp_path: Path, teac
     config.data.teacher_cache_size = 7  # growing the cache keeps the samples already there
     build_teacher_cache(config, progress=False)
     assert all(sample_path(folder, i).read_bytes() == before[i] for i in range(5))
-    assert sample_path(folder, 6).is_file() and not list(folder.glob("*.partial"))
+    assert sample_path(folder, 6).is_file() and not list(folder.glob("*.part"))
 
 
 def test_a_cache_built_with_other_settings_is_refused(tmp_path: Path, teacher_file: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from image_enhancer.models.registry import load_model
+from image_enhancer.weights.integrity import write_atomically
 from image_enhancer.weights.interpolation import interpolate
 from image_enhancer.weights.safe_load import load_state_dict
 
@@ -65,13 +67,16 @@ def held_out_set(config: TrainConfig, degradation: str) -> ValidationSet:
     return ValidationSet(vcfg, config.model.scale, config.seed + 1, damage)
 
 
-def _module(state: dict[str, Tensor]) -> nn.Module:
+def served_module(state: dict[str, Tensor]) -> nn.Module:
+    """The network the engine serves for these (possibly fp16) weights, in fp32."""
     return load_model({k: v.float() for k, v in state.items()}).module
 
 
-def _to_png(image: Tensor, path: Path) -> None:
+def _png(image: Tensor) -> bytes:
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+    encoded = io.BytesIO()
+    Image.fromarray(array).save(encoded, format="PNG")
+    return encoded.getvalue()
 
 
 def _from_png(path: Path) -> Tensor:
@@ -97,9 +102,7 @@ class Reference:
             digest = hashlib.sha256(self.key + str(tuple(lr.shape)).encode() + quantised.numpy().tobytes())
             kept = self.keep_dir / f"{digest.hexdigest()[:24]}.png"
             if not kept.is_file():
-                output = self.module(lr[None]).clamp(0, 1)[0]
-                _to_png(output, kept.with_suffix(".partial.png"))
-                kept.with_suffix(".partial.png").replace(kept)
+                write_atomically(kept, _png(self.module(lr[None]).clamp(0, 1)[0]))
             results.append(_from_png(kept))
         return results
 
@@ -123,7 +126,8 @@ def evaluate_held_out(
         cpu = torch.device("cpu")
         bicubic = [bicubic_upscale(lr[None], data.scale)[0] for lr in data.lr]
         rows = [_row("bicubic", bicubic, data, ex.brisque)]
-        rows += [_row(labels[k], data.run(_module(s), cpu), data, ex.brisque) for k, s in states.items()]
+        for kind, state in states.items():
+            rows.append(_row(labels[kind], data.run(served_module(state), cpu), data, ex.brisque))
         if reference is not None and degradation in ex.reference_degradations:
             rows.append(_row(reference.name, reference.outputs(data.lr), data, ex.brisque))
         result = HeldOutResult(degradation, len(data.hr), rows, data.lr[0])
@@ -131,7 +135,7 @@ def evaluate_held_out(
             ends = {0.0: rows[1], 1.0: rows[2]}
             for strength in ex.strengths:
                 if strength not in ends:
-                    blend = _module(interpolate(states["psnr"], states["gan"], strength))
+                    blend = served_module(interpolate(states["psnr"], states["gan"], strength))
                     ends[strength] = _row(f"{strength:g}", data.run(blend, cpu), data, True)
                 result.sweep.append((strength, ends[strength]))
         results.append(result)
@@ -143,7 +147,7 @@ def measure_speed(
 ) -> tuple[float, float, tuple[int, int]]:
     """Seconds for our model and the reference on one held-out LR input (3, H, W), in this run."""
     lr = photo[None]
-    ours = _module(state).eval()
+    ours = served_module(state).eval()
 
     def seconds(module: nn.Module, runs: int) -> float:
         with torch.no_grad():
@@ -167,7 +171,8 @@ def load_reference(config: TrainConfig, run_dir: Path) -> Reference | None:
     return Reference(path, run_dir / "reference-outputs")
 
 
-def _table(rows: list[Row]) -> str:
+def scores_table(rows: list[Row]) -> str:
+    """A Markdown table of scores, with a BRISQUE column when the rows have one."""
     with_brisque = rows[0].brisque is not None
     head = "| | PSNR-Y (dB) | SSIM-Y | sharpness |" + (" BRISQUE ↓ |" if with_brisque else "")
     lines = [head, "|---|---|---|---|" + ("---|" if with_brisque else "")]
@@ -207,7 +212,7 @@ def held_out_sections(
             )
         sections.append(
             f"## Held-out photos, {title}\n\n{result.images} {size} from {where}; never used in "
-            "training.\n\n" + _table(result.rows) + "\n\n" + " ".join(notes)
+            "training.\n\n" + scores_table(result.rows) + "\n\n" + " ".join(notes)
         )
         if result.sweep and ref is not None:
             lines = ["| strength | PSNR-Y (dB) | BRISQUE ↓ | below the bicubic–reference line |"]

@@ -35,7 +35,16 @@ from image_enhancer.weights.manifest import (
 from .config import TrainConfig, expand_path
 from .curves import save_chart
 from .degradations import jpeg, quantize
-from .evaluation import evaluate_held_out, held_out_sections, load_reference, measure_speed, sweep_figure
+from .evaluation import (
+    Row,
+    evaluate_held_out,
+    held_out_sections,
+    load_reference,
+    measure_speed,
+    scores_table,
+    served_module,
+    sweep_figure,
+)
 from .networks import stored_names
 from .validation import Scores, ValidationSet, bicubic_upscale
 
@@ -65,7 +74,7 @@ def _half(path: Path) -> dict[str, Tensor]:
 
 
 def _evaluate(state: dict[str, Tensor], data: ValidationSet) -> Scores:
-    return data.evaluate(_module(state), torch.device("cpu"))
+    return data.evaluate(served_module(state), torch.device("cpu"))
 
 
 def damaged_inputs(data: ValidationSet, seed: int = 0) -> list[Tensor]:
@@ -78,15 +87,11 @@ def damaged_inputs(data: ValidationSet, seed: int = 0) -> list[Tensor]:
     return damaged
 
 
-def _module(state: dict[str, Tensor]) -> torch.nn.Module:
-    return load_model({k: v.float() for k, v in state.items()}).module
-
-
 def _restoration_figure(path: Path, data: ValidationSet, states: dict[str, dict[str, Tensor]]) -> None:
     """One damaged crop: bicubic of the damaged input | each model's output | ground truth."""
     lr = damaged_inputs(data)[:1]
     tiles = [bicubic_upscale(lr[0][None], data.scale)[0]]
-    tiles += [data.run(_module(state), torch.device("cpu"), lr)[0] for state in states.values()]
+    tiles += [data.run(served_module(state), torch.device("cpu"), lr)[0] for state in states.values()]
     tiles.append(data.hr[0])
     row = torch.cat(tiles, dim=2)
     Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
@@ -96,7 +101,7 @@ def _damaged_scores(state: dict[str, Tensor] | None, data: ValidationSet) -> Sco
     lr = damaged_inputs(data)
     if state is None:
         return data.score_outputs([bicubic_upscale(x[None], data.scale)[0] for x in lr])
-    return data.score_outputs(data.run(_module(state), torch.device("cpu"), lr))
+    return data.score_outputs(data.run(served_module(state), torch.device("cpu"), lr))
 
 
 def _entry(
@@ -239,9 +244,7 @@ class Report:
         self.figures: list[tuple[str, str]] = []
 
     def _table(self, rows: list[tuple[str, Scores]]) -> str:
-        lines = ["| | PSNR-Y (dB) | SSIM-Y | sharpness |", "|---|---|---|---|"]
-        lines += [f"| {label} | {s.psnr:.2f} | {s.ssim:.4f} | {s.sharpness:.2f} |" for label, s in rows]
-        return "\n".join(lines)
+        return scores_table([Row(label, scores) for label, scores in rows])
 
     def validation(self, data: ValidationSet, states: dict[str, dict[str, Tensor]]) -> None:
         rows = [("bicubic", data.bicubic)] + [(self.labels[k], _evaluate(s, data)) for k, s in states.items()]

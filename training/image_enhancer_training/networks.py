@@ -30,9 +30,9 @@ def build_generator(config: ModelConfig) -> nn.Module:
         path = expand_path(config.init)
         state = {k: v.float() for k, v in load_state_dict(path).items()}
         if config.init_blend:
-            other = {k: v.float() for k, v in load_state_dict(expand_path(config.init_blend)).items()}
+            other = load_state_dict(expand_path(config.init_blend))
             try:
-                state = interpolate(state, other, config.init_blend_weight)
+                state = interpolate(state, other, config.init_blend_weight)  # in fp32
             except ValueError as exc:
                 raise ConfigError(f"model.init_blend cannot be blended with {path}: {exc}") from exc
         try:

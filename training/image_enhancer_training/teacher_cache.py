@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from image_enhancer.weights.integrity import write_atomically
+
 from .config import ConfigError, TrainConfig, expand_path
-from .data import PatchDataset
+from .data import PatchDataset, augment
 from .degradations import Degrader
 
 INFO_NAME = "cache.json"
@@ -127,11 +128,8 @@ def build_teacher_cache(
         with torch.no_grad():
             outputs = teacher(torch.cat(lqs)).clamp(0, 1)
         for index, hr, lq, output in zip(indices, hrs, lqs, outputs, strict=True):
-            path = sample_path(folder, index)
-            partial = path.with_suffix(".partial")
             tensors = {"lq": _to_uint8(lq[0]), "hr": _to_uint8(hr[0]), "teacher": _to_uint8(output)}
-            save_file(tensors, str(partial))
-            os.replace(partial, path)  # atomic: a sample file is complete or absent
+            write_atomically(sample_path(folder, index), save(tensors))  # a sample is complete or absent
         bar.update(len(indices))
     bar.close()
     return folder
@@ -165,13 +163,11 @@ class CachedSamples(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         which = int(torch.randint(0, len(self.paths), (), generator=gen))
-        flip = bool(torch.rand((), generator=gen) < 0.5)
-        turns = int(torch.randint(0, 4, (), generator=gen))
+        draws = gen.get_state()
         out = []
         for image in self.load(which):
-            image = image.float() / 255.0
-            image = image.flip(-1) if flip else image
-            out.append(torch.rot90(image, turns, dims=(-2, -1)).contiguous())
+            gen.set_state(draws)  # the same flip and rotation for all three images
+            out.append(augment(image.float() / 255.0, gen).contiguous())
         return tuple(out)
 
     def __getstate__(self) -> dict:
