@@ -84,6 +84,25 @@ def grpc_server(grpc_enhancer):
 
 
 @pytest.fixture
+def damaged_model_server(model_store, tmp_path):
+    """A server whose copy of FAST_MODEL has one bit flipped: still a loadable file, but not the one the
+    manifest pins, so a job on it fails once it is queued and loading."""
+    from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.server.app import serve
+    from image_enhancer.weights.store import ModelStore
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    data = bytearray(model_store.path_of(FAST_MODEL).read_bytes())
+    data[-5] ^= 0x01
+    (weights / model_store.path_of(FAST_MODEL).name).write_bytes(bytes(data))
+    store = ModelStore(model_store.manifest, weights_dir=weights, models_dir=tmp_path / "models")
+    running = serve(Enhancer(store, device="cpu"), "127.0.0.1:0", warm_up=[])
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def grpc_client(grpc_server):
     from image_enhancer.client.grpc_client import EnhancerClient
 

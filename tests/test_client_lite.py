@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import FAST_MODEL
 
+from image_enhancer.client.core import EnhancerError
+from image_enhancer.client.lite import LiteClient
 from image_enhancer.engine.enhancer import EnhanceOptions
 from image_enhancer.server.app import serve
 
@@ -156,3 +158,17 @@ def test_pure_python_client_against_the_real_server(token_server, unix_server, m
     assert facts["unix"] == ["SERVING", 16, 16, 16 * 16 * 3]
     assert facts["no token"].startswith("unauthenticated:")
     assert facts["no server"].startswith("unavailable:")
+
+
+def test_an_error_after_progress_reports_the_servers_status(damaged_model_server):
+    # The job fails while loading its model, after the queued and loading messages: the client must
+    # report the server's status and message, not a call that merely ended without a result.
+    stages = []
+    with LiteClient(damaged_model_server.address) as client:
+        with pytest.raises(EnhancerError) as caught:
+            client.enhance(b"\0" * 48, 4, 4, 3, "u8", model=FAST_MODEL, timeout=60,
+                           on_progress=lambda p: stages.append(p.stage))
+        assert client.health() == "SERVING"
+    assert stages[0] == "queued"
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert f"python install.py --models {FAST_MODEL}" in caught.value.message

@@ -28,7 +28,6 @@ from image_enhancer.server.jobs import JobQueue
 from image_enhancer.server.service import UploadLimits
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
-from image_enhancer.weights.store import ModelStore
 from image_enhancer.wire import ImageInfo
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -365,25 +364,14 @@ def test_not_installed_model_is_not_found_with_the_install_command(grpc_client, 
     assert caught.value.kind == "not_found"
 
 
-def test_damaged_model_file_is_failed_precondition_with_the_reinstall_command(model_store, tmp_path):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    damaged = weights / model_store.path_of(FAST_MODEL).name
-    data = bytearray(model_store.path_of(FAST_MODEL).read_bytes())
-    data[-5] ^= 0x01  # still a loadable file, but not the one the manifest pins
-    damaged.write_bytes(bytes(data))
-    store = ModelStore(model_store.manifest, weights_dir=weights, models_dir=tmp_path / "models")
-    running = serve(Enhancer(store, device="cpu"), "127.0.0.1:0", warm_up=[])
-    try:
-        with EnhancerClient(running.address) as client:
-            with pytest.raises(EnhancerError) as caught:
-                client.enhance(b"\0" * 48, 4, 4, 3, "u8", model=FAST_MODEL, timeout=60)
-            assert caught.value.code == "FAILED_PRECONDITION"
-            assert "sha256" in caught.value.message
-            assert f"python install.py --models {FAST_MODEL}" in caught.value.message
-            assert client.health() == "SERVING"
-    finally:
-        running.stop()
+def test_damaged_model_file_is_failed_precondition_with_the_reinstall_command(damaged_model_server):
+    with EnhancerClient(damaged_model_server.address) as client:
+        with pytest.raises(EnhancerError) as caught:
+            client.enhance(b"\0" * 48, 4, 4, 3, "u8", model=FAST_MODEL, timeout=60)
+        assert caught.value.code == "FAILED_PRECONDITION"
+        assert "sha256" in caught.value.message
+        assert f"python install.py --models {FAST_MODEL}" in caught.value.message
+        assert client.health() == "SERVING"
 
 
 def test_garbage_and_truncated_streams_leave_the_server_serving(grpc_server, stub, grpc_client):

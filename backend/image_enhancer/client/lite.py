@@ -130,7 +130,9 @@ class LiteClient(core.Client):
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, *_CALL_ERRORS):
                     await sender
-            return assembler.result()
+        # Only after the block: leaving it reads the call's status, so a call the server ended with an
+        # error after some progress (its deadline, a damaged model) reports that error, not a short result.
+        return assembler.result()
 
     @staticmethod
     async def _send_all(stream: Stream, call: core.EnhanceCall) -> None:
