@@ -106,6 +106,11 @@ def quantize(x: Tensor) -> Tensor:
     return torch.clamp((x * 255.0).round(), 0, 255) / 255.0
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """The 8-bit samples an image file would hold (clamped to [0, 1], rounded), on the CPU."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+
+
 def bicubic_downscale(hr: Tensor, scale: int) -> Tensor:
     """Antialiased bicubic downscale by an integer factor, quantised to 8 bits."""
     h, w = hr.shape[-2:]
@@ -133,7 +138,7 @@ def filter2d(x: Tensor, kernels: Tensor) -> Tensor:
 
 def jpeg(x: Tensor, qualities: list[int]) -> Tensor:
     """JPEG-compress each sample at its own quality through Pillow (CPU) and decode it again."""
-    arrays = (quantize(x) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arrays = to_uint8(x).permute(0, 2, 3, 1).numpy()
     out = []
     for array, quality in zip(arrays, qualities, strict=True):
         buffer = io.BytesIO()

@@ -29,6 +29,7 @@ from image_enhancer.weights.safe_load import load_state_dict
 
 from .config import TrainConfig, ValidationConfig, expand_path
 from .curves import save_chart
+from .degradations import to_uint8
 from .metrics import brisque
 from .validation import Scores, ValidationSet, bicubic_upscale
 
@@ -73,7 +74,7 @@ def served_module(state: dict[str, Tensor]) -> nn.Module:
 
 
 def _png(image: Tensor) -> bytes:
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    array = to_uint8(image).permute(1, 2, 0).numpy()
     encoded = io.BytesIO()
     Image.fromarray(array).save(encoded, format="PNG")
     return encoded.getvalue()
@@ -98,7 +99,7 @@ class Reference:
         self.keep_dir.mkdir(parents=True, exist_ok=True)
         results = []
         for lr in inputs:
-            quantised = (lr.clamp(0, 1) * 255).round().to(torch.uint8)
+            quantised = to_uint8(lr)
             digest = hashlib.sha256(self.key + str(tuple(lr.shape)).encode() + quantised.numpy().tobytes())
             kept = self.keep_dir / f"{digest.hexdigest()[:24]}.png"
             if not kept.is_file():
@@ -120,10 +121,10 @@ def evaluate_held_out(
 ) -> list[HeldOutResult]:
     """One result per configured degradation: bicubic, our models (and the sweep), the reference."""
     ex = config.export
+    cpu = torch.device("cpu")
     results = []
     for degradation in ex.evaluation_degradations:
         data = held_out_set(config, degradation)
-        cpu = torch.device("cpu")
         bicubic = [bicubic_upscale(lr[None], data.scale)[0] for lr in data.lr]
         rows = [_row("bicubic", bicubic, data, ex.brisque)]
         for kind, state in states.items():

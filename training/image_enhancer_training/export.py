@@ -34,7 +34,7 @@ from image_enhancer.weights.manifest import (
 
 from .config import TrainConfig, expand_path
 from .curves import save_chart
-from .degradations import jpeg, quantize
+from .degradations import jpeg, quantize, to_uint8
 from .evaluation import (
     Row,
     evaluate_held_out,
@@ -94,7 +94,7 @@ def _restoration_figure(path: Path, data: ValidationSet, states: dict[str, dict[
     tiles += [data.run(served_module(state), torch.device("cpu"), lr)[0] for state in states.values()]
     tiles.append(data.hr[0])
     row = torch.cat(tiles, dim=2)
-    Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    Image.fromarray(to_uint8(row).permute(1, 2, 0).numpy()).save(path)
 
 
 def _damaged_scores(state: dict[str, Tensor] | None, data: ValidationSet) -> Scores:

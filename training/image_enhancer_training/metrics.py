@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .degradations import to_uint8
+
 
 def rgb_to_y(image: Tensor) -> Tensor:
     """(…, 3, H, W) sRGB in [0, 1] → (…, 1, H, W) BT.601 luma in [16, 235] / 255."""
@@ -79,7 +81,7 @@ def brisque(image: Tensor) -> float:
     from skimage.color import rgb2gray
 
     scorer = _brisque_scorer()
-    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    rgb = to_uint8(image).permute(1, 2, 0).numpy()
     gray = rgb2gray(rgb)  # the same steps as the package's own `score`
     half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
     features = [

@@ -30,7 +30,7 @@ from image_enhancer.weights.integrity import write_atomically
 
 from .config import ConfigError, TrainConfig, expand_path
 from .data import PatchDataset, augment
-from .degradations import Degrader
+from .degradations import Degrader, to_uint8
 
 INFO_NAME = "cache.json"
 FORMAT = 1
@@ -86,10 +86,6 @@ def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def _to_uint8(x: Tensor) -> Tensor:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
-
-
 def _sample_seed(config: TrainConfig, index: int) -> int:
     # Apart from the training stages' batch seeds, which use other multiples of the run seed.
     return (config.seed * 7_000_003 + 2 * index + 1) % 2**63
@@ -128,7 +124,7 @@ def build_teacher_cache(
         with torch.no_grad():
             outputs = teacher(torch.cat(lqs)).clamp(0, 1)
         for index, hr, lq, output in zip(indices, hrs, lqs, outputs, strict=True):
-            tensors = {"lq": _to_uint8(lq[0]), "hr": _to_uint8(hr[0]), "teacher": _to_uint8(output)}
+            tensors = {"lq": to_uint8(lq[0]), "hr": to_uint8(hr[0]), "teacher": to_uint8(output)}
             write_atomically(sample_path(folder, index), save(tensors))  # a sample is complete or absent
         bar.update(len(indices))
     bar.close()
