@@ -47,13 +47,15 @@ VENDORED = {
     "multidict": ("multidict",),
     "protobuf": ("google/protobuf",),
 }
-# Our own modules the plug-in needs: the package marker, user paths, the request, the wire, the lite client.
+# Our own modules the plug-in needs: the package marker, user paths, the request, the wire, the lite client,
+# the bounded JSON reader (its settings file).
 OWN_FILES = (
     "image_enhancer/__init__.py",
     "image_enhancer/address.py",
     "image_enhancer/request.py",
     "image_enhancer/wire.py",
     "image_enhancer/paths.py",
+    "image_enhancer/safe_json.py",
     "image_enhancer/v1/__init__.py",
     "image_enhancer/v1/enhancer_pb2.py",
     "image_enhancer/client/__init__.py",

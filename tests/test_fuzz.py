@@ -13,8 +13,11 @@ import hashlib
 import io
 import math
 import os
+import resource
 import signal
 import struct
+import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +27,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from cmyk_profile import cmyk_profile
 from conftest import FAST_MODEL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import ExifTags, Image, ImageCms
 from safetensors.torch import save_file
 
-from image_enhancer.imagefiles import ImageFileError, read_image
+from image_enhancer.imagefiles import ImageFile, ImageFileError, read_image, write_image
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import validation
 from image_enhancer.server.service import MAX_STATUS_MESSAGE
@@ -278,6 +282,120 @@ def test_lying_png_headers_give_an_image_or_a_clear_error(image_seeds, tmp_path,
     check_read(path)
 
 
+# --- TIFF layouts, ICC profiles and EXIF --------------------------------------------------------------------
+
+# Growth of the test process's peak memory one example may cause: the seeds are a few hundred pixels, so
+# anything near this is a decoder trusting a lying header.
+EXAMPLE_PEAK_LIMIT_MIB = 256
+
+
+@contextlib.contextmanager
+def bounded_peak_memory() -> Iterator[None]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown < EXAMPLE_PEAK_LIMIT_MIB, f"one example raised the peak memory by {grown:.0f} MiB"
+
+
+def camera_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Fuzz Camera"
+    exif[0x0112] = 6
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2026:01:02 03:04:05"
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] = "N"
+    return exif.tobytes()
+
+
+def tiff_seeds(folder: Path) -> dict[str, bytes]:
+    """Small TIFFs of each layout the reader honours, as starting points for mutation."""
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    gray = rgb[:, :, 0]
+    layouts = {
+        "palette": (gray, {"photometric": "palette",
+                           "colormap": rng.integers(0, 65536, (3, 256), np.uint16)}),
+        "bilevel": (gray > 127, {"photometric": "miniswhite", "bitspersample": 1}),
+        "planar-lzw": (np.moveaxis(rgb, 2, 0), {"photometric": "rgb", "planarconfig": "separate",
+                                                "compression": "lzw"}),
+        "cmyk-profile": (np.dstack([rgb, gray]), {"photometric": "separated", "iccprofile": cmyk_profile()}),
+        "cmyk": (np.dstack([rgb, gray]), {"photometric": "separated", "compression": "zstd"}),
+        "assoc-alpha": (np.dstack([rgb, gray]), {"photometric": "rgb", "extrasamples": [1],
+                                                 "compression": "zlib"}),
+        "jpeg-tiles": (np.tile(rgb, (4, 4, 1)), {"photometric": "rgb", "compression": "jpeg",
+                                                 "tile": (16, 16)}),
+        "float": (rgb.astype(np.float32) / 255, {"photometric": "rgb", "compression": "zlib",
+                                                 "predictor": True}),
+        "oriented": (rgb, {"photometric": "rgb", "extratags": [(274, "H", 1, 8, True)]}),
+    }
+    seeds = {}
+    for name, (pixels, options) in layouts.items():
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, pixels, metadata=None, **options)
+        seeds[name] = buffer.getvalue()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    write_image(folder / "exif.tif", ImageFile(rgb.astype(np.uint16) * 257, icc, camera_exif()))
+    seeds["exif"] = (folder / "exif.tif").read_bytes()  # our own writer's EXIF sub-IFDs
+    return seeds
+
+
+@pytest.fixture(scope="module")
+def tiff_layout_seeds(tmp_path_factory) -> dict[str, bytes]:
+    return tiff_seeds(tmp_path_factory.mktemp("tiffs"))
+
+
+TIFF_LAYOUTS = ["palette", "bilevel", "planar-lzw", "cmyk-profile", "cmyk", "assoc-alpha", "jpeg-tiles",
+                "float", "oriented", "exif"]
+
+
+@FUZZ
+@given(data=st.data(), layout=st.sampled_from(TIFF_LAYOUTS))
+def test_mutated_tiff_layouts_give_an_image_or_a_clear_error(tiff_layout_seeds, tmp_path, data, layout):
+    seed = tiff_layout_seeds[layout]
+    path = tmp_path / "fuzz.tif"
+    path.write_bytes(mutate(seed, data.draw(mutations(len(seed)))))
+    with bounded_peak_memory():
+        check_read(path)
+
+
+def embed(suffix: str, pixels: np.ndarray, icc: bytes, exif: bytes) -> bytes:
+    """A file of type `suffix` carrying the (possibly damaged) profile and EXIF as its own metadata."""
+    buffer = io.BytesIO()
+    if suffix == ".tif":  # a TIFF keeps its profile in a tag; tifffile stores it as given
+        tifffile.imwrite(buffer, pixels, photometric="rgb", iccprofile=icc, metadata=None)
+    else:
+        fmt = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}[suffix]
+        Image.fromarray(pixels).save(buffer, format=fmt, icc_profile=icc, exif=exif)
+    return buffer.getvalue()
+
+
+@settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 3))
+@given(data=st.data(), suffix=st.sampled_from([".jpg", ".png", ".webp", ".tif"]))
+def test_mutated_icc_and_exif_give_an_image_or_a_clear_error_and_outputs_read_back(tmp_path, data, suffix):
+    """Damaged metadata is read or dropped, never fatal to the picture; and whatever was read is written
+    to every output format in a form our own reader (and so Pillow) opens again."""
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = camera_exif()
+    icc = mutate(icc, data.draw(mutations(len(icc)))) if data.draw(st.booleans()) else icc
+    exif = mutate(exif, data.draw(mutations(len(exif))))
+    pixels = np.random.default_rng(3).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    path = tmp_path / f"metadata{suffix}"
+    try:
+        path.write_bytes(embed(suffix, pixels, icc, exif))
+    except (ValueError, OSError, struct.error, TypeError):
+        return  # metadata the encoders themselves refuse to write cannot reach a reader
+    with time_limit(), bounded_peak_memory():
+        try:
+            image = read_image(path)
+        except ImageFileError as error:
+            assert str(error)
+            return
+        for output in (".png", ".jpg", ".tif", ".webp"):
+            written = tmp_path / f"out{output}"
+            written.unlink(missing_ok=True)
+            write_image(written, image)
+            assert read_image(written).pixels.shape == image.pixels.shape, output
+
+
 # --- weight files -----------------------------------------------------------------------------------------
 
 
@@ -305,3 +423,49 @@ def test_mutated_weight_files_give_tensors_or_a_clear_error(weight_seeds, tmp_pa
         else:
             assert state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
     assert hashlib.sha256(path.read_bytes()).digest() == before
+
+
+# --- concurrent writers ---------------------------------------------------------------------------------
+
+
+@settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 5))
+@given(names=st.lists(st.integers(0, 2), min_size=2, max_size=6), seed=st.integers(0, 2**32 - 1),
+       suffix=st.sampled_from([".png", ".tif", ".bmp"]))  # lossless: the picture read back is the one written
+def test_concurrent_writers_without_overwrite_leave_one_whole_file_per_name(names, seed, suffix):
+    """Writers started together, each with its own picture, onto overlapping names, none allowed to
+    replace: each name ends up holding one writer's complete picture, exactly that writer reports
+    success, the others are told the file appeared, and no temporary file is left."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for index in range(len(names)):
+        height, width = (int(side) for side in rng.integers(1, 40, size=2))
+        picture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        picture[0, 0, 0] = index  # no two writers' pictures are the same
+        pictures.append(picture)
+    outcomes: list[object] = [None] * len(names)
+    barrier = threading.Barrier(len(names), timeout=EXAMPLE_LIMIT_S)
+    with tempfile.TemporaryDirectory() as folder, time_limit():
+
+        def write(index: int) -> None:
+            target = Path(folder) / f"name{names[index]}{suffix}"
+            barrier.wait()
+            try:
+                write_image(target, ImageFile(pictures[index]), overwrite=False)
+                outcomes[index] = "written"
+            except OSError as error:
+                outcomes[index] = error
+
+        writers = [threading.Thread(target=write, args=(index,)) for index in range(len(names))]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(EXAMPLE_LIMIT_S)
+        for name in set(names):
+            path = Path(folder) / f"name{name}{suffix}"
+            team = [index for index, chosen in enumerate(names) if chosen == name]
+            winners = [index for index in team if outcomes[index] == "written"]
+            assert len(winners) == 1, f"{path.name}: {[outcomes[index] for index in team]}"
+            assert np.array_equal(read_image(path).pixels, pictures[winners[0]])
+            for loser in set(team) - set(winners):
+                assert "appeared while this run was writing it" in str(outcomes[loser])
+        assert sorted(os.listdir(folder)) == sorted(f"name{name}{suffix}" for name in set(names))

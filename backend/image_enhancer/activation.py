@@ -61,6 +61,8 @@ class Activator:
         self._starting = asyncio.Lock()
         self._connections = 0
         self._last_seen = time.monotonic()
+        self._relays: set[asyncio.Task] = set()  # one task per client connection
+        self._closing = False
 
     async def _backend_ready(self) -> None:
         """Start the server unless it runs; return once its socket accepts connections."""
@@ -91,8 +93,11 @@ class Activator:
                 return
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One client connection, relayed both ways until either side closes."""
+        """One client connection, relayed both ways until either side closes (or `close_connections`)."""
         self._connections += 1
+        relay = asyncio.current_task()
+        self._relays.add(relay)
+        backend_writer = None
         try:
             try:
                 await self._backend_ready()
@@ -101,10 +106,27 @@ class Activator:
                 log.error("no backend for a client: %s (log: %s)", error, backend_log())
                 return
             await asyncio.gather(_pipe(reader, backend_writer), _pipe(backend_reader, writer))
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Closed because the listener stops: an ordinary end (a cancelled connection task would be
+            # reported with a traceback by asyncio's stream server on Python 3.11).
         finally:
+            self._relays.discard(relay)
             self._connections -= 1
             self._last_seen = time.monotonic()
+            if backend_writer is not None:
+                backend_writer.close()
             writer.close()
+
+    async def close_connections(self) -> int:
+        """End every relayed connection (the listener is stopping); how many there were."""
+        self._closing = True
+        relays = list(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+        return len(relays)
 
     async def stop_when_idle(self) -> None:
         """Stop the server after `idle_stop_s` without connections (it starts again on the next one)."""
@@ -174,15 +196,27 @@ def run_activate(args: argparse.Namespace) -> int:
         else:
             server = await asyncio.start_server(activator.handle, host, port)
         stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(number: int) -> None:
+            received.append(number)
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
         print(
             f"image-enhancer activate: listening on {args.address}; the backend starts on demand", flush=True
         )
         idle = asyncio.ensure_future(activator.stop_when_idle())
         async with server:
             await stop.wait()
+            server.close()  # no new connections; then the open ones end, before the loop does
+            closed = await activator.close_connections()
+            log.info(
+                "%s received: stopping; %d relayed connection(s) closed",
+                signal.Signals(received[0]).name, closed,
+            )
         idle.cancel()
 
     try:

@@ -1,12 +1,16 @@
 """Enhancing files and folders from the command line, in process or through a running server.
 
-One bad file is reported and the batch goes on; an input is never overwritten.
+One bad file is reported and the batch goes on; an input is never overwritten, and an output only with
+--overwrite, even when another run writes into the same folder at the same time (image_enhancer.publish).
+Only regular files are read: a named pipe, socket or device would block the batch or never end.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -25,6 +29,7 @@ from image_enhancer.imagefiles import (
     to_uint8,
     write_image,
 )
+from image_enhancer.publish import describe_write_error, remove_stale_temporaries
 from image_enhancer.request import EnhanceOptions
 
 # How long `--server` waits for a server that answers but is still loading its models.
@@ -46,9 +51,16 @@ class Job:
     target: Path
 
 
-def collect_jobs(inputs: list[str], output: str, suffix: str | None, recursive: bool) -> list[Job]:
-    """Pair each input image with its output path. Raises ValueError for unusable arguments."""
-    sources = list(_expand_inputs([Path(item) for item in inputs], recursive))
+def collect_jobs(
+    inputs: list[str], output: str, suffix: str | None, recursive: bool, skipped: list[str] | None = None
+) -> list[Job]:
+    """Pair each input image with its output path. Raises ValueError for unusable arguments.
+
+    Entries of a folder that are named like images but are not regular files (a named pipe, a socket, a
+    device, a folder called `x.png`) are left out, with a one-line reason appended to `skipped`; a path
+    named on the command line is kept, and refused when its turn comes (check_regular_file)."""
+    skipped = [] if skipped is None else skipped
+    sources = list(_expand_inputs([Path(item) for item in inputs], recursive, skipped))
     if not sources:
         raise ValueError("no input images found (readable: " + ", ".join(sorted(READABLE_SUFFIXES)) + ")")
     out = Path(output)
@@ -67,24 +79,75 @@ def collect_jobs(inputs: list[str], output: str, suffix: str | None, recursive: 
     return jobs
 
 
-def _expand_inputs(paths: list[Path], recursive: bool) -> Iterator[Path]:
+def _expand_inputs(paths: list[Path], recursive: bool, skipped: list[str]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            yield from sorted(p for p in path.glob(pattern) if p.suffix.lower() in READABLE_SUFFIXES)
+            for found in sorted(p for p in path.glob(pattern) if p.suffix.lower() in READABLE_SUFFIXES):
+                kind = _kind_of(found)
+                if kind is None:
+                    yield found
+                elif kind != "a folder":
+                    skipped.append(f"skipped {found}: {kind}, not an image file")
+                elif not recursive:  # with --recursive its images are among those found
+                    skipped.append(f"skipped {found}: {kind} (pass --recursive to enhance the images in it)")
         elif path.exists():
             yield path
         else:
             raise ValueError(f"{path}: no such file or folder")
 
 
-def run_batch(args: argparse.Namespace) -> int:
+def _kind_of(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else what it is, in words. Never opens it."""
     try:
-        jobs = collect_jobs(args.inputs, args.output, args.format, args.recursive)
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # gone or unreadable: reading it gives the clear error
+    return _describe_mode(mode)
+
+
+def _describe_mode(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse an input that is not a regular file before anything reads it: opening a named pipe blocks
+    until a writer comes, and a device may never end. Checked from its status first (opening some
+    devices has effects), then from the opened file, opened without blocking, so a file swapped for a
+    pipe in between is caught too."""
+    kind = _kind_of(path)
+    if kind is None:
+        try:
+            handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        except OSError:
+            return  # reading it gives the clear error (no such file, permission denied)
+        try:
+            kind = _describe_mode(os.fstat(handle).st_mode)
+        finally:
+            os.close(handle)
+    if kind is not None:
+        raise ValueError(f"{path} is {kind}, not an image file")
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    skipped: list[str] = []
+    try:
+        jobs = collect_jobs(args.inputs, args.output, args.format, args.recursive, skipped)
         enhance = _make_enhance_function(args)
     except (ValueError, LookupError, ConnectionError, EnhancerError) as error:
+        for note in skipped:
+            print(note, file=sys.stderr)
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for note in skipped:
+        print(note, file=sys.stderr)
+    for folder in sorted({job.target.parent for job in jobs}):
+        for stale in remove_stale_temporaries(folder):
+            print(f"removed {stale}: a temporary file left by an interrupted run", file=sys.stderr)
     failures = 0
     batch_errors = _batch_errors(remote=bool(args.server))
     inputs = input_identities([job.source for job in jobs])
@@ -147,6 +210,7 @@ def _process(
     compare_path = job.target.with_name(job.target.stem + "_compare.png") if compare else None
     for target in filter(None, (job.target, compare_path)):
         check_writable(target, inputs, overwrite)
+    check_regular_file(job.source)
     image = read_image(job.source, enhance.max_input_pixels)
     with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
 
@@ -159,10 +223,16 @@ def _process(
             bar.set_postfix_str(stage)
 
         result = enhance.run(image.pixels, report)
-    job.target.parent.mkdir(parents=True, exist_ok=True)
-    write_image(job.target, ImageFile(result, image.icc_profile, image.exif))
+    try:
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise describe_write_error(error, job.target) from error
+    # check_writable above saves the work on outputs that exist; the no-replace publish here is what
+    # keeps one that appeared since (another run into the same folder, say).
+    write_image(job.target, replace(image, pixels=result), overwrite=overwrite)
     if compare_path is not None:
-        write_image(compare_path, ImageFile(side_by_side(image.pixels, result), image.icc_profile))
+        compare = ImageFile(side_by_side(image.pixels, result), image.icc_profile)
+        write_image(compare_path, compare, overwrite=overwrite)
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -199,6 +269,7 @@ def _make_enhance_function(args: argparse.Namespace) -> Enhance:
 
 def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.estimate import Planner
     from image_enhancer.weights.store import ModelStore
     from image_enhancer.wire import find_model
 
@@ -211,9 +282,13 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
         limits["max_output_pixels"] = max(1, round(args.max_output_megapixels * 1e6))
     enhancer = Enhancer(store, device=args.device, precision=args.precision, runtime=args.runtime, **limits)
     print(f"device: {enhancer.compute.describe()}", file=sys.stderr)
+    planner = Planner.for_enhancer(enhancer)
+    if not args.model:  # the dialog's device-aware suggestion; -m always wins
+        options = replace(options, model=planner.default_model())
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
-        return enhancer.enhance(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
+        tqdm.write(planner.announce(pixels, options), file=sys.stderr)  # before the work starts
+        return planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
 
     return Enhance(enhance, enhancer.max_pixels)
 

@@ -104,12 +104,27 @@ def _add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float, default=None, help="refuse results larger than this",
     )
     parser.add_argument(
-        "--server", default=None, help="send work to a running server (host:port or unix:PATH)"
+        "--server", default=None,
+        help="send work to a running server (host:port or unix:PATH), or to several, balanced round-robin "
+        "(dns:///NAME:PORT, ipv4:A:PORT,B:PORT)",
     )
     parser.add_argument("--token", default=None, help="access token for a remote server")
+    parser.add_argument(
+        "--cluster", default=None, metavar="auto|ray://HOST:PORT",
+        help="run the batch on a Ray cluster (pip install 'image-enhancer[cluster]'); auto: the local "
+        "one, or a new one on this machine. Resumable: a rerun does only what is missing",
+    )
+    parser.add_argument(
+        "--cluster-actor-cpus", type=int_in(1, 1024), default=None,
+        help="CPU cores per enhancer on CPU nodes (default: a whole node's)",
+    )
 
 
 def _run_enhance(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from image_enhancer.cluster.run import run_cluster
+
+        return run_cluster(args)
     from image_enhancer.batch import run_batch
 
     return run_batch(args)
@@ -117,10 +132,12 @@ def _run_enhance(args: argparse.Namespace) -> int:
 
 def _run_models(args: argparse.Namespace) -> int:
     from image_enhancer.weights.store import ModelStore
+    from image_enhancer.wire import printable
 
     store = ModelStore()
+    survey = store.survey()
     rows = [("name", "arch", "scale", "installed", "strength", "licence")]
-    for info in store.list():
+    for info in survey.models:
         name = info.name + (" (default)" if info.is_default else "")
         rows.append(
             (
@@ -132,10 +149,15 @@ def _run_models(args: argparse.Namespace) -> int:
                 info.license,
             )
         )
+    rows = [tuple(printable(cell) for cell in row) for row in rows]  # nothing from a file splits a row
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    if any(not info.installed for info in store.list()):
+    if survey.broken:
+        print(f"\nFiles in {printable(str(store.models_dir))} that offer no model:")
+        for broken in survey.broken:
+            print(f"  {printable(broken.file)}: {printable(broken.reason)}")
+    if any(not info.installed for info in survey.models):
         print("\nInstall missing models with: python install.py --models NAME")
     return 0
 

@@ -1,27 +1,41 @@
 """Reading and writing image files for the CLI, keeping bit depth, ICC profile and EXIF.
 
-Pillow cannot hold 16-bit colour images, so 16-bit colour PNGs go through pypng and TIFFs through
-tifffile; everything else goes through Pillow. Pixels come out as H×W×C numpy arrays (C = 1–4) of
-uint8, uint16 or float32, the forms the engine accepts.
+Pillow reads and writes JPEG, WebP, BMP and 8-bit PNG; 16-bit colour PNGs, which Pillow cannot hold, go
+through pypng, and TIFFs through tifffile and imagecodecs (image_enhancer.tiff_files). Pixels come out
+upright (the file's orientation applied) as H×W×C numpy arrays (C = 1–4) of uint8, uint16 or float32,
+the forms the engine accepts; the ICC profile and EXIF ride along (image_enhancer.image_metadata).
+
+A decoder is held to what the header promises before it decodes: the pixel limit is checked from the
+header, and no compressed stream may inflate beyond what the header's size needs.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
+import io
+import logging
+import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import png
-from PIL import Image
+from PIL import Image, ImageCms
+
+from image_enhancer import image_metadata
+from image_enhancer.publish import publish
+
+log = logging.getLogger(__name__)
 
 READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 WRITABLE_SUFFIXES = READABLE_SUFFIXES
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ICC_TIFF_TAG = 34675
+INFLATE_STEP = 1 << 20  # bytes inflated at a time while checking a PNG's image data
+MAX_WEBP_CHUNKS = 64  # chunks looked at before the image chunk of a WebP (a few are normal)
 
 
 class ImageFileError(ValueError):
@@ -33,6 +47,11 @@ class ImageFile:
     pixels: np.ndarray
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    # The file the pixels were read from: warnings about what an output cannot carry name it.
+    source: Path | None = None
+    # Stored without loss in a format that also has a lossy mode (lossless WebP): a WebP output of it
+    # is written losslessly too.
+    lossless: bool = False
 
 
 def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
@@ -49,7 +68,9 @@ def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
                     f"of {max_pixels / 1e6:.1f} megapixels"
                 )
         if path.suffix.lower() in TIFF_SUFFIXES:
-            return _read_tiff(path)
+            from image_enhancer.tiff_files import read_tiff
+
+            return read_tiff(path)
         if _is_16bit_colour_png(path):
             return _read_png16(path)
         return _read_with_pillow(path)
@@ -58,61 +79,55 @@ def read_image(path: Path, max_pixels: int | None = None) -> ImageFile:
     except FileNotFoundError as error:
         raise ImageFileError(f"{path}: no such file") from error
     except Exception as error:
-        # The decoders (Pillow, pypng, tifffile) parse untrusted bytes and each has its own error
-        # types, several not ValueError or OSError (pypng's ChunkError, struct.error, EOFError, ...):
-        # whatever they raise, the file cannot be read.
+        # The decoders (Pillow, pypng, tifffile, imagecodecs) parse untrusted bytes and each has its own
+        # error types, several not ValueError or OSError (pypng's ChunkError, struct.error, EOFError,
+        # ...): whatever they raise, the file cannot be read.
         raise ImageFileError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
 
 
 def _header_size(path: Path) -> tuple[int, int]:
     """(width, height) as the file's header states it; no pixels are decoded."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
+        from image_enhancer.tiff_files import header_size
 
-        with tifffile.TiffFile(path) as tiff:
-            page = tiff.pages[0]
-            return int(page.imagewidth), int(page.imagelength)
-    with Image.open(path) as im:
+        return header_size(path)
+    with _open_with_pillow(path) as im:
         return im.size
 
 
-def write_image(path: Path, image: ImageFile) -> None:
+@contextlib.contextmanager
+def _open_with_pillow(path: Path) -> Iterator[Image.Image]:
+    # Pillow's warnings stay off the user's terminal: about large images (past 89 megapixels), our pixel
+    # limit is checked from the header first; about EXIF it can only partly parse, we keep what it could
+    # (image_metadata warns, naming the file, when it drops any).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        with Image.open(path) as im:
+            yield im
+
+
+def write_image(path: Path, image: ImageFile, *, overwrite: bool = True) -> None:
     """Write `image` to `path`; the suffix picks the format. 8-bit-only formats get rounded samples.
 
-    The file is written beside `path` under a temporary name and then renamed over it, so an existing
-    file at `path` is replaced as a whole, never written into: whatever else links to its old contents
-    (a hard link to an input, say) keeps them, and an interrupted write leaves no half-written file.
+    The file is written beside `path` under a temporary name and then put in place in one step
+    (image_enhancer.publish): an existing file is replaced as a whole, never written into, and only with
+    `overwrite`; without it, a file that is (or appears) at `path` is kept and OutputExistsError raised.
+    Disk full, quota, permission and read-only errors raise OutputError naming `path`.
     """
     path = Path(path)
     if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise ImageFileError(f"{path}: unsupported output type {path.suffix!r}")
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary_name)
-    try:
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it owner-only
-        _write_new(temporary, image)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    publish(path, lambda temporary: _write_new(temporary, image), overwrite)
 
 
 def _write_new(path: Path, image: ImageFile) -> None:
     suffix = path.suffix.lower()
+    icc, exif = image_metadata.fit_for(suffix, image.icc_profile, image.exif, image.source)
     pixels = image.pixels
     if suffix in TIFF_SUFFIXES:
-        import tifffile
+        from image_enhancer.tiff_files import write_tiff
 
-        photometric = "minisblack" if pixels.shape[2] <= 2 else "rgb"
-        extras = {"extrasamples": [2]} if pixels.shape[2] in (2, 4) else {}
-        tifffile.imwrite(path, pixels, photometric=photometric, iccprofile=image.icc_profile, **extras)
+        write_tiff(path, image, icc, exif)
         return
     if suffix in EIGHT_BIT_ONLY_SUFFIXES:
         pixels = to_uint8(pixels)
@@ -122,15 +137,18 @@ def _write_new(path: Path, image: ImageFile) -> None:
         if pixels.dtype == np.float32:
             pixels = to_uint16(pixels)
         if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
-            _write_png16(path, pixels)
+            _write_png16(path, pixels, icc, exif)
             return
     options: dict[str, object] = {}
-    if image.icc_profile:
-        options["icc_profile"] = image.icc_profile
-    if image.exif and suffix in {".jpg", ".jpeg", ".webp", ".png"}:
-        options["exif"] = image.exif
-    if suffix in {".jpg", ".jpeg", ".webp"}:
+    if icc:
+        options["icc_profile"] = icc
+    if exif and suffix in {".jpg", ".jpeg", ".webp", ".png"}:
+        options["exif"] = exif
+    if suffix in {".jpg", ".jpeg"} or (suffix == ".webp" and not image.lossless):
         options["quality"] = 95
+    elif suffix == ".webp":
+        # quality is the compression effort here; exact keeps the colour under transparent pixels.
+        options.update(lossless=True, quality=100, exact=True)
     _pillow_image(pixels).save(path, **options)
 
 
@@ -150,7 +168,13 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(pixels, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
-def _refuse_animation(path: Path, frames: int) -> None:
+def to_float32(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.float32:
+        return pixels
+    return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
+
+def refuse_animation(path: Path, frames: int) -> None:
     """Only still images are enhanced: a file with more frames is refused rather than cut to one."""
     if frames > 1:
         raise ImageFileError(
@@ -159,14 +183,45 @@ def _refuse_animation(path: Path, frames: int) -> None:
         )
 
 
+def cmyk_to_rgb(path: Path, cmyk: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """CMYK samples (H×W×4) -> sRGB: through the file's own profile with littleCMS (Pillow's ImageCms,
+    at 8 bits) when it has one, else with the uncalibrated R = (1 − C)(1 − K), …; a warning says which."""
+    if icc:
+        try:
+            transform = ImageCms.buildTransform(
+                ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), "CMYK", "RGB",
+                renderingIntent=ImageCms.Intent.PERCEPTUAL,
+            )
+            rgb = ImageCms.applyTransform(Image.fromarray(to_uint8(cmyk), "CMYK"), transform)
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+            log.warning("%s: its CMYK profile cannot be used (%s); converted as uncalibrated CMYK, "
+                        "colours may differ from the print intent", path, error)
+        else:
+            depth = "" if cmyk.dtype == np.uint8 else " (through 8 bits per sample)"
+            log.warning("%s: CMYK converted to sRGB with its embedded ICC profile%s", path, depth)
+            return np.asarray(rgb, dtype=np.uint8)
+    else:
+        log.warning("%s: CMYK without an ICC profile; converted as uncalibrated CMYK "
+                    "(R = (1 − C)(1 − K), …), colours may differ from the print intent", path)
+    ink = to_float32(cmyk)
+    rgb = (1.0 - ink[:, :, :3]) * (1.0 - ink[:, :, 3:4])
+    if cmyk.dtype == np.float32:
+        return rgb.astype(np.float32)
+    return (rgb * np.iinfo(cmyk.dtype).max + 0.5).astype(cmyk.dtype)
+
+
 def _read_with_pillow(path: Path) -> ImageFile:
-    with Image.open(path) as im:
-        _refuse_animation(path, getattr(im, "n_frames", 1))
+    with _open_with_pillow(path) as im:
+        refuse_animation(path, getattr(im, "n_frames", 1))
         im.load()
-        icc = im.info.get("icc_profile")
-        exif = im.info.get("exif") or (im.getexif().tobytes() if len(im.getexif()) else None)
-        pixels = _pillow_to_array(im)
-    return ImageFile(pixels=pixels, icc_profile=icc, exif=exif)
+        icc = image_metadata.bounded_icc(im.info.get("icc_profile"), path)
+        exif = image_metadata.take_orientation(image_metadata.pillow_image_exif(im), path)
+        lossless = im.format == "WEBP" and _webp_is_lossless(path)
+        if im.mode == "CMYK":
+            pixels, icc = cmyk_to_rgb(path, np.asarray(im, dtype=np.uint8), icc), None
+        else:
+            pixels = _pillow_to_array(im)
+    return ImageFile(image_metadata.upright(pixels, exif.orientation), icc, exif.raw, path, lossless)
 
 
 def _pillow_to_array(im: Image.Image) -> np.ndarray:
@@ -199,6 +254,23 @@ def _pillow_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0] if channels == 1 else pixels))
 
 
+def _webp_is_lossless(path: Path) -> bool:
+    """Whether the WebP at `path` holds its picture as VP8L (lossless) rather than VP8 (lossy). Pillow
+    does not say; the RIFF chunk that holds the picture does."""
+    with open(path, "rb") as handle:
+        if handle.read(12)[8:] != b"WEBP":
+            return False
+        for _ in range(MAX_WEBP_CHUNKS):
+            header = handle.read(8)
+            if len(header) < 8:
+                return False
+            kind, size = header[:4], int.from_bytes(header[4:], "little")
+            if kind in (b"VP8L", b"VP8 "):
+                return kind == b"VP8L"
+            handle.seek(size + (size & 1), io.SEEK_CUR)
+    return False
+
+
 def _is_16bit_colour_png(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(26)
@@ -211,41 +283,75 @@ def _is_16bit_colour_png(path: Path) -> bool:
 def _read_png16(path: Path) -> ImageFile:
     # pypng decodes the samples (Pillow cannot hold 16-bit colour) but only an animated PNG's first
     # frame; Pillow counts the frames and reads the metadata.
-    with Image.open(path) as im:
-        _refuse_animation(path, getattr(im, "n_frames", 1))
-        icc = im.info.get("icc_profile")
-        exif = im.info.get("exif")
-    reader = png.Reader(filename=str(path))
-    width, height, rows, info = reader.asDirect()
-    channels = info["planes"]
-    pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, channels)
-    return ImageFile(pixels=pixels, icc_profile=icc, exif=exif)
+    with _open_with_pillow(path) as im:
+        refuse_animation(path, getattr(im, "n_frames", 1))
+        icc = image_metadata.bounded_icc(im.info.get("icc_profile"), path)
+        exif = image_metadata.take_orientation(im.info.get("exif"), path)
+    with open(path, "rb") as handle:
+        _check_png_inflation(path, png.Reader(file=handle))
+        handle.seek(0)
+        width, height, rows, info = png.Reader(file=handle).asDirect()
+        channels = info["planes"]
+        pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    pixels = pixels.reshape(height, width, channels)
+    return ImageFile(image_metadata.upright(pixels, exif.orientation), icc, exif.raw, path)
 
 
-def _write_png16(path: Path, pixels: np.ndarray) -> None:
+def _check_png_inflation(path: Path, reader: png.Reader) -> None:
+    """Refuse a PNG whose image data inflates beyond what its header's size needs, a step at a time,
+    before pypng (which inflates each IDAT chunk whole) sees it: a small file can otherwise hold
+    gigabytes of zeros after its image."""
+    reader.preamble()
+    needed = png_data_size(reader.width, reader.height, reader.planes * reader.bitdepth, reader.interlace)
+    inflater = zlib.decompressobj()
+    produced = 0
+    while not inflater.eof:
+        kind, data = reader.chunk()
+        if kind == b"IEND":
+            return
+        while kind == b"IDAT" and data:
+            produced += len(inflater.decompress(data, INFLATE_STEP))
+            data = inflater.unconsumed_tail
+            if produced > needed:
+                raise ImageFileError(
+                    f"{path}: its image data inflates beyond the {needed} bytes its "
+                    f"{reader.width}×{reader.height} header needs (damaged, or a decompression bomb)"
+                )
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_data_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
+    """Bytes of filtered image data (a filter byte per row) a PNG of this size holds once inflated."""
+    total = 0
+    for x, y, step_x, step_y in _ADAM7 if interlaced else ((0, 0, 1, 1),):
+        columns, rows = -(-(width - x) // step_x), -(-(height - y) // step_y)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + (columns * bits_per_pixel + 7) // 8)
+    return total
+
+
+def _write_png16(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None,
+                 exif: bytes | None = None) -> None:
     height, width, channels = pixels.shape
     writer = png.Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=16)
+    rows = pixels.reshape(height, width * channels)
+    metadata = []
+    # pypng writes neither iCCP nor eXIf itself: they go in right after IHDR, before the image data.
+    if icc_profile:
+        metadata.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    if exif:
+        metadata.append((b"eXIf", exif.removeprefix(image_metadata.EXIF_PREFIX)))
     with open(path, "wb") as handle:
-        writer.write(handle, pixels.reshape(height, width * channels))
+        if not metadata:
+            writer.write(handle, rows)
+            return
+        chunks = list(png.Reader(bytes=_png_bytes(writer, rows)).chunks())
+        png.write_chunks(handle, chunks[:1] + metadata + chunks[1:])
 
 
-def _read_tiff(path: Path) -> ImageFile:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tiff:
-        # Reduced-resolution pages are previews of the first; other pages are further images.
-        _refuse_animation(path, sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False)))
-        page = tiff.pages[0]
-        pixels = page.asarray()
-        icc_tag = page.tags.get(ICC_TIFF_TAG)
-        icc = bytes(icc_tag.value) if icc_tag is not None else None
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    if pixels.ndim != 3 or pixels.shape[2] > 4:
-        raise ImageFileError(f"{path}: unsupported TIFF layout {pixels.shape}")
-    if pixels.dtype not in (np.uint8, np.uint16, np.float32):
-        if np.issubdtype(pixels.dtype, np.floating):
-            pixels = pixels.astype(np.float32)
-        else:
-            raise ImageFileError(f"{path}: unsupported TIFF sample type {pixels.dtype}")
-    return ImageFile(pixels=np.ascontiguousarray(pixels), icc_profile=icc)
+def _png_bytes(writer: png.Writer, rows: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    writer.write(buffer, rows)
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ protobuf messages only, no grpc, numpy or torch.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TypeVar
@@ -92,6 +93,36 @@ class ModelInfo:
     # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
     output_pixels_per_second: float = 0.0
     job_fixed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BrokenModel:
+    """A file in the models folder that offers no model, and why: listed so that a person can fix it."""
+
+    name: str  # the model name it would offer, escaped like `printable` when it holds control characters
+    file: str  # its file name, escaped the same way
+    reason: str  # one line
+
+
+# Characters a model name must not hold: controls (a newline would split a listing), format characters
+# (bidirectional overrides can make one name look like another), undecodable bytes (surrogates) and
+# line or paragraph separators.
+_UNPRINTABLE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a model name, or None when it can."""
+    if any(unicodedata.category(c) in _UNPRINTABLE_CATEGORIES for c in name):
+        return "its name holds control or invisible characters (shown escaped); rename the file"
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` itself when every character shows as itself, else its escaped repr (quotes included), so
+    that a name from the disk can never split a line of output or hide as another name."""
+    if any(unicodedata.category(c) in _UNPRINTABLE_CATEGORIES for c in text):
+        return repr(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -190,6 +221,14 @@ def model_message(info: ModelInfo) -> pb.ModelInfo:
 
 def model_info(message: pb.ModelInfo) -> ModelInfo:
     return _fields(message, ModelInfo)
+
+
+def broken_model_message(broken: BrokenModel) -> pb.BrokenModel:
+    return pb.BrokenModel(**asdict(broken))
+
+
+def broken_model(message: pb.BrokenModel) -> BrokenModel:
+    return _fields(message, BrokenModel)
 
 
 def server_info(message: pb.ServerDescription) -> ServerInfo:

@@ -7,7 +7,6 @@ plug-in with the address and the command that starts the backend.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -20,6 +19,7 @@ from image_enhancer.client.core import EnhancerError, ProgressEvent
 from image_enhancer.client.lite import LiteClient
 from image_enhancer.paths import backend_log
 from image_enhancer.request import EnhanceOptions
+from image_enhancer.safe_json import load_json
 from image_enhancer.wire import DEFAULT_ADDRESS, ImageInfo, ModelInfo, ServerInfo
 
 CONFIG_NAME = "ai_enhance.json"
@@ -53,7 +53,7 @@ def load_config(folder: Path) -> BackendConfig:
     if not path.exists():
         return BackendConfig()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path, max_bytes=256 * 1024)  # an address and a command line
         return BackendConfig(
             address=str(data.get("address") or DEFAULT_ADDRESS),
             command=tuple(str(part) for part in data.get("backend_command") or ()),

@@ -17,6 +17,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from image_enhancer.safe_json import load_json
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not match the run."""
@@ -75,8 +77,8 @@ def load_latest(directory: Path) -> Checkpoint | None:
     if not pointer.is_file():
         return None
     try:
-        stem = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        meta = json.loads((directory / f"{stem}.json").read_text(encoding="utf-8"))
+        stem = load_json(pointer, max_bytes=4096)["checkpoint"]
+        meta = load_json(directory / f"{stem}.json", max_bytes=64 << 20)  # optimizer scalars per tensor
         tensors = load_file(str(directory / f"{stem}.safetensors"), device="cpu")
     except (OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"cannot read the latest checkpoint in {directory}: {exc}") from exc

@@ -7,7 +7,6 @@ the user's converted-weights folder and `~` to the home folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ try:  # Python 3.11+; on 3.10 configs must be JSON.
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
     tomllib = None  # type: ignore[assignment]
+
+from image_enhancer.safe_json import JsonFileError, load_json
 
 from .data import SourceConfig
 from .degradations import DegradationConfig
@@ -298,12 +299,12 @@ def _read_config(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"training config {path} extends itself")
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path, max_bytes=1 << 20)
         elif tomllib is None:
             raise ConfigError(f"{path}: TOML configs need Python 3.11 or newer; use a JSON config")
         else:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, JsonFileError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     base = data.pop("extends", None)
     if base is None:

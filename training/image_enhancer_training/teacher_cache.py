@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from image_enhancer.safe_json import load_json
 from image_enhancer.weights.integrity import write_atomically
 
 from .config import ConfigError, TrainConfig, expand_path
@@ -76,7 +77,7 @@ def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
     info = folder / INFO_NAME
     if not info.is_file():
         return
-    recorded = json.loads(info.read_text(encoding="utf-8"))
+    recorded = load_json(info, max_bytes=1 << 20)
     wanted = json.loads(json.dumps(settings))  # tuples → lists, as the file has them
     if recorded != wanted:
         changed = sorted(k for k in wanted | recorded if recorded.get(k) != wanted.get(k))

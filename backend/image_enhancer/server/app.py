@@ -10,6 +10,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from image_enhancer.engine.enhancer import Enhancer
 from image_enhancer.request import EnhanceOptions
-from image_enhancer.server import DEFAULT_MAX_QUEUE
+from image_enhancer.server import DEFAULT_MAX_QUEUE, DEFAULT_READER_IDLE_S
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
-from image_enhancer.server.jobs import JobQueue
+from image_enhancer.server.jobs import DEFAULT_MAX_RESULT_BYTES, JobQueue
 from image_enhancer.server.service import EnhancerService, UploadLimits
 from image_enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 from image_enhancer.wire import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_NAME, parse_address
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMITS = UploadLimits()
 # A tiny image run once at start so the first real job does not pay for lazy initialisation.
 _WARM_UP_SIDE = 16
+# Threads for the calls' blocking work (model listing, speed records, laying out results), all started
+# with the server: its thread count does not grow with load.
+OFFLOAD_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,12 @@ class RunningServer:
         jobs: JobQueue,
         health_servicer: health.aio.HealthServicer,
         socket_path: Path | None,
+        service: EnhancerService,
     ) -> None:
         self.server = server
         self.address = address
         self.jobs = jobs
+        self._service = service
         self._loop = loop
         self._thread = thread
         self._health = health_servicer
@@ -74,8 +80,10 @@ class RunningServer:
         """Refuse new calls, give running ones `grace` seconds, cancel the jobs and end the loop."""
         if self._loop.is_closed():
             return
+        log.info("stopping: new calls are refused, calls in progress get %g s to finish", grace)
 
         async def shut_down() -> None:
+            self._service.stopping()
             await self._health.enter_graceful_shutdown()
             await self.server.stop(grace)
 
@@ -108,6 +116,17 @@ def _warm_up(enhancer: Enhancer, models: Sequence[str], report_serving: Callable
             )
     finally:
         report_serving()
+
+
+def _started_executor(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose `threads` threads are running already (a pool starts them only as work comes
+    in otherwise)."""
+    executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    everyone = threading.Barrier(threads + 1)
+    for _ in range(threads):
+        executor.submit(everyone.wait)  # each blocks its thread until all are started
+    everyone.wait()
+    return executor
 
 
 def _prepare_socket(path: Path) -> None:
@@ -167,11 +186,15 @@ def serve(
     tls: TlsFiles | None = None,
     warm_up: Sequence[str] | None = None,
     upload_limits: UploadLimits = DEFAULT_UPLOAD_LIMITS,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    reader_idle_s: float = DEFAULT_READER_IDLE_S,
 ) -> RunningServer:
     """Start serving `enhancer` on `address` (host:port, port 0 picks one, or unix:PATH) and return.
 
     Health answers NOT_SERVING until the `warm_up` models (default: the store's default model; empty:
-    none) are loaded and have run once. Uploads are held to `upload_limits`.
+    none) are loaded and have run once. Uploads are held to `upload_limits`; results not yet sent in full
+    may hold `max_result_bytes` before jobs wait, and a client that takes no data of its reply for
+    `reader_idle_s` is dropped.
 
     Raises UnsafeListenError (a ValueError) for a non-loopback address without token or TLS, and
     OSError when the address cannot be bound (another server listening there included).
@@ -182,9 +205,11 @@ def serve(
         lambda pixels, options, progress, cancelled: enhancer.enhance(pixels, options, progress, cancelled),
         max_queue,
         warm_up=lambda: _warm_up(enhancer, models, report_serving),
+        max_result_bytes=max_result_bytes,
     )
-    service = EnhancerService(enhancer, jobs, upload_limits)
+    service = EnhancerService(enhancer, jobs, upload_limits, reader_idle_s)
     loop = asyncio.new_event_loop()
+    loop.set_default_executor(_started_executor(OFFLOAD_THREADS, "server-offload"))
     thread = threading.Thread(target=loop.run_forever, name="grpc-server", daemon=True)
     thread.start()
     try:
@@ -201,7 +226,7 @@ def serve(
 
     jobs.start()
     log.info("listening on %s", bound)
-    return RunningServer(loop, thread, server, bound, jobs, health_servicer, socket_path)
+    return RunningServer(loop, thread, server, bound, jobs, health_servicer, socket_path, service)
 
 
 async def _start(

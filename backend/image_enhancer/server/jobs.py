@@ -6,6 +6,12 @@ or the error) flow back to its call through the job's `deliver` function.
 
 Slots are taken when an upload *starts* (so a full queue refuses a client before it sends megabytes)
 and given back when the job starts running, is cancelled, or its upload fails.
+
+A finished job's result stays in memory until its call has sent it all (or gave up on a client that
+stopped reading). Those results are held against a byte budget: while they hold the budget or more, the
+worker starts no new job, so jobs wait in the queue (and, once it is full, new calls are refused) instead
+of the server's memory growing with every client that stops reading. At most the budget plus one result
+is held.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ import numpy as np
 
 from image_enhancer.engine.enhancer import Progress
 from image_enhancer.request import EnhanceOptions
+from image_enhancer.server import DEFAULT_MAX_RESULT_MIB
+from image_enhancer.wire import MIB
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RESULT_BYTES = DEFAULT_MAX_RESULT_MIB * MIB
 
 Runner = Callable[[np.ndarray, EnhanceOptions, Callable[[Progress], None], Callable[[], bool]], np.ndarray]
 
@@ -54,6 +64,7 @@ class Job:
         self._deliver = deliver
         self._cancelled = threading.Event()
         self.owner: JobQueue | None = None  # set when queued, so that cancelling can dequeue it
+        self.result_bytes = 0  # of the result budget, held from the result's making until `finished`
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -73,10 +84,20 @@ class Job:
 class JobQueue:
     """Bounded FIFO of jobs and the worker thread that runs them one at a time."""
 
-    def __init__(self, run: Runner, max_waiting: int, warm_up: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        max_waiting: int,
+        warm_up: Callable[[], Any] | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
         if max_waiting < 1:
             raise ValueError(f"the queue must hold at least one job, got {max_waiting}")
+        if max_result_bytes < 1:
+            raise ValueError(f"the result budget must be at least one byte, got {max_result_bytes}")
         self.max_waiting = max_waiting
+        self.max_result_bytes = max_result_bytes
+        self._result_bytes = 0  # held by results not yet sent in full
         self._run = run
         self._warm_up = warm_up
         self._lock = threading.Condition()
@@ -92,6 +113,12 @@ class JobQueue:
         """Jobs uploading or waiting (not the running one)."""
         with self._lock:
             return self._slots_taken
+
+    @property
+    def result_bytes(self) -> int:
+        """Bytes held by finished jobs' results that their calls have not sent in full yet."""
+        with self._lock:
+            return self._result_bytes
 
     def start(self) -> None:
         self._thread.start()
@@ -131,6 +158,16 @@ class JobQueue:
             job.post(Event(queue_position=self._position(len(self._waiting) - 1)))
             self._lock.notify_all()
 
+    def finished(self, job: Job) -> None:
+        """The job's call is over (its result sent, or the call ended without it): its result no longer
+        counts against the budget. Call it after `job.cancel()` when the call ends early, so that a
+        result made meanwhile is never held."""
+        with self._lock:
+            if job.result_bytes:
+                self._result_bytes -= job.result_bytes
+                job.result_bytes = 0
+                self._lock.notify_all()
+
     def discard(self, job: Job) -> None:
         """Take a cancelled job out of the queue and tell the jobs behind it that they moved up."""
         with self._lock:
@@ -150,7 +187,14 @@ class JobQueue:
     def _next_job(self) -> Job | None:
         with self._lock:
             self._running = None
-            while not self._waiting and not self._stopping:
+            told = False
+            while not self._stopping and (not self._waiting or self._result_bytes >= self.max_result_bytes):
+                if self._waiting and not told:
+                    log.info(
+                        "%d job(s) wait: results their clients have not read hold %.0f of %.0f MiB",
+                        len(self._waiting), self._result_bytes / MIB, self.max_result_bytes / MIB,
+                    )
+                    told = True
                 self._lock.wait()
             if self._stopping:
                 return None
@@ -159,6 +203,13 @@ class JobQueue:
             self._running = job
             self._announce_positions()
             return job
+
+    def _hold(self, job: Job, result: np.ndarray) -> None:
+        """Count a finished result against the budget, unless its call has already ended."""
+        with self._lock:
+            if not job.is_cancelled():
+                job.result_bytes = result.nbytes
+                self._result_bytes += result.nbytes
 
     def _work(self) -> None:
         if self._warm_up is not None:
@@ -176,5 +227,7 @@ class JobQueue:
             except BaseException as error:  # delivered to the job's RPC thread, which maps it to a status
                 job.post(Event(error=error))
             else:
+                self._hold(job, result)
                 job.post(Event(result=result))
+                del result
             del pixels

@@ -11,12 +11,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from image_enhancer.arguments import add_device_arguments, add_renamed, int_in, positive_float
-from image_enhancer.server import DEFAULT_MAX_QUEUE, MAX_QUEUE
-from image_enhancer.wire import DEFAULT_ADDRESS, TOKEN_ENV
+from image_enhancer.arguments import add_device_arguments, add_renamed, float_in, int_in, positive_float
+from image_enhancer.server import DEFAULT_MAX_QUEUE, DEFAULT_MAX_RESULT_MIB, DEFAULT_READER_IDLE_S, MAX_QUEUE
+from image_enhancer.wire import DEFAULT_ADDRESS, MIB, TOKEN_ENV
 
 if TYPE_CHECKING:
     from image_enhancer.server.app import TlsFiles
+
+MAX_READER_IDLE_S = 24 * 3600.0
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue", type=int_in(1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE,
         help="jobs that may wait; more are refused",
+    )
+    parser.add_argument(
+        "--max-result-memory", type=positive_float, default=DEFAULT_MAX_RESULT_MIB, metavar="MIB",
+        help=f"MiB that results not yet read by their clients may hold before new jobs wait in the queue "
+        f"(default {DEFAULT_MAX_RESULT_MIB})",
+    )
+    parser.add_argument(
+        "--reader-idle-timeout", type=float_in(1.0, MAX_READER_IDLE_S), default=DEFAULT_READER_IDLE_S,
+        metavar="SECONDS",
+        help=f"drop a client that takes no data of its reply for this long "
+        f"(default {DEFAULT_READER_IDLE_S:g})",
     )
     add_renamed(
         parser, "--max-input-megapixels", "--max-megapixels",
@@ -88,15 +101,24 @@ def run_serve(args: argparse.Namespace) -> int:
             token=token,
             tls=tls,
             warm_up=[] if args.no_warm_up else None,
+            max_result_bytes=max(1, round(args.max_result_memory * MIB)),
+            reader_idle_s=args.reader_idle_timeout,
         )
     except (ValueError, OSError) as error:
         print(f"image-enhancer serve: {error}", file=sys.stderr)
         return 2
 
     stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(number: int, _frame: object) -> None:
+        received.append(number)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     print(f"image-enhancer serving on {running.address} (device {enhancer.compute.describe()})", flush=True)
     stop.wait()
+    logging.getLogger(__name__).info("%s received", signal.Signals(received[0]).name)
     running.stop()
     return 0

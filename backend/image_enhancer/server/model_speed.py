@@ -19,6 +19,7 @@ import os
 import threading
 from pathlib import Path
 
+from image_enhancer.safe_json import load_json
 from image_enhancer.weights.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ModelSpeeds:
         if self._path is None or not self._path.is_file():
             return {}
         try:
-            everything = json.loads(self._path.read_text(encoding="utf-8"))
+            everything = load_json(self._path, max_bytes=1 << 20)  # a few numbers per model and device
         except (OSError, ValueError) as error:
             log.warning("ignoring unreadable speed record %s: %s", self._path, error)
             return {}

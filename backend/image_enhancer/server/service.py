@@ -5,6 +5,10 @@ This is the only module that converts between protobuf messages and the engine's
 Calls are coroutines on the server's event loop, so a client that opens a stream and sends nothing
 costs no thread: idle or slow uploads cannot starve health checks or other calls. The engine runs on
 the job queue's worker thread.
+
+Replies are written one message at a time, each within the reader idle limit: gRPC's write waits while
+the client's flow-control window is full, so a client that stops reading is noticed there, dropped with
+DEADLINE_EXCEEDED, and its result freed. Ordinary client and shutdown events are one INFO line each.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from image_enhancer.engine import pixels
 from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
 from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions, shorten
-from image_enhancer.server import validation
+from image_enhancer.server import DEFAULT_READER_IDLE_S, validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
 from image_enhancer.server.model_speed import ModelSpeeds, suggested_model
@@ -33,8 +37,8 @@ from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.safe_load import WeightsError
-from image_enhancer.weights.store import INSTALL_COMMAND
-from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo
+from image_enhancer.weights.store import INSTALL_COMMAND, Survey
+from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo, printable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +48,13 @@ SPEEDS_FILE = "throughput.json"  # in the user cache: measured model speeds, per
 CANCEL_SETTLE_S = 0.1
 # Longest status message sent: gRPC carries it in a header, and a long one would not arrive at all.
 MAX_STATUS_MESSAGE = 1000
+# Results go out in the smallest chunks the wire allows: a client that stops reading leaves at most one
+# of them in gRPC's buffers, and a slow but steady reader is never taken for one that stopped.
+RESULT_CHUNK = wire.MIN_CHUNK
+
+
+class ReaderStalled(Exception):
+    """The client took none of its reply for the reader idle limit."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RequestError):
         return error.code, error.message
+    if isinstance(error, ReaderStalled):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
     if isinstance(error, QueueFullError | ImageTooLargeError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, MemoryError):
@@ -159,39 +172,101 @@ class Upload:
             ) from None
 
 
+class Replies:
+    """An Enhance call's outgoing messages, each of which the client must start taking within `idle_s`."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, idle_s: float) -> None:
+        self._context = context
+        self._idle_s = idle_s
+
+    async def send(self, message: pb.EnhanceResponse) -> None:
+        try:
+            await _within(self._idle_s, self._context.write(message))
+        except TimeoutError:
+            raise ReaderStalled(
+                f"the client took no data for {self._idle_s:g} s: the call was dropped and its result freed"
+            ) from None
+        except grpc.aio.InternalError:
+            # The message could not be sent: the client cancelled or went away, and its cancellation
+            # reaches this task a moment later (then reported as what it is, not as a failure).
+            await Upload.ended_early()
+            raise
+
+
 class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, enhancer: Enhancer, jobs: JobQueue, limits: UploadLimits) -> None:
+    def __init__(
+        self,
+        enhancer: Enhancer,
+        jobs: JobQueue,
+        limits: UploadLimits,
+        reader_idle_s: float = DEFAULT_READER_IDLE_S,
+    ) -> None:
         self._enhancer = enhancer
         self._store = enhancer.store
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
         self._limits = limits
+        self._reader_idle_s = reader_idle_s
         self._device = describe_device(enhancer.compute)
         self._speeds = ModelSpeeds(self._device[1], user_home() / SPEEDS_FILE)
+        self._stopping = False
+        self._endings: set[asyncio.Future] = set()  # statuses still waiting to be sent (see _end)
+
+    def stopping(self) -> None:
+        """The server is shutting down: calls it ends are logged as that, not as clients leaving."""
+        self._stopping = True
 
     # --- Enhance -------------------------------------------------------------------------------------
 
     async def Enhance(
         self, request_iterator: AsyncIterator[pb.EnhanceRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.EnhanceResponse]:
+    ) -> None:
         peer = context.peer()
         try:
+            failure = None
             try:
-                async for response in self._enhance(request_iterator):
-                    yield response
+                await self._enhance(request_iterator, Replies(context, self._reader_idle_s))
+            except grpc.aio.BaseError:
+                raise  # gRPC's own, e.g. a reply that could not go to a client that left: it knows them
             except Exception as error:  # every failure becomes a status with a message, never a crash
-                code, message = status_for(error)
-                if code == grpc.StatusCode.INTERNAL:
+                failure = status_for(error)
+                if failure[0] == grpc.StatusCode.INTERNAL:
                     log.exception("Enhance from %s failed", peer)
                 else:
-                    log.info("Enhance from %s: %s: %s", peer, code.name, message)
-                await context.abort(code, message)
+                    log.info("Enhance from %s: %s: %s", peer, failure[0].name, failure[1])
+            # Outside the handler: the error's frames (which may hold the result) are freed by now.
+            if failure is not None:
+                await self._end(context, *failure)
         except asyncio.CancelledError:
-            # Ordinary client behaviour (cancel, disconnect, its own deadline): not a fault.
-            log.info("Enhance from %s: the client cancelled or went away", peer)
+            # Ordinary client behaviour (cancel, disconnect, its own deadline) or shutdown: not a fault.
+            if self._stopping:
+                log.info("Enhance from %s: ended because the server is stopping", peer)
+            elif _deadline_passed(context):
+                log.info("Enhance from %s: the client's deadline passed", peer)
+            else:
+                log.info("Enhance from %s: the client cancelled or went away", peer)
             raise
 
-    async def _enhance(self, requests: AsyncIterator[pb.EnhanceRequest]) -> AsyncIterator[pb.EnhanceResponse]:
+    async def _end(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        """End the call with `code` and `message`. The status goes out after every reply already written,
+        which a client that stopped reading may never take: it is sent from a task of its own, so this
+        call ends now and frees what it held (gRPC keeps the unsent messages until the client reads them,
+        cancels or disconnects)."""
+        ending = asyncio.ensure_future(context.abort(code, message))
+        self._endings.add(ending)
+        ending.add_done_callback(self._ended)
+        await asyncio.wait([ending], timeout=CANCEL_SETTLE_S)  # at once, unless the client is not reading
+
+    def _ended(self, ending: asyncio.Future) -> None:
+        self._endings.discard(ending)
+        if ending.cancelled():
+            return
+        error = ending.exception()
+        # AbortError once the status is sent; gRPC's batch error when the client left before taking it.
+        if not isinstance(error, grpc.aio.AbortError | grpc.aio.InternalError):
+            log.error("sending a status failed", exc_info=error)
+
+    async def _enhance(self, requests: AsyncIterator[pb.EnhanceRequest], replies: Replies) -> None:
         upload = Upload(requests, self._limits)
         first = await upload.next()
         if first is None:
@@ -221,37 +296,39 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         job = Job(image, options, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         del image
         self._jobs.submit(job)
-        result = None
-        model_ready_at = None  # when loading ended: the model's work is timed from there
         try:
-            while result is None:
-                event = await events.get()
-                if _model_loaded(event):
-                    model_ready_at = time.perf_counter()
-                message = self._handle_event(event)
-                if isinstance(message, pb.EnhanceResponse):
-                    yield message
-                else:
-                    result = message
+            result = await self._outcome(events, replies, options.model)
+            height, width = result.shape[:2]
+            channels = result.shape[2] if result.ndim == 3 else 1
+            header = wire.header_message(
+                wire.ImageInfo(width, height, channels, spec.sample_type, spec.colour_encoding)
+            )
+            # A large result may take a moment to lay out: off the event loop, so other calls go on.
+            data = await asyncio.to_thread(_wire_bytes, result)
+            del result  # `data` is the one copy kept while it is sent
+            await replies.send(pb.EnhanceResponse(result=header))
+            for offset in range(0, len(data), RESULT_CHUNK):
+                await replies.send(pb.EnhanceResponse(chunk=data[offset : offset + RESULT_CHUNK].tobytes()))
         finally:
-            if result is None:  # the client left, or the job failed: stop any work still pending
-                job.cancel()
-        if model_ready_at is not None:
-            made = result.shape[0] * result.shape[1]
-            took = time.perf_counter() - model_ready_at
-            await asyncio.to_thread(self._speeds.record, options.model, made, took)  # writes a file
+            job.cancel()  # the client left or the job failed: stop any work still pending (else a no-op)
+            self._jobs.finished(job)  # its result no longer counts against the budget
 
-        height, width = result.shape[:2]
-        channels = result.shape[2] if result.ndim == 3 else 1
-        header = wire.header_message(
-            wire.ImageInfo(width, height, channels, spec.sample_type, spec.colour_encoding)
-        )
-        # A large result takes a moment to convert: off the event loop, so other calls go on meanwhile.
-        data = await asyncio.to_thread(pixels.to_bytes, result)
-        del result
-        yield pb.EnhanceResponse(result=header)
-        for offset in range(0, len(data), wire.MAX_CHUNK):
-            yield pb.EnhanceResponse(chunk=data[offset : offset + wire.MAX_CHUNK])
+    async def _outcome(self, events: asyncio.Queue[Event], replies: Replies, model: str) -> np.ndarray:
+        """Send the job's progress on until its result arrives; a failed job's error is raised."""
+        model_ready_at = None  # when loading ended: the model's work is timed from there
+        while True:
+            event = await events.get()
+            if _model_loaded(event):
+                model_ready_at = time.perf_counter()
+            message = self._handle_event(event)
+            if not isinstance(message, pb.EnhanceResponse):
+                break
+            await replies.send(message)
+        if model_ready_at is not None:
+            made = message.shape[0] * message.shape[1]
+            took = time.perf_counter() - model_ready_at
+            await asyncio.to_thread(self._speeds.record, model, made, took)  # writes a file
+        return message
 
     @staticmethod
     def _handle_event(event: Event) -> pb.EnhanceResponse | np.ndarray:
@@ -265,15 +342,22 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             return pb.EnhanceResponse(progress=pb.Progress(stage=p.stage, done=p.done, total=p.total))
         return pb.EnhanceResponse(progress=pb.Progress(stage="queued", queue_position=event.queue_position))
 
-    async def _models(self) -> list[ModelInfo]:
+    async def _models(self) -> Survey:
         # Listing may read a newly dropped-in model file: off the event loop.
-        return await asyncio.to_thread(self._store.list)
+        return await asyncio.to_thread(self._store.survey)
 
     async def _with_model(self, options: EnhanceOptions) -> EnhanceOptions:
         """The options with the model named ("" is the default); unknown or uninstalled models and a
         strength the model cannot take are refused before the upload, not after it."""
-        models = await self._models()
+        survey = await self._models()
+        models = survey.models
         info = wire.find_model(models, options.model)
+        broken = next((b for b in survey.broken if b.name in (options.model, printable(options.model))), None)
+        if info is None and broken is not None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the model file {broken.file} in the server's models folder cannot be used: {broken.reason}",
+            )
         if info is None:
             names = ", ".join(m.name for m in models)
             raise RequestError(
@@ -297,10 +381,10 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        survey = await self._models()
         return pb.ListModelsResponse(
-            models=[
-                wire.model_message(_with_speed(m, *self._speeds.speed(m.name))) for m in await self._models()
-            ]
+            models=[wire.model_message(_with_speed(m, *self._speeds.speed(m.name))) for m in survey.models],
+            broken_models=[wire.broken_model_message(b) for b in survey.broken],
         )
 
     async def DescribeServer(
@@ -318,6 +402,18 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             protocol_version=PROTOCOL_VERSION,
             suggested_model=suggested_model(self._store, on_gpu=self._enhancer.compute.key != "cpu"),
         )
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's own deadline has come (gRPC's clock and ours may differ by a moment)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < CANCEL_SETTLE_S
+
+
+def _wire_bytes(result: np.ndarray) -> memoryview:
+    """The result's samples as the wire lays them out: a view of the array when it already is."""
+    dtype = pixels.SAMPLE_DTYPES[pixels.sample_type_of(result)]
+    return memoryview(np.ascontiguousarray(result, dtype=dtype)).cast("B")
 
 
 def _model_loaded(event: Event) -> bool:

@@ -136,11 +136,23 @@ class ModelInfo(_message.Message):
     job_fixed_seconds: float
     def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ..., job_fixed_seconds: _Optional[float] = ...) -> None: ...
 
+class BrokenModel(_message.Message):
+    __slots__ = ("name", "file", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    file: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., file: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "broken_models")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    broken_models: _containers.RepeatedCompositeFieldContainer[BrokenModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., broken_models: _Optional[_Iterable[_Union[BrokenModel, _Mapping]]] = ...) -> None: ...
 
 class DescribeServerRequest(_message.Message):
     __slots__ = ()

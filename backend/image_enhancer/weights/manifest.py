@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from image_enhancer.paths import repo_weights_dir, weights_dir
+from image_enhancer.safe_json import JsonFileError, load_json
 from image_enhancer.weights.integrity import write_atomically
 
 MANIFEST_NAME = "manifest.json"
 ALL_PRECISIONS = ("fp32", "fp16", "bf16")
+# Bounds on reading a manifest: ours is a few kilobytes and five levels deep.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_DEPTH = 12
 
 
 class ManifestError(ValueError):
@@ -140,8 +144,16 @@ def _entry(raw: dict[str, Any]) -> ModelEntry:
     return entry
 
 
+def _raw_models(data: Any) -> list[dict[str, Any]]:
+    """The manifest's list of model objects, checked for shape (a file may hold any JSON)."""
+    raw = data.get("models", []) if isinstance(data, dict) else None
+    if not isinstance(raw, list | tuple) or not all(isinstance(m, dict) for m in raw):
+        raise ManifestError("the manifest needs a list of models, each an object")
+    return list(raw)
+
+
 def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
-    models = tuple(_entry(m) for m in data.get("models", ()))
+    models = tuple(_entry(m) for m in _raw_models(data))
     names = [m.name for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -167,11 +179,14 @@ def packaged_manifest_path() -> Path:
 def load_manifest(path: Path | None = None) -> Manifest:
     """Read and check the manifest (by default the one that ships with the package)."""
     path = path or packaged_manifest_path()
+    return parse_manifest(_read(Path(path)), path)
+
+
+def _read(path: Path) -> Any:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"cannot read the weights manifest {path}: {exc}") from exc
-    return parse_manifest(data, path)
+        return load_json(path, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
+    except JsonFileError as exc:
+        raise ManifestError(f"cannot read the weights manifest {path}: {exc.problem}") from None
 
 
 def model_path(entry: ModelEntry, cache: Path | None = None) -> Path:
@@ -213,9 +228,9 @@ def entry_json(entry: ModelEntry) -> dict[str, Any]:
 def write_entries(path: Path, entries: list[ModelEntry]) -> None:
     """Replace (or add) `entries` by name in the manifest at `path` (created when missing), leaving every
     other entry exactly as it was; each entry is read back before the file is replaced."""
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"version": 1, "models": []}
+    data = _read(path) if path.is_file() else {"version": 1, "models": []}
     names = {e.name for e in entries}
-    data["models"] = [m for m in data.get("models", []) if m.get("name") not in names]
+    data["models"] = [m for m in _raw_models(data) if m.get("name") not in names]
     data["models"] += [entry_json(e) for e in entries]
     for raw in data["models"]:
         _entry(raw)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_enhancer.safe_json import load_json
 from image_enhancer.weights.integrity import state_digest, write_atomically
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def network(
             mapping = None
         # Written last: its presence means the model files beside it are complete.
         write_atomically(record, json.dumps({"weights": mapping}).encode())
-    known = json.loads(record.read_text(encoding="utf-8"))
+    known = load_json(record, max_bytes=16 << 20)  # a name per weight of the graph
     if "unsupported" in known:
         raise UnsupportedGraphError(known["unsupported"])
     mapping = known["weights"]

@@ -10,9 +10,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_enhancer.safe_json import JsonFileError, load_json
 from image_enhancer.weights.integrity import write_atomically
+from image_enhancer.wire import name_problem
 
 PAIR_SUFFIX = ".pair.json"
+# A pair file is two names; anything much larger or nested at all deeply is not one.
+MAX_PAIR_BYTES = 64 * 1024
+MAX_PAIR_DEPTH = 4
+_EXPECTED = 'expected {"faithful": A, "sharp": B}'
 
 
 @dataclass(frozen=True)
@@ -29,18 +35,20 @@ def read_pairs(folder: Path) -> dict[str, Pair | str]:
     for path in sorted(folder.glob(f"*{PAIR_SUFFIX}")):
         name = path.name[: -len(PAIR_SUFFIX)]
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            members = raw["faithful"], raw["sharp"]
-            if not all(isinstance(m, str) and m for m in members):
-                raise TypeError("members must be model names")
+            raw = load_json(path, MAX_PAIR_BYTES, MAX_PAIR_DEPTH)
+        except JsonFileError as exc:
+            pairs[name] = f"{path.name} is not a pair file ({exc.problem}); {_EXPECTED}"
+            continue
+        members = (raw.get("faithful"), raw.get("sharp")) if isinstance(raw, dict) else (None, None)
+        if all(isinstance(m, str) and m for m in members):
             pairs[name] = Pair(*members)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            pairs[name] = f'{path.name} is not a pair file ({exc}); expected {{"faithful": A, "sharp": B}}'
+        else:
+            pairs[name] = f"{path.name} is not a pair file; {_EXPECTED}"
     return pairs
 
 
 def write_pair(folder: Path, name: str, pair: Pair) -> Path:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name_problem(name):
         raise ValueError(f"{name!r} cannot be a model name")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}{PAIR_SUFFIX}"

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from spandrel import canonicalize_state_dict
 from torch import Tensor
+
+from image_enhancer.request import shorten
 
 SAFETENSORS_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".pth", ".pt", ".ckpt"}
@@ -34,10 +38,21 @@ def load_state_dict(path: Path | str) -> dict[str, Tensor]:
             f"{path.name}: unknown weight file type {suffix or '(none)'}; "
             "expected .safetensors, .pth, .pt or .ckpt"
         )
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file does not exist")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        # A dangling link is reported as what it is: the file it names is gone.
+        gone = "a link to a file that does not exist" if path.is_symlink() else "weight file does not exist"
+        raise WeightsError(f"{path}: {gone}" if isinstance(exc, FileNotFoundError) else
+                           f"{path.name}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        # Reading a FIFO or device would block or never end; a folder is not a weight file.
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise WeightsError(f"{path.name}: {kind}, not a weight file")
+    if info.st_size == 0:
         raise WeightsError(f"{path.name}: weight file is empty")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{path.name}: cannot be read (permission denied)")
     raw = _read_safetensors(path) if suffix in SAFETENSORS_SUFFIXES else _read_pickle(path)
     try:
         return unwrap(raw)
@@ -83,10 +98,16 @@ def unwrap(raw: Any) -> dict[str, Tensor]:
     prefixes, ...): the one place keys are unwrapped; the model registry takes the result as it is."""
     if not isinstance(raw, dict):
         raise WeightsError(f"holds a {type(raw).__name__}, not a dictionary of tensors")
-    state_dict = canonicalize_state_dict(raw)
-    if not state_dict:
+    try:
+        state_dict = canonicalize_state_dict(raw)
+    except (AttributeError, TypeError):  # it assumes names: a key that is a number trips it
+        state_dict = raw
+    if not isinstance(state_dict, dict) or not state_dict:
         raise WeightsError("holds no tensors")
-    bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    unnamed = [shorten(k, 40) for k in state_dict if not isinstance(k, str)]
+    if unnamed:
+        raise WeightsError(f"keys that are not tensor names: {', '.join(unnamed[:5])}")
+    bad = [k[:80] for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
         raise WeightsError(f"entries that are not tensors: {', '.join(bad[:5])}")
     return dict(state_dict)

@@ -8,13 +8,19 @@ Besides the manifest's models, any supported file in the user models folder is o
 file name without suffix (the manifest wins on a name clash): a community model of any architecture
 spandrel detects just needs to be dropped there. A pair file there (weights/pairs.py) offers the blend
 of two compatible models under its own name, with the strength control.
+
+The folder is untrusted, and each file in it stands alone: one that cannot be used (unreadable, damaged,
+not a model we serve, a bad pair file, a name with control characters, a folder or a dangling link
+named like a model) is listed as broken with its reason (`survey`), and every other model keeps working.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -27,16 +33,20 @@ from image_enhancer.request import shorten
 from image_enhancer.weights.integrity import problem_with
 from image_enhancer.weights.interpolation import IncompatiblePairError, check_compatible, interpolate
 from image_enhancer.weights.manifest import Manifest, ModelEntry, load_manifest, model_path
-from image_enhancer.weights.pairs import Pair, read_pairs, write_pair
+from image_enhancer.weights.pairs import PAIR_SUFFIX, Pair, read_pairs, write_pair
 from image_enhancer.weights.safe_load import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     WeightsError,
     load_state_dict,
 )
-from image_enhancer.wire import ModelInfo
+from image_enhancer.wire import BrokenModel, ModelInfo, name_problem, printable
+
+log = logging.getLogger(__name__)
 
 INSTALL_COMMAND = "python install.py"
+# Longest reason given for a broken file: it is one line of a listing and of a status message.
+MAX_REASON = 400
 
 
 class ModelNotFoundError(LookupError):
@@ -49,6 +59,16 @@ class ModelNotInstalledError(LookupError):
 
 # Cache key: (model name, strength rounded to 0.01 or None for the plain network).
 _Key = tuple[str, float | None]
+# A file as last seen: (path, size, modification time in ns).
+_Stamp = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the store offers: the models that can be used, and the files that offer none, with why."""
+
+    models: list[ModelInfo]
+    broken: list[BrokenModel]
 
 
 class ModelStore:
@@ -62,8 +82,8 @@ class ModelStore:
         self.manifest = manifest or load_manifest()
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         self.models_dir = Path(models_dir) if models_dir else user_models_dir()
-        # Descriptors of user files by (path, size, mtime), so listing reads each file once.
-        self._user_descriptors: dict[tuple[str, int, int], ModelDescriptor | str] = {}
+        # Descriptors of user files (or why they cannot be used) by stamp, so listing reads each once.
+        self._user_descriptors: dict[_Stamp, ModelDescriptor | ValueError] = {}
         self.max_loaded = max(1, max_loaded)
         self._models: OrderedDict[_Key, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -82,56 +102,131 @@ class ModelStore:
         entry = self.manifest.get(name)
         if entry is None:
             names = self.manifest.names() + [n for n in self._user_files() if n not in self.manifest.names()]
-            names += [n for n in read_pairs(self.models_dir) if n not in names]
+            pairs = [n for n, p in read_pairs(self.models_dir).items() if isinstance(p, Pair)]
+            names += [n for n in pairs if n not in names and name_problem(n) is None]
             raise ModelNotFoundError(f"unknown model {shorten(name)}; available: {', '.join(names)}")
         return entry
 
     def _user_files(self) -> dict[str, Path]:
-        if not self.models_dir.is_dir():
-            return {}
+        """The weight files of the models folder by the model name each offers."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[dict[str, Path], list[BrokenModel]]:
+        """The models folder's weight files by model name, and the entries whose name alone keeps them
+        from offering one: control characters, a built-in model's name, a name two files share.
+
+        Folders, links and other entries named like weight files are included: reading them says why
+        they are no model (load_state_dict never opens anything but a regular file)."""
         suffixes = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
-        files = sorted(p for p in self.models_dir.iterdir() if p.suffix.lower() in suffixes and p.is_file())
-        return {p.stem: p for p in files}
-
-    def _user_descriptor(self, path: Path) -> ModelDescriptor | str:
-        """The file's descriptor, or why it cannot be used."""
-        stat = path.stat()
-        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
-        if stamp not in self._user_descriptors:
-            try:
-                self._user_descriptors[stamp] = describe(load_state_dict(path))
-            except (WeightsError, UnsupportedModelError) as exc:
-                self._user_descriptors[stamp] = str(exc)
-        return self._user_descriptors[stamp]
-
-    def _user_infos(self) -> list[ModelInfo]:
-        infos = []
-        for name, path in self._user_files().items():
-            d = self._user_descriptor(path)
-            if name in self.manifest.names() or isinstance(d, str):
+        try:
+            entries = sorted(p for p in self.models_dir.iterdir() if p.suffix.lower() in suffixes)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}, []
+        except OSError as exc:
+            reason = f"the models folder cannot be read ({exc.strerror or exc})"
+            return {}, [BrokenModel("", printable(str(self.models_dir)), reason)]
+        files: dict[str, Path] = {}
+        broken = []
+        for path in entries:
+            problem = name_problem(path.name)
+            if problem is None and self.manifest.get(path.stem) is not None:
+                problem = f"the built-in model {path.stem!r} has this name and is offered instead; rename it"
+            if problem is not None:
+                broken.append(BrokenModel(printable(path.stem), printable(path.name), problem))
                 continue
-            infos.append(
+            shadowed = files.get(path.stem)
+            if shadowed is not None:  # the later suffix wins, as it always has
+                reason = f"{path.name} offers the model {path.stem!r} instead; rename one of them"
+                broken.append(BrokenModel(path.stem, shadowed.name, reason))
+            files[path.stem] = path
+        return files, broken
+
+    def _user_descriptor(self, path: Path) -> ModelDescriptor | ValueError:
+        """The file's descriptor, or the error saying why it cannot be used: a WeightsError (it cannot be
+        read) or an UnsupportedModelError (it is no model we serve)."""
+        stamp = _stamp(path)
+        known = self._user_descriptors.get(stamp)
+        if known is not None:
+            return known
+        try:
+            found: ModelDescriptor | ValueError = describe(load_state_dict(path))
+        except (WeightsError, UnsupportedModelError) as exc:
+            found = exc.with_traceback(None)
+        except Exception as exc:  # noqa: BLE001 - whatever an untrusted file trips, the file is unusable
+            log.warning("models folder: reading %s failed", printable(path.name), exc_info=True)
+            found = WeightsError(f"{path.name}: cannot be read: {type(exc).__name__}: {exc}")
+        if isinstance(found, ValueError):
+            log.info("models folder: %s offers no model: %s", printable(path.name), _reason(found, path))
+        self._user_descriptors[stamp] = found
+        return found
+
+    def survey(self) -> Survey:
+        """Every model offered, and every file in the models folder that offers none with its reason.
+        Nothing in the models folder can make this fail."""
+        listed = [
+            ModelInfo(
+                name=e.name,
+                architecture=e.architecture,
+                scale=e.scale,
+                installed=self._installed(e),
+                has_strength=self._has_strength(e),
+                precisions=e.precisions,
+                license=e.license,
+                description=e.description,
+                is_default=e.default,
+            )
+            for e in self.manifest.models
+        ]
+        files, broken = self._scan()
+        for name, path in files.items():
+            d = self._user_descriptor(path)
+            if isinstance(d, ValueError):
+                broken.append(BrokenModel(name, path.name, _reason(d, path)))
+                continue
+            listed.append(
                 ModelInfo(name, d.architecture, d.scale, True, False, _precisions(d),
                           "see the file's origin", f"{d.architecture} ×{d.scale} from {path.name}", False)
             )
-        return infos
-
-    def _pair_infos(self, taken: set[str]) -> list[ModelInfo]:
-        infos = []
+        # Forget files that changed or went away, so the cache holds one entry per file.
+        current = {_stamp(path) for path in files.values()}
+        self._user_descriptors = {k: v for k, v in self._user_descriptors.items() if k in current}
+        taken = {i.name for i in listed} | {b.name for b in broken}
         for name, pair in read_pairs(self.models_dir).items():
-            if name in taken or isinstance(pair, str):
+            problem = (
+                name_problem(name)
+                or (f"the model {name!r} exists already; rename the pair file" if name in taken else None)
+                or (pair.removeprefix(f"{name}{PAIR_SUFFIX} is ") if isinstance(pair, str)
+                    else self._pair_problem(pair))
+            )
+            if problem is not None:
+                file = printable(f"{name}{PAIR_SUFFIX}")
+                broken.append(BrokenModel(printable(name), file, _one_line(problem)))
                 continue
-            try:
-                d = self._descriptor_of(pair.faithful)
-                installed = all(self._is_installed(m) for m in (pair.faithful, pair.sharp))
-            except (LookupError, WeightsError, UnsupportedModelError):
-                continue  # a member is gone or unusable: get() says which
-            infos.append(
+            assert isinstance(pair, Pair)
+            d = self._descriptor_of(pair.faithful)
+            installed = all(self._is_installed(m) for m in (pair.faithful, pair.sharp))
+            listed.append(
                 ModelInfo(name, d.architecture, d.scale, installed, installed, _precisions(d),
                           "see the members' origins", f"blend of {pair.faithful} (0) and {pair.sharp} (1)",
                           False)
             )
-        return infos
+        return Survey(listed, broken)
+
+    def _pair_problem(self, pair: Pair) -> str | None:
+        """Why a pair's members cannot blend (one missing or unusable, or of different kinds), or None."""
+        kinds = []
+        for member in (pair.faithful, pair.sharp):
+            if self._user_file(member) is None and self.manifest.get(member) is None:
+                return f"its member {shorten(member, 80)} is not a model here"
+            try:
+                d = self._descriptor_of(member)
+            except (LookupError, ValueError) as exc:
+                return f"its member {shorten(member, 80)} cannot be used: {exc}"
+            kinds.append((d.architecture, d.scale))
+        if kinds[0] != kinds[1]:
+            (a, x), (b, y) = kinds
+            return f"{pair.faithful} is {a} ×{x} and {pair.sharp} is {b} ×{y}: they cannot blend"
+        return None
 
     def _user_file(self, name: str) -> Path | None:
         """The dropped-in file serving `name`; None for manifest names (they take precedence)."""
@@ -141,8 +236,8 @@ class ModelStore:
         user_file = self._user_file(name)
         if user_file is not None:
             d = self._user_descriptor(user_file)
-            if isinstance(d, str):
-                raise UnsupportedModelError(d)
+            if isinstance(d, ValueError):
+                raise type(d)(str(d))
             return d
         return _manifest_descriptor(self._entry(name))
 
@@ -160,24 +255,13 @@ class ModelStore:
         )
 
     def list(self) -> list[ModelInfo]:
-        listed = [
-            ModelInfo(
-                name=e.name,
-                architecture=e.architecture,
-                scale=e.scale,
-                installed=self._installed(e),
-                has_strength=self._has_strength(e),
-                precisions=e.precisions,
-                license=e.license,
-                description=e.description,
-                is_default=e.default,
-            )
-            for e in self.manifest.models
-        ]
-        infos = listed + self._user_infos()
-        return infos + self._pair_infos({i.name for i in infos})
+        """The models that can be used (see `survey` for the files that offer none)."""
+        return self.survey().models
 
     def get(self, name: str, strength: float | None = None) -> LoadedModel:
+        problem = name_problem(name)
+        if problem is not None:
+            raise ModelNotFoundError(f"unknown model {shorten(name)}: {problem}")
         user_file = self._user_file(name)
         if user_file is not None:
             return self._get_user(name, user_file, strength)
@@ -218,9 +302,11 @@ class ModelStore:
     def _get_user(self, name: str, path: Path, strength: float | None) -> LoadedModel:
         if strength is not None:
             raise ValueError(f"model {name!r} is a single file without a PSNR/GAN pair: no strength")
-        stat = path.stat()
+        known = self._user_descriptor(path)  # read once per version of the file: a broken one fails fast
+        if isinstance(known, ValueError):
+            raise type(known)(str(known))
         # The file's size and time are part of the key: replacing the file replaces the model.
-        key: _Key = (f"{path}|{stat.st_size}|{stat.st_mtime_ns}", None)
+        key: _Key = ("|".join(map(str, _stamp(path))), None)
         return self._cached(key, lambda: load_state_dict(path))
 
     def _get_pair(self, name: str, pair: Pair | str, strength: float | None) -> LoadedModel:
@@ -238,10 +324,8 @@ class ModelStore:
         except IncompatiblePairError as exc:
             raise IncompatiblePairError(f"pair {name!r} ({pair.faithful} + {pair.sharp}): {exc}") from exc
 
-    def _stamp(self, name: str) -> tuple[str, int, int]:
-        path = self._path_of_any(name)
-        stat = path.stat() if path.is_file() else None
-        return (str(path), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+    def _stamp(self, name: str) -> _Stamp:
+        return _stamp(self._path_of_any(name))
 
     def _path_of_any(self, name: str) -> Path:
         return self._user_file(name) or self.path_of(name)
@@ -292,6 +376,33 @@ class ModelStore:
                 )
             self._verified.add(stamp)
         return load_state_dict(path)
+
+
+def _stamp(path: Path) -> _Stamp:
+    """The file's identity as last seen; (path, -1, -1) for one that cannot be looked at."""
+    try:
+        info = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), info.st_size, info.st_mtime_ns)
+
+
+def _reason(error: ValueError, path: Path) -> str:
+    """Why the file cannot be used, as one line without the file's name in front (a listing shows the
+    name beside it)."""
+    reason = str(error)
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        reason = reason.removeprefix(prefix)
+    return _one_line(reason)
+
+
+def _one_line(text: str) -> str:
+    """A reason as one bounded line: whitespace runs (newlines too) become one space, anything else
+    that would not print as itself is escaped."""
+    line = " ".join(text.split())
+    if printable(line) != line:
+        line = printable(line)[1:-1]
+    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 1] + "…"
 
 
 def _precisions(d: ModelDescriptor) -> tuple[str, ...]:
