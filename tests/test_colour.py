@@ -108,3 +108,52 @@ def test_auto_contrast_strength_zero_is_identity_and_limits_hold():
     assert levels.white - levels.black >= 1 / 2.5 - 1e-6  # gain never above 2.5
     dark = torch.rand(1, 16, 16) * 0.2
     assert colour.measure_levels(dark).white >= 0.75  # a dark picture is not pushed to white
+
+
+def test_float_values_outside_zero_to_one_pass_the_network_unchanged(enhancer, crop):
+    """The part of a float image beyond [0, 1] (a highlight at 2.0, a wide-gamut colour with a negative
+    component) skips the network: it is resized like the picture and added back, never clamped."""
+    image = crop.astype(np.float32) / 255
+    image[8:24, 8:24] = 2.0  # a highlight twice as bright as white
+    image[28:44, 20:36] = (0.9, -0.2, 0.1)  # a red beyond the primaries of the image's space
+    inside = np.clip(image, 0.0, 1.0)
+    beyond = pixels.to_tensor(image - inside)
+    for scale in (1.0, 2.0):
+        result = enhancer.enhance(image, EnhanceOptions(model=MODEL, scale=scale))
+        height, width = result.shape[:2]
+        network = enhancer.enhance(inside, EnhanceOptions(model=MODEL, scale=scale))
+        expected = network + colour.resize(beyond, height, width, clamp=False).permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(result, expected, atol=1e-6)
+        s = int(scale)
+        highlight = result[(8 + 4) * s : (24 - 4) * s, (8 + 4) * s : (24 - 4) * s]
+        wide_red = result[(28 + 4) * s : (44 - 4) * s, (20 + 4) * s : (36 - 4) * s]
+        assert abs(float(highlight.mean()) - 2.0) < 0.02
+        np.testing.assert_allclose(wide_red.reshape(-1, 3).mean(0), (0.9, -0.2, 0.1), atol=0.02)
+
+
+def test_linear_floats_beyond_one_round_trip(enhancer):
+    """Linear-light floats go through the extended sRGB curve and back: a flat 3.0 comes back about 3.0
+    (the network alone moves a flat colour by a level or two)."""
+    flat = np.full((24, 24, 3), 3.0, dtype=np.float32)
+    flat[:, :, 1] = -0.01
+    result = enhancer.enhance(flat, EnhanceOptions(model=MODEL, scale=2.0, linear=True))
+    assert result.shape == (48, 48, 3)
+    inner = result[8:-8, 8:-8].reshape(-1, 3)  # the network's own border effects stay out of this
+    np.testing.assert_allclose(inner, np.broadcast_to(flat[0, 0], inner.shape), rtol=0.05, atol=1e-3)
+
+
+def test_colour_options_keep_a_wide_gamut_image_in_its_own_space(enhancer):
+    """Keep colours and auto contrast work on the encoded values of the image's own space: its primaries
+    stay primaries and its greys stay grey, whatever the space (nothing assumes sRGB's gamut)."""
+    import wide_gamut
+
+    image, corners = wide_gamut.patch_image()
+    samples = np.round(image * 65535).astype(np.uint16)
+    options = EnhanceOptions(model=MODEL, scale=2.0, colour_fidelity=True, auto_contrast=1.0)
+    result = enhancer.enhance(samples, options).astype(np.float64) / 65535
+    means = wide_gamut.patch_means(result, corners, 2)
+    for name in ("red", "green", "blue"):
+        expected = np.array(wide_gamut.PATCHES[name])
+        np.testing.assert_allclose(means[name], expected, atol=0.01, err_msg=name)
+    for name in ("dark-grey", "mid-grey", "light-grey"):
+        assert np.ptp(means[name]) < 0.002, (name, means[name])  # neutral stays neutral

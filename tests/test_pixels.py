@@ -29,17 +29,29 @@ def test_sixteen_bit_keeps_steps_finer_than_eight_bit():
     assert len(np.unique(back)) == 4096
 
 
-def test_float_images_are_clamped_and_nan_is_zero():
-    image = np.array([[[0.5, -1.0, 2.0, np.nan]]], dtype=np.float32)
+def test_float_images_keep_values_outside_the_unit_range_and_nan_is_zero():
+    image = np.array([[[0.5, -1.0, 2.0], [np.nan, np.inf, -np.inf]]], dtype=np.float32)
     tensor = pixels.to_tensor(image)
-    assert tensor.flatten().tolist() == [0.5, 0.0, 1.0, 0.0]
+    assert tensor.permute(1, 2, 0).flatten().tolist() == [0.5, -1.0, 2.0, 0.0, 1.0, 0.0]
     back = pixels.from_tensor(tensor, np.float32)
-    assert back.dtype == np.float32 and back.shape == (1, 1, 4)
+    assert back.dtype == np.float32 and back.shape == (1, 2, 3)
+    assert back.flatten().tolist() == [0.5, -1.0, 2.0, 0.0, 1.0, 0.0]  # float results are not clamped
 
 
-def test_from_tensor_rounds_and_clamps():
+def test_split_range_separates_what_lies_outside_zero_to_one():
+    tensor = torch.tensor([[[0.5, -0.25, 1.75, 1.0, 0.0]]])
+    inside, beyond = pixels.split_range(tensor)
+    assert inside.flatten().tolist() == [0.5, 0.0, 1.0, 1.0, 0.0]
+    assert beyond.flatten().tolist() == [0.0, -0.25, 0.75, 0.0, 0.0]
+    torch.testing.assert_close(inside + beyond, tensor, atol=0, rtol=0)
+    in_range = torch.rand(3, 4, 4)
+    assert pixels.split_range(in_range) == (in_range, None)
+
+
+def test_from_tensor_rounds_and_clamps_integers():
     tensor = torch.tensor([[[0.0, 0.5 / 255, 0.6 / 255, 1.2, -0.3]]])
     assert pixels.from_tensor(tensor, np.uint8).flatten().tolist() == [0, 0, 1, 255, 0]
+    assert pixels.from_tensor(tensor, np.uint16).flatten().tolist() == [0, 128, 154, 65535, 0]
 
 
 def test_two_dimensional_arrays_are_gray():
@@ -99,6 +111,13 @@ def test_transfer_functions_invert_and_hit_known_values():
     )
     assert abs(float(pixels.srgb_to_linear(torch.tensor(0.5))) - 0.21404) < 1e-4
     assert abs(float(pixels.linear_to_srgb(torch.tensor(0.18))) - 0.46135) < 1e-4
+    # Beyond [0, 1] the curves continue (linear below 0, the power law above 1), as babl's do, and invert.
+    outside = torch.tensor([-0.5, -0.01, 1.0, 1.5, 4.0])
+    torch.testing.assert_close(
+        pixels.srgb_to_linear(pixels.linear_to_srgb(outside)), outside, atol=1e-5, rtol=1e-5
+    )
+    assert abs(float(pixels.linear_to_srgb(torch.tensor(-0.1))) + 1.292) < 1e-5  # babl: -1.292
+    assert abs(float(pixels.linear_to_srgb(torch.tensor(2.0))) - 1.35326) < 1e-4  # babl: 1.35326
 
 
 def test_gray_goes_to_rgb_and_back():

@@ -1,8 +1,9 @@
-"""Moving a layer's pixels between GIMP and raw bytes, in the image's own precision.
+"""Moving a layer's pixels between GIMP and raw bytes, in the image's own precision and colour space.
 
 GEGL does every conversion: the plug-in only names a babl format and hands bytes through, so no
-pixel ever passes through a Python loop. Primed formats (`R'G'B'A`) are sRGB-encoded, which is
-what the models expect, whatever the image's own (linear or perceptual) storage is.
+pixel ever passes through a Python loop. The format carries the layer's own colour space (its
+profile's primaries and tone curve), so an Adobe RGB or ProPhoto layer travels as its own values:
+nothing is converted through sRGB or clipped to it on the way out or back.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 
 import gi
 
+gi.require_version("Babl", "0.1")
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp  # noqa: E402
+from gi.repository import Babl, Gegl, Gimp  # noqa: E402
 
 # Image precision -> (babl component type, wire sample type). 32-bit integer, half and double
 # images travel as float: float keeps every value of those and is what the wire carries.
@@ -25,26 +27,42 @@ _SAMPLE_TYPES = {
     "FLOAT": ("float", "f32"),
     "DOUBLE": ("float", "f32"),
 }
+# Image precision's tone curve -> the babl encoding the model sees. Non-linear and perceptual layers
+# go as they are stored (R'G'B': the profile's curve; R~G~B~: the sRGB curve), so the round trip is
+# exact. Linear-light layers (a linear precision, or a profile whose curve is linear) go as R~G~B~:
+# the sRGB curve over the profile's own primaries. That is the curve the models were trained on, it
+# is defined whatever the profile's curve is (with a linear-curve profile, R'G'B' would still be
+# linear light), and babl extends it below 0 and above 1 where a gamma curve cuts negative values to
+# 0. Their samples travel as float, so nothing the model did not touch is rounded or clamped.
+_ENCODINGS = {"linear": "~", "non-linear": "'", "perceptual": "~"}
 
 
 @dataclass(frozen=True)
 class PixelFormat:
     """How a drawable's pixels travel: the babl format GEGL converts to and its wire description."""
 
-    babl: str  # e.g. "R'G'B'A u16"
+    babl: str  # a babl format name, e.g. "R'G'B'A u16" or "R'G'B'A u16-space-…" for a profile's space
     channels: int  # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
     sample_type: str  # "u8" | "u16" | "f32"
 
 
 def pixel_format(drawable: Gimp.Drawable) -> PixelFormat:
-    """The format that keeps the drawable's precision, colour model and alpha."""
-    precision = drawable.get_image().get_precision().value_nick  # e.g. "u16-non-linear"
-    component, sample_type = _SAMPLE_TYPES[precision.split("-")[0].upper()]
+    """The format that keeps the drawable's precision, colour model, colour space and alpha."""
+    image = drawable.get_image()
+    precision = image.get_precision().value_nick  # e.g. "u16-non-linear", "float-linear"
+    component_name, curve = precision.split("-", 1)
+    component, sample_type = _SAMPLE_TYPES[component_name.upper()]
+    if curve == "non-linear" and image.get_effective_color_profile().is_linear():
+        curve = "linear"  # stored through the profile's curve, which is linear: linear light all the same
+    encoding = _ENCODINGS[curve]
+    if curve == "linear":
+        component, sample_type = "float", "f32"  # integer linear light would lose steps when re-encoded
     gray = drawable.is_gray()
     alpha = drawable.has_alpha()
-    model = ("Y'" if gray else "R'G'B'") + ("A" if alpha else "")
-    channels = (1 if gray else 3) + (1 if alpha else 0)
-    return PixelFormat(f"{model} {component}", channels, sample_type)
+    model = (f"Y{encoding}" if gray else f"R{encoding}G{encoding}B{encoding}") + ("A" if alpha else "")
+    # Formats are passed to GEGL by name; the name exists once babl has made the format with the space.
+    spaced = Babl.format_with_space(f"{model} {component}", drawable.get_format())
+    return PixelFormat(Babl.get_name(spaced), (1 if gray else 3) + (1 if alpha else 0), sample_type)
 
 
 def layer_type(fmt: PixelFormat) -> Gimp.ImageType:

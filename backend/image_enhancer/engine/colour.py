@@ -1,7 +1,12 @@
 """Colour and size after the network: resampling to any scale, colour fidelity, automatic contrast.
 
-All functions take and return float32 ``(C, H, W)`` tensors in ``[0, 1]`` (C = 1 gray or 3 RGB,
-sRGB-encoded), the backend's one image representation.
+All functions take and return float32 ``(C, H, W)`` tensors in ``[0, 1]`` (C = 1 gray or 3 RGB), the
+backend's one image representation: the image's encoded values in its own colour space (sRGB, or the
+primaries and tone curve of its profile, such as Adobe RGB or ProPhoto). Nothing here converts between
+colour spaces, and ``[0, 1]`` is the whole gamut of the image's own space, so a wide-gamut colour is never
+clipped to sRGB. The luma weights below are sRGB's; in other primaries they are an approximation of
+brightness, which is all they are used for (splitting a correction into brightness and colour, a mild
+saturation boost), so those results stay sound.
 """
 
 from __future__ import annotations
@@ -11,19 +16,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Full-range BT.601 luma, the usual choice for the Y of a YCbCr split of sRGB-encoded values.
+# Full-range BT.601 luma, the usual choice for the Y of a YCbCr split of encoded values.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
-def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic resize, antialiased when shrinking (so ×1.5 or ×3 from a ×4 network does not alias)."""
+def resize(image: torch.Tensor, height: int, width: int, *, clamp: bool = True) -> torch.Tensor:
+    """Bicubic resize, antialiased when shrinking (so ×1.5 or ×3 from a ×4 network does not alias), clamped
+    to ``[0, 1]`` unless ``clamp`` is false (for values that lie outside that range on purpose)."""
     if image.shape[-2:] == (height, width):
         return image
     shrinking = height < image.shape[-2] or width < image.shape[-1]
     resized = F.interpolate(
         image[None], size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking
-    )
-    return resized[0].clamp_(0.0, 1.0)
+    )[0]
+    return resized.clamp_(0.0, 1.0) if clamp else resized
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:

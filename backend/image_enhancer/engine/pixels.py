@@ -2,8 +2,11 @@
 
 Outside the backend an image is a numpy array ``H×W×C`` (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) of
 ``uint8``, ``uint16`` or ``float32`` samples, or the same samples as raw little-endian bytes. Inside it
-is a ``torch.float32`` tensor ``(C, H, W)``, sRGB-encoded, with values in ``[0, 1]``. This module is the
-only place that converts between the two, so rounding and clamping happen exactly once each way.
+is a ``torch.float32`` tensor ``(C, H, W)`` of the image's encoded values (sRGB-encoded, or the encoding of
+the image's own colour space when it has a profile: nothing here converts between colour spaces), in
+``[0, 1]`` for integer samples. Float samples may lie outside ``[0, 1]`` (wide-gamut or high-dynamic-range
+values); ``split_range`` separates that part so the engine can carry it past the network. This module is
+the only place that converts between the two, so rounding and clamping happen exactly once each way.
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ def to_bytes(pixels: np.ndarray) -> bytes:
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """``H×W×C`` (or ``H×W``) uint8/uint16/float32 array → float32 ``(C, H, W)`` tensor in ``[0, 1]``.
+    """``H×W×C`` (or ``H×W``) uint8/uint16/float32 array → float32 ``(C, H, W)`` tensor.
 
-    Float samples are clamped to ``[0, 1]`` and NaN becomes 0, because the models are trained on that
-    range; integer samples are divided by their type's maximum.
+    Integer samples are divided by their type's maximum, so they land in ``[0, 1]``. Float samples keep
+    their values, also outside ``[0, 1]``; only NaN becomes 0 and ±infinity 1 and 0, so that every later
+    step works on finite numbers.
     """
     check_image(pixels)
     if pixels.ndim == 2:
@@ -101,35 +105,47 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     if maximum is not None:
         return tensor.mul_(1.0 / maximum)
-    return tensor.nan_to_num_(0.0).clamp_(0.0, 1.0)
+    return tensor.nan_to_num_(nan=0.0, posinf=1.0, neginf=0.0)
+
+
+def split_range(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``tensor`` → (its values clamped to ``[0, 1]``, the rest: ``tensor`` minus that part), the rest being
+    None when every value already lies in ``[0, 1]``. The models take the first; the second is what a float
+    image holds beyond their range."""
+    inside = tensor.clamp(0.0, 1.0)
+    if bool(torch.equal(inside, tensor)):
+        return tensor, None
+    return inside, tensor - inside
 
 
 def from_tensor(tensor: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
     """float32 ``(C, H, W)`` tensor → ``H×W×C`` array of ``dtype`` (uint8, uint16 or float32).
 
-    Values are clamped to ``[0, 1]``; integer types are rounded to the nearest step, so 16-bit results
-    keep their full precision.
+    Integer types are clamped to ``[0, 1]`` and rounded to the nearest step, so 16-bit results keep their
+    full precision. Float results keep their values as they are, also outside ``[0, 1]``: what the range is
+    for float is the caller's decision (the engine clamps what the network made and nothing else).
     """
     dtype = np.dtype(dtype)
     if dtype.newbyteorder("=") not in {d.newbyteorder("=") for d in SAMPLE_DTYPES.values()}:
         raise PixelFormatError(f"unsupported sample type {dtype}; expected uint8, uint16 or float32")
     if tensor.ndim != 3:
         raise PixelFormatError(f"expected a (C, H, W) tensor, got shape {tuple(tensor.shape)}")
-    values = tensor.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
+    values = tensor.detach().to("cpu", torch.float32)
     maximum = _INT_MAX.get(dtype.newbyteorder("="))
     if maximum is not None:
-        values = values.mul_(maximum).round_()
+        values = values.clamp(0.0, 1.0).mul_(maximum).round_()
     # One pass from the channels-first floats to the interleaved result, without a float copy between.
     return values.permute(1, 2, 0).numpy().astype(dtype.newbyteorder("="), order="C")
 
 
 def srgb_to_linear(values: torch.Tensor) -> torch.Tensor:
-    """The sRGB decoding curve (IEC 61966-2-1), for values in ``[0, 1]``."""
+    """The sRGB decoding curve (IEC 61966-2-1); below 0 its linear part continues, above 1 its power law
+    (as babl extends it), so values outside ``[0, 1]`` round-trip."""
     return torch.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055).clamp(min=0) ** 2.4)
 
 
 def linear_to_srgb(values: torch.Tensor) -> torch.Tensor:
-    """The sRGB encoding curve (IEC 61966-2-1), for values in ``[0, 1]``."""
+    """The sRGB encoding curve (IEC 61966-2-1), extended beyond ``[0, 1]`` as ``srgb_to_linear`` is."""
     return torch.where(values <= 0.0031308, values * 12.92, 1.055 * values.clamp(min=0) ** (1 / 2.4) - 0.055)
 
 
