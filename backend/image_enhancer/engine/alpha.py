@@ -77,3 +77,17 @@ def keep_flat_alpha(upscaled: torch.Tensor, alpha: torch.Tensor, scale: int) -> 
     flat = F.interpolate((high == low).to(alpha.dtype)[None], scale_factor=scale, mode="nearest")[0]
     source = F.interpolate(alpha[None], scale_factor=scale, mode="nearest")[0]
     return torch.where(flat.bool(), source, upscaled)
+
+
+def keep_flat_alpha_at(
+    upscaled: torch.Tensor, alpha: torch.Tensor, scale: int, top: int, left: int
+) -> torch.Tensor:
+    """``keep_flat_alpha`` for one tile: ``upscaled`` is the network's alpha for the input pixels from
+    ``(top, left)`` on, and the 3×3 test still sees their neighbours outside the tile."""
+    height, width = upscaled.shape[-2] // scale, upscaled.shape[-1] // scale
+    y0, x0 = max(0, top - 1), max(0, left - 1)
+    y1, x1 = min(alpha.shape[-2], top + height + 1), min(alpha.shape[-1], left + width + 1)
+    before_y, before_x = (top - y0) * scale, (left - x0) * scale
+    margins = [before_x, (x1 - left - width) * scale, before_y, (y1 - top - height) * scale]
+    kept = keep_flat_alpha(F.pad(upscaled, margins), alpha[:, y0:y1, x0:x1].to(upscaled.device), scale)
+    return kept[:, before_y : before_y + height * scale, before_x : before_x + width * scale]

@@ -10,7 +10,10 @@ one window is a single tile that is exactly the plain forward pass. Neighbouring
 ``overlap`` pixels, and in the overlaps the outputs are blended with feathered weights that sum to
 one, so a tiled result matches the untiled one and leaves no seam even for GAN models.
 
-Only one batch of windows is on the device at a time; the output canvas stays on the CPU.
+Only one batch of windows is on the device at a time; the output canvas stays on the CPU. When the
+result is wanted smaller than the network makes it (×2 from a ×4 model), each tile's blended share is
+reduced to that size as soon as the tile is done (``resample.Reduction``: exact, since the reduction is
+linear), so the canvas has the size of the result, not of the network's output.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from image_enhancer.engine.resample import Reduction
 
 # MIN_TILE is the smallest tile core the back-off goes down to; below it the context dominates the work.
 from image_enhancer.request import MIN_TILE
@@ -60,6 +65,10 @@ class Tile:
 
     y: Span
     x: Span
+
+
+#: Transforms one tile's output (``(C, h, w)``, on the runtime's device) before it is blended.
+TileHook = Callable[[torch.Tensor, Tile], torch.Tensor]
 
 
 def plan_axis(
@@ -247,10 +256,19 @@ class Tiler:
         return len(self._plan((height, width), 0, 0, height, width, self.tile))
 
     def run(
-        self, image: torch.Tensor, progress_offset: int = 0, progress_total: int | None = None
+        self,
+        image: torch.Tensor,
+        progress_offset: int = 0,
+        progress_total: int | None = None,
+        size: tuple[int, int] | None = None,
+        per_tile: TileHook | None = None,
     ) -> torch.Tensor:
-        """Process a ``(C, H, W)`` float32 CPU image; returns ``(C', H·scale, W·scale)`` on the CPU.
+        """Process a ``(C, H, W)`` float32 CPU image; returns ``(C', H·scale, W·scale)`` on the CPU, or
+        ``(C', *size)`` when ``size`` is given and smaller: the whole result shrunk as ``colour.resize``
+        does it (antialiased bicubic, not clamped), built tile by tile without the full-scale canvas.
 
+        ``per_tile(output, tile)`` transforms each tile's output before it is blended (channel folding,
+        per-pixel fixes); it must keep the output's height and width.
         Progress reports ``progress_offset + tiles done`` out of ``progress_total`` (default: this
         image's tile count), so several runs can share one progress range.
         """
@@ -261,7 +279,14 @@ class Tiler:
             if progress_total is not None
             else progress_offset + self.count_tiles(height, width)
         )
-        return self._render(image, 0, 0, height, width, self.tile, report=True)
+        full = (height * self.settings.scale, width * self.settings.scale)
+        reduction = None
+        if size is not None and tuple(size) != full:
+            if size[0] > full[0] or size[1] > full[1]:
+                raise ValueError(f"the tiler only shrinks its {full[1]}×{full[0]} result, not to {size}")
+            reduction = Reduction.bicubic(full, (size[0], size[1]))
+        return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
+                            per_tile=per_tile)
 
     def _plan(
         self, size: tuple[int, int], top: int, left: int, bottom: int, right: int, tile: int
@@ -272,7 +297,16 @@ class Tiler:
         )
 
     def _render(
-        self, image: torch.Tensor, top: int, left: int, bottom: int, right: int, tile: int, report: bool
+        self,
+        image: torch.Tensor,
+        top: int,
+        left: int,
+        bottom: int,
+        right: int,
+        tile: int,
+        report: bool,
+        reduction: Reduction | None = None,
+        per_tile: TileHook | None = None,
     ) -> torch.Tensor:
         s = self.settings
         tiles = self._plan(image.shape[-2:], top, left, bottom, right, tile)
@@ -289,8 +323,19 @@ class Tiler:
             batch = tiles[index : index + self.batch_size]
             outputs = self._cores(image, batch, tile)
             for t, core in zip(batch, outputs, strict=True):
-                if len(tiles) == 1:  # one tile covers the region: nothing to blend
+                if per_tile is not None:
+                    core = per_tile(core, t)
+                if len(tiles) == 1 and reduction is None:  # one tile covers the region: nothing to blend
                     canvas = core.cpu()
+                    continue
+                if reduction is not None:  # this tile's share of the result, shrunk before it is kept
+                    share, y0, x0 = reduction.apply(
+                        core, t.y.core_start * s.scale, t.x.core_start * s.scale,
+                        row_weight[t.y].to(core.device), col_weight[t.x].to(core.device),
+                    )
+                    if canvas is None:
+                        canvas = torch.zeros(core.shape[0], *reduction.out_size)
+                    canvas[:, y0 : y0 + share.shape[1], x0 : x0 + share.shape[2]] += share.cpu()
                     continue
                 weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(
                     1, -1

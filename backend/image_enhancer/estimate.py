@@ -1,0 +1,182 @@
+"""What a command-line job will cost, said before it starts, and the model to start with.
+
+The estimate comes from the measured speed of the model on this device, kept as the server keeps it for
+the GIMP dialog (``server.model_speed``: the last jobs of each model per device, fitted to a fixed part
+plus a part per pixel). The network always works at its own scale: a ×2 or ×3 request on a ×4 model
+costs what ×4 costs (the result is shrunk tile by tile afterwards), and tiles also compute their
+context. So a job's work is counted in *network pixels* (``Enhancer.network_pixels``: every window of
+the tile plan at the model's scale, once per pass; a varying alpha is a second pass), and those
+measurements are kept in their own file, apart from the server's, which counts result pixels. A model
+never measured here is first timed on one window like the job's (at most 256²: about 10 s for x4plus on
+two CPU cores, a fraction of a second for the compact models) and that is recorded; every finished job
+is recorded as well, so later estimates follow this machine.
+
+When the job would take more than a few minutes on a CPU and a faster model is installed, the estimate
+names it with the time it would take.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from image_enhancer.engine.enhancer import Enhancer, Progress
+from image_enhancer.paths import user_home
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.server.model_speed import ModelSpeeds, fit, suggested_model
+
+#: In the user cache: measured network pixels per second, per device and model.
+SPEEDS_FILE = "network_speed.json"
+#: Above this many seconds on a CPU, a faster model is named ("more than a few minutes").
+SLOW_JOB_SECONDS = 180.0
+SLOW_JOB_ENV = "IMAGE_ENHANCER_SLOW_JOB_SECONDS"  # overrides SLOW_JOB_SECONDS
+#: The calibration window is the job's own window, at most this many input pixels a side: large enough
+#: that the per-call overhead is small against the work (x4plus at 64² is two thirds overhead on two
+#: CPU cores), small enough to cost seconds (x4plus: about 10 s at 256² on two cores).
+CALIBRATION_MAX_SIDE = 256
+#: Jobs at least this long tell the rate; shorter ones mostly tell the fixed part.
+MEASURED_SECONDS = 1.0
+
+
+def seconds_for(speed: tuple[float, float], pixels: int) -> float | None:
+    """Seconds for ``pixels`` network pixels at (pixels per second, fixed seconds); None if unmeasured."""
+    rate, fixed = speed
+    return fixed + pixels / rate if rate > 0 else None
+
+
+def duration_words(seconds: float) -> str:
+    if seconds < 10:
+        return "a few seconds"
+    if seconds < 90:
+        return f"about {round(seconds / 5) * 5:.0f} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def slow_job_seconds() -> float:
+    value = os.environ.get(SLOW_JOB_ENV)
+    try:
+        return float(value) if value else SLOW_JOB_SECONDS
+    except ValueError:
+        return SLOW_JOB_SECONDS
+
+
+class NetworkSpeeds(ModelSpeeds):
+    """``ModelSpeeds`` in network pixels. The planner prepares a model before the timed part of a job
+    begins, so unlike the server's first job of a model, the first one here is a fair measurement. Jobs
+    shorter than MEASURED_SECONDS are kept but not used: their time is mostly the fixed part and noise,
+    and a rate taken from them would put a big photo at ten times its real time."""
+
+    def prepared(self, model: str) -> None:
+        self._warm.add(model)
+
+    def _measured(self, model: str) -> list[tuple[int, float]]:
+        return [(p, s) for p, s in self._jobs.get(model, []) if s >= MEASURED_SECONDS]
+
+    def measured(self, model: str) -> bool:
+        with self._lock:
+            return bool(self._measured(model))
+
+    def speed(self, model: str) -> tuple[float, float]:
+        """From the jobs long enough to tell; from all when there are none (on a fast GPU)."""
+        with self._lock:
+            return fit(self._measured(model) or self._jobs.get(model, []))
+
+
+@dataclass
+class Planner:
+    """Chooses the model, estimates each input before it runs, and records what it took."""
+
+    enhancer: Enhancer
+    speeds: NetworkSpeeds
+    slow_seconds: float
+    calibrated: set[str] = field(default_factory=set)  # in this process
+
+    @classmethod
+    def for_enhancer(cls, enhancer: Enhancer) -> Planner:
+        speeds = NetworkSpeeds(enhancer.compute.describe(), user_home() / SPEEDS_FILE)
+        return cls(enhancer, speeds, slow_job_seconds())
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.enhancer.compute.key != "cpu"
+
+    def default_model(self) -> str:
+        """The model the dialog suggests on this device: the fast pair on a CPU, the manifest's on a GPU."""
+        return suggested_model(self.enhancer.store, on_gpu=self.on_gpu)  # type: ignore[arg-type]
+
+    def _work(self, image: np.ndarray, options: EnhanceOptions) -> int:
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        return self.enhancer.network_pixels(image.shape[0], image.shape[1], options, channels,
+                                            _passes(image, options))
+
+    def _speed(self, model: str, image: np.ndarray, options: EnhanceOptions) -> tuple[float, float]:
+        if not self.speeds.measured(model) and model not in self.calibrated:
+            self.calibrate(model, image, options)
+            self.calibrated.add(model)
+        return self.speeds.speed(model)
+
+    def calibrate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> None:
+        """Time one window like the job's (after one tiny run that loads and prepares the model) and
+        record it: per pixel a window costs about what the job's windows will."""
+        settings = self.enhancer.tile_settings(image.shape[0], image.shape[1], options)
+        window = min(settings.tile + 2 * settings.pad, CALIBRATION_MAX_SIDE)
+        shape = (min(window, image.shape[0]), min(window, image.shape[1]), 3)
+        noise = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+        plain = EnhanceOptions(model=model)
+        self.enhancer.enhance(noise[:32, :32], plain)
+        self.speeds.prepared(model)
+        started = time.perf_counter()
+        self.enhancer.enhance(noise, plain)
+        self.speeds.record(model, self._work(noise, plain), time.perf_counter() - started)
+
+    def estimate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> float | None:
+        """Seconds the job will take on this device (None if the model cannot be timed here)."""
+        options = replace(options, model=model)
+        return seconds_for(self._speed(model, image, options), self._work(image, options))
+
+    def announce(self, image: np.ndarray, options: EnhanceOptions) -> str:
+        """One or two lines for the person waiting: how long, and a faster model when it is slow."""
+        seconds = self.estimate(options.model, image, options)
+        where = "this GPU" if self.on_gpu else "this CPU"
+        if seconds is None:
+            return f"estimated time: unknown for {options.model} on {where}"
+        text = f"estimated time: {duration_words(seconds)} with {options.model} on {where}"
+        fast = self.default_model()
+        if self.on_gpu or seconds <= self.slow_seconds or fast == options.model:
+            return text
+        faster = self.estimate(fast, image, replace(options, model=fast, strength=None))
+        if faster is None or faster >= seconds / 2:
+            return text
+        return f"{text}; {fast} would take {duration_words(faster)} (-m {fast})"
+
+    def run(
+        self, image: np.ndarray, options: EnhanceOptions, progress: Callable[[Progress], None] | None = None
+    ) -> np.ndarray:
+        """Enhance ``image`` and record the time the model worked (from the end of loading)."""
+        ready: list[float] = []
+
+        def watch(event: Progress) -> None:
+            if event.stage == "loading model" and event.done == event.total and not ready:
+                ready.append(time.perf_counter())
+            if progress is not None:
+                progress(event)
+
+        result = self.enhancer.enhance(image, options, progress=watch)
+        if ready:
+            self.speeds.prepared(options.model)  # by announce (network_pixels) or by an earlier job
+            self.speeds.record(options.model, self._work(image, options), time.perf_counter() - ready[0])
+        return result
+
+
+def _passes(image: np.ndarray, options: EnhanceOptions) -> int:
+    """Network passes over the image: a second one for a varying alpha the model upscales."""
+    if image.ndim != 3 or image.shape[2] not in (2, 4) or options.alpha_mode != "model":
+        return 1
+    alpha = image[:, :, -1]
+    return 1 if bool((alpha == alpha.flat[0]).all()) else 2

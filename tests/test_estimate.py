@@ -1,0 +1,75 @@
+"""The command line says what a job will cost before it starts, and starts with the device's model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_enhancer.cli import main
+from image_enhancer.estimate import SLOW_JOB_ENV, NetworkSpeeds, Planner
+from image_enhancer.request import EnhanceOptions
+from image_enhancer.server.model_speed import suggested_model
+from tests.conftest import REPO_ROOT
+
+SLOW_MODEL = "realesrgan-x4plus"
+
+
+def _photo(folder: Path, side: int) -> Path:
+    with Image.open(REPO_ROOT / "tests" / "data" / "forest_256.png") as im:
+        im.convert("RGB").crop((0, 0, side, side)).save(folder / "photo.png")
+    return folder / "photo.png"
+
+
+@pytest.fixture(scope="module")
+def planner(model_store, tmp_path_factory) -> Planner:
+    from image_enhancer.engine.enhancer import Enhancer
+
+    enhancer = Enhancer(model_store, device="cpu")
+    speeds = NetworkSpeeds(enhancer.compute.describe(), tmp_path_factory.mktemp("speeds") / "speeds.json")
+    return Planner(enhancer, speeds, slow_seconds=180.0)
+
+
+def test_a_request_below_the_models_scale_is_estimated_at_the_models_scale(planner) -> None:
+    image = np.zeros((300, 200, 3), np.uint8)
+    model = suggested_model(planner.enhancer.store, on_gpu=False)
+    at = {s: planner.estimate(model, image, EnhanceOptions(model=model, scale=s)) for s in (1, 2, 3, 4)}
+    assert at[4] and at[4] > 0
+    assert at[1] == at[2] == at[3] == at[4]  # the network makes ×4 every time; shrinking is not the work
+    bigger = planner.estimate(model, np.zeros((600, 400, 3), np.uint8), EnhanceOptions(model=model, scale=2))
+    assert bigger > at[2]
+
+
+def test_the_cli_prints_the_estimate_first_and_names_the_faster_model(model_store, tmp_path: Path) -> None:
+    photo = _photo(tmp_path, 96)
+    env = {**os.environ, SLOW_JOB_ENV: "0.001"}  # every job counts as slow
+    run = subprocess.run(
+        [sys.executable, "-m", "image_enhancer", "enhance", str(photo), "-o", str(tmp_path / "out.png"),
+         "-m", SLOW_MODEL, "-s", "2", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    fast = suggested_model(model_store, on_gpu=False)
+    line = next(line for line in run.stderr.splitlines() if "estimated time" in line)
+    assert f"with {SLOW_MODEL} on this CPU" in line
+    assert f"{fast} would take" in line and f"-m {fast}" in line
+    assert run.stderr.index("estimated time") < run.stderr.index("enhancing")  # said before the work
+    assert Image.open(tmp_path / "out.png").size == (192, 192)
+
+
+def test_the_default_model_is_the_devices_suggestion_and_m_wins(model_store, tmp_path: Path, capfd) -> None:
+    photo = _photo(tmp_path, 24)
+    assert main(["enhance", str(photo), "-o", str(tmp_path / "a.png"), "--device", "cpu"]) == 0
+    suggested = suggested_model(model_store, on_gpu=False)
+    assert suggested != model_store.default_model  # on a CPU the fast pair, not x4plus
+    assert f"with {suggested} on this CPU" in capfd.readouterr().err
+    assert main(["enhance", str(photo), "-o", str(tmp_path / "b.png"), "--device", "cpu",
+                 "-m", "realesr-animevideov3"]) == 0
+    err = capfd.readouterr().err
+    assert "with realesr-animevideov3 on this CPU" in err
+    assert "would take" not in err  # not slow: no other model named
