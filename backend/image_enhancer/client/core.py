@@ -20,6 +20,7 @@ from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 from google.protobuf.message import Message
 
 from .. import wire
+from ..address import Target, parse_target
 from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
 from ..wire import ImageInfo, ModelInfo, ServerInfo
@@ -224,7 +225,8 @@ def health_messages() -> tuple[Any, Any]:
 class Client(ABC):
     """A connection to an Image Enhancer server; every method raises `EnhancerError`.
 
-        with LiteClient("127.0.0.1:50051", token=None) as client:    # or "unix:/path/to/socket"
+        with LiteClient("127.0.0.1:50051", token=None) as client:    # or "unix:/path/to/socket",
+                                                    # "dns:///NAME:PORT", "ipv4:A:PORT,B:PORT"
             client.wait_until_serving(timeout=60)
             client.health() -> "SERVING" | "NOT_SERVING" | ...
             client.list_models() -> list[ModelInfo]
@@ -245,20 +247,20 @@ class Client(ABC):
         tls: bool = False,
         chunk_size: int = wire.DEFAULT_CHUNK,
     ) -> None:
-        """`token` is sent as `authorization: Bearer` metadata; `tls` (implied by `root_certificates`,
-        PEM bytes; None trusts the system's roots) encrypts the connection."""
+        """`address` is one backend (HOST:PORT, unix:PATH) or several behind one gRPC target
+        (`dns:///NAME:PORT`, `ipv4:A:PORT,B:PORT`, `ipv6:[A]:PORT,...`; see each transport for how it
+        spreads calls). `token` is sent as `authorization: Bearer` metadata; `tls` (implied by
+        `root_certificates`, PEM bytes; None trusts the system's roots) encrypts the connection."""
         try:
-            parsed = wire.parse_address(address)
+            target = parse_target(address)
         except wire.AddressError as error:
             raise EnhancerError("invalid", str(error)) from None
         self._metadata = auth_metadata(token)
         self._chunk_size = chunk_size
-        self._connect(address, parsed, tls or root_certificates is not None, root_certificates)
+        self._connect(target, tls or root_certificates is not None, root_certificates)
 
     @abstractmethod
-    def _connect(
-        self, address: str, parsed: wire.Address, tls: bool, root_certificates: bytes | None
-    ) -> None: ...
+    def _connect(self, target: Target, tls: bool, root_certificates: bytes | None) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...

@@ -5,11 +5,18 @@
                                       on_progress=lambda p: print(p.stage, p.done, p.total))
 
 `lite.LiteClient` offers the same methods on pure-Python packages.
+
+Several backends behind one target (`dns:///NAME:PORT`, e.g. a Kubernetes headless Service, or
+`ipv4:A:PORT,B:PORT`) are balanced by gRPC itself: the `round_robin` policy spreads calls over every
+address the target resolves to, and a call refused with UNAVAILABLE (a backend going away) is retried
+on another, as gRPC's retry policy allows (a call is retried only until its upload has outgrown gRPC's
+retry buffer or a reply has arrived). One plain address keeps gRPC's defaults.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +24,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from .. import wire
+from ..address import Target
 from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
 from . import core
@@ -27,6 +35,41 @@ T = TypeVar("T")
 _DTYPES = {"u8": np.dtype("<u1"), "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}
 
 
+# gRPC's service config for a balanced target: round_robin, and retries on UNAVAILABLE for every method
+# of ours and the health check (maxAttempts counts the first try; gRPC caps it at 5).
+BALANCED_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": wire.SERVICE_NAME}, {"service": "grpc.health.v1.Health"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+def channel_options(target: Target) -> list[tuple[str, object]]:
+    """grpcio channel options for `target`: message limits, and for a balanced one the service config
+    (DNS-published configs are ignored: the client's own is the one tested)."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+    ]
+    if target.balanced:
+        options += [
+            ("grpc.service_config", json.dumps(BALANCED_SERVICE_CONFIG)),
+            ("grpc.service_config_disable_resolution", 1),
+            ("grpc.enable_retries", 1),
+        ]
+    return options
+
+
 def _error(error: grpc.RpcError) -> EnhancerError:
     return core.error_from_status(error.code().name, error.details() or "")
 
@@ -34,18 +77,13 @@ def _error(error: grpc.RpcError) -> EnhancerError:
 class EnhancerClient(core.Client):
     """`core.Client` on a grpcio channel."""
 
-    def _connect(
-        self, address: str, parsed: wire.Address, tls: bool, root_certificates: bytes | None
-    ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
-        ]
+    def _connect(self, target: Target, tls: bool, root_certificates: bytes | None) -> None:
+        options = channel_options(target)
         if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+            self._channel = grpc.secure_channel(target.text, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(address, options=options)
+            self._channel = grpc.insecure_channel(target.text, options=options)
 
     def close(self) -> None:
         self._channel.close()

@@ -10,14 +10,21 @@ The API is `core.Client`'s (blocking calls; an asyncio loop runs inside).
 Every failure is an `EnhancerError` with a `kind` ("unavailable", "not_found", "invalid", "too_large",
 "queue_full", "cancelled", "deadline", "unauthenticated", "protocol", "internal") and a human message.
 If `on_progress` raises, the job is cancelled on the server and the exception propagates.
+
+grpclib has no load balancing. For a target naming several backends (`dns:///NAME:PORT` resolved with the
+system's resolver, or an `ipv4:`/`ipv6:` list) this client does what gRPC's default policy, pick_first,
+does: it uses the first address that accepts a connection, and moves on to the next when that one refuses
+or drops a connection before a call has started. Calls are not spread; where grpcio loads, use
+`grpc_client.EnhancerClient`, which balances them round-robin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -27,6 +34,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from .. import wire
+from ..address import Address, Target
 from ..v1 import enhancer_pb2 as pb
 from . import core
 from .core import EnhancerError
@@ -35,6 +43,11 @@ from .core import EnhancerError
 _WINDOW = 16 * wire.MIB
 _CALL_ERRORS = (GRPCError, asyncio.TimeoutError, StreamTerminatedError, OSError)
 T = TypeVar("T")
+
+
+class _NotConnected(Exception):
+    """No connection to the current address (refused, unreachable, closed before the call started): the
+    call may go to the next address. The cause is the transport's error."""
 
 
 def _error(error: BaseException) -> EnhancerError:
@@ -50,40 +63,85 @@ def _error(error: BaseException) -> EnhancerError:
 class LiteClient(core.Client):
     """`core.Client` on a grpclib channel driven by a private event loop."""
 
-    def _connect(
-        self, address: str, parsed: wire.Address, tls: bool, root_certificates: bytes | None
-    ) -> None:
-        context: ssl.SSLContext | None = None
+    def _connect(self, target: Target, tls: bool, root_certificates: bytes | None) -> None:
+        self._ssl: ssl.SSLContext | None = None
         if tls:
-            context = ssl.create_default_context(
+            self._ssl = ssl.create_default_context(
                 cadata=root_certificates.decode() if root_certificates else None
             )
-            context.set_alpn_protocols(["h2"])
-        config = Configuration(http2_connection_window_size=_WINDOW, http2_stream_window_size=_WINDOW)
+            self._ssl.set_alpn_protocols(["h2"])
+        # A dns: target's certificate names the target, not the address a connection goes to.
+        name = target.endpoints[0].host if tls and target.scheme == "dns" else None
+        self._config = Configuration(
+            http2_connection_window_size=_WINDOW,
+            http2_stream_window_size=_WINDOW,
+            ssl_target_name_override=name,
+        )
+        self._target = target
+        self._addresses: list[Address] = []  # resolved when first needed, again after all have failed
         self._loop = asyncio.new_event_loop()
+        self._channel: Channel | None = None
+
+    def _open(self, address: Address) -> None:
+        if self._channel is not None:
+            self._channel.close()
 
         async def make_channel() -> Channel:  # grpclib binds the channel to the running loop
-            if parsed.unix_path is not None:
-                return Channel(path=parsed.unix_path, ssl=context, config=config)
-            return Channel(parsed.host, parsed.port, ssl=context, config=config)
+            if address.unix_path is not None:
+                return Channel(path=address.unix_path, ssl=self._ssl, config=self._config)
+            return Channel(address.host, address.port, ssl=self._ssl, config=self._config)
 
         self._channel = self._loop.run_until_complete(make_channel())
 
+    def _resolve(self) -> list[Address]:
+        """The target's addresses in order: a dns: name through the system's resolver, else as written."""
+        if self._target.scheme != "dns":
+            return list(self._target.endpoints)
+        name = self._target.endpoints[0]
+        try:
+            found = socket.getaddrinfo(name.host, name.port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            raise EnhancerError("unavailable", f"cannot resolve {name.host}: {error}") from None
+        return list(dict.fromkeys(Address(info[4][0], name.port) for info in found))
+
     def close(self) -> None:
-        self._channel.close()
-        # The transport closes its socket on the loop's next turn: give it that turn, or the connection
-        # stays open (a relay such as `image-enhancer activate` would see a client still there).
-        self._loop.run_until_complete(asyncio.sleep(0))
+        if self._channel is not None:
+            self._channel.close()
+            # The transport closes its socket on the loop's next turn: give it that turn, or the
+            # connection stays open (a relay such as `image-enhancer activate` would see a client still
+            # there).
+            self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _run(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `call()` on the current address; one that cannot be reached hands the call to the next."""
+        if not self._addresses:
+            self._addresses = self._resolve()
+            self._open(self._addresses[0])
+        for attempt in range(len(self._addresses)):
+            if attempt:  # pick_first: the next address becomes the current one
+                self._addresses.append(self._addresses.pop(0))
+                self._open(self._addresses[0])
+            try:
+                return self._loop.run_until_complete(call())
+            except _NotConnected as error:
+                unreachable = error.__cause__
+            except _CALL_ERRORS as error:
+                raise _error(error) from None
+        self._addresses = []
+        raise _error(unreachable) from None
+
+    async def _start(self, stream: Stream) -> None:
+        # The loop runs only during calls: one turn first lets it see a connection that the server closed
+        # since the last call (it stopped, say), so that this call opens a new one or moves on.
+        await asyncio.sleep(0)
         try:
-            return self._loop.run_until_complete(coroutine)
-        except _CALL_ERRORS as error:
-            raise _error(error) from None
+            await stream.send_request()
+        except (OSError, StreamTerminatedError) as error:
+            raise _NotConnected() from error
 
     def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
-        return self._run(self._unary_call(method, request, reply_type, timeout))
+        return self._run(lambda: self._unary_call(method, request, reply_type, timeout))
 
     async def _unary_call(
         self, method: str, request: Message, reply_type: type[T], timeout: float | None
@@ -96,6 +154,7 @@ class LiteClient(core.Client):
             timeout=timeout,
             metadata=self._metadata,
         ) as stream:
+            await self._start(stream)
             await stream.send_message(request, end=True)
             reply = await stream.recv_message()
             if reply is None:
@@ -103,7 +162,7 @@ class LiteClient(core.Client):
             return reply
 
     def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
-        return self._run(self._enhance_call(call))
+        return self._run(lambda: self._enhance_call(call))
 
     async def _enhance_call(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
         async with self._channel.request(
@@ -116,7 +175,7 @@ class LiteClient(core.Client):
         ) as stream:
             # Upload concurrently with reading replies, so an early rejection (full queue, bad header)
             # ends the call without sending the rest of the image.
-            await stream.send_request()
+            await self._start(stream)
             sender = asyncio.ensure_future(self._send_all(stream, call))
             assembler = core.ResultAssembler(call.on_progress)
             try:
