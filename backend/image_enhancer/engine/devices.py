@@ -60,6 +60,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def cpu_features() -> str:
+    """The CPU's vector and matrix extensions that decide which runtime and precision are fastest (a
+    figure measured on one CPU says little of another without them)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in cpuinfo if line.startswith(("flags", "Features"))),
+                [],
+            )
+    except OSError:
+        return "features unknown"
+    named = [
+        ("AVX2", "avx2"),
+        ("AVX-512", "avx512f"),
+        ("VNNI", "avx512_vnni"),
+        ("AVX-512 BF16", "avx512_bf16"),
+        ("AMX", "amx_tile"),
+        ("NEON", "asimd"),
+        ("FP16", "fphp"),
+    ]
+    return ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in named)
+
+
 def torch_gpus() -> list[ComputeDevice]:
     found = []
     if torch.cuda.is_available():

@@ -3,6 +3,11 @@
 pixels (u8/u16/f32, 1–4 channels) → float32 CHW → alpha split and transparent colour filled →
 network over tiles → resampled to the requested scale → colour fidelity → auto contrast → alpha
 merged → the input's sample type and channel count.
+
+The pixels are processed as the encoded values of their own colour space; nothing converts them to
+or from sRGB. Float colour values outside [0, 1] (wide-gamut or high-dynamic-range images) are split
+into the part in [0, 1], which the network sees, and the rest, which is resized like the picture
+(bicubic) and added back to the result unchanged; float results are not clamped otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +26,17 @@ from image_enhancer.engine import colour, pixels
 from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
-from image_enhancer.engine.openvino_runner import OpenVinoRunner
+from image_enhancer.engine.openvino_runner import OpenVinoRunner, int8_network
 from image_enhancer.engine.precision import check_precision, cpu_precision, resolve_precision
-from image_enhancer.engine.tiling import JobCancelled, Tiler, TileSettings, auto_tile
+from image_enhancer.engine.tiling import (
+    JobCancelled,
+    Tile,
+    TileHook,
+    Tiler,
+    TileSettings,
+    auto_tile,
+    plan_tiles,
+)
 from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
 from image_enhancer.weights import ncnn_export, openvino_export
@@ -155,8 +168,7 @@ class Enhancer:
         report("loading model", 0, 1)
         loaded = self.store.get(options.model, options.strength)
         descriptor = loaded.descriptor
-        scale = options.scale if options.scale is not None else float(descriptor.scale)
-        out_height, out_width = max(1, round(height * scale)), max(1, round(width * scale))
+        out_height, out_width = _output_size(height, width, options, descriptor)
         if out_height * out_width > self.max_output_pixels:
             raise ImageTooLargeError(
                 f"the result would be {out_width}×{out_height} = {out_height * out_width / 1e6:.1f} "
@@ -168,16 +180,22 @@ class Enhancer:
 
         tensor = pixels.to_tensor(image)
         colour_in, alpha_in = alpha_ops.split_alpha(tensor)
+        if alpha_in is not None:
+            alpha_in = alpha_in.clamp(0.0, 1.0)  # opacity has no meaning outside [0, 1]
         if options.linear:
             colour_in = pixels.linear_to_srgb(colour_in)
+        colour_in, beyond = pixels.split_range(colour_in)  # the network sees [0, 1]; the rest goes past it
         alpha_constant = alpha_ops.constant_value(alpha_in) if alpha_in is not None else None
         if alpha_in is not None and alpha_constant is None:
             colour_in = alpha_ops.fill_transparent(colour_in, alpha_in)
+            if beyond is not None:  # hidden colour must not spread into visible pixels this way either
+                beyond = beyond * (alpha_in > 0)
 
-        runner, bytes_per_pixel = self._runner(loaded)
+        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2)
         tiler = Tiler(
             runner,
-            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width)),
+            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width),
+                           _images_bytes((height, width), tensor.shape[0], (out_height, out_width))),
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )
@@ -187,16 +205,31 @@ class Enhancer:
             passes + (self._passes(1, descriptor) if alpha_by_model else 0)
         )
 
-        result = colour.resize(self._network(tiler, colour_in, descriptor, 0, total), out_height, out_width)
+        # Below the network's scale (×2 from a ×4 model) the tiler shrinks each tile as it is done, so the
+        # largest canvas is the result's; the values are colour.resize's of the whole, clamped as it clamps.
+        full = (height * descriptor.scale, width * descriptor.scale)
+        smaller = out_height <= full[0] and out_width <= full[1] and (out_height, out_width) != full
+        shrink = (out_height, out_width) if smaller else None
+        result = self._network(tiler, colour_in, descriptor, 0, total, shrink)
+        result = result.clamp_(0.0, 1.0) if shrink else colour.resize(result, out_height, out_width)
         alpha_out = None
         if alpha_in is not None:
             if alpha_constant is not None:
                 alpha_out = torch.full((1, out_height, out_width), alpha_constant)
             elif alpha_by_model:
                 done = tiler.count_tiles(height, width) * passes
-                upscaled = self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1)
-                upscaled = alpha_ops.keep_flat_alpha(upscaled, alpha_in, descriptor.scale)
-                alpha_out = colour.resize(upscaled, out_height, out_width)
+                if shrink:  # the same per-pixel rules, applied to each tile before it is blended and shrunk
+                    def fix(core: torch.Tensor, t: Tile) -> torch.Tensor:
+                        return alpha_ops.keep_flat_alpha_at(
+                            core.clamp(0, 1), alpha_in, descriptor.scale, t.y.core_start, t.x.core_start
+                        )
+
+                    alpha_out = self._network(tiler, alpha_in, descriptor, done, total, shrink, fix)
+                    alpha_out = alpha_out.clamp_(0, 1)
+                else:
+                    upscaled = self._network(tiler, alpha_in, descriptor, done, total).clamp_(0, 1)
+                    upscaled = alpha_ops.keep_flat_alpha(upscaled, alpha_in, descriptor.scale)
+                    alpha_out = colour.resize(upscaled, out_height, out_width)
             else:
                 alpha_out = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
 
@@ -206,16 +239,38 @@ class Enhancer:
             result = colour.match_colour(result, colour_in)
         if options.auto_contrast > 0:
             result = colour.apply_levels(result, colour.measure_levels(colour_in), options.auto_contrast)
+        if beyond is not None:
+            result = result + colour.resize(beyond, out_height, out_width, clamp=False)
         if options.linear:
             result = pixels.srgb_to_linear(result)
-        if alpha_out is not None:
-            result = torch.cat([result, alpha_out])
-        output = pixels.from_tensor(result, image.dtype)
+        output = _to_array([result] if alpha_out is None else [result, alpha_out], image.dtype)
         report("finishing", 1, 1)
         return output[:, :, 0] if image.ndim == 2 else output
 
-    def _runner(self, loaded: LoadedModel) -> tuple[Runner, float]:
-        """The prepared network for this model, reused across requests (the last two are kept)."""
+    def tile_settings(
+        self, height: int, width: int, options: EnhanceOptions, channels: int = 3
+    ) -> TileSettings:
+        """How a job on a ``height × width`` image with ``channels`` channels will be tiled (prepares the
+        model when needed)."""
+        loaded = self.store.get(options.model, options.strength)
+        runner, bytes_per_pixel = self._runner(loaded)
+        out_size = _output_size(height, width, options, loaded.descriptor)
+        images = _images_bytes((height, width), channels, out_size)
+        return self._settings(options, loaded.descriptor, runner, bytes_per_pixel, (height, width), images)
+
+    def network_pixels(
+        self, height: int, width: int, options: EnhanceOptions, channels: int = 3, passes: int = 1
+    ) -> int:
+        """The pixels the network makes for a job on a ``height × width`` image: every window of its tile
+        plan (context included) at the model's own scale, whatever scale was asked for, once per pass.
+        The work of a job is close to proportional to it (prepares the model when needed)."""
+        s = self.tile_settings(height, width, options, channels)
+        plan = plan_tiles(0, 0, height, width, s.tile, s.overlap, s.pad, s.multiple, s.min_size)
+        return passes * s.scale**2 * sum(t.y.window_size * t.x.window_size for t in plan)
+
+    def _runner(self, loaded: LoadedModel, job_pixels: int = 0) -> tuple[Runner, float]:
+        """The prepared network for this model, reused across requests (the last two are kept);
+        ``job_pixels``, the network output of the job at hand, decides whether an int8 version is made."""
         descriptor = loaded.descriptor
         runtime = self.compute.runtime
         if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
@@ -223,18 +278,20 @@ class Enhancer:
         if runtime == "openvino" and not openvino_export.supports(descriptor.architecture):
             runtime = "pytorch"
         precision = self._ncnn_precision(descriptor) if runtime == "ncnn" else None
+        int8 = None
         if runtime == "openvino":
             dtype = cpu_precision(self.precision, descriptor)
+            int8 = int8_network(loaded, self.openvino_cache, self.precision, job_pixels)
         else:
             dtype = resolve_precision(self.precision, self.device, descriptor)
-        key = (id(loaded.module), runtime, precision or dtype)
+        key = (id(loaded.module), runtime, "int8" if int8 else precision or dtype)
         if key not in self._runners:
             runner: Runner | None = None
             try:
                 if runtime == "ncnn":
                     runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
                 elif runtime == "openvino":
-                    runner = OpenVinoRunner(loaded, self.openvino_cache, dtype)
+                    runner = OpenVinoRunner(loaded, self.openvino_cache, dtype, int8=int8)
             except (ncnn_export.UnsupportedGraphError, openvino_export.UnsupportedGraphError) as why:
                 log.warning("%s; running it on PyTorch", why)
                 dtype = resolve_precision(self.precision, self.device, descriptor)
@@ -263,10 +320,16 @@ class Enhancer:
         runner: Runner,
         bytes_per_pixel: float,
         size: tuple[int, int],
+        images: int = 0,
     ) -> TileSettings:
+        """``images``: the bytes of the job's own images (input and result as floats). On the CPU they
+        share the memory with the network, so its budget shrinks by them (to a quarter at least): a
+        12-megapixel photo at ×2 then stays within the 2.5 GB promised, with somewhat smaller tiles."""
         pad = descriptor.tile_pad or DEFAULT_PAD
         budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
+        if cpu:
+            budget = max(budget // 4, budget - images)
         tile = options.tile
         fits = size[0] * size[1] * bytes_per_pixel <= budget
         if descriptor.tiling == "internal" or (not tile and fits):
@@ -306,13 +369,59 @@ class Enhancer:
 
     @staticmethod
     def _network(
-        tiler: Tiler, image: torch.Tensor, descriptor: ModelDescriptor, done: int, total: int
+        tiler: Tiler,
+        image: torch.Tensor,
+        descriptor: ModelDescriptor,
+        done: int,
+        total: int,
+        size: tuple[int, int] | None = None,
+        per_tile: TileHook | None = None,
     ) -> torch.Tensor:
-        """Run the network over ``image``, adapting gray/RGB to what it takes; same channel count out."""
+        """Run the network over ``image``, adapting gray/RGB to what it takes; same channel count out.
+        ``size`` and ``per_tile`` as in ``Tiler.run``."""
         channels, height, width = image.shape
         per_pass = tiler.count_tiles(height, width)
         if channels == descriptor.in_channels:
-            return tiler.run(image, done, total)
-        if channels == 1:  # gray through an RGB network, folded back to gray
-            return pixels.rgb_to_gray(tiler.run(pixels.gray_to_rgb(image), done, total))
-        return torch.cat([tiler.run(image[c : c + 1], done + c * per_pass, total) for c in range(channels)])
+            return tiler.run(image, done, total, size, per_tile)
+        if channels == 1:  # gray through an RGB network, folded back to gray tile by tile
+
+            def fold(core: torch.Tensor, t: Tile) -> torch.Tensor:
+                gray = pixels.rgb_to_gray(core)
+                return per_tile(gray, t) if per_tile is not None else gray
+
+            return tiler.run(pixels.gray_to_rgb(image), done, total, size, fold)
+        return torch.cat(
+            [tiler.run(image[c : c + 1], done + c * per_pass, total, size, per_tile) for c in range(channels)]
+        )
+
+
+def _output_size(
+    height: int, width: int, options: EnhanceOptions, descriptor: ModelDescriptor
+) -> tuple[int, int]:
+    scale = options.scale if options.scale is not None else float(descriptor.scale)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _images_bytes(size: tuple[int, int], channels: int, out_size: tuple[int, int]) -> int:
+    """What a job's own images hold as float32: the input and the result's canvas."""
+    return 4 * channels * (size[0] * size[1] + out_size[0] * out_size[1])
+
+
+#: Rows converted at a time from the float result to the output's samples, so the conversion never
+#: holds a second float copy of a large result.
+CONVERSION_ROWS = 256
+
+
+def _to_array(parts: list[torch.Tensor], dtype: np.dtype) -> np.ndarray:
+    """``(C, H, W)`` tensors (colour, then alpha) → one ``H×W×ΣC`` array of ``dtype``, band by band."""
+    height, width = parts[0].shape[-2:]
+    output = np.empty((height, width, sum(part.shape[0] for part in parts)), dtype=dtype)
+    for top in range(0, height, CONVERSION_ROWS):
+        bottom = min(height, top + CONVERSION_ROWS)
+        channel = 0
+        for part in parts:
+            output[top:bottom, :, channel : channel + part.shape[0]] = pixels.from_tensor(
+                part[:, top:bottom], dtype
+            )
+            channel += part.shape[0]
+    return output

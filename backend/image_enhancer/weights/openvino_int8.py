@@ -1,0 +1,280 @@
+"""int8 networks for OpenVINO, made by OpenVINO's own post-training quantizer (NNCF), once per weights.
+
+On a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) an int8 compact model runs about twice
+as fast as fp32 (bench/README.md). Quantizing is calibrated on photos shipped with the package
+(``calibration/``) and then checked on a held-out one: the mean and largest difference from the fp32
+network in 8-bit levels, the PSNR against it, and the time of both. The engine's ``auto`` precision
+takes the int8 network only when it is within ``BOUND`` and faster; ``--precision int8`` takes it
+regardless, and the record says how far it is.
+
+Which operations stay in float is an architecture fact (``FLOAT_OPERATIONS``). For the compact
+models: the first convolution (it sees the picture itself), the last one (its channels are the
+sub-pixels of the result, whose ranges differ: one int8 scale for all of them cost 5 levels on
+average), and the residual path, the input upscaled by nearest neighbour and added at the end (in
+int8 the picture itself would be rounded to 8 bits).
+
+NNCF takes about 0.7 GB and several seconds to import, so quantizing runs in a child process
+(``python -m image_enhancer.weights.openvino_int8``) and the engine only reads its result: the
+backend's memory stays what it was. The result is cached in the user cache under the sha256 of the
+weights, the quantizer's settings and the versions of OpenVINO and NNCF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from image_enhancer.weights.integrity import state_digest, write_atomically
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from image_enhancer.models.descriptor import LoadedModel
+
+#: Bumped whenever quantizing or the record changes, so older cache entries are not reused.
+INT8_VERSION = 1
+#: Architecture → how its operations stay in float: the first and last ``convolutions`` and every
+#: operation of these types after the last convolution. Only architectures measured within the bound.
+FLOAT_OPERATIONS: dict[str, dict[str, object]] = {
+    "SRVGGNetCompact": {"first_and_last_convolutions": True, "types_after_last": ("Interpolate", "Add")},
+}
+CALIBRATION_PHOTOS = ("cups_192.png", "forest_256.png")
+HELD_OUT_PHOTO = "evening_glow_192.png"
+CALIBRATION_WINDOW = 64
+CALIBRATION_STRIDE = 32
+#: Longest a quantization may take (it is seconds; a stuck child must not hold the engine).
+QUANTIZE_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How far a reduced precision may stray from fp32 on the held-out photo for ``auto`` to use it:
+    on average half an 8-bit level (invisible), and 40 dB PSNR against the fp32 result (its largest
+    differences stay rare: a few pixels at strong edges)."""
+
+    mean_levels: float = 0.5
+    min_psnr_db: float = 40.0
+
+
+BOUND = Bound()
+
+
+@dataclass(frozen=True)
+class Int8Record:
+    """What quantizing measured on the held-out photo."""
+
+    mean_levels: float
+    max_levels: float
+    psnr_db: float
+    fp32_seconds: float
+    int8_seconds: float
+
+    def within(self, bound: Bound = BOUND) -> bool:
+        return self.mean_levels <= bound.mean_levels and self.psnr_db >= bound.min_psnr_db
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_seconds / max(self.int8_seconds, 1e-9)
+
+    def pays(self, bound: Bound = BOUND) -> bool:
+        """Worth taking by default: within the bound and clearly faster (10 % at least)."""
+        return self.within(bound) and self.speedup >= 1.1
+
+
+def supports(architecture: str) -> bool:
+    return architecture in FLOAT_OPERATIONS
+
+
+def cache_key(loaded: LoadedModel) -> str:
+    import openvino as ov
+
+    return state_digest(
+        loaded.module.state_dict(), f"openvino-int8-{INT8_VERSION}-{ov.get_version()}-{_nncf_version()}"
+    )
+
+
+def _nncf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nncf")
+    except PackageNotFoundError:
+        return "missing"
+
+
+def cached(loaded: LoadedModel, cache_dir: Path) -> tuple[Path, Int8Record] | None:
+    """The int8 model's path and record when these weights were quantized before."""
+    from image_enhancer.safe_json import load_json
+
+    record_path = Path(cache_dir) / f"{cache_key(loaded)}.json"
+    if not record_path.is_file():
+        return None
+    record = Int8Record(**load_json(record_path, max_bytes=4096))
+    return record_path.with_suffix(".xml"), record
+
+
+def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tuple[Path, Int8Record]:
+    """Quantize ``fp32_model`` (``loaded``'s network) in a child process, cache and return the result."""
+    import openvino as ov
+
+    if not supports(loaded.descriptor.architecture):
+        raise ValueError(f"no int8 version is made for {loaded.descriptor.architecture} networks")
+    known = cached(loaded, cache_dir)
+    if known is not None:
+        return known
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(loaded)
+    source = cache_dir / f".{key}.{os.getpid()}.fp32.xml"
+    log = source.with_suffix(".log")
+    ov.save_model(fp32_model, source, compress_to_fp16=False)
+    try:
+        command = [
+            sys.executable, "-m", __name__,
+            str(source), str(cache_dir / f"{key}.xml"), loaded.descriptor.architecture,
+        ]  # fmt: skip
+        # NNCF_CI: NNCF sends usage statistics unless this is set; quantizing a user's model sends nothing.
+        env = {**os.environ, "NNCF_CI": "1"}
+        # Output to a file, not a pipe: a child whose parent ended meanwhile still finishes and caches.
+        with open(log, "w+", encoding="utf-8") as output:
+            done = subprocess.run(
+                command, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=QUANTIZE_TIMEOUT_S
+            )
+            output.seek(0)
+            if done.returncode != 0:
+                raise RuntimeError(f"int8 quantization failed: {output.read().strip()[-800:]}")
+    finally:
+        for leftover in (source, source.with_suffix(".bin"), log):
+            leftover.unlink(missing_ok=True)
+    known = cached(loaded, cache_dir)
+    if known is None:
+        raise RuntimeError("int8 quantization wrote no result")
+    return known
+
+
+def calibration_photo(name: str) -> np.ndarray:
+    """A shipped calibration photo as a ``(1, 3, H, W)`` float32 batch in ``[0, 1]``."""
+    from PIL import Image
+
+    shipped = resources.files("image_enhancer.weights") / "calibration" / name
+    with resources.as_file(shipped) as path, Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+
+
+def calibration_windows() -> list[np.ndarray]:
+    """Overlapping windows of the calibration photos: the activations quantization ranges come from."""
+    windows = []
+    for name in CALIBRATION_PHOTOS:
+        photo = calibration_photo(name)
+        height, width = photo.shape[-2:]
+        for top in range(0, height - CALIBRATION_WINDOW + 1, CALIBRATION_STRIDE):
+            for left in range(0, width - CALIBRATION_WINDOW + 1, CALIBRATION_STRIDE):
+                window = photo[..., top : top + CALIBRATION_WINDOW, left : left + CALIBRATION_WINDOW]
+                windows.append(np.ascontiguousarray(window))
+    return windows
+
+
+def _float_scope(model: ov.Model, architecture: str) -> object:
+    """NNCF's ignored scope: the operations of ``model`` that stay in float (``FLOAT_OPERATIONS``)."""
+    import nncf
+
+    rule = FLOAT_OPERATIONS[architecture]
+    operations = list(model.get_ordered_ops())
+    convolutions = [i for i, op in enumerate(operations) if op.get_type_name() == "Convolution"]
+    names = []
+    if rule.get("first_and_last_convolutions"):
+        names += [
+            operations[convolutions[0]].get_friendly_name(),
+            operations[convolutions[-1]].get_friendly_name(),
+        ]
+    after_last = operations[convolutions[-1] + 1 :]
+    names += [op.get_friendly_name() for op in after_last if op.get_type_name() in rule["types_after_last"]]
+    return nncf.IgnoredScope(names=names)
+
+
+def _compiled(model: ov.Model, shape: tuple[int, ...]) -> object:
+    import openvino as ov
+
+    reshaped = model.clone()
+    reshaped.reshape(list(shape))
+    config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+    return ov.Core().compile_model(reshaped, "CPU", config).create_infer_request()
+
+
+def _timed_outputs(requests: dict[str, object], batch: np.ndarray, repeats: int = 3) -> dict[str, tuple]:
+    """Each request's output on ``batch`` and its best time, the requests run in turn (same conditions)."""
+    best = dict.fromkeys(requests, float("inf"))
+    for request in requests.values():
+        request.infer({0: batch})  # the first run allocates
+    for _ in range(repeats):
+        for name, request in requests.items():
+            started = time.perf_counter()
+            request.infer({0: batch})
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {
+        name: (request.get_output_tensor(0).data.copy(), best[name]) for name, request in requests.items()
+    }
+
+
+def measure(int8_model: ov.Model, fp32_model: ov.Model) -> Int8Record:
+    """Compare the int8 network with the fp32 one on the held-out photo, in 8-bit levels and time."""
+    photo = calibration_photo(HELD_OUT_PHOTO)
+    requests = {"fp32": _compiled(fp32_model, photo.shape), "int8": _compiled(int8_model, photo.shape)}
+    results = _timed_outputs(requests, photo)
+    reference = np.clip(results["fp32"][0], 0.0, 1.0)
+    difference = np.abs(np.clip(results["int8"][0], 0.0, 1.0) - reference)
+    mse = float(np.mean(difference**2))
+    return Int8Record(
+        mean_levels=float(difference.mean() * 255),
+        max_levels=float(difference.max() * 255),
+        psnr_db=float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+        fp32_seconds=results["fp32"][1],
+        int8_seconds=results["int8"][1],
+    )
+
+
+def _quantize_here(source: Path, target: Path, architecture: str) -> None:
+    """The child process's work: quantize the IR at ``source``, measure it, save model then record."""
+    import nncf
+    import openvino as ov
+
+    fp32_model = ov.Core().read_model(source)
+    windows = calibration_windows()
+    int8_model = nncf.quantize(
+        fp32_model,
+        nncf.Dataset(windows),
+        subset_size=len(windows),
+        ignored_scope=_float_scope(fp32_model, architecture),
+    )
+    record = measure(int8_model, fp32_model)
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.part.xml")
+    ov.save_model(int8_model, partial, compress_to_fp16=False)
+    os.replace(partial.with_suffix(".bin"), target.with_suffix(".bin"))
+    os.replace(partial, target)
+    # Written last: its presence means the model files beside it are complete.
+    write_atomically(target.with_suffix(".json"), json.dumps(asdict(record)).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="quantize an OpenVINO model to int8 (used by the engine)")
+    parser.add_argument("source", type=Path, help="the fp32 model (.xml)")
+    parser.add_argument("target", type=Path, help="where the int8 model (.xml) and its record (.json) go")
+    parser.add_argument("architecture", choices=sorted(FLOAT_OPERATIONS))
+    args = parser.parse_args(argv)
+    _quantize_here(args.source, args.target, args.architecture)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
