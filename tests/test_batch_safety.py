@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from alarm import time_limit
 from conftest import FAST_MODEL
 from PIL import Image
 
@@ -43,22 +44,6 @@ def hidden_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@contextlib.contextmanager
-def fails_after(seconds: int) -> Iterator[None]:
-    """A blocking call (opening a named pipe) is interrupted after `seconds` instead of hanging the suite."""
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s: it hung")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 # --- 1. only regular files are read -------------------------------------------------------------------
 
 
@@ -79,7 +64,7 @@ def test_pipes_sockets_devices_and_folders_named_like_images_in_a_folder_are_ski
     out = tmp_path / "out"
     started = time.monotonic()
     try:
-        with fails_after(HANG_S):
+        with time_limit(HANG_S):
             code = main(["enhance", str(folder), "-o", str(out), "-m", FAST_MODEL, "--scale", "2"])
     finally:
         listener.close()
@@ -101,7 +86,7 @@ def test_a_named_pipe_given_as_an_input_fails_at_once_and_the_rest_goes_on(
     os.mkfifo(pipe)
     good = photo(tmp_path / "good.png")
     out = tmp_path / "out"
-    with fails_after(HANG_S):
+    with time_limit(HANG_S):
         code = main(["enhance", str(pipe), str(good), "-o", str(out), "-m", FAST_MODEL, "--scale", "2"])
     err = capsys.readouterr().err
     assert code == 1

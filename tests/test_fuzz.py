@@ -14,7 +14,6 @@ import io
 import math
 import os
 import resource
-import signal
 import struct
 import tempfile
 import threading
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from alarm import time_limit
 from cmyk_profile import cmyk_profile
 from conftest import FAST_MODEL
 from hypothesis import HealthCheck, given, settings
@@ -60,22 +60,6 @@ INT32 = st.integers(-(2**31), 2**31 - 1)
 ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
 
 
-@contextlib.contextmanager
-def time_limit(seconds: int = EXAMPLE_LIMIT_S) -> Iterator[None]:
-    """Fail an example that runs longer than `seconds` instead of letting the suite hang."""
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"an example ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 # --- request validation, in process ---------------------------------------------------------------------
 
 headers = st.builds(
@@ -104,7 +88,7 @@ options_messages = st.builds(
 @FUZZ
 @given(header=headers, options=options_messages)
 def test_any_header_and_options_give_a_valid_request_or_a_short_clear_error(header, options):
-    with time_limit():
+    with time_limit(EXAMPLE_LIMIT_S):
         try:
             spec = validation.image_info(header, max_pixels=40_000_000)
             request = validation.request_options(options, spec)
@@ -136,7 +120,7 @@ upload_messages = st.lists(
 def test_any_chunk_sequence_gives_exactly_the_image_or_a_clear_error(side, channels, sample_type, sizes):
     spec = ImageInfo(side, side, channels, sample_type)
     collector = validation.SampleCollector(spec)
-    with time_limit():
+    with time_limit(EXAMPLE_LIMIT_S):
         try:
             for size in sizes:
                 message = pb.EnhanceRequest(start=pb.EnhanceStart()) if size < 0 else pb.EnhanceRequest(
@@ -172,7 +156,7 @@ def test_the_server_answers_any_request_with_a_result_or_an_expected_status(
 ):
     requests = [pb.EnhanceRequest(start=pb.EnhanceStart(image=header, options=options))]
     requests += [pb.EnhanceRequest(chunk=b"\x80" * size) for size in chunks]
-    with time_limit(), grpc.insecure_channel(grpc_server.address) as channel:
+    with time_limit(EXAMPLE_LIMIT_S), grpc.insecure_channel(grpc_server.address) as channel:
         stub = enhancer_pb2_grpc.EnhancerStub(channel)
         try:
             responses = list(stub.Enhance(iter(requests), timeout=EXAMPLE_LIMIT_S - 5))
@@ -242,7 +226,7 @@ def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
 def check_read(path: Path) -> None:
     """The reader's contract on any file: an image in an engine form, or ImageFileError."""
     before = hashlib.sha256(path.read_bytes()).digest()
-    with time_limit():
+    with time_limit(EXAMPLE_LIMIT_S):
         try:
             image = read_image(path, max_pixels=4_000_000)
         except ImageFileError as error:
@@ -383,7 +367,7 @@ def test_mutated_icc_and_exif_give_an_image_or_a_clear_error_and_outputs_read_ba
         path.write_bytes(embed(suffix, pixels, icc, exif))
     except (ValueError, OSError, struct.error, TypeError):
         return  # metadata the encoders themselves refuse to write cannot reach a reader
-    with time_limit(), bounded_peak_memory():
+    with time_limit(EXAMPLE_LIMIT_S), bounded_peak_memory():
         try:
             image = read_image(path)
         except ImageFileError as error:
@@ -415,7 +399,7 @@ def test_mutated_weight_files_give_tensors_or_a_clear_error(weight_seeds, tmp_pa
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(mutate(seed, data.draw(mutations(len(seed)))))
     before = hashlib.sha256(path.read_bytes()).digest()
-    with time_limit():
+    with time_limit(EXAMPLE_LIMIT_S):
         try:
             state_dict = load_state_dict(path)
         except WeightsError as error:
@@ -444,7 +428,7 @@ def test_concurrent_writers_without_overwrite_leave_one_whole_file_per_name(name
         pictures.append(picture)
     outcomes: list[object] = [None] * len(names)
     barrier = threading.Barrier(len(names), timeout=EXAMPLE_LIMIT_S)
-    with tempfile.TemporaryDirectory() as folder, time_limit():
+    with tempfile.TemporaryDirectory() as folder, time_limit(EXAMPLE_LIMIT_S):
 
         def write(index: int) -> None:
             target = Path(folder) / f"name{names[index]}{suffix}"
