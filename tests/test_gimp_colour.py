@@ -30,12 +30,18 @@ from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import GIMP_VERSIONS, ChrootGimp, backend_process, build_chroot, free_address  # noqa: E402
+from chroot_gimp import (  # noqa: E402
+    GIMP_VERSIONS,
+    ChrootGimp,
+    backend_process,
+    build_chroot,
+    free_address,
+    unavailable,
+)
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
 MODEL = "ie-compact-x4-psnr"  # the faithful end (strength 0) of the ie-compact-x4 pair
-IN_CI = os.environ.get("CI") == "true"
 BATCH_SCRIPT = REPO / "tests" / "gimp" / "colour_batch.py"
 PROFILES = {
     "adobe-rgb.icc": wide_gamut.rgb_profile(wide_gamut.ADOBE_RGB),
@@ -164,12 +170,6 @@ def as_unit(values: np.ndarray) -> np.ndarray:
     return values / 65535.0 if values.dtype == np.uint16 else values.astype(np.float64)
 
 
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"the real-GIMP tests must run in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module", params=GIMP_VERSIONS, ids=[f"gimp{v}" for v in GIMP_VERSIONS])
 def gimp_version(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -186,11 +186,11 @@ def backend_address(model_store: object, tmp_path_factory: pytest.TempPathFactor
 def results(gimp_version: str, backend_address: str) -> Iterator[dict[str, dict]]:
     """All cases, run once per GIMP release."""
     if os.name != "posix" or os.geteuid() != 0:
-        _unavailable("running GIMP in a chroot needs root")
+        unavailable("running GIMP in a chroot needs root")
     try:
         root = build_chroot(gimp_version)
     except RuntimeError as error:
-        _unavailable(str(error))
+        unavailable(str(error))
     gimp = ChrootGimp(root, backend_address, ["/usr/bin/false"], gimp_version)
     try:
         yield run_cases(gimp, CASES)

@@ -30,20 +30,20 @@ from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import GIMP_VERSIONS, ChrootGimp, backend_process, build_chroot, free_address  # noqa: E402
+from chroot_gimp import (  # noqa: E402
+    GIMP_VERSIONS,
+    ChrootGimp,
+    backend_process,
+    build_chroot,
+    free_address,
+    unavailable,
+)
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
 MODEL = "realesr-animevideov3"  # the compact model: seconds on CPU for these sizes
-IN_CI = os.environ.get("CI") == "true"
 DTYPES = {"u8": np.uint8, "u16": np.uint16}
 ONE_STEP = {"u8": 1, "u16": 257}  # 1/255 in each sample type
-
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"the real-GIMP tests must run in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", params=GIMP_VERSIONS, ids=[f"gimp{v}" for v in GIMP_VERSIONS])
@@ -55,11 +55,11 @@ def gimp_version(request: pytest.FixtureRequest) -> str:
 def gimp_root(gimp_version: str) -> Path:
     """The chroot with that GIMP, built or reused by the CI script."""
     if os.name != "posix" or os.geteuid() != 0:
-        _unavailable("running GIMP in a chroot needs root")
+        unavailable("running GIMP in a chroot needs root")
     try:
         return build_chroot(gimp_version)
     except RuntimeError as error:
-        _unavailable(str(error))
+        unavailable(str(error))
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,8 @@ def test_int8_on_request_is_made_once_and_stays_within_the_bound(model_store, in
     assert difference.mean() <= openvino_int8.BOUND.mean_levels
     assert 0 < difference.max() < 64  # really int8 (not fp32 again), and never far off
 
-    (_path, record), = [openvino_int8.cached(model_store.get(COMPACT), int8_cache / "int8")]
+    key = openvino_int8.cache_key(model_store.get(COMPACT))
+    (_path, record), = [openvino_int8.cached(key, int8_cache / "int8")]
     assert record.within()
     assert record.fp32_seconds > 0 and record.int8_seconds > 0
 

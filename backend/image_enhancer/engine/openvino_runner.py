@@ -186,7 +186,7 @@ def int8_network(loaded: LoadedModel, cache_dir: Path, precision: str, job_pixel
     int8_dir = Path(cache_dir) / "int8"
     key = openvino_int8.cache_key(loaded)
     try:
-        known = openvino_int8.cached(loaded, int8_dir)
+        known = openvino_int8.cached(key, int8_dir)
         make = precision == "int8" or job_pixels >= INT8_MAKE_PIXELS
         if known is None and make and key not in _int8_failed:
             log.info("making the int8 version of this %s network (once per weights)", architecture)

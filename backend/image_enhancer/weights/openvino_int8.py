@@ -112,11 +112,11 @@ def _nncf_version() -> str:
         return "missing"
 
 
-def cached(loaded: LoadedModel, cache_dir: Path) -> tuple[Path, Int8Record] | None:
-    """The int8 model's path and record when these weights were quantized before."""
+def cached(key: str, cache_dir: Path) -> tuple[Path, Int8Record] | None:
+    """The int8 model's path and record when the weights of ``key`` (``cache_key``) were quantized before."""
     from image_enhancer.safe_json import load_json
 
-    record_path = Path(cache_dir) / f"{cache_key(loaded)}.json"
+    record_path = Path(cache_dir) / f"{key}.json"
     if not record_path.is_file():
         return None
     record = Int8Record(**load_json(record_path, max_bytes=4096))
@@ -129,12 +129,12 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
 
     if not supports(loaded.descriptor.architecture):
         raise ValueError(f"no int8 version is made for {loaded.descriptor.architecture} networks")
-    known = cached(loaded, cache_dir)
+    key = cache_key(loaded)  # a sha256 over every weight: computed once
+    known = cached(key, cache_dir)
     if known is not None:
         return known
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(loaded)
     source = cache_dir / f".{key}.{os.getpid()}.fp32.xml"
     log = source.with_suffix(".log")
     ov.save_model(fp32_model, source, compress_to_fp16=False)
@@ -156,7 +156,7 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
     finally:
         for leftover in (source, source.with_suffix(".bin"), log):
             leftover.unlink(missing_ok=True)
-    known = cached(loaded, cache_dir)
+    known = cached(key, cache_dir)
     if known is None:
         raise RuntimeError("int8 quantization wrote no result")
     return known
