@@ -23,7 +23,7 @@ from image_enhancer.engine.enhancer import (
 )
 from image_enhancer.engine.pixels import PixelFormatError
 from image_enhancer.engine.precision import resolve_precision
-from image_enhancer.engine.tiling import Tiler, TileSettings
+from image_enhancer.engine.tiling import PARTS_PER_TILE, Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.weights.store import ModelStore
 
@@ -177,9 +177,10 @@ def test_progress_reports_every_stage_in_order(enhancer, forest):
     stages = [order.index(p.stage) for p in seen]
     assert stages == sorted(stages) and set(stages) == {0, 1, 2}
     tiles = [p for p in seen if p.stage == "enhancing"]
-    # Nine tiles for the colour and nine for the alpha, reported per batch, ending at the total.
-    assert len(tiles) >= 2 and tiles[-1].done == tiles[-1].total == 18
-    assert [p.done for p in tiles] == sorted(p.done for p in tiles)
+    # Nine tiles for the colour and nine for the alpha, in hundredths of a tile, from the network's
+    # start (not after its first batch) to the total.
+    assert tiles[0].done == 0 and tiles[-1].done == tiles[-1].total == 18 * PARTS_PER_TILE
+    assert len(tiles) >= 3 and [p.done for p in tiles] == sorted(p.done for p in tiles)
 
 
 def test_cancel_stops_between_batches(enhancer, forest):
@@ -192,7 +193,7 @@ def test_cancel_stops_between_batches(enhancer, forest):
             cancelled=lambda: any(p.stage == "enhancing" for p in seen),
         )
     tiles = [p for p in seen if p.stage == "enhancing"]
-    assert len(tiles) == 1 and tiles[0].done < tiles[0].total
+    assert len(tiles) == 1 and tiles[0].done == 0  # stopped inside the first batch
 
 
 @pytest.mark.parametrize(

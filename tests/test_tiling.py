@@ -199,11 +199,11 @@ def test_progress_and_cancel_between_batches():
         op,
         TileSettings(tile=16, scale=2, overlap=4, pad=2, batch_size=2),
         progress=lambda done, total: reports.append((done, total)),
-        cancelled=lambda: len(reports) >= 2,
+        cancelled=lambda: len(reports) >= 3,
     )
     with pytest.raises(JobCancelled):
         tiler.run(torch.rand(3, 40, 40))
-    assert calls == 2 and reports == [(2, 9), (4, 9)]
+    assert calls == 2 and reports == [(0, 900), (200, 900), (400, 900)]  # hundredths of a tile
 
 
 class OutOfMemoryAbove:

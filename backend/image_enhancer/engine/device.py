@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from image_enhancer.engine import watch
+
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
 
@@ -116,9 +118,9 @@ class ModelRunner:
     def _prepare(self, dtype: torch.dtype) -> torch.nn.Module:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.device.type == "cpu" and dtype is torch.float32 and not self.channels_last:
-            return self._source  # already eval, fp32, on the CPU: no copy needed
-        module = copy.deepcopy(self._source)
-        return module.to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
+            return watch.watch_layers(self._source)  # already eval, fp32, on the CPU: no copy needed
+        module = copy.deepcopy(self._source).to(device=self.device, dtype=dtype, memory_format=memory_format)
+        return watch.watch_layers(module.eval())
 
     def memory_budget(self) -> int:
         return memory_budget(self.device)

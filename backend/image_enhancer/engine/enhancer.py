@@ -29,7 +29,6 @@ from image_enhancer.engine.ncnn_runner import NcnnRunner
 from image_enhancer.engine.openvino_runner import OpenVinoRunner, int8_network
 from image_enhancer.engine.precision import check_precision, cpu_precision, resolve_precision
 from image_enhancer.engine.tiling import (
-    JobCancelled,
     Tile,
     TileHook,
     Tiler,
@@ -37,6 +36,7 @@ from image_enhancer.engine.tiling import (
     auto_tile,
     plan_tiles,
 )
+from image_enhancer.engine.watch import JobCancelled
 from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
 from image_enhancer.weights import ncnn_export, openvino_export
@@ -85,7 +85,8 @@ class ImageTooLargeError(Exception):
 
 @dataclass(frozen=True)
 class Progress:
-    """``stage`` is "loading model", "enhancing" (``done``/``total`` in tiles) or "finishing"."""
+    """``stage`` is "loading model", "enhancing" (``done``/``total`` in hundredths of a tile,
+    ``tiling.PARTS_PER_TILE``) or "finishing"."""
 
     stage: str
     done: int
@@ -144,9 +145,11 @@ class Enhancer:
     ) -> np.ndarray:
         """Enhance an ``H×W×C`` (or ``H×W``) uint8/uint16/float32 image; same dtype and channels out.
 
-        ``progress`` receives a Progress per batch of tiles; ``cancelled`` is polled between batches and
-        a true answer raises JobCancelled. Bad input raises ValueError (PixelFormatError for the array);
-        too many pixels, ImageTooLargeError; unknown models, the store's LookupError.
+        ``progress`` receives a Progress when a stage starts, per batch of tiles and, from runtimes
+        that can tell, at least every ``watch.REPORT_INTERVAL_S`` inside one; ``cancelled`` is polled
+        between batches and inside runtimes that can stop mid-window, and a true answer raises
+        JobCancelled. Bad input raises ValueError (PixelFormatError for the array); too many pixels,
+        ImageTooLargeError; unknown models, the store's LookupError.
         """
         pixels.check_image(image)
         options.validate()

@@ -12,9 +12,11 @@ compiled stage is kept, so its working memory is held once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
+import time
 from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from image_enhancer.engine import device as torch_device
+from image_enhancer.engine import watch
 from image_enhancer.engine.strips import STRIP_PIXELS, run_in_strips
 from image_enhancer.weights import openvino_int8
 from image_enhancer.weights.openvino_export import networks, split
@@ -48,6 +51,9 @@ OPENVINO_BUDGET_CAP = 1_350_000_000
 # pixels wide, ncnn-sized strips made the tail 1.5× its work and the engine 8% slower than OpenVINO
 # on the whole image.
 OPENVINO_STRIP_PIXELS = 4 * STRIP_PIXELS
+
+#: How often a pending inference looks at its job: cancelled, and how far it has got.
+POLL_MS = 100
 
 #: OpenVINO's name of each precision a user can ask for.
 _HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -93,6 +99,10 @@ class OpenVinoRunner:
         self._compiled: dict[int, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
         self.fallbacks = 0  # tiles rerun in fp32 because a reduced precision overflowed to Inf/NaN
         self._lock = threading.Lock()
+        # Inference seconds per input pixel, per precision: tells a call in progress how far it is.
+        self._pace: dict[torch.dtype, watch.Pace] = {}
+        self._busy = 0.0  # inference seconds spent in the current call
+        self._call_pixels = 0  # input pixels of the current call
 
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
@@ -109,12 +119,14 @@ class OpenVinoRunner:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
         outputs = []
         with self._lock:  # one inference at a time: the compiled model's request is shared
+            self._busy, self._call_pixels = 0.0, batch[0, 0].numel() * len(batch)
             for tile in batch.detach().to("cpu", torch.float32):
                 values = self._infer(self.dtype, tile[None])
                 if self.dtype is not torch.float32 and not torch.isfinite(values).all():
                     self.fallbacks += 1
                     values = self._infer(torch.float32, tile[None])
                 outputs.append(values[0])
+            self._pace.setdefault(self.dtype, watch.Pace()).learn(self._call_pixels, self._busy)
         return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
 
     def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
@@ -131,12 +143,36 @@ class OpenVinoRunner:
         output = np.empty(tuple(request.get_output_tensor(0).shape), np.float32)
         request.set_output_tensor(0, self._ov.Tensor(output, shared_memory=True))
         try:
-            request.infer({0: np.ascontiguousarray(values)}, share_inputs=True)
+            self._await(request, np.ascontiguousarray(values))
         except RuntimeError as error:
             if "alloc" in str(error).lower() or "memory" in str(error).lower():
                 raise MemoryError(f"OpenVINO ran out of memory for a tile: {error}") from error
             raise
         return output
+
+    def _await(self, request: object, values: np.ndarray) -> None:
+        """Infer, telling the job's watch how far the call has got and stopping when it is cancelled
+        (OpenVINO stops between two layers: well within a second)."""
+        job = watch.current()
+        started = time.perf_counter()
+        request.start_async({0: values}, share_inputs=True)
+        try:
+            while not request.wait_for(POLL_MS):
+                if job is None:
+                    continue
+                try:
+                    job.check()
+                except watch.JobCancelled:
+                    request.cancel()
+                    with contextlib.suppress(RuntimeError):  # "canceled": the request is free again
+                        request.wait()
+                    raise
+                pace = self._pace.get(self.dtype)
+                if pace is not None:
+                    elapsed = self._busy + time.perf_counter() - started
+                    job.part_done(pace.fraction(self._call_pixels, elapsed))
+        finally:
+            self._busy += time.perf_counter() - started
 
     def _request(self, stage: int, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
         """An inference request for this stage compiled for this precision and input shape; the

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from image_enhancer.engine import watch
+
 #: Input pixels per strip: for x4plus's tail (about 55 kB of working memory per input pixel) 4096
 #: keep a strip near 200 MB; on a 256-pixel-wide tile the 2 rows of context each side add a quarter
 #: to the tail, which is 8% of the work.
@@ -30,7 +32,10 @@ def run_in_strips(
         return run(values)
     parts = []
     scale = 0
+    job = watch.current()
     for top in range(0, height, rows):
+        if job is not None:  # a runtime that cannot stop inside a stage still stops between strips
+            job.check()
         bottom = min(height, top + rows)
         start = max(0, min(top - halo, height - window))
         output = run(values[..., start : start + window, :])

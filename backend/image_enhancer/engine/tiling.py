@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from image_enhancer.engine.resample import Reduction
+from image_enhancer.engine.watch import JobCancelled, Watch, watching
 
 # MIN_TILE is the smallest tile core the back-off goes down to; below it the context dominates the work.
 from image_enhancer.request import MIN_TILE
@@ -32,8 +33,9 @@ from image_enhancer.request import MIN_TILE
 Op = Callable[[torch.Tensor], torch.Tensor]
 
 
-class JobCancelled(Exception):
-    """The caller's ``cancelled()`` returned true; the work stopped between two batches."""
+#: Progress counts hundredths of a tile, so that a runtime can report from inside one window
+#: (``engine.watch``) and a job of one large window still moves its bar.
+PARTS_PER_TILE = 100
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ class Tiler:
         ``per_tile(output, tile)`` transforms each tile's output before it is blended (channel folding,
         per-pixel fixes); it must keep the output's height and width.
         Progress reports ``progress_offset + tiles done`` out of ``progress_total`` (default: this
-        image's tile count), so several runs can share one progress range.
+        image's tile count), so several runs can share one progress range, in PARTS_PER_TILE parts
+        per tile: a runtime reports its share of the tiles it is running as it goes.
         """
         height, width = image.shape[-2:]
         self._done = progress_offset
@@ -285,6 +288,7 @@ class Tiler:
             if size[0] > full[0] or size[1] > full[1]:
                 raise ValueError(f"the tiler only shrinks its {full[1]}×{full[0]} result, not to {size}")
             reduction = Reduction.bicubic(full, (size[0], size[1]))
+        self._report(0.0)  # the network is starting: the caller's stage changes now, not after a batch
         return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
                             per_tile=per_tile)
 
@@ -321,7 +325,12 @@ class Tiler:
             if self._cancelled is not None and self._cancelled():
                 raise JobCancelled("the job was cancelled")
             batch = tiles[index : index + self.batch_size]
-            outputs = self._cores(image, batch, tile)
+            if report:
+                share = len(batch)  # the tiles this call stands for
+                with watching(Watch(self._cancelled, lambda part: self._report(part * share))):  # noqa: B023
+                    outputs = self._cores(image, batch, tile)
+            else:  # a region re-rendered in smaller tiles: still inside the watched call of its tile
+                outputs = self._cores(image, batch, tile)
             for t, core in zip(batch, outputs, strict=True):
                 if per_tile is not None:
                     core = per_tile(core, t)
@@ -351,10 +360,14 @@ class Tiler:
             index += len(batch)
             if report:
                 self._done += len(batch)
-                if self._progress is not None:
-                    self._progress(self._done, self._total)
+                self._report(0.0)
         assert canvas is not None  # a non-empty region always has a tile
         return canvas
+
+    def _report(self, tiles_in_progress: float) -> None:
+        if self._progress is not None:
+            done = round((self._done + tiles_in_progress) * PARTS_PER_TILE)
+            self._progress(done, self._total * PARTS_PER_TILE)
 
     def _cores(self, image: torch.Tensor, batch: list[Tile], tile: int) -> list[torch.Tensor]:
         """The core outputs of a batch of tiles, splitting the work on out-of-memory."""
