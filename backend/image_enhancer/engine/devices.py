@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 import re
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -60,16 +61,34 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+@cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as the kernel lists them (x86 "flags", ARM "Features"); None if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            lines = (line for line in cpuinfo if line.startswith(("flags", "Features")))
+            return frozenset(next((line.split(":", 1)[1].split() for line in lines), []))
+    except OSError:
+        return None
+
+
+def native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX): OpenVINO's default precision there."""
+    flags = cpu_flags() or frozenset()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_fp16() -> bool:
+    """Whether an ARM CPU has fp16 arithmetic (ARMv8.2 FP16: "fphp" and "asimdhp")."""
+    flags = cpu_flags() or frozenset()
+    return "fphp" in flags and "asimdhp" in flags
+
+
 def cpu_features() -> str:
     """The CPU's vector and matrix extensions that decide which runtime and precision are fastest (a
     figure measured on one CPU says little of another without them)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in cpuinfo if line.startswith(("flags", "Features"))),
-                [],
-            )
-    except OSError:
+    flags = cpu_flags()
+    if flags is None:
         return "features unknown"
     named = [
         ("AVX2", "avx2"),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from image_enhancer.engine import alpha as alpha_ops
-from image_enhancer.engine import colour, pixels
+from image_enhancer.engine import colour, pixels, runtime_choice
 from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
@@ -39,7 +39,7 @@ from image_enhancer.engine.tiling import (
 from image_enhancer.engine.watch import JobCancelled
 from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
-from image_enhancer.weights import ncnn_export, openvino_export
+from image_enhancer.weights import ncnn_export, openvino_export, openvino_int8
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
@@ -121,6 +121,7 @@ class Enhancer:
         openvino_cache: Path | None = None,
     ) -> None:
         self.store = store
+        self._requested_runtime = runtime
         self.compute = choose_device(device, runtime)
         self.device = self.compute.torch_device
         self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
@@ -130,6 +131,8 @@ class Enhancer:
         self.max_pixels = max_pixels
         self.max_output_pixels = max_output_pixels
         set_cpu_threads(threads)
+        self.threads = torch.get_num_threads()
+        self.runtime_table = runtime_choice.RuntimeTable()
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -178,6 +181,8 @@ class Enhancer:
                 f"megapixels; this server produces at most {self.max_output_pixels / 1e6:.1f} megapixels "
                 "— choose a smaller scale or a smaller image"
             )
+        # Preparing the network (converting it, and on first use timing the CPU runtimes) is loading too.
+        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2)
         report("loading model", 1, 1)
         check_cancelled()
 
@@ -194,7 +199,6 @@ class Enhancer:
             if beyond is not None:  # hidden colour must not spread into visible pixels this way either
                 beyond = beyond * (alpha_in > 0)
 
-        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2)
         tiler = Tiler(
             runner,
             self._settings(options, descriptor, runner, bytes_per_pixel, (height, width),
@@ -274,38 +278,100 @@ class Enhancer:
     def _runner(self, loaded: LoadedModel, job_pixels: int = 0) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept);
         ``job_pixels``, the network output of the job at hand, decides whether an int8 version is made."""
-        descriptor = loaded.descriptor
-        runtime = self.compute.runtime
-        if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
-            runtime = "pytorch"
-        if runtime == "openvino" and not openvino_export.supports(descriptor.architecture):
-            runtime = "pytorch"
-        precision = self._ncnn_precision(descriptor) if runtime == "ncnn" else None
-        int8 = None
-        if runtime == "openvino":
-            dtype = cpu_precision(self.precision, descriptor)
-            int8 = int8_network(loaded, self.openvino_cache, self.precision, job_pixels)
-        else:
-            dtype = resolve_precision(self.precision, self.device, descriptor)
-        key = (id(loaded.module), runtime, "int8" if int8 else precision or dtype)
+        choice = self.choice(loaded, job_pixels)
+        key = (id(loaded.module), choice.runtime, choice.precision)
         if key not in self._runners:
-            runner: Runner | None = None
-            try:
-                if runtime == "ncnn":
-                    runner = NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, precision)
-                elif runtime == "openvino":
-                    runner = OpenVinoRunner(loaded, self.openvino_cache, dtype, int8=int8)
-            except (ncnn_export.UnsupportedGraphError, openvino_export.UnsupportedGraphError) as why:
-                log.warning("%s; running it on PyTorch", why)
-                dtype = resolve_precision(self.precision, self.device, descriptor)
-            if runner is None:
-                runner = ModelRunner(loaded, self.device, dtype, self.channels_last)
+            runner = self._make_runner(loaded, choice)
+            if choice.seconds_per_pixel and isinstance(runner, OpenVinoRunner):
+                runner.expect(choice.seconds_per_pixel)  # its progress moves from the first window on
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))
             # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.
             self._runners[key] = (loaded, runner, runner.bytes_per_pixel())
         _, runner, bytes_per_pixel = self._runners[key]
         return runner, bytes_per_pixel
+
+    def choice(self, loaded: LoadedModel, job_pixels: int = 0) -> runtime_choice.Timing:
+        """The runtime and precision this model runs with. On the CPU with runtime ``auto`` and precision
+        ``auto`` or ``fp32``: the fastest measured here (``runtime_choice``; measured on first use),
+        an int8 version included where its own record shows it within the bound and faster than
+        OpenVINO's fp32. Otherwise the device's runtime with the precision asked for."""
+        descriptor = loaded.descriptor
+        if self.measured_choice:
+            timings = self.runtime_table.timings(loaded, self.candidate_factory(loaded), self.threads)
+            if self.precision == "auto":
+                timings = timings + self._int8_timing(loaded, timings, job_pixels)
+            return runtime_choice.best(timings, self.precision)
+        runtime = self.compute.runtime
+        if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
+            runtime = "pytorch"
+        if runtime == "openvino" and not openvino_export.supports(descriptor.architecture):
+            runtime = "pytorch"
+        if runtime == "ncnn":
+            return runtime_choice.Timing(runtime, self._ncnn_precision(descriptor), 0.0)
+        if runtime == "openvino":
+            if int8_network(loaded, self.openvino_cache, self.precision, job_pixels) is not None:
+                return runtime_choice.Timing(runtime, "int8", 0.0)
+            dtype = cpu_precision(self.precision, descriptor)
+            return runtime_choice.Timing(runtime, _PRECISION_NAMES[dtype], 0.0)
+        dtype = resolve_precision(self.precision, self.device, descriptor)
+        return runtime_choice.Timing(runtime, _PRECISION_NAMES[dtype], 0.0)
+
+    @property
+    def measured_choice(self) -> bool:
+        """Whether runtime and precision are measured (``runtime_choice``) rather than given."""
+        cpu = self.compute.key == "cpu"
+        return cpu and self._requested_runtime == "auto" and self.precision in ("auto", "fp32")
+
+    def _int8_timing(
+        self, loaded: LoadedModel, timings: list[runtime_choice.Timing], job_pixels: int
+    ) -> list[runtime_choice.Timing]:
+        """OpenVINO's int8 version as a timing, from its record's speed-up over OpenVINO fp32."""
+        fp32 = next((t for t in timings if (t.runtime, t.precision) == ("openvino", "fp32")), None)
+        if fp32 is None or int8_network(loaded, self.openvino_cache, "auto", job_pixels) is None:
+            return []
+        known = openvino_int8.cached(openvino_int8.cache_key(loaded), self.openvino_cache / "int8")
+        if known is None:
+            return []
+        record = known[1]
+        return [
+            runtime_choice.Timing(
+                "openvino", "int8", fp32.seconds_per_pixel / record.speedup,
+                record.mean_levels, record.max_levels, record.psnr_db,
+            )
+        ]  # fmt: skip
+
+    def candidate_factory(self, loaded: LoadedModel) -> runtime_choice.RunnerFactory:
+        """Makes a runner of ``loaded`` for each candidate ``runtime_choice`` times (no PyTorch stand-in
+        for a graph a runtime cannot take: that candidate fails)."""
+
+        def make(candidate: runtime_choice.Candidate) -> Runner:
+            choice = runtime_choice.Timing(candidate.runtime, candidate.precision, 0.0)
+            return self._make_runner(loaded, choice, fallback=False)
+
+        return make
+
+    def _make_runner(
+        self, loaded: LoadedModel, choice: runtime_choice.Timing, fallback: bool = True
+    ) -> Runner:
+        """A runner for the choice; a graph a runtime cannot convert runs on PyTorch instead (with
+        ``fallback``; else the converter's error is raised)."""
+        descriptor = loaded.descriptor
+        try:
+            if choice.runtime == "ncnn":
+                return NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, choice.precision)
+            if choice.runtime == "openvino":
+                if choice.precision == "int8":
+                    int8 = int8_network(loaded, self.openvino_cache, "int8")
+                    return OpenVinoRunner(loaded, self.openvino_cache, int8=int8)
+                return OpenVinoRunner(loaded, self.openvino_cache, _DTYPES[choice.precision])
+        except (ncnn_export.UnsupportedGraphError, openvino_export.UnsupportedGraphError) as why:
+            if not fallback:
+                raise
+            log.warning("%s; running it on PyTorch", why)
+            dtype = resolve_precision(self.precision, self.device, descriptor)
+            return ModelRunner(loaded, self.device, dtype, self.channels_last)
+        return ModelRunner(loaded, self.device, _DTYPES[choice.precision], self.channels_last)
 
     def _ncnn_precision(self, descriptor: ModelDescriptor) -> str:
         """fp32 on the CPU (x86 gains nothing from fp16; results stay within 1/255 of PyTorch); fp16
@@ -396,6 +462,10 @@ class Enhancer:
         return torch.cat(
             [tiler.run(image[c : c + 1], done + c * per_pass, total, size, per_tile) for c in range(channels)]
         )
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PRECISION_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 def _output_size(

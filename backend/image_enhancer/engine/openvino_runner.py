@@ -104,6 +104,10 @@ class OpenVinoRunner:
         self._busy = 0.0  # inference seconds spent in the current call
         self._call_pixels = 0  # input pixels of the current call
 
+    def expect(self, seconds_per_pixel: float) -> None:
+        """Take a measured pace (``runtime_choice``) until this runner has measured its own."""
+        self._pace.setdefault(self.dtype, watch.Pace()).seconds_per_pixel = seconds_per_pixel
+
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
         estimate = torch_device.activation_bytes_per_pixel(

@@ -3,7 +3,10 @@ choice, the device and what the model tolerates."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from image_enhancer.engine.choices import PRECISIONS
 
@@ -56,3 +59,39 @@ def _tolerated(name: str, descriptor: ModelDescriptor, bf16_available: bool) -> 
     if dtype is torch.bfloat16 and not (descriptor.supports_bf16 and bf16_available):
         return torch.float32
     return dtype
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How far a reduced precision (bf16, fp16, int8) may stray from fp32 on a real photo for ``auto``
+    to use it: on average half an 8-bit level (invisible), and 40 dB PSNR against the fp32 result (its
+    largest differences stay rare: a few pixels at strong edges)."""
+
+    mean_levels: float = 0.5
+    min_psnr_db: float = 40.0
+
+
+BOUND = Bound()
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A result's difference from the fp32 result of the same network, in 8-bit levels."""
+
+    mean_levels: float
+    max_levels: float
+    psnr_db: float
+
+    @classmethod
+    def between(cls, result: np.ndarray, reference: np.ndarray) -> Difference:
+        """Both in ``[0, 1]`` floats (clipped first, as the engine clips its results)."""
+        difference = np.abs(np.clip(result, 0.0, 1.0) - np.clip(reference, 0.0, 1.0))
+        mse = float(np.mean(difference.astype(np.float64) ** 2))
+        return cls(
+            mean_levels=float(difference.mean() * 255),
+            max_levels=float(difference.max() * 255),
+            psnr_db=float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+        )
+
+    def within(self, bound: Bound = BOUND) -> bool:
+        return self.mean_levels <= bound.mean_levels and self.psnr_db >= bound.min_psnr_db

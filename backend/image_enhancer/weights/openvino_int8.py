@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from image_enhancer.engine.precision import BOUND, Bound, Difference
 from image_enhancer.weights.integrity import state_digest, write_atomically
 
 if TYPE_CHECKING:
@@ -54,19 +55,6 @@ CALIBRATION_WINDOW = 64
 CALIBRATION_STRIDE = 32
 #: Longest a quantization may take (it is seconds; a stuck child must not hold the engine).
 QUANTIZE_TIMEOUT_S = 600.0
-
-
-@dataclass(frozen=True)
-class Bound:
-    """How far a reduced precision may stray from fp32 on the held-out photo for ``auto`` to use it:
-    on average half an 8-bit level (invisible), and 40 dB PSNR against the fp32 result (its largest
-    differences stay rare: a few pixels at strong edges)."""
-
-    mean_levels: float = 0.5
-    min_psnr_db: float = 40.0
-
-
-BOUND = Bound()
 
 
 @dataclass(frozen=True)
@@ -232,13 +220,11 @@ def measure(int8_model: ov.Model, fp32_model: ov.Model) -> Int8Record:
     photo = calibration_photo(HELD_OUT_PHOTO)
     requests = {"fp32": _compiled(fp32_model, photo.shape), "int8": _compiled(int8_model, photo.shape)}
     results = _timed_outputs(requests, photo)
-    reference = np.clip(results["fp32"][0], 0.0, 1.0)
-    difference = np.abs(np.clip(results["int8"][0], 0.0, 1.0) - reference)
-    mse = float(np.mean(difference**2))
+    difference = Difference.between(results["int8"][0], results["fp32"][0])
     return Int8Record(
-        mean_levels=float(difference.mean() * 255),
-        max_levels=float(difference.max() * 255),
-        psnr_db=float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+        mean_levels=difference.mean_levels,
+        max_levels=difference.max_levels,
+        psnr_db=difference.psnr_db,
         fp32_seconds=results["fp32"][1],
         int8_seconds=results["int8"][1],
     )

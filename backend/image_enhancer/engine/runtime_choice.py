@@ -1,0 +1,205 @@
+"""The CPU runtime and precision ``auto`` runs a network with, measured on this machine.
+
+Which runtime is fastest depends on the CPU as much as on the network: OpenVINO led on an AVX-512 Xeon
+in fp32, ncnn ran x4plus faster on an AMD EPYC, and where the CPU computes bf16 natively (AVX512_BF16,
+AMX) OpenVINO in bf16 is about twice its fp32. So the first time a network's graph is used on the CPU,
+every installed runtime × precision that can run it is timed on a window of a shipped photo (a few
+seconds at most), the reduced precisions are compared with the fp32 result (``precision.BOUND``), and
+the timings are kept in the user cache per graph, CPU model and features, thread count and runtime
+versions. ``auto`` then takes the fastest within the bound; ``--precision fp32`` the fastest in fp32;
+``--runtime`` still forces a runtime. ``image-enhancer devices --benchmark`` prints the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from image_enhancer.engine.devices import cpu_features, cpu_name, installed_runtimes, native_bf16, native_fp16
+from image_enhancer.engine.precision import Difference
+from image_enhancer.paths import user_home
+from image_enhancer.safe_json import JsonFileError, load_json
+from image_enhancer.weights import ncnn_export, openvino_export
+from image_enhancer.weights.integrity import write_atomically
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel
+
+log = logging.getLogger(__name__)
+
+TABLE_FILE = "runtime_choice.json"
+TABLE_MAX_BYTES = 1 << 20
+#: The shipped photo the window is cut from (a real photo: reduced precision errs most on real detail).
+PHOTO = "forest_256.png"
+#: The window is sized for a PyTorch run of about REFERENCE_S: large enough that per-call overheads
+#: are small against the work (they favour the runtime with the least of them, which is not the
+#: fastest on the large windows of real jobs), small enough that timing all takes seconds.
+MIN_SIDE, MAX_SIDE = 48, 256
+REFERENCE_S = 0.3
+#: Timed runs per candidate after its first (which compiles and allocates); the best one counts.
+REPEATS = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runtime: str  # "pytorch", "openvino", "ncnn"
+    precision: str  # "fp32", "bf16", "fp16"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One candidate measured on the window: seconds per input pixel and its difference from fp32."""
+
+    runtime: str
+    precision: str
+    seconds_per_pixel: float
+    mean_levels: float = 0.0
+    max_levels: float = 0.0
+    psnr_db: float = float("inf")
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.runtime, self.precision)
+
+    def within(self) -> bool:
+        return Difference(self.mean_levels, self.max_levels, self.psnr_db).within()
+
+
+def candidates(architecture: str) -> list[Candidate]:
+    """What can run this architecture here; fp32 on PyTorch (the reference) first. Reduced precisions
+    only where the CPU computes them natively: emulated they are slower than fp32."""
+    installed = installed_runtimes()
+    found = [Candidate("pytorch", "fp32")]
+    if "openvino" in installed and openvino_export.supports(architecture):
+        found.append(Candidate("openvino", "fp32"))
+        if native_bf16():
+            found.append(Candidate("openvino", "bf16"))
+        if native_fp16():
+            found.append(Candidate("openvino", "fp16"))
+    if "ncnn" in installed and ncnn_export.supports(architecture):
+        found.append(Candidate("ncnn", "fp32"))
+        if native_fp16():
+            found.append(Candidate("ncnn", "fp16"))
+    return found
+
+
+def graph_key(loaded: LoadedModel, threads: int) -> str:
+    """What the timings hold for: the network's graph (names and shapes, not values: two strengths of a
+    pair run alike), this CPU, the thread count and the runtimes' versions."""
+    digest = hashlib.sha256(loaded.descriptor.architecture.encode())
+    for name, tensor in sorted(loaded.module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+    versions = [_version(name) for name in ("torch", "openvino", "ncnn")]
+    digest.update(json.dumps([cpu_name(), cpu_features(), threads, versions]).encode())
+    return digest.hexdigest()[:32]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+#: Makes the tiler's op for a candidate: ``(N, 3, h, w)`` float32 → ``(N, 3, h·s, w·s)``.
+RunnerFactory = Callable[[Candidate], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
+    """Time every candidate on a window of the shipped photo; candidates that fail are left out. The
+    candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike."""
+    from image_enhancer.weights.openvino_int8 import calibration_photo
+
+    photo = torch.from_numpy(calibration_photo(PHOTO))
+    reference_op = make_runner(Candidate("pytorch", "fp32"))
+    small = photo[..., :MIN_SIDE, :MIN_SIDE]
+    reference_op(small)  # a first run allocates: the window is sized from a second one
+    started = time.perf_counter()
+    reference_op(small)
+    per_pixel = (time.perf_counter() - started) / MIN_SIDE**2
+    side = min(MAX_SIDE, max(MIN_SIDE, 16 * round(math.sqrt(REFERENCE_S / max(per_pixel, 1e-12)) / 16)))
+    window = photo[..., :side, :side]
+    reference = reference_op(window)
+    ops: dict[Candidate, tuple[Callable[[torch.Tensor], torch.Tensor], Difference]] = {}
+    for candidate in candidates(loaded.descriptor.architecture):
+        try:
+            op = reference_op if candidate == Candidate("pytorch", "fp32") else make_runner(candidate)
+            output = op(window)  # the first run compiles and allocates: not timed
+        except Exception as why:  # a runtime that cannot run this graph here is simply not chosen
+            log.warning("%s %s was not timed: %s", candidate.runtime, candidate.precision, why)
+            continue
+        ops[candidate] = (op, Difference.between(output.cpu().numpy(), reference.cpu().numpy()))
+    best = dict.fromkeys(ops, float("inf"))
+    for _ in range(REPEATS):
+        for candidate, (op, _) in ops.items():
+            started = time.perf_counter()
+            op(window)
+            best[candidate] = min(best[candidate], time.perf_counter() - started)
+    pixels = side * side
+    return [Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d)) for c, (_, d) in ops.items()]
+
+
+def best(timings: list[Timing], precision: str) -> Timing:
+    """The fastest timing for ``precision`` ("auto": any within the bound; otherwise that precision)."""
+    allowed = [t for t in timings if (t.within() if precision == "auto" else t.precision == precision)]
+    return min(allowed or timings[:1], key=lambda t: t.seconds_per_pixel)
+
+
+class RuntimeTable:
+    """The measured timings per graph key, kept in the user cache (``TABLE_FILE``)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or user_home() / TABLE_FILE
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[Timing] | None:
+        entry = self._read().get(key)
+        if not isinstance(entry, list):
+            return None
+        try:
+            return [Timing(**item) for item in entry]
+        except TypeError:  # written by another version: measured again
+            return None
+
+    def put(self, key: str, timings: list[Timing]) -> None:
+        with self._lock:
+            table = self._read()
+            table[key] = [asdict(t) for t in timings]
+            write_atomically(self.path, json.dumps(table, indent=1).encode())
+
+    def timings(
+        self, loaded: LoadedModel, make_runner: RunnerFactory, threads: int, again: bool = False
+    ) -> list[Timing]:
+        """The timings of ``loaded``'s graph, measured now when unknown (or when ``again``)."""
+        key = graph_key(loaded, threads)
+        known = None if again else self.get(key)
+        if known is None:
+            started = time.perf_counter()
+            known = measure(loaded, make_runner)
+            log.info(
+                "timed the CPU runtimes for this %s network in %.1f s",
+                loaded.descriptor.architecture, time.perf_counter() - started,
+            )  # fmt: skip
+            self.put(key, known)
+        return known
+
+    def _read(self) -> dict:
+        if not self.path.is_file():
+            return {}
+        try:
+            table = load_json(self.path, TABLE_MAX_BYTES)
+        except (JsonFileError, OSError):
+            return {}  # damaged: measured again and rewritten
+        return table if isinstance(table, dict) else {}
+

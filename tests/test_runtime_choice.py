@@ -1,0 +1,101 @@
+"""The measured choice of CPU runtime and precision (engine.runtime_choice), on real networks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from image_enhancer.engine import runtime_choice
+from image_enhancer.engine.devices import installed_runtimes
+from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.engine.ncnn_runner import NcnnRunner
+from image_enhancer.engine.runtime_choice import Candidate, RuntimeTable, Timing, best
+from image_enhancer.paths import HOME_ENV, user_home
+
+COMPACT = "realesr-animevideov3"
+
+
+@pytest.fixture
+def engine(model_store, tmp_path) -> Enhancer:
+    engine = Enhancer(model_store, device="cpu")
+    engine.runtime_table = RuntimeTable(tmp_path / runtime_choice.TABLE_FILE)
+    return engine
+
+
+def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_store):
+    loaded = model_store.get(COMPACT)
+    timings = engine.runtime_table.timings(loaded, engine.candidate_factory(loaded), engine.threads)
+    assert [t.candidate for t in timings] == runtime_choice.candidates(loaded.descriptor.architecture)
+    assert timings[0].candidate == Candidate("pytorch", "fp32") and timings[0].mean_levels == 0
+    assert {t.runtime for t in timings} == installed_runtimes()
+    assert all(t.seconds_per_pixel > 0 and t.within() for t in timings)  # fp32 everywhere on this CPU
+    written = engine.runtime_table.path.read_bytes()
+
+    def never(_candidate: Candidate) -> object:
+        raise AssertionError("measured again although the table knows this graph")
+
+    assert engine.runtime_table.timings(loaded, never, engine.threads) == timings
+    assert engine.runtime_table.path.read_bytes() == written
+    # Two strengths of one pair share a graph, so they share the timings.
+    first, second = model_store.get("ie-compact-x4-psnr"), model_store.get("ie-compact-x4-gan")
+    assert runtime_choice.graph_key(first, 2) == runtime_choice.graph_key(second, 2)
+    assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(loaded, 2)
+    assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(first, 4)
+
+
+def test_auto_runs_the_measured_winner(engine, model_store):
+    """The table decides: told that ncnn is the fastest here, auto runs the job on ncnn."""
+    if "ncnn" not in installed_runtimes():
+        pytest.skip("ncnn is not installed")
+    loaded = model_store.get(COMPACT)
+    key = runtime_choice.graph_key(loaded, engine.threads)
+    engine.runtime_table.put(
+        key, [Timing("pytorch", "fp32", 3e-6), Timing("openvino", "fp32", 2e-6), Timing("ncnn", "fp32", 1e-6)]
+    )
+    assert engine.choice(loaded) == Timing("ncnn", "fp32", 1e-6)
+    result = engine.enhance(np.zeros((8, 8, 3), np.uint8), EnhanceOptions(model=COMPACT))
+    assert result.shape == (32, 32, 3)
+    assert any(isinstance(runner, NcnnRunner) for _, runner, _ in engine._runners.values())
+
+
+def test_a_precision_outside_the_bound_is_not_taken_by_auto():
+    timings = [
+        Timing("pytorch", "fp32", 4e-6),
+        Timing("openvino", "fp32", 3e-6),
+        Timing("openvino", "bf16", 1e-6, mean_levels=0.9, max_levels=8, psnr_db=38.0),  # fast but off
+        Timing("ncnn", "fp16", 2e-6, mean_levels=0.2, max_levels=3, psnr_db=45.0),
+    ]
+    assert best(timings, "auto").candidate == Candidate("ncnn", "fp16")
+    assert best(timings, "fp32").candidate == Candidate("openvino", "fp32")
+    assert best(timings, "bf16").candidate == Candidate("openvino", "bf16")  # asked for: taken
+
+
+def test_a_damaged_table_is_measured_again(engine, model_store):
+    engine.runtime_table.path.write_text("{not json" * 10)
+    loaded = model_store.get(COMPACT)
+    assert engine.choice(loaded).runtime in installed_runtimes()
+    table = json.loads(engine.runtime_table.path.read_text())
+    assert runtime_choice.graph_key(loaded, engine.threads) in table
+
+
+def test_devices_benchmark_prints_the_table(tmp_path):
+    # A fresh user folder for the table, with the installed models and converted networks linked in.
+    for folder in ("weights", "openvino", "ncnn"):
+        if (user_home() / folder).is_dir():
+            (tmp_path / folder).symlink_to(user_home() / folder)
+    env = {**os.environ, HOME_ENV: str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "image_enhancer", "devices", "--benchmark", "-m", COMPACT],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "AVX2" in run.stdout or "NEON" in run.stdout  # the CPU's features beside the figures
+    lines = [line.split() for line in run.stdout.splitlines()]
+    rows = [words for words in lines if len(words) >= 6 and words[0] in installed_runtimes()]
+    assert sum("<-" in row for row in rows) == 1
+    assert (tmp_path / runtime_choice.TABLE_FILE).is_file()
