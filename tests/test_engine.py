@@ -12,7 +12,13 @@ import torch
 from PIL import Image
 
 from image_enhancer.engine import pixels
-from image_enhancer.engine.device import ModelRunner, memory_budget
+from image_enhancer.engine.device import (
+    DEFAULT_MEMORY_LIMIT,
+    MEMORY_LIMIT_ENV,
+    ModelRunner,
+    memory_budget,
+    resident_bytes,
+)
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
@@ -374,5 +380,15 @@ def test_constructor_rejects_bad_settings(model_store):
         Enhancer(model_store, device="cpu", threads=0)
 
 
-def test_cpu_memory_budget_is_bounded():
-    assert 64 << 20 < memory_budget(torch.device("cpu")) <= 3 << 29
+def test_cpu_memory_budget_follows_the_memory_limit(monkeypatch):
+    """Windows as large as the memory left within the limit: 2.5 GB by default, more when allowed."""
+    held = resident_bytes()
+    default = memory_budget(torch.device("cpu"))
+    assert 256 << 20 <= default <= DEFAULT_MEMORY_LIMIT - held
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "8G")
+    assert memory_budget(torch.device("cpu")) > default
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1.5G")
+    assert memory_budget(torch.device("cpu")) < default
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "lots")
+    with pytest.raises(ValueError, match="not a size"):
+        memory_budget(torch.device("cpu"))

@@ -274,3 +274,27 @@ def test_auto_tile_grows_with_the_budget_and_is_bounded():
     assert 2 * (large + 20) ** 2 * 4096 > (1 << 30) >= (large + 20) ** 2 * 4096
     assert auto_tile(1 << 30, bytes_per_pixel=4096, pad=10, batch_size=4) < large
     assert auto_tile(1, bytes_per_pixel=4096, pad=10) == 16
+
+
+@pytest.mark.parametrize("size", [None, (90, 52)])
+def test_rows_handed_on_in_bands_equal_the_whole_canvas(size):
+    """With a sink the result arrives in bands of final rows, in order, each row once, equal to the
+    canvas built whole; the float canvas held at any time is a few rows of tiles, not the image."""
+    image = torch.rand(3, 70, 40)
+    settings = TileSettings(tile=16, scale=2, overlap=4, pad=2, batch_size=2)
+    whole = Tiler(nearest_x2, settings).run(image, size=size)
+    pieces: list[tuple[int, torch.Tensor]] = []
+    tiler = Tiler(nearest_x2, settings)
+    assert tiler.run(image, size=size, sink=lambda top, rows: pieces.append((top, rows.clone()))) is None
+    tops = [top for top, _ in pieces]
+    assert tops[0] == 0 and tops == sorted(tops) and len(pieces) >= 3
+    assert all(top + rows.shape[1] == nxt for (top, rows), nxt in zip(pieces, tops[1:], strict=False))
+    assert max(rows.shape[1] for _, rows in pieces) < whole.shape[1] / 2
+    torch.testing.assert_close(torch.cat([rows for _, rows in pieces], dim=1), whole)
+
+
+def test_a_single_tile_is_handed_on_whole():
+    pieces: list[tuple[int, torch.Tensor]] = []
+    tiler = Tiler(nearest_x2, TileSettings(tile=64, scale=2))
+    tiler.run(torch.rand(3, 10, 10), sink=lambda top, rows: pieces.append((top, rows)))
+    assert [(top, tuple(rows.shape)) for top, rows in pieces] == [(0, (3, 20, 20))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,13 +29,25 @@ def set_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def memory_budget(device: torch.device, fraction: float = 0.6, cpu_cap: int = 3 << 29) -> int:
+#: The most memory a CPU process of ours holds, as the product promises (2.5 GB); a machine or a user
+#: that can give more sets IMAGE_ENHANCER_MEMORY_LIMIT (bytes, or with a K/M/G suffix).
+DEFAULT_MEMORY_LIMIT = 2_500_000_000
+MEMORY_LIMIT_ENV = "IMAGE_ENHANCER_MEMORY_LIMIT"
+#: Kept free of the limit for what a job allocates besides the network's working memory (the runtime's
+#: compiled kernels for a new shape, the tiles being blended, the conversion of the result's bands).
+MEMORY_MARGIN = 150_000_000
+#: The working memory a CPU job gets at least, whatever the process holds already: below it windows
+#: become so small that their context costs more than the work.
+MIN_CPU_BUDGET = 256 << 20
+
+
+def memory_budget(device: torch.device, fraction: float = 0.6) -> int:
     """Bytes the network's working memory may use for one batch on ``device``.
 
-    CUDA (and ROCm) or XPU: a share of the free memory now. CPU: a share of the available RAM, capped
-    at ``cpu_cap`` (1.5 GiB: with PyTorch and the model the process stays within the 2.5 GB a CPU
-    user is promised, while a 256² x4plus image or a 1024² compact-model image is still one window
-    with no context computed twice). MPS: a fixed 2 GiB (unified memory, no reliable free figure).
+    CUDA (and ROCm) or XPU: a share of the free memory now. CPU: what the process may still take within
+    its memory limit (``memory_limit()``, less what it holds now and a margin) and within a share of
+    the RAM still available, so windows are as large as the memory actually free allows: one window,
+    no context computed twice, where it fits. MPS: a fixed 2 GiB (unified memory, no reliable free figure).
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -44,7 +57,41 @@ def memory_budget(device: torch.device, fraction: float = 0.6, cpu_cap: int = 3 
         return int(free * fraction)
     if device.type == "mps":
         return 2 << 30
-    return int(min(available_ram() * fraction, cpu_cap))
+    within_limit = memory_limit() - resident_bytes() - MEMORY_MARGIN
+    return int(max(MIN_CPU_BUDGET, min(available_ram() * fraction, within_limit)))
+
+
+def memory_limit() -> int:
+    """The process's memory limit in bytes: IMAGE_ENHANCER_MEMORY_LIMIT, else DEFAULT_MEMORY_LIMIT."""
+    value = os.environ.get(MEMORY_LIMIT_ENV, "").strip().upper()
+    if not value:
+        return DEFAULT_MEMORY_LIMIT
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
+    try:
+        limit = float(value[:-1] if factor > 1 else value) * factor
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={value!r} is not a size (e.g. 2500000000, 4G, 800M)") from None
+    if limit < MIN_CPU_BUDGET:
+        raise ValueError(f"{MEMORY_LIMIT_ENV} must be at least {MIN_CPU_BUDGET >> 20} MiB")
+    return int(limit)
+
+
+def resident_bytes() -> int:
+    """The memory this process holds now (Linux: VmRSS; elsewhere the peak so far, an upper bound)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
+    except (ImportError, OSError):
+        return 0
 
 
 def available_ram() -> int:

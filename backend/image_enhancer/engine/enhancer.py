@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,6 +24,7 @@ import torch
 
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels, runtime_choice
+from image_enhancer.engine.bands import RowSink
 from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.ncnn_runner import NcnnRunner
@@ -217,6 +219,18 @@ class Enhancer:
         full = (height * descriptor.scale, width * descriptor.scale)
         smaller = out_height <= full[0] and out_width <= full[1] and (out_height, out_width) != full
         shrink = (out_height, out_width) if smaller else None
+        # When every step after the network works pixel by pixel, the result is converted to its samples
+        # band by band as the tiles finish, and never sits in memory whole as floats.
+        by_pixel = not options.colour_fidelity and beyond is None and passes == 1
+        if by_pixel and (shrink is not None or (out_height, out_width) == full):
+            output = self._enhance_in_bands(
+                tiler, colour_in, alpha_in, options, descriptor, total, shrink, image.dtype, alpha_by_model
+            )
+            report("finishing", 0, 1)
+            check_cancelled()
+            report("finishing", 1, 1)
+            return output[:, :, 0] if image.ndim == 2 else output
+
         result = self._network(tiler, colour_in, descriptor, 0, total, shrink)
         result = result.clamp_(0.0, 1.0) if shrink else colour.resize(result, out_height, out_width)
         alpha_out = None
@@ -226,11 +240,7 @@ class Enhancer:
             elif alpha_by_model:
                 done = tiler.count_tiles(height, width) * passes
                 if shrink:  # the same per-pixel rules, applied to each tile before it is blended and shrunk
-                    def fix(core: torch.Tensor, t: Tile) -> torch.Tensor:
-                        return alpha_ops.keep_flat_alpha_at(
-                            core.clamp(0, 1), alpha_in, descriptor.scale, t.y.core_start, t.x.core_start
-                        )
-
+                    fix = partial(_flat_alpha_kept, alpha_in, descriptor.scale)
                     alpha_out = self._network(tiler, alpha_in, descriptor, done, total, shrink, fix)
                     alpha_out = alpha_out.clamp_(0, 1)
                 else:
@@ -253,6 +263,54 @@ class Enhancer:
         output = _to_array([result] if alpha_out is None else [result, alpha_out], image.dtype)
         report("finishing", 1, 1)
         return output[:, :, 0] if image.ndim == 2 else output
+
+    def _enhance_in_bands(
+        self,
+        tiler: Tiler,
+        colour_in: torch.Tensor,
+        alpha_in: torch.Tensor | None,
+        options: EnhanceOptions,
+        descriptor: ModelDescriptor,
+        total: int,
+        shrink: tuple[int, int] | None,
+        dtype: np.dtype,
+        alpha_by_model: bool,
+    ) -> np.ndarray:
+        """The network's result and the per-pixel steps after it, written into the result's samples as
+        the tiler hands on final rows (``bands``): the same values as the whole-canvas path."""
+        height, width = colour_in.shape[-2:]
+        out_height, out_width = shrink or (height * descriptor.scale, width * descriptor.scale)
+        channels = colour_in.shape[0]
+        output = np.empty((out_height, out_width, channels + (alpha_in is not None)), dtype=dtype)
+        levels = colour.measure_levels(colour_in) if options.auto_contrast > 0 else None
+
+        def colour_rows(top: int, rows: torch.Tensor) -> None:
+            if shrink is not None:
+                rows = rows.clamp(0.0, 1.0)  # as colour.resize clamps the whole
+            if levels is not None:
+                rows = colour.apply_levels(rows, levels, options.auto_contrast)
+            if options.linear:
+                rows = pixels.srgb_to_linear(rows)
+            output[top : top + rows.shape[1], :, :channels] = pixels.from_tensor(rows, dtype)
+
+        def alpha_rows(top: int, rows: torch.Tensor) -> None:
+            output[top : top + rows.shape[1], :, channels:] = pixels.from_tensor(rows.clamp(0.0, 1.0), dtype)
+
+        self._network(tiler, colour_in, descriptor, 0, total, shrink, sink=colour_rows)
+        if alpha_in is None:
+            return output
+        constant = alpha_ops.constant_value(alpha_in)
+        if constant is not None:
+            output[:, :, channels] = pixels.from_tensor(torch.full((1, 1, 1), constant), dtype)[0, 0, 0]
+        elif alpha_by_model:
+            done = tiler.count_tiles(height, width)
+            fix = partial(_flat_alpha_kept, alpha_in, descriptor.scale)
+            self._network(tiler, alpha_in, descriptor, done, total, shrink, fix, sink=alpha_rows)
+        else:
+            alpha = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
+            for top in range(0, out_height, CONVERSION_ROWS):
+                alpha_rows(top, alpha[:, top : top + CONVERSION_ROWS])
+        return output
 
     def tile_settings(
         self, height: int, width: int, options: EnhanceOptions, channels: int = 3
@@ -298,10 +356,15 @@ class Enhancer:
         OpenVINO's fp32. Otherwise the device's runtime with the precision asked for."""
         descriptor = loaded.descriptor
         if self.measured_choice:
-            timings = self.runtime_table.timings(loaded, self.candidate_factory(loaded), self.threads)
-            if self.precision == "auto":
-                timings = timings + self._int8_timing(loaded, timings, job_pixels)
-            return runtime_choice.best(timings, self.precision)
+            try:
+                timings = self.runtime_table.timings(loaded, self.candidate_factory(loaded), self.threads)
+            except Exception as why:  # the network itself then fails its job with a clearer message
+                log.warning("could not time the CPU runtimes for this network (%s); using %s", why,
+                            self.compute.runtime)  # fmt: skip
+            else:
+                if self.precision == "auto":
+                    timings = timings + self._int8_timing(loaded, timings, job_pixels)
+                return runtime_choice.best(timings, self.precision)
         runtime = self.compute.runtime
         if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
             runtime = "pytorch"
@@ -445,23 +508,29 @@ class Enhancer:
         total: int,
         size: tuple[int, int] | None = None,
         per_tile: TileHook | None = None,
-    ) -> torch.Tensor:
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
         """Run the network over ``image``, adapting gray/RGB to what it takes; same channel count out.
-        ``size`` and ``per_tile`` as in ``Tiler.run``."""
+        ``size``, ``per_tile`` and ``sink`` as in ``Tiler.run`` (``sink`` only with one pass)."""
         channels, height, width = image.shape
         per_pass = tiler.count_tiles(height, width)
         if channels == descriptor.in_channels:
-            return tiler.run(image, done, total, size, per_tile)
+            return tiler.run(image, done, total, size, per_tile, sink)
         if channels == 1:  # gray through an RGB network, folded back to gray tile by tile
 
             def fold(core: torch.Tensor, t: Tile) -> torch.Tensor:
                 gray = pixels.rgb_to_gray(core)
                 return per_tile(gray, t) if per_tile is not None else gray
 
-            return tiler.run(pixels.gray_to_rgb(image), done, total, size, fold)
+            return tiler.run(pixels.gray_to_rgb(image), done, total, size, fold, sink)
         return torch.cat(
             [tiler.run(image[c : c + 1], done + c * per_pass, total, size, per_tile) for c in range(channels)]
         )
+
+
+def _flat_alpha_kept(alpha: torch.Tensor, scale: int, core: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """A tile's network alpha, clamped, with the flat areas of the source alpha kept exact."""
+    return alpha_ops.keep_flat_alpha_at(core.clamp(0, 1), alpha, scale, tile.y.core_start, tile.x.core_start)
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

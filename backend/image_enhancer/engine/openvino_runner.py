@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 # concatenating 192 channels that the estimate, which sees layer outputs only, does not count.
 OPENVINO_MEMORY_FACTOR = 1.2
 OPENVINO_MEMORY_FACTOR_IN_STAGES = 3.5
-# The process holds about 1.1 GB before a job (PyTorch, the model, OpenVINO's compiled stages), so
-# 1.35 GB of working memory keeps it within the 2.5 GB a CPU user is promised; a 512² x4plus image
-# (0.94 GB) is still one window.
-OPENVINO_BUDGET_CAP = 1_350_000_000
 # Input pixels per strip of x4plus's tail: OpenVINO holds about 12 kB per input pixel there (a quarter
 # of ncnn's), so strips four times ncnn's stay near 200 MB while their context rows cost less: at 512
 # pixels wide, ncnn-sized strips made the tail 1.5× its work and the engine 8% slower than OpenVINO
@@ -117,7 +113,7 @@ class OpenVinoRunner:
         return estimate * factor * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
-        return min(OPENVINO_BUDGET_CAP, torch_device.memory_budget(torch.device("cpu")))
+        return torch_device.memory_budget(torch.device("cpu"))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""

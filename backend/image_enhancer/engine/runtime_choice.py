@@ -121,7 +121,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
     candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike."""
     from image_enhancer.weights.openvino_int8 import calibration_photo
 
-    photo = torch.from_numpy(calibration_photo(PHOTO))
+    photo = _with_channels(torch.from_numpy(calibration_photo(PHOTO)), loaded.descriptor.in_channels)
     reference_op = make_runner(Candidate("pytorch", "fp32"))
     small = photo[..., :MIN_SIDE, :MIN_SIDE]
     reference_op(small)  # a first run allocates: the window is sized from a second one
@@ -148,6 +148,13 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
             best[candidate] = min(best[candidate], time.perf_counter() - started)
     pixels = side * side
     return [Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d)) for c, (_, d) in ops.items()]
+
+
+def _with_channels(photo: torch.Tensor, channels: int) -> torch.Tensor:
+    """The RGB photo as the network takes it: gray for one channel, channels repeated for more."""
+    if channels == 1:
+        return photo.mean(dim=1, keepdim=True)
+    return photo.repeat(1, -(-channels // 3), 1, 1)[:, :channels].contiguous()
 
 
 def best(timings: list[Timing], precision: str) -> Timing:

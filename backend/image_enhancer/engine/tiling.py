@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from image_enhancer.engine.bands import BandCanvas, RowSink
 from image_enhancer.engine.resample import Reduction
 from image_enhancer.engine.watch import JobCancelled, Watch, watching
 
@@ -264,13 +265,15 @@ class Tiler:
         progress_total: int | None = None,
         size: tuple[int, int] | None = None,
         per_tile: TileHook | None = None,
-    ) -> torch.Tensor:
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
         """Process a ``(C, H, W)`` float32 CPU image; returns ``(C', H·scale, W·scale)`` on the CPU, or
         ``(C', *size)`` when ``size`` is given and smaller: the whole result shrunk as ``colour.resize``
         does it (antialiased bicubic, not clamped), built tile by tile without the full-scale canvas.
 
         ``per_tile(output, tile)`` transforms each tile's output before it is blended (channel folding,
-        per-pixel fixes); it must keep the output's height and width.
+        per-pixel fixes); it must keep the output's height and width. With ``sink``, the result is not
+        returned but handed to it in bands of final rows (``bands.BandCanvas``): never held whole.
         Progress reports ``progress_offset + tiles done`` out of ``progress_total`` (default: this
         image's tile count), so several runs can share one progress range, in PARTS_PER_TILE parts
         per tile: a runtime reports its share of the tiles it is running as it goes.
@@ -290,7 +293,7 @@ class Tiler:
             reduction = Reduction.bicubic(full, (size[0], size[1]))
         self._report(0.0)  # the network is starting: the caller's stage changes now, not after a batch
         return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
-                            per_tile=per_tile)
+                            per_tile=per_tile, sink=sink)
 
     def _plan(
         self, size: tuple[int, int], top: int, left: int, bottom: int, right: int, tile: int
@@ -311,7 +314,8 @@ class Tiler:
         report: bool,
         reduction: Reduction | None = None,
         per_tile: TileHook | None = None,
-    ) -> torch.Tensor:
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
         s = self.settings
         tiles = self._plan(image.shape[-2:], top, left, bottom, right, tile)
         rows = list(dict.fromkeys(t.y for t in tiles))
@@ -320,6 +324,26 @@ class Tiler:
         row_weight = dict(zip(rows, blend_weights(rows, s.scale, feather, s.feather), strict=True))
         col_weight = dict(zip(cols, blend_weights(cols, s.scale, feather, s.feather), strict=True))
         canvas: torch.Tensor | None = None
+        whole = ((bottom - top) * s.scale, (right - left) * s.scale)
+        out_size = reduction.out_size if reduction is not None else whole
+        band = BandCanvas(*out_size, sink) if sink is not None else None
+
+        def first_row(span: Span) -> int:
+            """The first output row a tile of this row of tiles adds to: rows above it are final once the
+            tiles before it are done."""
+            if reduction is not None:
+                return reduction.rows.span(span.core_start * s.scale, span.core_end * s.scale)[0]
+            return (span.core_start - top) * s.scale
+
+        def rows(y0: int, height: int, channels: int) -> torch.Tensor:
+            """Output rows ``[y0, y0 + height)`` of the canvas or the band, to add to."""
+            nonlocal canvas
+            if band is not None:
+                return band.region(y0, y0 + height, channels)
+            if canvas is None:
+                canvas = torch.zeros(channels, *out_size)
+            return canvas[:, y0 : y0 + height]
+
         index = 0
         while index < len(tiles):
             if self._cancelled is not None and self._cancelled():
@@ -342,25 +366,27 @@ class Tiler:
                         core, t.y.core_start * s.scale, t.x.core_start * s.scale,
                         row_weight[t.y].to(core.device), col_weight[t.x].to(core.device),
                     )
-                    if canvas is None:
-                        canvas = torch.zeros(core.shape[0], *reduction.out_size)
-                    canvas[:, y0 : y0 + share.shape[1], x0 : x0 + share.shape[2]] += share.cpu()
+                    rows(y0, share.shape[1], share.shape[0])[:, :, x0 : x0 + share.shape[2]] += share.cpu()
                     continue
                 weight = row_weight[t.y].to(core.device).view(-1, 1) * col_weight[t.x].to(core.device).view(
                     1, -1
                 )
-                if canvas is None:
-                    canvas = torch.zeros(core.shape[0], (bottom - top) * s.scale, (right - left) * s.scale)
                 y0, x0 = (t.y.core_start - top) * s.scale, (t.x.core_start - left) * s.scale
-                target = canvas[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]]
+                target = rows(y0, core.shape[1], core.shape[0])[:, :, x0 : x0 + core.shape[2]]
                 if core.device.type == "cpu":
                     target.addcmul_(core, weight)
                 else:
                     target += (core * weight).cpu()
             index += len(batch)
+            if band is not None and canvas is None:  # (a single tile went to `canvas` unblended)
+                band.hand_on(first_row(tiles[index].y) if index < len(tiles) else band.height)
             if report:
                 self._done += len(batch)
                 self._report(0.0)
+        if sink is not None:
+            if canvas is not None:  # a single tile, nothing blended: handed on as it is
+                sink(0, canvas)
+            return None
         assert canvas is not None  # a non-empty region always has a tile
         return canvas
 
