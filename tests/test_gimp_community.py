@@ -52,7 +52,7 @@ def test_a_community_span_model_enhances_a_layer(
     try:
         result = gimp.run_job("span-x2", photo, arguments={"model": MODEL, "scale": "x2"})
         assert result["status"] == "success", result.get("error")
-        assert result["layers"][0] == ["photo (AI x2)", 64, 48, 0, 0]
+        assert result["layers"][0] == ["photo (AI x2, 2x-community-span)", 64, 48, 0, 0]
         enhanced = gimp.read(result, "new_layer", np.uint8, 3)
         assert int(np.abs(enhanced.astype(int) - direct.astype(int)).max()) <= 1
     finally:

@@ -107,7 +107,7 @@ def test_rgb_u8_photo_at_x4(gimp: ChrootGimp, backend_address: str) -> None:
     assert result["image"] == [256, 256]
     # New layer above the original; the background was scaled with GIMP's interpolation.
     assert result["layers"] == [
-        ["photo (AI x4)", 256, 256, 0, 0],
+        ["photo (AI x4, realesr-animevideov3)", 256, 256, 0, 0],
         ["photo", 256, 256, 0, 0],
         ["background", 256, 256, 0, 0],
     ]
@@ -127,7 +127,7 @@ def test_rgba_u16_layer_with_offset_at_x2(gimp: ChrootGimp, backend_address: str
     )
     assert result["status"] == "success", result.get("error")
     assert result["image"] == [128, 112]
-    assert result["layers"][0] == ["photo (AI x2)", 80, 96, 16, 8]
+    assert result["layers"][0] == ["photo (AI x2, realesr-animevideov3)", 80, 96, 16, 8]
     assert result["layers"][1] == ["photo", 80, 96, 16, 8]
     enhanced = gimp.read(result, "new_layer", np.uint16, 4)
     direct = _direct(backend_address, layer, 2.0)
@@ -308,7 +308,7 @@ def test_text_layer_is_enhanced_as_pixels_and_stays_text(gimp: ChrootGimp, backe
     assert result["target_is_text"] is True
     before = gimp.read(result, "target_before", np.uint8, 4)
     enhanced = gimp.read(result, "new_layer", np.uint8, 4)
-    assert result["new_layer"]["name"] == "AI (AI x1)"
+    assert result["new_layer"]["name"] == "AI (AI x1, realesr-animevideov3)"
     assert _max_difference(enhanced, _direct(backend_address, before, 1.0)) <= 1
     if gimp.version != "3.0":  # 3.2: a text layer is Gimp.Rasterizable, and still live text
         assert result["target_rasterized"] is False
@@ -359,5 +359,5 @@ def test_backend_starts_on_demand_for_a_sandboxed_gimp(gimp_root: Path, gimp_ver
         activator.send_signal(signal.SIGTERM)
         activator.wait(timeout=60)
     assert result["status"] == "success", result.get("error")
-    assert result["layers"][0] == ["photo (AI x2)", 64, 64, 0, 0]
+    assert result["layers"][0] == ["photo (AI x2, realesr-animevideov3)", 64, 64, 0, 0]
     assert activator.returncode == 0

@@ -69,15 +69,39 @@ def test_canvas_growth(size, scale, grown):
 
 
 @pytest.mark.parametrize(
-    ("layer_offset", "area", "scale", "offset"),
+    ("layer_offset", "area", "scale", "canvas", "offset"),
     [
-        ((0, 0), Rect(0, 0, 10, 10), 4.0, (0, 0)),
-        ((10, 20), Rect(0, 0, 10, 10), 2.0, (20, 40)),  # the layer's own offset scales with the canvas
-        ((10, 20), Rect(5, 7, 1, 1), 1.0, (15, 27)),  # x1 selection: the read area's corner, unscaled
-        ((-8, -3), Rect(0, 0, 4, 4), 2.5, (-20, -8)),  # layers may start left of or above the canvas
-        ((3, 1), Rect(0, 0, 4, 4), 2.5, (8, 2)),  # 7.5 → 8 and 2.5 → 2: Python's round, as the backend's
-        ((1, 1), Rect(0, 0, 4, 4), 1.5, (2, 2)),
+        ((0, 0), Rect(0, 0, 10, 10), 4.0, (10, 10), (0, 0)),
+        (
+            (10, 20),
+            Rect(0, 0, 10, 10),
+            2.0,
+            (64, 64),
+            (20, 40),
+        ),  # the layer's own offset scales with the canvas
+        (
+            (10, 20),
+            Rect(5, 7, 1, 1),
+            1.0,
+            (64, 64),
+            (15, 27),
+        ),  # x1 selection: the read area's corner, unscaled
+        ((-8, -3), Rect(0, 0, 4, 4), 2.5, (10, 10), (-20, -7)),  # left of or above the canvas; -7.5 -> -7
+        ((3, 1), Rect(0, 0, 4, 4), 2.5, (10, 10), (8, 3)),  # 7.5 -> 8 and 2.5 -> 3: GIMP rounds halves up
+        ((-5, -3), Rect(0, 0, 21, 17), 1.5, (64, 64), (-7, -4)),  # as GIMP 3.0 and 3.2 placed such a layer
+        # GIMP scales by the canvas's factor, 832/333 here, not by 2.5: 100 * 2.4985 = 249.85 -> 250, and
+        # 201 rounds to 502 (so 2.4975): 1 * 2.4975 -> 2
+        ((100, 1), Rect(0, 0, 4, 4), 2.5, (333, 201), (250, 2)),
+        ((5, 0), Rect(0, 0, 4, 4), 150 / 64, (64, 64), (12, 0)),  # 11.72 -> 12
+        ((-5, -3), Rect(0, 0, 4, 4), 150 / 64, (64, 64), (-12, -7)),  # -11.72 -> -12, -7.03 -> -7
     ],
 )
-def test_result_offset_rounding(layer_offset, area, scale, offset):
-    assert geometry.result_offset(layer_offset, area, scale) == offset
+def test_result_offset_lies_where_gimp_scales_the_original(layer_offset, area, scale, canvas, offset):
+    assert geometry.result_offset(layer_offset, area, scale, canvas) == offset
+
+
+@pytest.mark.parametrize(
+    ("value", "rounded"), [(2.5, 3), (7.5, 8), (-7.5, -7), (-4.5, -4), (-11.2, -11), (0.49, 0)]
+)
+def test_gimp_round_takes_halves_up(value, rounded):
+    assert geometry.gimp_round(value) == rounded

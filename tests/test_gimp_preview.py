@@ -45,11 +45,11 @@ def _array(info: ImageInfo, data: bytes) -> np.ndarray:
 
 def test_crop_is_centred_and_clamped_into_the_layer() -> None:
     crop = preview.plan_crop(1000, 800, 500, 400, 4.0)
-    assert crop.shown_input == preview.Rect(468, 368, 64, 64)
-    assert crop.read == preview.Rect(468 - preview.CONTEXT, 368 - preview.CONTEXT, 112, 112)
-    assert crop.shown_output == preview.Rect(4 * preview.CONTEXT, 4 * preview.CONTEXT, 256, 256)
+    assert crop.shown_input == preview.Rect(452, 352, 96, 96)
+    assert crop.read == preview.Rect(452 - preview.CONTEXT, 352 - preview.CONTEXT, 144, 144)
+    assert crop.shown_output == preview.Rect(4 * preview.CONTEXT, 4 * preview.CONTEXT, 384, 384)
     corner = preview.plan_crop(1000, 800, 990, 2, 2.0)
-    assert corner.shown_input == preview.Rect(872, 0, 128, 128) and corner.read.y == 0
+    assert corner.shown_input == preview.Rect(808, 0, 192, 192) and corner.read.y == 0
     small = preview.plan_crop(40, 30, 20, 15, 1.0)  # a layer smaller than the preview: all of it
     assert small.read == small.shown_input == preview.Rect(0, 0, 40, 30)
 
@@ -57,15 +57,15 @@ def test_crop_is_centred_and_clamped_into_the_layer() -> None:
 def test_preview_shows_the_same_pixels_as_the_real_run(grpc_server) -> None:
     layer = _rgba16(96, 80)
     options = Options(model=FAST_MODEL, scale=4.0)
-    crop = preview.plan_crop(96, 80, 60, 30, 4.0)  # off-centre: clamped at the top, context elsewhere
+    crop = preview.plan_crop(96, 80, 60, 20, 4.0, zoom=2)  # off-centre: clamped at the top, context around
     shown = preview.run_preview(grpc_server.address, _job(layer, crop, options), lambda: False)
-    assert (shown.image.width, shown.image.height, shown.image.channels) == (256, 256, 4)
+    assert (shown.image.width, shown.image.height, shown.image.channels) == (192, 192, 4)
     assert shown.image.sample_type == "u16"
 
     with LiteClient(grpc_server.address) as client:
         whole_info, whole = client.enhance(layer.tobytes(), 96, 80, 4, "u16", options)
     x, y = crop.shown_input.x * 4, crop.shown_input.y * 4
-    real = _array(whole_info, whole)[y : y + 256, x : x + 256]
+    real = _array(whole_info, whole)[y : y + 192, x : x + 192]
     got = _array(shown.image, shown.data)
     # The context makes even the crop's edges match. Colour under (partly) transparent pixels may differ,
     # as the backend fills fully transparent areas from what surrounds them: compare what shows.

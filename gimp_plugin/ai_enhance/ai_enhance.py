@@ -32,11 +32,13 @@ import gi  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
+import crash_log  # noqa: E402
+import filtered  # noqa: E402
 import layer_io  # noqa: E402
 import placement  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
-from settings import SCALE_CHOICES, Settings  # noqa: E402
+from settings import SCALE_CHOICES, Settings, result_label  # noqa: E402
 
 from image_enhancer.request import ALPHA_MODES, MAX_SCALE, MAX_TILE, MIN_SCALE  # noqa: E402
 from image_enhancer.wire import ImageInfo  # noqa: E402
@@ -76,7 +78,8 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
             fmt = layer_io.pixel_format(source.layer)
             _report(f"{prefix}Reading the layer", None)
             started = time.perf_counter()
-            data = layer_io.read_pixels(source.layer, source.x, source.y, source.width, source.height, fmt)
+            with filtered.LayerPixels(source.layer) as seen:  # with its filters, as the person sees it
+                data = seen.read(source.x, source.y, source.width, source.height, fmt)
             timings["read_s"] += time.perf_counter() - started
             sent = ImageInfo(source.width, source.height, fmt.channels, fmt.sample_type)
             _report(f"{prefix}Sending the layer to the AI backend", None)
@@ -107,10 +110,13 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         timings["scale_image_s"] = time.perf_counter() - started
         started = time.perf_counter()
         new_layers = [
-            placement.add_result_layer(image, source, scale, fmt, got.width, got.height, pixels)
+            placement.add_result_layer(
+                image, source, scale, fmt, got.width, got.height, pixels, result_label(options)
+            )
             for source, fmt, got, pixels in results
         ]
         timings["write_s"] = time.perf_counter() - started
+        image.set_selected_layers(new_layers)  # ready for the next run: the new layers, not their masks
     finally:
         image.undo_group_end()
         Gimp.context_pop()
@@ -155,6 +161,8 @@ def run(
     data: object,
 ) -> Gimp.ValueArray:
     Gegl.init(None)
+    log = crash_log.log_path(Path(Gimp.directory()))
+    crash_log.install(log, Gimp.message)
     try:
         layers = placement.check_drawables(list(drawables))
         if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog_ok(procedure, config, image, layers):
@@ -163,9 +171,10 @@ def run(
         new_layers = enhance_layers(image, layers, Settings.from_config(config))
     except (transport.BackendError, placement.PlacementError, ValueError) as error:
         return _failure(procedure, str(error))
-    except Exception as error:  # a bug: say so plainly, keep the details for the error console
+    except BaseException as error:  # a bug: say so plainly, keep the details in the log; never crash
+        crash_log.record(log, error, "run")
         traceback.print_exc()
-        return _failure(procedure, f"AI Enhance failed unexpectedly ({type(error).__name__}: {error}).")
+        return _failure(procedure, crash_log.message(log, error))
     finally:
         Gimp.progress_end()
     values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())

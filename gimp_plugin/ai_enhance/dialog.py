@@ -3,7 +3,6 @@ that says before OK what will happen to the image and how long it will take, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import gi
@@ -11,11 +10,13 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
+import filtered  # noqa: E402
 import geometry  # noqa: E402
 import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
+from model_chooser import ModelChooser  # noqa: E402
 from preview_panel import PreviewPanel  # noqa: E402
 
 from image_enhancer.wire import ModelInfo, ServerInfo  # noqa: E402
@@ -53,38 +54,6 @@ def _in_percent(widget: Gtk.Widget, label: str) -> None:
         widget.set_label(label)
 
 
-def _model_row(
-    config: Gimp.ProcedureConfig, backend: Backend, on_change: Callable[[], None]
-) -> tuple[Gtk.Widget, Gtk.ComboBoxText]:
-    """The installed models by their plain description; the choice goes into the config's "model"."""
-    combo = Gtk.ComboBoxText()
-    for model in settings.installed_models(backend.models):
-        combo.append(model.name, settings.model_label(model))
-    suggested = backend.server.suggested_model if backend.server else ""
-    combo.set_active_id(settings.initial_model(backend.models, config.get_property("model") or "", suggested))
-    config.set_property("model", combo.get_active_id() or "")
-
-    def changed(widget: Gtk.ComboBoxText) -> None:
-        config.set_property("model", widget.get_active_id() or "")
-        widget.set_tooltip_text(f"Model: {widget.get_active_id()}")
-        on_change()
-
-    combo.connect("changed", changed)
-    combo.set_tooltip_text(f"Model: {combo.get_active_id()}")
-    label = Gtk.Label.new_with_mnemonic("_Model")
-    label.set_mnemonic_widget(combo)
-    label.set_xalign(0.0)
-    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
-    row.pack_start(label, False, False, 0)
-    row.pack_start(combo, True, True, 0)
-    box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-    box.pack_start(row, False, False, 0)
-    hint = settings.more_models_hint(backend.models)
-    if hint:
-        box.pack_start(_label(hint, dim=True), False, False, 0)
-    return box, combo
-
-
 def _summary(
     image: Gimp.Image,
     layers: list[Gimp.Layer],
@@ -101,6 +70,9 @@ def _summary(
     except (ValueError, placement.PlacementError) as error:
         return str(error)
     lines = [settings.result_text((image.get_width(), image.get_height()), scale, sources[0].masked)]
+    filters = sorted({name for layer in layers for name in filtered.visible_filters(layer)})
+    if filters:  # what is enhanced is what the person sees: say so, as the new layer bakes them in
+        lines.append(f"Enhanced with its filters ({', '.join(filters)}): the new layer holds their look.")
     model = next((m for m in models if m.name == config.get_property("model")), None)
     if model is not None and backend.server is not None:
         jobs = [
@@ -124,9 +96,10 @@ def run_dialog(
     for name in ("model", "server"):  # text fields cannot show an unset string
         if config.get_property(name) is None:
             config.set_property(name, "")
-    models = settings.installed_models(backend.models)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
     panel: PreviewPanel | None = None
+    chooser: ModelChooser | None = None
+    handlers: list[int] = []  # on the config, which outlives the dialog: disconnected when it closes
     try:
         # Widgets asked for before `fill` replace the default ones (spin buttons for doubles).
         strength = dialog.get_spin_scale("strength", 100.0)
@@ -141,13 +114,14 @@ def run_dialog(
         if any(layer.has_alpha() for layer in layers):  # nothing to choose for opaque layers
             fields.append("alpha-mode")
         fields.append("advanced")
-        dialog.fill(fields if models else ["model", *fields])
+        reachable = backend.server is not None
+        dialog.fill(fields if reachable else ["model", *fields])
 
         summary = _label("")
         content = dialog.get_content_area()
         content.pack_start(summary, False, False, 6)
         summary.show()
-        known = {"models": models}  # refreshed after each preview: it measured the model's speed
+        known = {"models": backend.models}  # refreshed after each preview: it measured the model's speed
 
         def remeasured() -> None:
             try:
@@ -160,12 +134,12 @@ def run_dialog(
                 return  # the estimate stays as it was
             summary.set_text(_summary(image, layers, config, backend, known["models"]))
 
-        panel = PreviewPanel(backend.address, image, layers[0], remeasured) if models else None
+        panel = PreviewPanel(backend.address, image, layers[0], remeasured) if reachable else None
 
         def refresh(*_: object) -> None:
-            chosen = next((m for m in models if m.name == config.get_property("model")), None)
+            chosen = chooser.chosen() if chooser is not None else None
             # Strength interpolates a PSNR/GAN pair; other models have nothing to interpolate.
-            strength.set_visible(chosen.has_strength if chosen else not models)
+            strength.set_visible(chosen.has_strength if chosen else chooser is None)
             custom_scale.set_visible(config.get_property("scale") == "custom")
             summary.set_text(_summary(image, layers, config, backend, known["models"]))
             if panel is not None and chosen is not None:
@@ -174,12 +148,15 @@ def run_dialog(
         for widget in (strength, custom_scale):
             widget.set_no_show_all(True)
         for name in ("scale", "custom-scale", "strength", "colour-fidelity", "auto-contrast", "alpha-mode"):
-            config.connect(f"notify::{name}", refresh)
-        if models:
-            row, _ = _model_row(config, backend, refresh)
-            content.pack_start(row, False, False, 6)
-            content.reorder_child(row, 0)
-            row.show_all()
+            handlers.append(config.connect(f"notify::{name}", refresh))
+        if reachable:
+            suggested = backend.server.suggested_model if backend.server else ""
+            chooser = ModelChooser(config, backend.address, backend.models, suggested, refresh)
+            content.pack_start(chooser, False, False, 6)
+            content.reorder_child(chooser, 0)
+            chooser.show_all()
+            # Back from the file manager (a model dropped into the backend's folder): list it.
+            dialog.connect("focus-in-event", chooser.reload_on_focus)
         if panel is not None:
             content.pack_start(panel, False, False, 6)
             panel.show_all()
@@ -191,6 +168,10 @@ def run_dialog(
         refresh()
         return dialog.run()
     finally:
+        # Nothing of the dialog may run once it is gone: no option change reaches its widgets or
+        # schedules a preview, and no preview result arrives (see PreviewPanel.stop).
+        for handler in handlers:
+            config.disconnect(handler)
         if panel is not None:
             panel.stop()
         dialog.destroy()

@@ -4,6 +4,7 @@ where the result goes. `placement.py` asks GIMP for the numbers and applies the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Extra pixels read around a selection at x1, so the model sees context at the selection's edge;
@@ -40,7 +41,28 @@ def source_area(
     return Rect(x0, y0, x1 - x0, y1 - y0), True
 
 
-def result_offset(layer_offset: tuple[int, int], area: Rect, scale: float) -> tuple[int, int]:
-    """Where the result's top-left corner goes in the (grown) image: the read area's corner in image
-    coordinates before anything changed, scaled as GIMP scales the layers under it."""
-    return round((layer_offset[0] + area.x) * scale), round((layer_offset[1] + area.y) * scale)
+def gimp_round(value: float) -> int:
+    """GIMP's rounding of scaled layer edges: halves go up, below zero too (-7.5 -> -7, 2.5 -> 3)."""
+    return math.floor(value + 0.5)
+
+
+def scaled_offset(offset: int, old_size: int, new_size: int) -> int:
+    """Where Image > Scale Image puts a plain layer's edge at `offset` when the canvas side goes from
+    `old_size` to `new_size`: GIMP scales by the canvas's factor (not the asked-for scale, which the
+    canvas's size was rounded from) and rounds half up."""
+    return gimp_round(offset * (new_size / old_size))
+
+
+def result_offset(
+    layer_offset: tuple[int, int], area: Rect, scale: float, canvas: tuple[int, int]
+) -> tuple[int, int]:
+    """Where the result's top-left corner goes in the (grown) image: where GIMP puts the original layer's
+    corner (at `layer_offset` in a canvas of size `canvas` before anything changed) when it scales the
+    image, plus the read area's corner in the layer, scaled (only at x1 is that not the layer's corner).
+    So the result lies exactly on its scaled original, whose far edges GIMP rounds on their own: at
+    fractional scales the two may differ by a pixel in size, never in position."""
+    grown = scaled_size(*canvas, scale)
+    return (
+        scaled_offset(layer_offset[0], canvas[0], grown[0]) + round(area.x * scale),
+        scaled_offset(layer_offset[1], canvas[1], grown[1]) + round(area.y * scale),
+    )

@@ -1,9 +1,11 @@
 """The dialog's preview, without GIMP or GTK: which crop to enhance, running one preview job at a time.
 
-The preview enhances a crop of the first layer (around the selection's centre, else the image's) of
-about PREVIEW_SIDE output pixels, in the layer's own precision and alpha and with the dialog's options,
-exactly as the real run would. The crop is read with CONTEXT extra pixels on every side so the model
-sees what surrounds it, as it does in the whole layer; only the inner part is shown.
+The preview enhances a crop of the first layer (where the person aims it; at first the selection's
+centre, else the layer's most detailed area, see detail.py) that fills PREVIEW_SIDE screen pixels: at 1:1
+each output pixel is one screen pixel, at 2:1 a block of 2 x 2, so a quarter of the area shows twice as
+large. It runs in the layer's own precision and alpha and with the dialog's options, exactly as the real
+run would. The crop is read with CONTEXT extra pixels on every side so the model sees what surrounds it,
+as it does in the whole layer; only the inner part is shown.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from image_enhancer.client.lite import LiteClient
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.wire import SAMPLE_BYTES, ImageInfo
 
-PREVIEW_SIDE = 256  # output pixels on each side of the shown crop
+PREVIEW_SIDE = 384  # screen pixels on each side of the before and the after pictures
+ZOOMS = (1, 2)  # screen pixels per output pixel: 1:1 and 2:1
 CONTEXT = 24  # input pixels read around the crop (more than the compact models' reach)
 
 
@@ -33,11 +36,33 @@ class Crop:
     shown_input: Rect  # layer coordinates: the part a person sees ("before")
     shown_output: Rect  # coordinates in the enhanced `read` rectangle ("after")
     scale: float
+    zoom: int = 1  # screen pixels per output pixel
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """The shown part's centre in layer coordinates."""
+        shown = self.shown_input
+        return shown.x + shown.width / 2, shown.y + shown.height / 2
+
+    def moved(self, screen_dx: float, screen_dy: float) -> tuple[float, float]:
+        """The centre after dragging the picture by that many screen pixels (the content follows)."""
+        step = self.scale * self.zoom
+        x, y = self.centre
+        return x - screen_dx / step, y - screen_dy / step
 
 
-def plan_crop(layer_width: int, layer_height: int, centre_x: float, centre_y: float, scale: float) -> Crop:
+def shown_side(scale: float, zoom: int = 1) -> int:
+    """Layer pixels on each side of a crop that fills the preview at `scale` and `zoom`."""
+    if zoom not in ZOOMS:
+        raise ValueError(f"zoom must be one of {ZOOMS}, got {zoom}")
+    return max(1, math.ceil(PREVIEW_SIDE / (scale * zoom)))
+
+
+def plan_crop(
+    layer_width: int, layer_height: int, centre_x: float, centre_y: float, scale: float, zoom: int = 1
+) -> Crop:
     """The crop around (centre_x, centre_y) in layer coordinates, clamped into the layer."""
-    side = math.ceil(PREVIEW_SIDE / scale)
+    side = shown_side(scale, zoom)
     width, height = min(side, layer_width), min(side, layer_height)
     x = min(max(0, round(centre_x - width / 2)), layer_width - width)
     y = min(max(0, round(centre_y - height / 2)), layer_height - height)
@@ -51,7 +76,7 @@ def plan_crop(layer_width: int, layer_height: int, centre_x: float, centre_y: fl
     shown_output = Rect(
         round((x - read_x) * scale), round((y - read_y) * scale), *scaled_size(width, height, scale)
     )
-    return Crop(read, Rect(x, y, width, height), shown_output, scale)
+    return Crop(read, Rect(x, y, width, height), shown_output, scale, zoom)
 
 
 def cut(data: bytes, image: ImageInfo, rect: Rect) -> tuple[ImageInfo, bytes]:
@@ -63,6 +88,10 @@ def cut(data: bytes, image: ImageInfo, rect: Rect) -> tuple[ImageInfo, bytes]:
     starts = ((rect.y + r) * row + rect.x * pixel for r in range(height))
     part = b"".join(view[start : start + width * pixel] for start in starts)
     return ImageInfo(width, height, image.channels, image.sample_type), part
+
+
+def _nowhere(outcome: object) -> None:
+    """Where results go once the runner is stopped."""
 
 
 class Superseded(Exception):
@@ -131,11 +160,14 @@ class PreviewRunner:
                 self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Cancel what runs and wait (a little) for the worker to end."""
+        """Cancel what runs and wait (a little) for the worker to end. A worker still waiting for the
+        backend then delivers nothing, and it no longer holds `deliver` (with it, the dialog's GTK
+        widgets and GIMP objects): they are never released on its thread."""
         with self._lock:
             self._stopped = True
             self._pending = None
             self._cancel.set()
+            self._deliver = _nowhere
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
@@ -156,5 +188,7 @@ class PreviewRunner:
                 outcome = error
             except Exception as error:  # a bug: say so in the dialog, keep the worker going
                 outcome = transport.BackendError(f"The preview failed ({type(error).__name__}: {error}).")
-            if not cancel.is_set():
-                self._deliver(outcome)
+            with self._lock:
+                deliver = None if cancel.is_set() or self._stopped else self._deliver
+            if deliver is not None:
+                deliver(outcome)

@@ -83,12 +83,54 @@ def installed_models(models: list[ModelInfo]) -> list[ModelInfo]:
     return [model for model in models if model.installed]
 
 
+def _blended_elsewhere(model: ModelInfo, installed: set[str]) -> bool:
+    """A member of a pair whose own entry is installed: the Detail control of that entry reaches it."""
+    return bool(model.pair_member_of) and model.pair_member_of in installed
+
+
+def model_entries(models: list[ModelInfo]) -> list[ModelInfo]:
+    """The dialog's model list: the installed models, one entry per faithful/sharp pair (its Detail
+    control picks the blend; the pair's members are not listed again)."""
+    installed = {model.name for model in installed_models(models)}
+    return [m for m in installed_models(models) if not _blended_elsewhere(m, installed)]
+
+
+def catalogue(models: list[ModelInfo]) -> list[ModelInfo]:
+    """What "Get more models…" offers: the backend's models that it can install and that are not
+    installed, one entry per pair (installing a pair's entry brings its other member too)."""
+    offered = {m.name for m in models if m.installable}
+    return [
+        m
+        for m in models
+        if m.installable and not m.installed and not (m.pair_member_of and m.pair_member_of in offered)
+    ]
+
+
+def size_text(size: int) -> str:
+    """A download size for people: "2.5 MB", "64 MB"; "size unknown" for 0."""
+    if size <= 0:
+        return "size unknown"
+    megabytes = size / 1e6
+    return f"{megabytes:.1f} MB" if megabytes < 10 else f"{megabytes:.0f} MB"
+
+
+def catalogue_text(model: ModelInfo, models: list[ModelInfo]) -> str:
+    """One line of the catalogue: what the model is for, its download size and licence."""
+    members = [m for m in models if m.pair_member_of == model.name]
+    size = model.download_bytes + sum(m.download_bytes for m in members if not m.installed)
+    pair = " (with a faithful ↔ sharp Detail control)" if members else ""
+    return f"{model_label(model)}{pair}: {size_text(size)}, licence {model.license or 'unknown'}"
+
+
 def initial_model(models: list[ModelInfo], remembered: str, suggested: str) -> str:
     """The model the dialog opens with: the person's last choice, else the one the backend suggests for
-    its device, else its default; always an installed one ("" when none is)."""
-    names = [model.name for model in installed_models(models)]
+    its device, else its default; always one the list shows ("" when none is installed). A pair's member
+    stands for its pair's entry."""
+    names = [model.name for model in model_entries(models)]
+    members = {model.name: model.pair_member_of for model in models if model.pair_member_of}
     defaults = [model.name for model in models if model.is_default]
     for candidate in (remembered, suggested, *defaults):
+        candidate = candidate if candidate in names else members.get(candidate, "")
         if candidate in names:
             return candidate
     return names[0] if names else ""
@@ -100,13 +142,18 @@ def model_label(model: ModelInfo) -> str:
 
 
 def more_models_hint(models: list[ModelInfo]) -> str:
-    missing = len(models) - len(installed_models(models))
+    missing = len(catalogue(models))
     if not missing:
         return ""
-    return (
-        f"{missing} more model{'s' if missing > 1 else ''} can be installed with "
-        "python install.py --models NAME (image-enhancer models lists them)."
-    )
+    return f"{missing} more model{'s' if missing > 1 else ''} can be installed: Get more models…"
+
+
+def result_label(options: EnhanceOptions) -> str:
+    """What made a result, for its layer's name: "AI x4, realesrgan-x4plus, detail 80 %"."""
+    label = f"AI x{options.scale:g}, {options.model}"
+    if options.strength is not None:
+        label += f", detail {round(options.strength * 100)} %"
+    return label
 
 
 def device_words(device: str) -> str:

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from progress_text import ProgressText
+
 from image_enhancer import wire
 from image_enhancer.client.core import EnhancerError, ProgressEvent
 from image_enhancer.client.lite import LiteClient
 from image_enhancer.paths import backend_log
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.safe_json import load_json
-from image_enhancer.wire import DEFAULT_ADDRESS, ImageInfo, ModelInfo, ServerInfo
+from image_enhancer.wire import DEFAULT_ADDRESS, ImageInfo, InstallEvent, ModelInfo, ServerInfo
 
 CONFIG_NAME = "ai_enhance.json"
 START_TIMEOUT = 180.0  # first start loads torch and a model; slow disks need minutes
@@ -172,6 +174,21 @@ def list_models(client: LiteClient) -> list[ModelInfo]:
         raise BackendError(explain(error)) from None
 
 
+def install_model(address: str, name: str, report: Callable[[InstallEvent], None]) -> None:
+    """Have the backend at `address` download, verify (sha256) and install the manifest model `name`;
+    every step goes to `report`, which may raise to cancel. Failures become BackendError."""
+    try:
+        client = LiteClient(address)
+    except EnhancerError as error:
+        raise BackendError(explain(error)) from None
+    try:
+        client.install_model(name, on_progress=report)
+    except EnhancerError as error:
+        raise BackendError(explain(error)) from None
+    finally:
+        client.close()
+
+
 def describe(client: LiteClient) -> ServerInfo:
     try:
         return client.describe()
@@ -205,16 +222,6 @@ def check_size(client: LiteClient, width: int, height: int, name: str) -> None:
         )
 
 
-def _stage_text(event: ProgressEvent) -> tuple[str, float | None]:
-    if event.stage == "queued":
-        return f"Waiting for the AI backend ({event.queue_position} jobs ahead)", None
-    if event.stage == "loading model":
-        return "Loading the model", None
-    if event.stage == "enhancing" and event.total:
-        return f"Enhancing: tile {event.done} of {event.total}", event.fraction
-    return event.stage.capitalize(), None
-
-
 def enhance(
     client: LiteClient,
     data: bytes,
@@ -229,12 +236,13 @@ def enhance(
     "server_s" (queued until the engine finished) and "download_s" (the result's bytes) added to it.
     """
     marks = {"start": time.perf_counter()}
+    stage_text = ProgressText()  # names the stage, with the percentage and the time left
 
     def on_progress(event: ProgressEvent) -> None:
         marks.setdefault("queued", time.perf_counter())
         if event.stage == "finishing" and event.total and event.done == event.total:
             marks["finished"] = time.perf_counter()
-        report(*_stage_text(event))
+        report(*stage_text(event))
 
     try:
         result = client.enhance(

@@ -74,6 +74,9 @@ if "vector" in job:  # GIMP 3.2: a filled ellipse as a vector layer above the ph
 if "link" in job:  # GIMP 3.2: a link layer showing an image file from the job folder, selected
     target = Gimp.LinkLayer.new(image, Gio.File.new_for_path(os.path.join(out_dir, job["link"])))
     image.insert_layer(target, None, 0)
+    target.set_offsets(*job.get("link_offset", [0, 0]))
+for operation in job.get("filters", []):  # non-destructive filters on the selected layer
+    target.append_filter(Gimp.DrawableFilter.new(target, operation, operation))
 rendered = any(key in job for key in ("text", "vector", "link"))  # a layer GIMP draws from a description
 target_before = dump(target, "target_before.raw", babl(4, sample)) if rendered else None
 image.clean_all()
@@ -87,6 +90,14 @@ for key, value in job.get("arguments", {}).items():
     config.set_property(key, value)
 values = procedure.run(config)
 status = values.index(0)
+selected = image.get_selected_drawables()
+again = None
+if job.get("again") and status == Gimp.PDBStatusType.SUCCESS:  # run once more on what is selected now
+    config.set_core_object_array("drawables", selected)
+    again_values = procedure.run(config)
+    again = {"status": again_values.index(0).value_nick}
+    if again_values.index(0) != Gimp.PDBStatusType.SUCCESS:
+        again["error"] = again_values.index(1) if again_values.length() > 1 else ""
 
 RASTERIZABLE = getattr(Gimp, "Rasterizable", ())  # GIMP 3.2: text, vector and link layers
 result = {
@@ -104,6 +115,9 @@ result = {
     # True once GIMP turned the layer into plain pixels; None before GIMP 3.2.
     "target_rasterized": target.is_rasterized() if isinstance(target, RASTERIZABLE) else None,
     "target_kind": type(target).__name__,
+    "target_filters": [item.get_name() for item in target.get_filters()],
+    "selected": [[item.get_name(), item.is_layer()] for item in selected],
+    "again": again,
 }
 if status == Gimp.PDBStatusType.SUCCESS:
     new_layer = values.index(1)

@@ -75,6 +75,21 @@ def backend_process(address: str, log: Path, env: dict[str, str] | None = None) 
     assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL), log.read_text()
 
 
+def plugin_pids() -> list[int]:
+    """Host ids of AI Enhance plug-in processes running a procedure (not GIMP's short query of a new
+    plug-in); chroot processes are ordinary host processes."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"ai_enhance/ai_enhance.py") for part in command) and b"-run" in command:
+                pids.append(int(entry.name))
+    return pids
+
+
 def free_address() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
