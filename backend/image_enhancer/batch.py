@@ -30,10 +30,13 @@ from image_enhancer.imagefiles import (
     write_image,
 )
 from image_enhancer.publish import describe_write_error, remove_stale_temporaries
-from image_enhancer.request import EnhanceOptions
+from image_enhancer.request import DEFAULT_FACE_STRENGTH, EnhanceOptions
 
 # How long `--server` waits for a server that answers but is still loading its models.
 SERVER_WARM_UP_S = 120.0
+# Each file's bar: percent of the work, time spent and time left (no "tile/s": a job may be one tile),
+# and the stage as the postfix.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, {remaining} left{postfix}"
 
 ProgressCallback = Callable[[str, int, int], None]
 EnhanceFunction = Callable[[np.ndarray, ProgressCallback], np.ndarray]
@@ -212,13 +215,14 @@ def _process(
         check_writable(target, inputs, overwrite)
     check_regular_file(job.source)
     image = read_image(job.source, enhance.max_input_pixels)
-    with tqdm(desc=label, unit="tile", leave=True, dynamic_ncols=True) as bar:
+    with tqdm(desc=label, total=1, bar_format=BAR_FORMAT, leave=True, dynamic_ncols=True) as bar:
 
         def report(stage: str, done: int, total: int) -> None:
-            # The bar counts tiles; other stages (queued, loading model, finishing) show as its postfix.
+            # The bar counts the engine's work units as a percentage; the stage (queued, loading model,
+            # enhancing, finishing) is its postfix. The clock runs from the job's start.
             if stage == "enhancing" and total:
                 if bar.total != total:
-                    bar.reset(total=total)
+                    bar.total = total
                 bar.update(done - bar.n)
             bar.set_postfix_str(stage)
 
@@ -249,8 +253,9 @@ def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def request_options(args: argparse.Namespace) -> EnhanceOptions:
-    """The request the command line asks for; the same for the local engine and a server."""
-    return EnhanceOptions(
+    """The request the command line asks for; the same for the local engine and a server. ValueError
+    for a contradiction the parser cannot see (faces only at another scale)."""
+    options = EnhanceOptions(
         model=args.model or "",
         scale=args.scale,
         strength=args.strength,
@@ -258,7 +263,20 @@ def request_options(args: argparse.Namespace) -> EnhanceOptions:
         alpha_mode=args.alpha_mode,
         colour_fidelity=args.colour_fidelity,
         auto_contrast=args.auto_contrast,
+        **face_options(args),
     )
+    options.validate()
+    return options
+
+
+def face_options(args: argparse.Namespace) -> dict[str, object]:
+    """The face pass's request fields from `--faces`, `--face-strength`, `--face-model` and
+    `--faces-only` (which implies `--faces`)."""
+    only = bool(getattr(args, "faces_only", False))
+    if not (getattr(args, "faces", False) or only):
+        return {}
+    strength = args.face_strength if args.face_strength is not None else DEFAULT_FACE_STRENGTH
+    return {"faces": True, "face_strength": strength, "face_model": args.face_model or "", "faces_only": only}
 
 
 def _make_enhance_function(args: argparse.Namespace) -> Enhance:
@@ -270,6 +288,7 @@ def _make_enhance_function(args: argparse.Namespace) -> Enhance:
 def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     from image_enhancer.engine.enhancer import Enhancer
     from image_enhancer.estimate import Planner
+    from image_enhancer.faces.pipeline import FacePass
     from image_enhancer.weights.store import ModelStore
     from image_enhancer.wire import find_model
 
@@ -286,9 +305,18 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     if not args.model:  # the dialog's device-aware suggestion; -m always wins
         options = replace(options, model=planner.default_model())
 
+    face_pass = FacePass(store.models_dir, store.weights_dir)
+
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
-        tqdm.write(planner.announce(pixels, options), file=sys.stderr)  # before the work starts
-        return planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
+        if options.faces_only:  # the face pass alone: no enhancement model runs
+            result = pixels
+        else:
+            tqdm.write(planner.announce(pixels, options), file=sys.stderr)  # before the work starts
+            result = planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
+        result = face_pass(pixels, result, options, progress=lambda p: report(p.stage, p.done, p.total))
+        if face_pass.last_report is not None and options.faces:
+            tqdm.write(f"faces: {face_pass.last_report.message()}", file=sys.stderr)
+        return result
 
     return Enhance(enhance, enhancer.max_pixels)
 

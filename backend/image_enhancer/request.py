@@ -12,6 +12,8 @@ MAX_SCALE = 8.0
 MIN_TILE = 16
 MAX_TILE = 8192
 ALPHA_MODES = ("model", "bicubic")
+#: The face pass's blend of restored and unrestored faces when a request does not say.
+DEFAULT_FACE_STRENGTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,13 @@ class EnhanceOptions:
     colour_fidelity: bool = False
     auto_contrast: float = 0.0
     linear: bool = False
+    # The face pass (after the enhancement): faces on/off, the blend of restored faces in [0, 1], and
+    # the face model ("" = the default one). faces_only: the face pass instead of the enhancement (the
+    # result keeps the input's size; `model` is not used).
+    faces: bool = False
+    face_strength: float = DEFAULT_FACE_STRENGTH
+    face_model: str = ""
+    faces_only: bool = False
 
     def validate(self) -> None:
         """Raise ValueError with a human message for any option out of range."""
@@ -52,6 +61,14 @@ class EnhanceOptions:
             raise ValueError(f"unknown alpha mode {shorten(self.alpha_mode)}; expected 'model' or 'bicubic'")
         if not (0.0 <= self.auto_contrast <= 1.0):
             raise ValueError(f"auto_contrast must be between 0 and 1, got {self.auto_contrast}")
+        if not (0.0 <= self.face_strength <= 1.0):
+            raise ValueError(f"face strength must be between 0 and 1, got {self.face_strength}")
+        if not isinstance(self.face_model, str):
+            raise ValueError(f"the face model must be named by a string, got {shorten(self.face_model)}")
+        if self.faces_only and not self.faces:
+            raise ValueError("faces only needs the face pass: ask for faces too")
+        if self.faces_only and self.scale not in (None, 1.0):
+            raise ValueError(f"faces only keeps the image's size: the scale must be 1, got {self.scale}")
 
 
 def check_strength(strength: float) -> None:

@@ -20,7 +20,7 @@ from .address import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from .address import Address as Address
 from .address import AddressError as AddressError
 from .address import parse_address as parse_address
-from .request import EnhanceOptions
+from .request import DEFAULT_FACE_STRENGTH, EnhanceOptions
 from .v1 import enhancer_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -28,6 +28,7 @@ SERVICE_NAME = "image_enhancer.v1.Enhancer"
 ENHANCE_METHOD = f"/{SERVICE_NAME}/Enhance"
 LIST_MODELS_METHOD = f"/{SERVICE_NAME}/ListModels"
 DESCRIBE_METHOD = f"/{SERVICE_NAME}/DescribeServer"
+INSTALL_MODEL_METHOD = f"/{SERVICE_NAME}/InstallModel"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 TOKEN_ENV = "IMAGE_ENHANCER_TOKEN"
 
@@ -93,6 +94,24 @@ class ModelInfo:
     # Measured on the server's device; a job takes about job_fixed_seconds + pixels / this. 0: not yet run.
     output_pixels_per_second: float = 0.0
     job_fixed_seconds: float = 0.0
+    download_bytes: int = 0  # what installing it downloads; 0 when unknown or installed
+    installable: bool = False  # the server can install it (InstallModel)
+    pair_member_of: str = ""  # the pair entry that blends this model in; interfaces list only that one
+
+
+@dataclass(frozen=True)
+class InstallEvent:
+    """One step of installing a model on the server."""
+
+    model: str
+    stage: str  # "waiting", "downloading", "installing", "installed"
+    done_bytes: int = 0
+    total_bytes: int = 0  # 0: unknown
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done_bytes / self.total_bytes if self.total_bytes else None
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,10 @@ def options_message(options: EnhanceOptions) -> pb.EnhanceOptions:
     )
     if options.strength is not None:
         message.strength = options.strength
+    if options.faces:
+        message.faces.model = options.face_model
+        message.faces.strength = options.face_strength
+        message.faces.only = options.faces_only
     return message
 
 
@@ -205,7 +228,16 @@ def request_options(message: pb.EnhanceOptions, image: ImageInfo) -> EnhanceOpti
         colour_fidelity=message.colour_fidelity,
         auto_contrast=message.auto_contrast,
         linear=image.linear,
+        **_face_fields(message),
     )
+
+
+def _face_fields(message: pb.EnhanceOptions) -> dict[str, object]:
+    if not message.HasField("faces"):
+        return {}
+    faces = message.faces
+    strength = faces.strength if faces.HasField("strength") else DEFAULT_FACE_STRENGTH
+    return {"faces": True, "face_strength": strength, "face_model": faces.model, "faces_only": faces.only}
 
 
 def _fields(message: Message, kind: type[T]) -> T:
@@ -229,6 +261,14 @@ def broken_model_message(broken: BrokenModel) -> pb.BrokenModel:
 
 def broken_model(message: pb.BrokenModel) -> BrokenModel:
     return _fields(message, BrokenModel)
+
+
+def install_event_message(event: InstallEvent) -> pb.InstallProgress:
+    return pb.InstallProgress(**asdict(event))
+
+
+def install_event(message: pb.InstallProgress) -> InstallEvent:
+    return _fields(message, InstallEvent)
 
 
 def server_info(message: pb.ServerDescription) -> ServerInfo:

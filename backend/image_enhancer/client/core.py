@@ -23,7 +23,7 @@ from .. import wire
 from ..address import Target, parse_target
 from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
-from ..wire import ImageInfo, ModelInfo, ServerInfo
+from ..wire import ImageInfo, InstallEvent, ModelInfo, ServerInfo
 
 T = TypeVar("T")
 
@@ -231,6 +231,7 @@ class Client(ABC):
             client.health() -> "SERVING" | "NOT_SERVING" | ...
             client.list_models() -> list[ModelInfo]
             client.describe() -> ServerInfo
+            client.install_model(name, on_progress=callback) -> InstallEvent
             info, data = client.enhance(data, width, height, channels, "u8" | "u16" | "f32",
                                         model="", scale=None, strength=None, ..., colour_encoding="srgb",
                                         on_progress=callback, timeout=None)
@@ -270,6 +271,18 @@ class Client(ABC):
         """One request, one reply; failures as EnhancerError."""
 
     @abstractmethod
+    def _server_stream(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        on_reply: Callable[[T], None],
+        timeout: float | None,
+    ) -> None:
+        """One request, a stream of replies each handed to `on_reply`; the call is cancelled if that
+        raises. Failures as EnhancerError."""
+
+    @abstractmethod
     def _enhance(self, call: EnhanceCall) -> tuple[ImageInfo, bytes]:
         """The streaming call: send `call.start` and `call.chunks` while feeding replies to a
         ResultAssembler; cancel the call if anything (on_progress included) raises."""
@@ -303,6 +316,33 @@ class Client(ABC):
     def list_models(self, timeout: float = 30.0) -> list[ModelInfo]:
         reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
         return [wire.model_info(m) for m in reply.models]
+
+    def list_face_models(self, timeout: float = 30.0) -> list[str]:
+        """The face models the server's face pass can use, its default first (empty: none installed)."""
+        reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
+        return list(reply.face_models)
+
+    def install_model(
+        self,
+        name: str,
+        on_progress: Callable[[InstallEvent], None] | None = None,
+        timeout: float | None = None,
+    ) -> InstallEvent:
+        """Have the server download, verify and install the manifest model `name` (and the other member
+        of its pair where it can); every step goes to `on_progress` (raising there cancels the install).
+        Returns the last event, whose stage is "installed"."""
+        events: list[InstallEvent] = []
+
+        def on_reply(message: pb.InstallProgress) -> None:
+            events.append(wire.install_event(message))
+            if on_progress is not None:
+                on_progress(events[-1])
+
+        request = pb.InstallModelRequest(name=name)
+        self._server_stream(wire.INSTALL_MODEL_METHOD, request, pb.InstallProgress, on_reply, timeout)
+        if not events or events[-1].stage != "installed":
+            raise EnhancerError("protocol", f"the server ended the install of {name} without installing it")
+        return events[-1]
 
     def describe(self, timeout: float = 30.0) -> ServerInfo:
         reply = self._unary(wire.DESCRIBE_METHOD, pb.DescribeServerRequest(), pb.ServerDescription, timeout)

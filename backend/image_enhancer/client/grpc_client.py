@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -98,6 +99,29 @@ class EnhancerClient(core.Client):
             return call(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None
+
+    def _server_stream(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        on_reply: Callable[[T], None],
+        timeout: float | None,
+    ) -> None:
+        call = self._channel.unary_stream(
+            method,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply_type.FromString,  # type: ignore[attr-defined]
+        )
+        replies = call(request, timeout=timeout, metadata=self._metadata)
+        try:
+            for reply in replies:
+                on_reply(reply)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        except BaseException:
+            replies.cancel()
+            raise
 
     def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
         method = self._channel.stream_stream(

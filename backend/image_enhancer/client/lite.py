@@ -161,6 +161,42 @@ class LiteClient(core.Client):
                 raise EnhancerError("protocol", f"{method} returned no reply")
             return reply
 
+    def _server_stream(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        on_reply: Callable[[T], None],
+        timeout: float | None,
+    ) -> None:
+        self._run(lambda: self._server_stream_call(method, request, reply_type, on_reply, timeout))
+
+    async def _server_stream_call(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        on_reply: Callable[[T], None],
+        timeout: float | None,
+    ) -> None:
+        async with self._channel.request(
+            method,
+            Cardinality.UNARY_STREAM,
+            type(request),
+            reply_type,
+            timeout=timeout,
+            metadata=self._metadata,
+        ) as stream:
+            await self._start(stream)
+            await stream.send_message(request, end=True)
+            try:
+                async for reply in stream:
+                    on_reply(reply)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                raise
+
     def _enhance(self, call: core.EnhanceCall) -> tuple[wire.ImageInfo, bytes]:
         return self._run(lambda: self._enhance_call(call))
 

@@ -32,8 +32,8 @@ NOT_SERVED = {
     **dict.fromkeys(
         ["DnCNN", "DRUNet", "FBCNN", "IPT", "MMRealSR", "MixDehazeNet", "RetinexFormer"], _OWN_CALL
     ),
-    "GFPGAN": "it restores aligned 512×512 face crops only",
-    "RestoreFormer": "it restores aligned 512×512 face crops only",
+    "GFPGAN": "it is a face model: use it with --faces --face-model NAME (faces are aligned for it)",
+    "RestoreFormer": "it is a face model: use it with --faces --face-model NAME (faces are aligned for it)",
     "LaMa": "it is an inpainting model (needs a mask)",
     "Uformer": "it needs square inputs",
 }

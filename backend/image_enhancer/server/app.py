@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from image_enhancer.engine.enhancer import Enhancer
+from image_enhancer.faces.pipeline import FacePass, with_faces
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import DEFAULT_MAX_QUEUE, DEFAULT_READER_IDLE_S
 from image_enhancer.server.auth import TokenInterceptor, check_listen_safety
@@ -201,13 +202,17 @@ def serve(
     """
     check_listen_safety(address, token, tls is not None)
     models = [enhancer.store.default_model] if warm_up is None else list(warm_up)
+    # The face pass reads face models from the same folders as the store it runs beside.
+    store = enhancer.store
+    face_pass = FacePass(getattr(store, "models_dir", None), getattr(store, "weights_dir", None))
     jobs = JobQueue(
-        lambda pixels, options, progress, cancelled: enhancer.enhance(pixels, options, progress, cancelled),
+        with_faces(lambda pixels, options, progress, cancelled: enhancer.enhance(
+            pixels, options, progress, cancelled), face_pass),
         max_queue,
         warm_up=lambda: _warm_up(enhancer, models, report_serving),
         max_result_bytes=max_result_bytes,
     )
-    service = EnhancerService(enhancer, jobs, upload_limits, reader_idle_s)
+    service = EnhancerService(enhancer, jobs, upload_limits, reader_idle_s, face_pass.models)
     loop = asyncio.new_event_loop()
     loop.set_default_executor(_started_executor(OFFLOAD_THREADS, "server-offload"))
     thread = threading.Thread(target=loop.run_forever, name="grpc-server", daemon=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
@@ -27,11 +28,13 @@ import image_enhancer
 from image_enhancer import wire
 from image_enhancer.engine import pixels
 from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.faces.catalogue import FaceModels
 from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions, shorten
 from image_enhancer.server import DEFAULT_READER_IDLE_S, validation
 from image_enhancer.server.device_info import describe_device
 from image_enhancer.server.jobs import Event, Job, JobQueue, QueueFullError
+from image_enhancer.server.model_install import InstallCancelled, ModelInstaller, ProvisionError
 from image_enhancer.server.model_speed import ModelSpeeds, suggested_model
 from image_enhancer.server.validation import RequestError
 from image_enhancer.v1 import enhancer_pb2 as pb
@@ -200,8 +203,10 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         jobs: JobQueue,
         limits: UploadLimits,
         reader_idle_s: float = DEFAULT_READER_IDLE_S,
+        face_models: FaceModels | None = None,
     ) -> None:
         self._enhancer = enhancer
+        self._face_models = face_models
         self._store = enhancer.store
         self._jobs = jobs
         self._max_pixels = enhancer.max_pixels
@@ -211,6 +216,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self._speeds = ModelSpeeds(self._device[1], user_home() / SPEEDS_FILE)
         self._stopping = False
         self._endings: set[asyncio.Future] = set()  # statuses still waiting to be sent (see _end)
+        self._installer = ModelInstaller(self._store, user_home() / "downloads")
 
     def stopping(self) -> None:
         """The server is shutting down: calls it ends are logged as that, not as clients leaving."""
@@ -348,7 +354,10 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _with_model(self, options: EnhanceOptions) -> EnhanceOptions:
         """The options with the model named ("" is the default); unknown or uninstalled models and a
-        strength the model cannot take are refused before the upload, not after it."""
+        strength the model cannot take are refused before the upload, not after it. Faces only uses no
+        enhancement model: none is checked."""
+        if options.faces_only:
+            return replace(options, model="")
         survey = await self._models()
         models = survey.models
         info = wire.find_model(models, options.model)
@@ -382,10 +391,44 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         survey = await self._models()
+        faces = await asyncio.to_thread(self._face_models.names) if self._face_models is not None else []
         return pb.ListModelsResponse(
             models=[wire.model_message(_with_speed(m, *self._speeds.speed(m.name))) for m in survey.models],
             broken_models=[wire.broken_model_message(b) for b in survey.broken],
+            face_models=faces,
         )
+
+    async def InstallModel(
+        self, request: pb.InstallModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InstallProgress]:
+        """Progress of installing a manifest model, from a thread of its own (a download may take
+        minutes); a client that goes away stops the download at its next block."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[wire.InstallEvent | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: wire.InstallEvent | BaseException | None) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._installer.install(request.name, put, stop.is_set)
+            except BaseException as error:  # noqa: BLE001 - reported to the client below
+                put(error)
+            else:
+                put(None)
+
+        threading.Thread(target=work, name="install-model", daemon=True).start()
+        try:
+            while (item := await events.get()) is not None:
+                if isinstance(item, BaseException):
+                    code, message = _install_status(item, request.name)
+                    log.info("InstallModel %s from %s: %s: %s", shorten(request.name), context.peer(),
+                             code.name, message)
+                    await context.abort(code, message)
+                yield wire.install_event_message(item)
+        finally:
+            stop.set()
 
     async def DescribeServer(
         self, request: pb.DescribeServerRequest, context: grpc.aio.ServicerContext
@@ -402,6 +445,16 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             protocol_version=PROTOCOL_VERSION,
             suggested_model=suggested_model(self._store, on_gpu=self._enhancer.compute.key != "cpu"),
         )
+
+
+def _install_status(error: BaseException, name: str) -> tuple[grpc.StatusCode, str]:
+    """How a failed install is reported: a download or check that failed says which and why."""
+    if isinstance(error, ProvisionError):
+        message = f"installing {shorten(name)} failed: {error}"
+        return grpc.StatusCode.FAILED_PRECONDITION, message[:MAX_STATUS_MESSAGE]
+    if isinstance(error, InstallCancelled):
+        return grpc.StatusCode.CANCELLED, "the install was cancelled"
+    return status_for(error)
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:

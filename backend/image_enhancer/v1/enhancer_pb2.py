@@ -24,43 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n image_enhancer/v1/enhancer.proto\x12\x11image_enhancer.v1\"\xae\x01\n\x0bImageHeader\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x32\n\x0bsample_type\x18\x04 \x01(\x0e\x32\x1d.image_enhancer.v1.SampleType\x12:\n\x0f\x63olour_encoding\x18\x05 \x01(\x0e\x32!.image_enhancer.v1.ColourEncoding\"\xc2\x01\n\x0e\x45nhanceOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x15\n\x08strength\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04tile\x18\x04 \x01(\r\x12\x17\n\x0f\x63olour_fidelity\x18\x05 \x01(\x08\x12\x15\n\rauto_contrast\x18\x06 \x01(\x01\x12\x30\n\nalpha_mode\x18\x07 \x01(\x0e\x32\x1c.image_enhancer.v1.AlphaModeB\x0b\n\t_strength\"q\n\x0c\x45nhanceStart\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.image_enhancer.v1.ImageHeader\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.image_enhancer.v1.EnhanceOptions\"^\n\x0e\x45nhanceRequest\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.image_enhancer.v1.EnhanceStartH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"N\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x16\n\x0equeue_position\x18\x04 \x01(\r\"\x90\x01\n\x0f\x45nhanceResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.image_enhancer.v1.ProgressH\x00\x12\x30\n\x06result\x18\x02 \x01(\x0b\x32\x1e.image_enhancer.v1.ImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07message\"\x13\n\x11ListModelsRequest\"\xf2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\r\x12\x11\n\tinstalled\x18\x04 \x01(\x08\x12\x14\n\x0chas_strength\x18\x05 \x01(\x08\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x0f\n\x07license\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12 \n\x18output_pixels_per_second\x18\n \x01(\x01\x12\x19\n\x11job_fixed_seconds\x18\x0b \x01(\x01\"9\n\x0b\x42rokenModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.image_enhancer.v1.ModelInfo\x12\x35\n\rbroken_models\x18\x02 \x03(\x0b\x32\x1e.image_enhancer.v1.BrokenModel\"\x17\n\x15\x44\x65scribeServerRequest\"\xd7\x01\n\x11ServerDescription\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x65vice_memory_bytes\x18\x04 \x01(\x04\x12\x11\n\tmax_queue\x18\x05 \x01(\r\x12\x12\n\nmax_pixels\x18\x06 \x01(\x04\x12\x15\n\rdefault_model\x18\x07 \x01(\t\x12\x18\n\x10protocol_version\x18\x08 \x01(\r\x12\x17\n\x0fsuggested_model\x18\t \x01(\t*g\n\nSampleType\x12\x1b\n\x17SAMPLE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSAMPLE_TYPE_U8\x10\x01\x12\x13\n\x0fSAMPLE_TYPE_U16\x10\x02\x12\x13\n\x0fSAMPLE_TYPE_F32\x10\x03*g\n\x0e\x43olourEncoding\x12\x1f\n\x1b\x43OLOUR_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OLOUR_ENCODING_SRGB\x10\x01\x12\x1a\n\x16\x43OLOUR_ENCODING_LINEAR\x10\x02*U\n\tAlphaMode\x12\x1a\n\x16\x41LPHA_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LPHA_MODE_MODEL\x10\x01\x12\x16\n\x12\x41LPHA_MODE_BICUBIC\x10\x02\x32\x9d\x02\n\x08\x45nhancer\x12T\n\x07\x45nhance\x12!.image_enhancer.v1.EnhanceRequest\x1a\".image_enhancer.v1.EnhanceResponse(\x01\x30\x01\x12Y\n\nListModels\x12$.image_enhancer.v1.ListModelsRequest\x1a%.image_enhancer.v1.ListModelsResponse\x12`\n\x0e\x44\x65scribeServer\x12(.image_enhancer.v1.DescribeServerRequest\x1a$.image_enhancer.v1.ServerDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n image_enhancer/v1/enhancer.proto\x12\x11image_enhancer.v1\"\xae\x01\n\x0bImageHeader\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x32\n\x0bsample_type\x18\x04 \x01(\x0e\x32\x1d.image_enhancer.v1.SampleType\x12:\n\x0f\x63olour_encoding\x18\x05 \x01(\x0e\x32!.image_enhancer.v1.ColourEncoding\"\xf5\x01\n\x0e\x45nhanceOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x15\n\x08strength\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04tile\x18\x04 \x01(\r\x12\x17\n\x0f\x63olour_fidelity\x18\x05 \x01(\x08\x12\x15\n\rauto_contrast\x18\x06 \x01(\x01\x12\x30\n\nalpha_mode\x18\x07 \x01(\x0e\x32\x1c.image_enhancer.v1.AlphaMode\x12\x31\n\x05\x66\x61\x63\x65s\x18\x08 \x01(\x0b\x32\".image_enhancer.v1.FaceRestorationB\x0b\n\t_strength\"R\n\x0f\x46\x61\x63\x65Restoration\x12\x15\n\x08strength\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04only\x18\x03 \x01(\x08\x42\x0b\n\t_strength\"q\n\x0c\x45nhanceStart\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.image_enhancer.v1.ImageHeader\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.image_enhancer.v1.EnhanceOptions\"^\n\x0e\x45nhanceRequest\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.image_enhancer.v1.EnhanceStartH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"N\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x16\n\x0equeue_position\x18\x04 \x01(\r\"\x90\x01\n\x0f\x45nhanceResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.image_enhancer.v1.ProgressH\x00\x12\x30\n\x06result\x18\x02 \x01(\x0b\x32\x1e.image_enhancer.v1.ImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07message\"\x13\n\x11ListModelsRequest\"\xb7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\r\x12\x11\n\tinstalled\x18\x04 \x01(\x08\x12\x14\n\x0chas_strength\x18\x05 \x01(\x08\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x0f\n\x07license\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12 \n\x18output_pixels_per_second\x18\n \x01(\x01\x12\x19\n\x11job_fixed_seconds\x18\x0b \x01(\x01\x12\x16\n\x0e\x64ownload_bytes\x18\x0c \x01(\x04\x12\x13\n\x0binstallable\x18\r \x01(\x08\x12\x16\n\x0epair_member_of\x18\x0e \x01(\t\"9\n\x0b\x42rokenModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8e\x01\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.image_enhancer.v1.ModelInfo\x12\x35\n\rbroken_models\x18\x02 \x03(\x0b\x32\x1e.image_enhancer.v1.BrokenModel\x12\x13\n\x0b\x66\x61\x63\x65_models\x18\x03 \x03(\t\"\x17\n\x15\x44\x65scribeServerRequest\"\xd7\x01\n\x11ServerDescription\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x65vice_memory_bytes\x18\x04 \x01(\x04\x12\x11\n\tmax_queue\x18\x05 \x01(\r\x12\x12\n\nmax_pixels\x18\x06 \x01(\x04\x12\x15\n\rdefault_model\x18\x07 \x01(\t\x12\x18\n\x10protocol_version\x18\x08 \x01(\r\x12\x17\n\x0fsuggested_model\x18\t \x01(\t\"#\n\x13InstallModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"i\n\x0fInstallProgress\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x12\n\ndone_bytes\x18\x03 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t*g\n\nSampleType\x12\x1b\n\x17SAMPLE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSAMPLE_TYPE_U8\x10\x01\x12\x13\n\x0fSAMPLE_TYPE_U16\x10\x02\x12\x13\n\x0fSAMPLE_TYPE_F32\x10\x03*g\n\x0e\x43olourEncoding\x12\x1f\n\x1b\x43OLOUR_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OLOUR_ENCODING_SRGB\x10\x01\x12\x1a\n\x16\x43OLOUR_ENCODING_LINEAR\x10\x02*U\n\tAlphaMode\x12\x1a\n\x16\x41LPHA_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LPHA_MODE_MODEL\x10\x01\x12\x16\n\x12\x41LPHA_MODE_BICUBIC\x10\x02\x32\xfb\x02\n\x08\x45nhancer\x12T\n\x07\x45nhance\x12!.image_enhancer.v1.EnhanceRequest\x1a\".image_enhancer.v1.EnhanceResponse(\x01\x30\x01\x12Y\n\nListModels\x12$.image_enhancer.v1.ListModelsRequest\x1a%.image_enhancer.v1.ListModelsResponse\x12`\n\x0e\x44\x65scribeServer\x12(.image_enhancer.v1.DescribeServerRequest\x1a$.image_enhancer.v1.ServerDescription\x12\\\n\x0cInstallModel\x12&.image_enhancer.v1.InstallModelRequest\x1a\".image_enhancer.v1.InstallProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'image_enhancer.v1.enhancer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLETYPE']._serialized_start=1558
-  _globals['_SAMPLETYPE']._serialized_end=1661
-  _globals['_COLOURENCODING']._serialized_start=1663
-  _globals['_COLOURENCODING']._serialized_end=1766
-  _globals['_ALPHAMODE']._serialized_start=1768
-  _globals['_ALPHAMODE']._serialized_end=1853
+  _globals['_SAMPLETYPE']._serialized_start=1928
+  _globals['_SAMPLETYPE']._serialized_end=2031
+  _globals['_COLOURENCODING']._serialized_start=2033
+  _globals['_COLOURENCODING']._serialized_end=2136
+  _globals['_ALPHAMODE']._serialized_start=2138
+  _globals['_ALPHAMODE']._serialized_end=2223
   _globals['_IMAGEHEADER']._serialized_start=56
   _globals['_IMAGEHEADER']._serialized_end=230
   _globals['_ENHANCEOPTIONS']._serialized_start=233
-  _globals['_ENHANCEOPTIONS']._serialized_end=427
-  _globals['_ENHANCESTART']._serialized_start=429
-  _globals['_ENHANCESTART']._serialized_end=542
-  _globals['_ENHANCEREQUEST']._serialized_start=544
-  _globals['_ENHANCEREQUEST']._serialized_end=638
-  _globals['_PROGRESS']._serialized_start=640
-  _globals['_PROGRESS']._serialized_end=718
-  _globals['_ENHANCERESPONSE']._serialized_start=721
-  _globals['_ENHANCERESPONSE']._serialized_end=865
-  _globals['_LISTMODELSREQUEST']._serialized_start=867
-  _globals['_LISTMODELSREQUEST']._serialized_end=886
-  _globals['_MODELINFO']._serialized_start=889
-  _globals['_MODELINFO']._serialized_end=1131
-  _globals['_BROKENMODEL']._serialized_start=1133
-  _globals['_BROKENMODEL']._serialized_end=1190
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1192
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1313
-  _globals['_DESCRIBESERVERREQUEST']._serialized_start=1315
-  _globals['_DESCRIBESERVERREQUEST']._serialized_end=1338
-  _globals['_SERVERDESCRIPTION']._serialized_start=1341
-  _globals['_SERVERDESCRIPTION']._serialized_end=1556
-  _globals['_ENHANCER']._serialized_start=1856
-  _globals['_ENHANCER']._serialized_end=2141
+  _globals['_ENHANCEOPTIONS']._serialized_end=478
+  _globals['_FACERESTORATION']._serialized_start=480
+  _globals['_FACERESTORATION']._serialized_end=562
+  _globals['_ENHANCESTART']._serialized_start=564
+  _globals['_ENHANCESTART']._serialized_end=677
+  _globals['_ENHANCEREQUEST']._serialized_start=679
+  _globals['_ENHANCEREQUEST']._serialized_end=773
+  _globals['_PROGRESS']._serialized_start=775
+  _globals['_PROGRESS']._serialized_end=853
+  _globals['_ENHANCERESPONSE']._serialized_start=856
+  _globals['_ENHANCERESPONSE']._serialized_end=1000
+  _globals['_LISTMODELSREQUEST']._serialized_start=1002
+  _globals['_LISTMODELSREQUEST']._serialized_end=1021
+  _globals['_MODELINFO']._serialized_start=1024
+  _globals['_MODELINFO']._serialized_end=1335
+  _globals['_BROKENMODEL']._serialized_start=1337
+  _globals['_BROKENMODEL']._serialized_end=1394
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1397
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1539
+  _globals['_DESCRIBESERVERREQUEST']._serialized_start=1541
+  _globals['_DESCRIBESERVERREQUEST']._serialized_end=1564
+  _globals['_SERVERDESCRIPTION']._serialized_start=1567
+  _globals['_SERVERDESCRIPTION']._serialized_end=1782
+  _globals['_INSTALLMODELREQUEST']._serialized_start=1784
+  _globals['_INSTALLMODELREQUEST']._serialized_end=1819
+  _globals['_INSTALLPROGRESS']._serialized_start=1821
+  _globals['_INSTALLPROGRESS']._serialized_end=1926
+  _globals['_ENHANCER']._serialized_start=2226
+  _globals['_ENHANCER']._serialized_end=2605
 # @@protoc_insertion_point(module_scope)

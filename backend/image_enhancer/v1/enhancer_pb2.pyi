@@ -51,7 +51,7 @@ class ImageHeader(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sample_type: _Optional[_Union[SampleType, str]] = ..., colour_encoding: _Optional[_Union[ColourEncoding, str]] = ...) -> None: ...
 
 class EnhanceOptions(_message.Message):
-    __slots__ = ("model", "scale", "strength", "tile", "colour_fidelity", "auto_contrast", "alpha_mode")
+    __slots__ = ("model", "scale", "strength", "tile", "colour_fidelity", "auto_contrast", "alpha_mode", "faces")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class EnhanceOptions(_message.Message):
     COLOUR_FIDELITY_FIELD_NUMBER: _ClassVar[int]
     AUTO_CONTRAST_FIELD_NUMBER: _ClassVar[int]
     ALPHA_MODE_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
     model: str
     scale: float
     strength: float
@@ -66,7 +67,18 @@ class EnhanceOptions(_message.Message):
     colour_fidelity: bool
     auto_contrast: float
     alpha_mode: AlphaMode
-    def __init__(self, model: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., tile: _Optional[int] = ..., colour_fidelity: _Optional[bool] = ..., auto_contrast: _Optional[float] = ..., alpha_mode: _Optional[_Union[AlphaMode, str]] = ...) -> None: ...
+    faces: FaceRestoration
+    def __init__(self, model: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., tile: _Optional[int] = ..., colour_fidelity: _Optional[bool] = ..., auto_contrast: _Optional[float] = ..., alpha_mode: _Optional[_Union[AlphaMode, str]] = ..., faces: _Optional[_Union[FaceRestoration, _Mapping]] = ...) -> None: ...
+
+class FaceRestoration(_message.Message):
+    __slots__ = ("strength", "model", "only")
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ONLY_FIELD_NUMBER: _ClassVar[int]
+    strength: float
+    model: str
+    only: bool
+    def __init__(self, strength: _Optional[float] = ..., model: _Optional[str] = ..., only: _Optional[bool] = ...) -> None: ...
 
 class EnhanceStart(_message.Message):
     __slots__ = ("image", "options")
@@ -111,7 +123,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default", "output_pixels_per_second", "job_fixed_seconds")
+    __slots__ = ("name", "architecture", "scale", "installed", "has_strength", "precisions", "license", "description", "is_default", "output_pixels_per_second", "job_fixed_seconds", "download_bytes", "installable", "pair_member_of")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +135,9 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PIXELS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     JOB_FIXED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INSTALLABLE_FIELD_NUMBER: _ClassVar[int]
+    PAIR_MEMBER_OF_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     scale: int
@@ -134,7 +149,10 @@ class ModelInfo(_message.Message):
     is_default: bool
     output_pixels_per_second: float
     job_fixed_seconds: float
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ..., job_fixed_seconds: _Optional[float] = ...) -> None: ...
+    download_bytes: int
+    installable: bool
+    pair_member_of: str
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., scale: _Optional[int] = ..., installed: _Optional[bool] = ..., has_strength: _Optional[bool] = ..., precisions: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ..., output_pixels_per_second: _Optional[float] = ..., job_fixed_seconds: _Optional[float] = ..., download_bytes: _Optional[int] = ..., installable: _Optional[bool] = ..., pair_member_of: _Optional[str] = ...) -> None: ...
 
 class BrokenModel(_message.Message):
     __slots__ = ("name", "file", "reason")
@@ -147,12 +165,14 @@ class BrokenModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., file: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "broken_models")
+    __slots__ = ("models", "broken_models", "face_models")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BROKEN_MODELS_FIELD_NUMBER: _ClassVar[int]
+    FACE_MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     broken_models: _containers.RepeatedCompositeFieldContainer[BrokenModel]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., broken_models: _Optional[_Iterable[_Union[BrokenModel, _Mapping]]] = ...) -> None: ...
+    face_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., broken_models: _Optional[_Iterable[_Union[BrokenModel, _Mapping]]] = ..., face_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeServerRequest(_message.Message):
     __slots__ = ()
@@ -179,3 +199,23 @@ class ServerDescription(_message.Message):
     protocol_version: int
     suggested_model: str
     def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_pixels: _Optional[int] = ..., default_model: _Optional[str] = ..., protocol_version: _Optional[int] = ..., suggested_model: _Optional[str] = ...) -> None: ...
+
+class InstallModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InstallProgress(_message.Message):
+    __slots__ = ("model", "stage", "done_bytes", "total_bytes", "message")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    stage: str
+    done_bytes: int
+    total_bytes: int
+    message: str
+    def __init__(self, model: _Optional[str] = ..., stage: _Optional[str] = ..., done_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,11 @@ class EnhancerStub:
                 request_serializer=image__enhancer_dot_v1_dot_enhancer__pb2.DescribeServerRequest.SerializeToString,
                 response_deserializer=image__enhancer_dot_v1_dot_enhancer__pb2.ServerDescription.FromString,
                 _registered_method=True)
+        self.InstallModel = channel.unary_stream(
+                '/image_enhancer.v1.Enhancer/InstallModel',
+                request_serializer=image__enhancer_dot_v1_dot_enhancer__pb2.InstallModelRequest.SerializeToString,
+                response_deserializer=image__enhancer_dot_v1_dot_enhancer__pb2.InstallProgress.FromString,
+                _registered_method=True)
 
 
 class EnhancerServicer:
@@ -75,6 +80,14 @@ class EnhancerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallModel(self, request, context):
+        """Download, convert and verify (sha256) a model the server's manifest offers, into its own weights
+        folder; progress events, the last one with stage "installed". Models not in the manifest are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnhancerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_EnhancerServicer_to_server(servicer, server):
                     servicer.DescribeServer,
                     request_deserializer=image__enhancer_dot_v1_dot_enhancer__pb2.DescribeServerRequest.FromString,
                     response_serializer=image__enhancer_dot_v1_dot_enhancer__pb2.ServerDescription.SerializeToString,
+            ),
+            'InstallModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.InstallModel,
+                    request_deserializer=image__enhancer_dot_v1_dot_enhancer__pb2.InstallModelRequest.FromString,
+                    response_serializer=image__enhancer_dot_v1_dot_enhancer__pb2.InstallProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Enhancer:
             '/image_enhancer.v1.Enhancer/DescribeServer',
             image__enhancer_dot_v1_dot_enhancer__pb2.DescribeServerRequest.SerializeToString,
             image__enhancer_dot_v1_dot_enhancer__pb2.ServerDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/image_enhancer.v1.Enhancer/InstallModel',
+            image__enhancer_dot_v1_dot_enhancer__pb2.InstallModelRequest.SerializeToString,
+            image__enhancer_dot_v1_dot_enhancer__pb2.InstallProgress.FromString,
             options,
             channel_credentials,
             insecure,

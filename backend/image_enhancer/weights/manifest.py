@@ -86,9 +86,14 @@ class ModelEntry:
 class Manifest:
     models: tuple[ModelEntry, ...] = field(default_factory=tuple)
     path: Path | None = None
+    # The face pass's restorers (`face_models`): installed the same way, never enhancement models.
+    face_models: tuple[ModelEntry, ...] = field(default_factory=tuple)
 
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def face_model(self, name: str) -> ModelEntry | None:
+        return next((m for m in self.face_models if m.name == name), None)
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
@@ -168,7 +173,7 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
         for member in m.pair.values():
             if member not in names:
                 raise ManifestError(f"model {m.name}: pair names unknown model {member!r}")
-    return Manifest(models=models, path=path)
+    return Manifest(models=models, path=path, face_models=_face_entries(data))
 
 
 def packaged_manifest_path() -> Path:
@@ -180,6 +185,23 @@ def load_manifest(path: Path | None = None) -> Manifest:
     """Read and check the manifest (by default the one that ships with the package)."""
     path = path or packaged_manifest_path()
     return parse_manifest(_read(Path(path)), path)
+
+
+def load_face_models(path: Path | None = None) -> tuple[ModelEntry, ...]:
+    """The face restorers listed under `face_models` (same fields as a model; used by the face pass
+    only, so the enhancement models' list and default are not theirs)."""
+    return _face_entries(_read(Path(path or packaged_manifest_path())))
+
+
+def _face_entries(data: Any) -> tuple[ModelEntry, ...]:
+    raw = data.get("face_models", []) if isinstance(data, dict) else []
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise ManifestError("the manifest's face_models must be a list of objects")
+    entries = tuple(_entry(m) for m in raw)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ManifestError("duplicate face model names")
+    return entries
 
 
 def _read(path: Path) -> Any:

