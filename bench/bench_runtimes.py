@@ -272,9 +272,10 @@ def main() -> None:
         return
 
     # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
-    # engine/ncnn_runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
+    # runtimes/ncnn/runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from image_enhancer.engine.devices import choose_device, cpu_features, cpu_name
+    from image_enhancer.engine.devices import choose_device
+    from image_enhancer.runtimes.cpu import cpu_features, cpu_name
 
     print(f"machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; "

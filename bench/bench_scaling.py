@@ -188,7 +188,8 @@ def main() -> None:
         child(model, float(megapixels), int(max_tiles), Path(folder))
         return
 
-    from image_enhancer.engine.devices import choose_device, cpu_features, cpu_name
+    from image_enhancer.engine.devices import choose_device
+    from image_enhancer.runtimes.cpu import cpu_features, cpu_name
 
     print(f"machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; {choose_device('auto').describe()}")

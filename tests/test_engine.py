@@ -12,13 +12,6 @@ import torch
 from PIL import Image
 
 from image_enhancer.engine import pixels
-from image_enhancer.engine.device import (
-    DEFAULT_MEMORY_LIMIT,
-    MEMORY_LIMIT_ENV,
-    ModelRunner,
-    memory_budget,
-    resident_bytes,
-)
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.enhancer import (
     EnhanceOptions,
@@ -28,9 +21,16 @@ from image_enhancer.engine.enhancer import (
     Progress,
 )
 from image_enhancer.engine.pixels import PixelFormatError
-from image_enhancer.engine.precision import resolve_precision
 from image_enhancer.engine.tiling import PARTS_PER_TILE, Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.runtimes.memory import (
+    DEFAULT_MEMORY_LIMIT,
+    MEMORY_LIMIT_ENV,
+    memory_budget,
+    resident_bytes,
+)
+from image_enhancer.runtimes.pytorch import resolve_precision
+from image_enhancer.runtimes.pytorch.runner import ModelRunner
 from image_enhancer.weights.store import ModelStore
 
 DATA = Path(__file__).parent / "data"

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from face_models import face_models_folder, home_with, identity_state_dict
 from PIL import Image
-from safetensors.torch import save_file
 from skimage import data
 from spandrel.architectures.Compact import Compact
-from spandrel.architectures.GFPGAN import GFPGAN
 
 from image_enhancer.faces import geometry
 from image_enhancer.faces.detect import FaceDetector
@@ -36,33 +34,14 @@ def astronaut() -> np.ndarray:
     return data.astronaut()
 
 
-def _identity_state_dict() -> dict[str, torch.Tensor]:
-    """A ×1 Compact network whose last layer is zero: it returns its input exactly."""
-    state = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=1).state_dict()
-    last = max(int(k.split(".")[1]) for k in state if k.startswith("body."))
-    return {k: torch.zeros_like(v) if k.startswith(f"body.{last}.") else v for k, v in state.items()}
-
-
-def _random_gfpgan() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    # The "clean" GFPGAN 1.3/1.4 layout, as spandrel builds it.
-    net = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
-                 fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1,
-                 sft_half=True)
-    return {k: v.half().contiguous() for k, v in net.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def identity():
-    return load_restorer(_identity_state_dict())
+    return load_restorer(identity_state_dict())
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("face-models")
-    save_file(_random_gfpgan(), folder / "random-gfpgan.safetensors")
-    save_file(_identity_state_dict(), folder / "identity.safetensors")
-    return folder
+    return face_models_folder(tmp_path_factory.mktemp("face-models"))
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +137,10 @@ def test_a_scale_changing_model_is_refused_as_a_face_model():
         load_restorer(Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).state_dict())
 
 
-def _home_with(tmp_path: Path, models_dir: Path) -> Path:
-    """A data folder with the installed weights and the face models folder."""
-    from image_enhancer.paths import weights_dir
-
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "weights").symlink_to(weights_dir())
-    (home / "models").symlink_to(models_dir)
-    return home
-
-
 def test_cli_restores_faces_with_a_random_gfpgan(model_store, models_dir, astronaut, tmp_path):
     source, target = tmp_path / "astronaut.png", tmp_path / "out.png"
     Image.fromarray(astronaut).save(source)
-    env = {**os.environ, "IMAGE_ENHANCER_HOME": str(_home_with(tmp_path, models_dir))}
+    env = {**os.environ, "IMAGE_ENHANCER_HOME": str(home_with(tmp_path / "home", models_dir))}
     command = [sys.executable, "-m", "image_enhancer", "enhance", str(source),
                "-m", "realesr-animevideov3", "-s", "1", "--device", "cpu"]
     faces = ["--faces", "--face-model", "random-gfpgan", "--face-strength", "1"]

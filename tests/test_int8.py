@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.engine.openvino_runner import INT8_MAKE_PIXELS, OpenVinoRunner
-from image_enhancer.weights import openvino_int8
-from image_enhancer.weights.openvino_export import networks
+from image_enhancer.engine.precision import calibration_photo
+from image_enhancer.runtimes.openvino import int8 as openvino_int8
+from image_enhancer.runtimes.openvino.export import networks
+from image_enhancer.runtimes.openvino.int8 import INT8_MAKE_PIXELS
+from image_enhancer.runtimes.openvino.runner import OpenVinoRunner
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -21,17 +24,19 @@ COMPACT = "ie-compact-x4-psnr"
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    batch = openvino_int8.calibration_photo(openvino_int8.HELD_OUT_PHOTO)[0]
+    batch = calibration_photo(openvino_int8.HELD_OUT_PHOTO)[0]
     return (batch.transpose(1, 2, 0)[:96, :128] * 255 + 0.5).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def int8_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("openvino")
+    """The OpenVINO runtime's folder of a runtime cache of these tests' own."""
+    return tmp_path_factory.mktemp("runtimes") / "openvino"
 
 
-def engine(model_store, cache, precision: str) -> Enhancer:
-    return Enhancer(model_store, device="cpu", runtime="openvino", precision=precision, openvino_cache=cache)
+def engine(model_store, cache: Path | None, precision: str) -> Enhancer:
+    root = None if cache is None else cache.parent  # each runtime's folder is named after it
+    return Enhancer(model_store, device="cpu", runtime="openvino", precision=precision, runtime_cache=root)
 
 
 def runner_of(enhancer: Enhancer) -> OpenVinoRunner:
@@ -77,10 +82,10 @@ def test_auto_does_not_make_int8_for_a_small_job(model_store, tmp_path, photo):
     # Another strength: other weights, not made yet. A preview-sized job runs in fp32 at once.
     options = EnhanceOptions(model="ie-compact-x4-gan", strength=0.3, scale=4)
     assert photo.shape[0] * photo.shape[1] * 16 < INT8_MAKE_PIXELS
-    enhancer = engine(model_store, tmp_path, "auto")
+    enhancer = engine(model_store, tmp_path / "openvino", "auto")
     enhancer.enhance(photo, options)
     assert not runner_of(enhancer).int8
-    assert not (tmp_path / "int8").exists()
+    assert not (tmp_path / "openvino" / "int8").exists()
 
 
 def test_int8_is_refused_for_architectures_not_measured(model_store, caplog):

@@ -21,9 +21,9 @@ from spandrel.architectures.PLKSR import RealPLKSR
 from spandrel.architectures.SPAN import SPAN
 from spandrel.architectures.SwinIR import SwinIR
 
+from image_enhancer.architectures.rrdbnet import to_real_esrgan_names
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.models.esrgan_names import to_real_esrgan_names
 from image_enhancer.server.app import serve
 from image_enhancer.weights.store import ModelStore
 

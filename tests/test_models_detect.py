@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 
+from image_enhancer.architectures.rrdbnet import to_module_names, to_real_esrgan_names
 from image_enhancer.models import UnsupportedModelError, describe, load_model
-from image_enhancer.models.esrgan_names import to_module_names, to_real_esrgan_names
 from image_enhancer.models.registry import NOT_SERVED, served_architectures
 from image_enhancer.weights.safe_load import load_state_dict, unwrap
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from image_enhancer.models import load_model
-from image_enhancer.weights import ncnn
+from image_enhancer.runtimes.ncnn import files as ncnn
 from image_enhancer.weights.provision import read_member
 from image_enhancer.weights.safe_load import WeightsError
 

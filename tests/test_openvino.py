@@ -14,11 +14,12 @@ import torch
 from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
 
+from image_enhancer.architectures import rrdbnet
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.engine.openvino_runner import OpenVinoRunner
-from image_enhancer.engine.precision import cpu_precision
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
-from image_enhancer.weights import openvino_export
+from image_enhancer.runtimes.openvino import cpu_precision
+from image_enhancer.runtimes.openvino import export as openvino_export
+from image_enhancer.runtimes.openvino.runner import OpenVinoRunner
 
 pytest.importorskip("openvino")
 
@@ -96,7 +97,7 @@ def test_rrdbnet_in_stages_equals_the_whole_network(scale, shuffle, tmp_path):
         stages = openvino_export.split(model)
         for stage in stages:
             chained = stage.module(chained)
-    assert [stage.halo for stage in stages] == [0, openvino_export.RRDB_TAIL_HALO]
+    assert [stage.halo for stage in stages] == [0, rrdbnet.TAIL_HALO]
     assert torch.equal(chained, expected)
     runner = OpenVinoRunner(model, tmp_path, strip_pixels=3 * 28 // (shuffle or 1))  # 3 body rows
     assert (runner(batch) - expected).abs().max() < 1e-4
@@ -128,13 +129,13 @@ def test_a_graph_whose_weights_cannot_be_swapped_is_converted_per_weights(tmp_pa
 def test_a_strength_change_reuses_the_converted_graph_within_seconds(model_store, tmp_path):
     """Moving the strength slider on the OpenVINO runtime: blend, swap, compile — no conversion."""
     crop = np.asarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3)), dtype=np.uint8)
-    engine = Enhancer(model_store, device="cpu", runtime="openvino", openvino_cache=tmp_path)
+    engine = Enhancer(model_store, device="cpu", runtime="openvino", runtime_cache=tmp_path)
     reference = Enhancer(model_store, device="cpu", runtime="pytorch")
     engine.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.0))
     started = time.perf_counter()
     ours = engine.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.6))
     assert time.perf_counter() - started < 3.0
-    assert len(list(tmp_path.glob("*.xml"))) == 1
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 1
     expected = reference.enhance(crop, EnhanceOptions(model="ie-compact-x4-gan", strength=0.6))
     assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
 
@@ -165,16 +166,18 @@ def test_a_graph_openvino_cannot_run_goes_to_pytorch(tmp_path):
     """A graph recorded as unconvertible is not tried again, and the engine runs it on PyTorch."""
     model = tiny_compact(0)
     graph = openvino_export.graph_digest(model.module, "SRVGGNetCompact", {})
-    (tmp_path / f"{graph}.json").write_text(json.dumps({"unsupported": "converter failed here"}))
+    cache = tmp_path / "openvino"  # the runtime's folder in the engine's runtime cache
+    cache.mkdir()
+    (cache / f"{graph}.json").write_text(json.dumps({"unsupported": "converter failed here"}))
     with pytest.raises(openvino_export.UnsupportedGraphError, match="converter failed here"):
-        openvino_export.networks(model, tmp_path)
+        openvino_export.networks(model, cache)
 
     class OneModel:
         def get(self, name: str, strength: float | None = None) -> LoadedModel:
             return model
 
     image = np.asarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3)), dtype=np.uint8)
-    engine = Enhancer(OneModel(), device="cpu", runtime="openvino", openvino_cache=tmp_path)
+    engine = Enhancer(OneModel(), device="cpu", runtime="openvino", runtime_cache=tmp_path)
     reference = Enhancer(OneModel(), device="cpu", runtime="pytorch")
     np.testing.assert_array_equal(
         engine.enhance(image, EnhanceOptions(model="tiny")),

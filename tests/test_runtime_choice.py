@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+from image_enhancer import runtimes
 from image_enhancer.engine import runtime_choice
-from image_enhancer.engine.devices import installed_runtimes
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.engine.ncnn_runner import NcnnRunner
 from image_enhancer.engine.runtime_choice import Candidate, RuntimeTable, Timing, best
 from image_enhancer.paths import HOME_ENV, user_home
+from image_enhancer.runtimes.ncnn.runner import NcnnRunner
 
 COMPACT = "realesr-animevideov3"
 
@@ -32,7 +32,7 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
     timings = engine.runtime_table.timings(loaded, engine.candidate_factory(loaded), engine.threads)
     assert [t.candidate for t in timings] == runtime_choice.candidates(loaded.descriptor.architecture)
     assert timings[0].candidate == Candidate("pytorch", "fp32") and timings[0].mean_levels == 0
-    assert {t.runtime for t in timings} == installed_runtimes()
+    assert {t.runtime for t in timings} == {r.name for r in runtimes.installed()}
     assert all(t.seconds_per_pixel > 0 and t.within() for t in timings)  # fp32 everywhere on this CPU
     written = engine.runtime_table.path.read_bytes()
 
@@ -50,7 +50,7 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
 
 def test_auto_runs_the_measured_winner(engine, model_store):
     """The table decides: told that ncnn is the fastest here, auto runs the job on ncnn."""
-    if "ncnn" not in installed_runtimes():
+    if not runtimes.get("ncnn").available():
         pytest.skip("ncnn is not installed")
     loaded = model_store.get(COMPACT)
     key = runtime_choice.graph_key(loaded, engine.threads)
@@ -78,7 +78,7 @@ def test_a_precision_outside_the_bound_is_not_taken_by_auto():
 def test_a_damaged_table_is_measured_again(engine, model_store):
     engine.runtime_table.path.write_text("{not json" * 10)
     loaded = model_store.get(COMPACT)
-    assert engine.choice(loaded).runtime in installed_runtimes()
+    assert engine.choice(loaded).runtime in {r.name for r in runtimes.installed()}
     table = json.loads(engine.runtime_table.path.read_text())
     assert runtime_choice.graph_key(loaded, engine.threads) in table
 
@@ -96,6 +96,7 @@ def test_devices_benchmark_prints_the_table(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "AVX2" in run.stdout or "NEON" in run.stdout  # the CPU's features beside the figures
     lines = [line.split() for line in run.stdout.splitlines()]
-    rows = [words for words in lines if len(words) >= 6 and words[0] in installed_runtimes()]
+    names = {r.name for r in runtimes.installed()}
+    rows = [words for words in lines if len(words) >= 6 and words[0] in names]
     assert sum("<-" in row for row in rows) == 1
     assert (tmp_path / runtime_choice.TABLE_FILE).is_file()

@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
+from image_enhancer import runtimes
 from image_enhancer.engine import pixels
-from image_enhancer.engine.devices import choose_device, discover, vulkan_gpus
+from image_enhancer.engine.choices import RUNTIMES
+from image_enhancer.engine.devices import choose_device, discover
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
-from image_enhancer.engine.ncnn_runner import NcnnRunner
 from image_enhancer.models.registry import load_model, stored_state_dict
-from image_enhancer.weights import ncnn_export
+from image_enhancer.runtimes.ncnn import export as ncnn_export
+from image_enhancer.runtimes.ncnn.runner import NcnnRunner
 
 DATA = Path(__file__).parent / "data"
 LEVEL = 1 / 255
@@ -74,12 +76,12 @@ def plain(loaded, batch: torch.Tensor) -> torch.Tensor:
 
 
 def software_vulkan() -> int:
-    devices = vulkan_gpus()
+    devices = runtimes.get("ncnn").gpus()
     if not devices:
         if os.environ.get("IMAGE_ENHANCER_TEST_VULKAN") == "required":
             pytest.fail("no Vulkan device found (install mesa-vulkan-drivers and libvulkan1)")
         pytest.skip("no Vulkan device on this machine")
-    return devices[0].vulkan_index
+    return devices[0].index
 
 
 @pytest.mark.parametrize(
@@ -155,6 +157,14 @@ def test_auto_never_picks_a_software_vulkan_device():
         if not any(d.key.startswith("vulkan") and not d.software for d in discover()):
             with pytest.raises(ValueError, match="not available here; found: .*software"):
                 choose_device("vulkan")
+
+
+def test_the_registry_holds_each_runtime_the_command_line_offers_once():
+    assert [runtime.name for runtime in runtimes.ALL] == [name for name in RUNTIMES if name != "auto"]
+    assert runtimes.REFERENCE in runtimes.installed()
+    assert runtimes.cpu_order() == [runtimes.get(d.runtime) for d in discover() if d.key == "cpu"]
+    with pytest.raises(ValueError, match="unknown runtime"):
+        runtimes.get("tensorrt")
 
 
 def test_cpu_picks_the_fastest_runtime_for_this_cpu_and_each_can_be_asked_for():

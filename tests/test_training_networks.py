@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from spandrel.architectures.ESRGAN import ESRGAN
 from test_training_e2e import tiny_config, write_config
 
+from image_enhancer.architectures.rrdbnet import to_real_esrgan_names
 from image_enhancer.models import load_model
-from image_enhancer.models.esrgan_names import to_real_esrgan_names
 from image_enhancer.weights.store import ModelStore
 from image_enhancer_training.config import ConfigError, ModelConfig, parse_config
 from image_enhancer_training.networks import build_generator, stored_names

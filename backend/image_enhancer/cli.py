@@ -213,8 +213,8 @@ def _run_devices(args: argparse.Namespace) -> int:
 def _print_runtime_table(models: list[str] | None) -> int:
     """Time the CPU runtimes for each model now, and show what ``auto`` takes from the timings."""
     from image_enhancer.engine import runtime_choice
-    from image_enhancer.engine.devices import cpu_features, cpu_name
     from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.runtimes.cpu import cpu_features, cpu_name
     from image_enhancer.server.model_speed import suggested_model
     from image_enhancer.weights.store import ModelStore
 

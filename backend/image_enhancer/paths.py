@@ -33,14 +33,9 @@ def weights_dir() -> Path:
     return user_home() / "weights"
 
 
-def ncnn_cache_dir() -> Path:
-    """ncnn `.param`/`.bin` files written from state dicts, named by the sha256 of their content."""
-    return user_home() / "ncnn"
-
-
-def openvino_cache_dir() -> Path:
-    """OpenVINO models converted from our networks, named by the sha256 of their graph (or weights)."""
-    return user_home() / "openvino"
+def runtime_cache_dir() -> Path:
+    """Networks converted for the runtimes, each runtime's in a folder named after it."""
+    return user_home()
 
 
 def user_models_dir() -> Path:

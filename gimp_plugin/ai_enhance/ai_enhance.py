@@ -38,12 +38,15 @@ import layer_io  # noqa: E402
 import placement  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+from progress_text import faces_text  # noqa: E402
 from settings import SCALE_CHOICES, Settings, result_label  # noqa: E402
 
+from image_enhancer.client.core import ProgressEvent  # noqa: E402
 from image_enhancer.request import ALPHA_MODES, MAX_SCALE, MAX_TILE, MIN_SCALE  # noqa: E402
 from image_enhancer.wire import ImageInfo  # noqa: E402
 
 PROCEDURE = "python-fu-ai-enhance"
+FACES_RESTORED = "faces restored"  # the backend's last progress stage of the face pass (restored, found)
 # Set to print where the time goes to stderr: reading the layer, upload, server, download, placing.
 TIMINGS_ENV = "AI_ENHANCE_TIMINGS"
 _DEFAULTS = Settings()
@@ -83,6 +86,7 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
             timings["read_s"] += time.perf_counter() - started
             sent = ImageInfo(source.width, source.height, fmt.channels, fmt.sample_type)
             _report(f"{prefix}Sending the layer to the AI backend", None)
+            faces: list[tuple[int, int]] = []  # the face pass's final (restored, found)
             got, pixels = transport.enhance(
                 client,
                 data,
@@ -90,13 +94,14 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
                 options,
                 lambda text, fraction, p=prefix: _report(p + text, fraction),
                 timings,
+                on_event=lambda event, f=faces: _face_count(event, f),
             )
             if (got.channels, got.sample_type) != (sent.channels, sent.sample_type):
                 raise transport.BackendError(
                     f"The backend returned {got.channels} channels of {got.sample_type} for {sent.channels} "
                     f"of {sent.sample_type}; the backend and the plug-in do not match. Reinstall both."
                 )
-            results.append((source, fmt, got, pixels))
+            results.append((source, fmt, got, pixels, faces[-1] if faces else None))
     finally:
         client.close()
 
@@ -111,9 +116,9 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         started = time.perf_counter()
         new_layers = [
             placement.add_result_layer(
-                image, source, scale, fmt, got.width, got.height, pixels, result_label(options)
+                image, source, scale, fmt, got.width, got.height, pixels, result_label(options, faces)
             )
-            for source, fmt, got, pixels in results
+            for source, fmt, got, pixels, faces in results
         ]
         timings["write_s"] = time.perf_counter() - started
         image.set_selected_layers(new_layers)  # ready for the next run: the new layers, not their masks
@@ -121,9 +126,18 @@ def enhance_layers(image: Gimp.Image, layers: list[Gimp.Layer], settings: Settin
         image.undo_group_end()
         Gimp.context_pop()
     Gimp.displays_flush()
+    faceless = [source.layer.get_name() for source, *_, faces in results if faces and not faces[1]]
+    if faceless:  # asked for faces, found none: say so, or the person looks for a change that is not there
+        Gimp.message(f"AI Enhance: {', '.join(faceless)}: {faces_text(0, 0)}.")
     if os.environ.get(TIMINGS_ENV):
         print(f"{TIMINGS_ENV} {json.dumps(timings)}", file=sys.stderr)
     return new_layers
+
+
+def _face_count(event: ProgressEvent, counts: list[tuple[int, int]]) -> None:
+    """Keeps the face pass's final count (done: faces restored, total: faces found)."""
+    if event.stage == FACES_RESTORED:
+        counts.append((event.done, event.total))
 
 
 def _failure(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
@@ -259,6 +273,36 @@ class AIEnhance(Gimp.PlugIn):
         alphas.add(ALPHA_MODES[1], 1, "Bicubic", "")
         procedure.add_choice_argument(
             "alpha-mode", "Alp_ha", "How transparency is upscaled", alphas, _DEFAULTS.alpha_mode, rw
+        )
+        procedure.add_boolean_argument(
+            "restore-faces",
+            "Restore _faces",
+            "Restore faces after the enhancement with the backend's face model (GFPGAN, RestoreFormer)",
+            _DEFAULTS.faces,
+            rw,
+        )
+        procedure.add_double_argument(
+            "face-strength",
+            "Face stren_gth",
+            "0 = faces as the enhancement made them, 1 = fully restored faces",
+            0.0,
+            1.0,
+            _DEFAULTS.face_strength,
+            rw,
+        )
+        procedure.add_string_argument(
+            "face-model",
+            "Face mo_del",
+            "Face model name as the backend lists it; empty uses its default face model",
+            _DEFAULTS.face_model,
+            rw,
+        )
+        procedure.add_boolean_argument(
+            "faces-only",
+            "Faces o_nly (no enhancement)",
+            "Restore the faces without enhancing the layer; the scale is then x1",
+            _DEFAULTS.faces_only,
+            rw,
         )
         procedure.add_int_argument(
             "tile-size",

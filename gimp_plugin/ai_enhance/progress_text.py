@@ -38,6 +38,16 @@ def remaining_text(seconds: float) -> str:
     return f"about {hours} h {minutes:02d} min left"
 
 
+def faces_text(restored: int, found: int) -> str:
+    """What the face pass did, from its final count: "Restored 2 of 3 faces", or why nothing changed."""
+    if not found:
+        return "No face found: the faces were not restored (the layer has no face the detector could see)"
+    text = f"Restored {restored} of {found} face{'s' if found != 1 else ''}"
+    if restored < found:
+        text += " (the others are too small, or too many to restore)"
+    return text
+
+
 @dataclass
 class Eta:
     """The time left of one job's enhancing stage, from elapsed time and fraction done, smoothed."""
@@ -85,4 +95,8 @@ class ProgressText:
             return (text + (f", {remaining_text(left)}" if left is not None else "")), fraction
         if event.stage == "enhancing":
             return "Enhancing", None
+        if event.stage == "restoring faces" and event.total:
+            return f"Restoring faces ({event.done} of {event.total} done)", min(1.0, event.done / event.total)
+        if event.stage == "faces restored":
+            return faces_text(event.done, event.total), 1.0
         return event.stage.capitalize(), None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from geometry import scaled_size
 
-from image_enhancer.request import EnhanceOptions
+from image_enhancer.request import DEFAULT_FACE_STRENGTH, EnhanceOptions
 from image_enhancer.wire import ModelInfo
 
 # Choice ids of the "scale" argument; "custom" takes the factor from "custom-scale".
@@ -30,6 +30,10 @@ class Settings:
     alpha_mode: str = "model"
     tile: int = 0  # 0: the server picks
     server: str = ""  # empty: the address the installer recorded
+    faces: bool = False  # restore faces after the enhancement
+    face_strength: float = DEFAULT_FACE_STRENGTH
+    face_model: str = ""  # empty: the server's default face model
+    faces_only: bool = False  # restore faces without enhancing (at ×1)
 
     @classmethod
     def from_config(cls, config: object) -> Settings:
@@ -45,6 +49,10 @@ class Settings:
             alpha_mode=get("alpha-mode"),
             tile=get("tile-size"),
             server=(get("server") or "").strip(),
+            faces=get("restore-faces"),
+            face_strength=get("face-strength"),
+            face_model=(get("face-model") or "").strip(),
+            faces_only=get("faces-only"),
         )
 
     def options(self, model: ModelInfo) -> EnhanceOptions:
@@ -58,13 +66,19 @@ class Settings:
             colour_fidelity=self.colour_fidelity,
             auto_contrast=self.auto_contrast,
             alpha_mode=self.alpha_mode,
+            faces=self.faces or self.faces_only,
+            face_strength=self.face_strength,
+            face_model=self.face_model,
+            faces_only=self.faces_only,
         )
         options.validate()
         return options
 
     @property
     def scale(self) -> float:
-        """The output scale factor the choice stands for."""
+        """The output scale factor the choice stands for (1 for faces only)."""
+        if self.faces_only:
+            return 1.0
         if self.scale_choice not in SCALE_CHOICES:
             raise ValueError(f"unknown scale {self.scale_choice!r}; choose from {', '.join(SCALE_CHOICES)}")
         factor = SCALE_CHOICES[self.scale_choice]
@@ -148,11 +162,19 @@ def more_models_hint(models: list[ModelInfo]) -> str:
     return f"{missing} more model{'s' if missing > 1 else ''} can be installed: Get more models…"
 
 
-def result_label(options: EnhanceOptions) -> str:
-    """What made a result, for its layer's name: "AI x4, realesrgan-x4plus, detail 80 %"."""
-    label = f"AI x{options.scale:g}, {options.model}"
-    if options.strength is not None:
-        label += f", detail {round(options.strength * 100)} %"
+def result_label(options: EnhanceOptions, faces: tuple[int, int] | None = None) -> str:
+    """What made a result, for its layer's name: "AI x4, realesrgan-x4plus, detail 80 %", with the face
+    pass and, when known, its (restored, found) count: "AI x1, …, faces 80 %: 2 restored"."""
+    if options.faces_only:
+        label = "AI faces"
+    else:
+        label = f"AI x{options.scale:g}, {options.model}"
+        if options.strength is not None:
+            label += f", detail {round(options.strength * 100)} %"
+    if options.faces:
+        label += f"{'' if options.faces_only else ', faces'} {round(options.face_strength * 100)} %"
+        if faces is not None:
+            label += f": {faces[0]} restored" if faces[1] else ": no face found"
     return label
 
 

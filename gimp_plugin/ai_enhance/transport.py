@@ -174,6 +174,14 @@ def list_models(client: LiteClient) -> list[ModelInfo]:
         raise BackendError(explain(error)) from None
 
 
+def list_face_models(client: LiteClient) -> list[str]:
+    """The face models the backend can restore faces with, its default first (empty: none installed)."""
+    try:
+        return client.list_face_models()
+    except EnhancerError as error:
+        raise BackendError(explain(error)) from None
+
+
 def install_model(address: str, name: str, report: Callable[[InstallEvent], None]) -> None:
     """Have the backend at `address` download, verify (sha256) and install the manifest model `name`;
     every step goes to `report`, which may raise to cancel. Failures become BackendError."""
@@ -229,8 +237,10 @@ def enhance(
     options: EnhanceOptions,
     report: Report,
     timings: dict[str, float] | None = None,
+    on_event: Callable[[ProgressEvent], None] | None = None,
 ) -> tuple[ImageInfo, bytes]:
-    """Run one job; progress goes to `report`, failures become BackendError.
+    """Run one job; progress goes to `report` (and each event as it is to `on_event`, e.g. for the face
+    pass's final count), failures become BackendError.
 
     `timings`, when given, gets "upload_s" (until the server has queued the job, i.e. has every byte),
     "server_s" (queued until the engine finished) and "download_s" (the result's bytes) added to it.
@@ -239,6 +249,8 @@ def enhance(
     stage_text = ProgressText()  # names the stage, with the percentage and the time left
 
     def on_progress(event: ProgressEvent) -> None:
+        if on_event is not None:
+            on_event(event)
         marks.setdefault("queued", time.perf_counter())
         if event.stage == "finishing" and event.total and event.done == event.total:
             marks["finished"] = time.perf_counter()

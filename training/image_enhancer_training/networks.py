@@ -12,7 +12,7 @@ from spandrel.architectures.PLKSR import RealPLKSR
 from spandrel.architectures.SPAN import SPAN
 from torch import Tensor, nn
 
-from image_enhancer.models.esrgan_names import is_real_esrgan, to_module_names, to_real_esrgan_names
+from image_enhancer.architectures.rrdbnet import is_real_esrgan, to_module_names, to_real_esrgan_names
 from image_enhancer.weights.interpolation import interpolate
 from image_enhancer.weights.safe_load import load_state_dict
 

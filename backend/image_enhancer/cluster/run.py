@@ -28,7 +28,7 @@ from typing import Any
 from image_enhancer.cluster.worker import RESULT_FIELDS, EnhanceWorker, WorkerSettings, is_uri
 
 # Memory Ray reserves for each actor: the 2.5 GB a CPU enhancer is promised (the engine's working memory
-# is capped at 1.5 GiB by engine.device.memory_budget; the model and the runtime take the rest).
+# is capped at 1.5 GiB by runtimes.memory.memory_budget; the model and the runtime take the rest).
 ACTOR_MEMORY = 2_500_000_000
 # Blocks of the input dataset: one file each up to this many, so actors share the work evenly.
 MAX_BLOCKS = 100_000
@@ -168,7 +168,14 @@ def resolved_options(args: argparse.Namespace):  # noqa: ANN201 - an EnhanceOpti
     from image_enhancer.wire import find_model
 
     options = request_options(args)
-    chosen = find_model(ModelStore().list(), options.model)
+    store = ModelStore()
+    if options.faces:  # a missing face model is one error here, not one per file on the workers
+        from image_enhancer.faces.catalogue import FaceModels
+
+        FaceModels(store.models_dir, store.weights_dir).path_of(options.face_model)
+    if options.faces_only:
+        return replace(options, model="")
+    chosen = find_model(store.list(), options.model)
     if chosen is None:
         raise LookupError(f"unknown model {options.model!r} (see `image-enhancer models`)")
     return replace(options, model=chosen.name)
@@ -248,6 +255,8 @@ def execute(ray: Any, jobs: list[ClusterJob], settings: WorkerSettings, plan: Ac
                 megapixels += row["megapixels"]
                 if row["status"] == "failed":
                     bar.write(f"{row['source']}: failed: {row['message']}", file=sys.stderr)
+                elif row["status"] == "done" and row["message"]:  # what the face pass did
+                    bar.write(f"{row['source']}: {row['message']}", file=sys.stderr)
                 bar.update(1)
         except Exception as error:  # the cluster itself failed (lost, out of resources): report and stop
             broken = error

@@ -81,8 +81,20 @@ class EnhanceWorker:
             store, device=settings.device, precision=settings.precision, runtime=settings.runtime,
             threads=settings.threads, **limits,
         )
-        loaded = store.get(settings.options.model, settings.options.strength)
-        self.key = job_key(state_digest(loaded.module.state_dict(), ""), settings.key_settings())
+        options = settings.options
+        digests = []
+        if not options.faces_only:  # faces only runs no enhancement model
+            loaded = store.get(options.model, options.strength)
+            digests.append(state_digest(loaded.module.state_dict(), ""))
+        self.face_pass = None
+        if options.faces:
+            from image_enhancer.faces.pipeline import FacePass
+            from image_enhancer.weights.integrity import sha256_file
+
+            self.face_pass = FacePass(store.models_dir, store.weights_dir)
+            # Other face weights under the same name are other work: the file's hash is in the key.
+            digests.append(sha256_file(self.face_pass.models.path_of(options.face_model)))
+        self.key = job_key("+".join(digests), settings.key_settings())
         self.root = Path(settings.output_root)
         self.manifest = Manifest(self.root)
         self.done = self.manifest.done(self.key)
@@ -120,12 +132,14 @@ class EnhanceWorker:
                 # an actor that died): it is done.
                 self._record(DONE, digest, output, source)
                 return row("skipped", "finished by an earlier attempt")
-            return row("done", megapixels=self._enhance(source, data, digest, target_path, output))
+            megapixels, note = self._enhance(source, data, digest, target_path, output)
+            return row("done", note, megapixels)
         except self.errors as error:
             return row("failed", str(error))
 
-    def _enhance(self, source: str, data: bytes, digest: str, target: Path, output: str) -> float:
-        """Enhance one input into `target` (and its comparison picture); returns the output megapixels."""
+    def _enhance(self, source: str, data: bytes, digest: str, target: Path, output: str) -> tuple[float, str]:
+        """Enhance one input into `target` (and its comparison picture), with the face pass after it when
+        asked (or alone, for faces only); returns the output megapixels and what the face pass did."""
         from image_enhancer.batch import check_writable, side_by_side
         from image_enhancer.imagefiles import ImageFile, write_image
         from image_enhancer.publish import describe_write_error
@@ -136,7 +150,12 @@ class EnhanceWorker:
             check_writable(path, settings.inputs, settings.overwrite)
         self._record(PENDING, digest, output, source)
         image = self._decode(source, data)
-        result = self.enhancer.enhance(image.pixels, settings.options)
+        options = settings.options
+        result = image.pixels if options.faces_only else self.enhancer.enhance(image.pixels, options)
+        note = ""
+        if self.face_pass is not None:
+            result = self.face_pass(image.pixels, result, options)
+            note = f"faces: {self.face_pass.last_report.message()}" if self.face_pass.last_report else ""
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -146,7 +165,7 @@ class EnhanceWorker:
             picture = ImageFile(side_by_side(image.pixels, result), image.icc_profile)
             write_image(compare, picture, overwrite=settings.overwrite)
         self._record(DONE, digest, output, source)
-        return result.shape[0] * result.shape[1] / 1e6
+        return result.shape[0] * result.shape[1] / 1e6, note
 
     def _decode(self, source: str, data: bytes):  # noqa: ANN202 - an ImageFile
         from image_enhancer.imagefiles import read_image

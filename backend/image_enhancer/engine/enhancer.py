@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from image_enhancer import runtimes
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels, runtime_choice
 from image_enhancer.engine.bands import RowSink
-from image_enhancer.engine.device import ModelRunner, set_cpu_threads
 from image_enhancer.engine.devices import choose_device
-from image_enhancer.engine.ncnn_runner import NcnnRunner
-from image_enhancer.engine.openvino_runner import OpenVinoRunner, int8_network
-from image_enhancer.engine.precision import check_precision, cpu_precision, resolve_precision
+from image_enhancer.engine.precision import check_precision
 from image_enhancer.engine.tiling import (
     Tile,
     TileHook,
@@ -39,9 +37,10 @@ from image_enhancer.engine.tiling import (
     plan_tiles,
 )
 from image_enhancer.engine.watch import JobCancelled
-from image_enhancer.paths import ncnn_cache_dir, openvino_cache_dir
+from image_enhancer.paths import runtime_cache_dir
 from image_enhancer.request import MIN_TILE, EnhanceOptions
-from image_enhancer.weights import ncnn_export, openvino_export, openvino_int8
+from image_enhancer.runtimes.base import Runner, RunnerSettings, UnsupportedGraphError
+from image_enhancer.runtimes.memory import set_cpu_threads
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
@@ -68,19 +67,6 @@ class ModelSource(Protocol):
     def get(self, name: str, strength: float | None = None) -> LoadedModel: ...
 
 
-class Runner(Protocol):
-    """A runtime running one network (``ModelRunner`` for PyTorch, ``OpenVinoRunner``, ``NcnnRunner``):
-    the tiler's ``op`` plus what the engine needs to size tiles."""
-
-    device: torch.device  # where its outputs land
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-    def bytes_per_pixel(self) -> float: ...
-
-    def memory_budget(self) -> int: ...
-
-
 class ImageTooLargeError(Exception):
     """The input or the result would exceed the pixel limit."""
 
@@ -99,10 +85,9 @@ class Enhancer:
     """Runs enhancement requests on one device. Keeps the prepared network of the last models used.
 
     ``device`` and ``runtime`` choose where the network runs (``engine.devices.choose_device``; auto:
-    a PyTorch GPU, else a Vulkan GPU through ncnn, else the CPU on its fastest runtime);
-    ``compute`` says what was chosen. Networks ncnn has no graph for, or OpenVINO has not been
-    verified on or cannot convert, run on PyTorch on the CPU. Converted networks are cached in
-    ``ncnn_cache`` and ``openvino_cache``.
+    a GPU, else the CPU on its fastest runtime); ``compute`` says what was chosen. Networks the chosen
+    runtime cannot take run on the reference runtime (``runtimes.REFERENCE``) on the CPU. Each runtime
+    caches its converted networks in its own folder under ``runtime_cache`` (the user cache).
     ``batch_size`` (tiles per forward pass) defaults to 4 on GPUs and, on CPU, to enough small
     tiles to make each forward pass about 64k input pixels (one for large tiles); ``channels_last``
     defaults to on for CUDA and CPU, off for MPS; ``threads`` sets the CPU thread count (None: one per core).
@@ -119,15 +104,12 @@ class Enhancer:
         batch_size: int | None = None,
         channels_last: bool | None = None,
         runtime: str = "auto",
-        ncnn_cache: Path | None = None,
-        openvino_cache: Path | None = None,
+        runtime_cache: Path | None = None,
     ) -> None:
         self.store = store
         self._requested_runtime = runtime
         self.compute = choose_device(device, runtime)
         self.device = self.compute.torch_device
-        self.ncnn_cache = ncnn_cache or ncnn_cache_dir()
-        self.openvino_cache = openvino_cache or openvino_cache_dir()
         check_precision(precision)
         self.precision = precision
         self.max_pixels = max_pixels
@@ -138,7 +120,7 @@ class Enhancer:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.channels_last = channels_last
+        self.settings = RunnerSettings(self.compute, runtime_cache or runtime_cache_dir(), channels_last)
         self._runners: dict[tuple[int, object], tuple[LoadedModel, Runner, float]] = {}
 
     def enhance(
@@ -201,19 +183,7 @@ class Enhancer:
             if beyond is not None:  # hidden colour must not spread into visible pixels this way either
                 beyond = beyond * (alpha_in > 0)
 
-        tiler = Tiler(
-            runner,
-            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width),
-                           _images_bytes((height, width), tensor.shape[0], (out_height, out_width))),
-            progress=lambda done, total: report("enhancing", done, total),
-            cancelled=cancelled,
-        )
         passes = self._passes(colour_in.shape[0], descriptor)
-        alpha_by_model = alpha_in is not None and alpha_constant is None and options.alpha_mode == "model"
-        total = tiler.count_tiles(height, width) * (
-            passes + (self._passes(1, descriptor) if alpha_by_model else 0)
-        )
-
         # Below the network's scale (×2 from a ×4 model) the tiler shrinks each tile as it is done, so the
         # largest canvas is the result's; the values are colour.resize's of the whole, clamped as it clamps.
         full = (height * descriptor.scale, width * descriptor.scale)
@@ -222,7 +192,20 @@ class Enhancer:
         # When every step after the network works pixel by pixel, the result is converted to its samples
         # band by band as the tiles finish, and never sits in memory whole as floats.
         by_pixel = not options.colour_fidelity and beyond is None and passes == 1
-        if by_pixel and (shrink is not None or (out_height, out_width) == full):
+        banded = by_pixel and (shrink is not None or (out_height, out_width) == full)
+        pending = _pending_bytes((out_height, out_width), tensor.shape[0], image.dtype.itemsize, banded)
+        tiler = Tiler(
+            runner,
+            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width), pending),
+            progress=lambda done, total: report("enhancing", done, total),
+            cancelled=cancelled,
+        )
+        alpha_by_model = alpha_in is not None and alpha_constant is None and options.alpha_mode == "model"
+        total = tiler.count_tiles(height, width) * (
+            passes + (self._passes(1, descriptor) if alpha_by_model else 0)
+        )
+
+        if banded:
             output = self._enhance_in_bands(
                 tiler, colour_in, alpha_in, options, descriptor, total, shrink, image.dtype, alpha_by_model
             )
@@ -320,7 +303,9 @@ class Enhancer:
         loaded = self.store.get(options.model, options.strength)
         runner, bytes_per_pixel = self._runner(loaded)
         out_size = _output_size(height, width, options, loaded.descriptor)
-        images = _images_bytes((height, width), channels, out_size)
+        # As a job will hold them: the input as floats, and an 8-bit result built in bands.
+        result = _pending_bytes(out_size, channels, 1, not options.colour_fidelity)
+        images = 4 * channels * height * width + result
         return self._settings(options, loaded.descriptor, runner, bytes_per_pixel, (height, width), images)
 
     def network_pixels(
@@ -340,8 +325,6 @@ class Enhancer:
         key = (id(loaded.module), choice.runtime, choice.precision)
         if key not in self._runners:
             runner = self._make_runner(loaded, choice)
-            if choice.seconds_per_pixel and isinstance(runner, OpenVinoRunner):
-                runner.expect(choice.seconds_per_pixel)  # its progress moves from the first window on
             while len(self._runners) >= 2:
                 self._runners.pop(next(iter(self._runners)))
             # The LoadedModel is kept in the entry so its id cannot be reused while the key lives.
@@ -352,9 +335,9 @@ class Enhancer:
     def choice(self, loaded: LoadedModel, job_pixels: int = 0) -> runtime_choice.Timing:
         """The runtime and precision this model runs with. On the CPU with runtime ``auto`` and precision
         ``auto`` or ``fp32``: the fastest measured here (``runtime_choice``; measured on first use),
-        an int8 version included where its own record shows it within the bound and faster than
-        OpenVINO's fp32. Otherwise the device's runtime with the precision asked for."""
-        descriptor = loaded.descriptor
+        versions a runtime measured itself (an int8 one) included where they are within the bound and
+        faster. Otherwise the device's runtime (the reference runtime for a graph it cannot take) with its
+        precision for what was asked."""
         if self.measured_choice:
             try:
                 timings = self.runtime_table.timings(loaded, self.candidate_factory(loaded), self.threads)
@@ -363,22 +346,13 @@ class Enhancer:
                             self.compute.runtime)  # fmt: skip
             else:
                 if self.precision == "auto":
-                    timings = timings + self._int8_timing(loaded, timings, job_pixels)
+                    timings = timings + self._derived_timings(loaded, timings, job_pixels)
                 return runtime_choice.best(timings, self.precision)
-        runtime = self.compute.runtime
-        if runtime == "ncnn" and not ncnn_export.supports(descriptor.architecture):
-            runtime = "pytorch"
-        if runtime == "openvino" and not openvino_export.supports(descriptor.architecture):
-            runtime = "pytorch"
-        if runtime == "ncnn":
-            return runtime_choice.Timing(runtime, self._ncnn_precision(descriptor), 0.0)
-        if runtime == "openvino":
-            if int8_network(loaded, self.openvino_cache, self.precision, job_pixels) is not None:
-                return runtime_choice.Timing(runtime, "int8", 0.0)
-            dtype = cpu_precision(self.precision, descriptor)
-            return runtime_choice.Timing(runtime, _PRECISION_NAMES[dtype], 0.0)
-        dtype = resolve_precision(self.precision, self.device, descriptor)
-        return runtime_choice.Timing(runtime, _PRECISION_NAMES[dtype], 0.0)
+        runtime = runtimes.get(self.compute.runtime)
+        if not runtime.supports(loaded.descriptor.architecture):
+            runtime = runtimes.REFERENCE
+        precision = runtime.precision(self.precision, self.settings, loaded, job_pixels)
+        return runtime_choice.Timing(runtime.name, precision, 0.0)
 
     @property
     def measured_choice(self) -> bool:
@@ -386,27 +360,27 @@ class Enhancer:
         cpu = self.compute.key == "cpu"
         return cpu and self._requested_runtime == "auto" and self.precision in ("auto", "fp32")
 
-    def _int8_timing(
+    def _derived_timings(
         self, loaded: LoadedModel, timings: list[runtime_choice.Timing], job_pixels: int
     ) -> list[runtime_choice.Timing]:
-        """OpenVINO's int8 version as a timing, from its record's speed-up over OpenVINO fp32."""
-        fp32 = next((t for t in timings if (t.runtime, t.precision) == ("openvino", "fp32")), None)
-        if fp32 is None or int8_network(loaded, self.openvino_cache, "auto", job_pixels) is None:
-            return []
-        known = openvino_int8.cached(openvino_int8.cache_key(loaded), self.openvino_cache / "int8")
-        if known is None:
-            return []
-        record = known[1]
-        return [
-            runtime_choice.Timing(
-                "openvino", "int8", fp32.seconds_per_pixel / record.speedup,
-                record.mean_levels, record.max_levels, record.psnr_db,
-            )
-        ]  # fmt: skip
+        """The versions runtimes measured themselves (``Runtime.derived``), timed from their speed-up over
+        that runtime's measured fp32."""
+        found = []
+        for runtime in runtimes.installed():
+            fp32 = next((t for t in timings if (t.runtime, t.precision) == (runtime.name, "fp32")), None)
+            if fp32 is None:
+                continue
+            for version in runtime.derived(self.settings, loaded, job_pixels):
+                d = version.difference
+                seconds_per_pixel = fp32.seconds_per_pixel / version.speedup
+                found.append(runtime_choice.Timing(
+                    runtime.name, version.precision, seconds_per_pixel, d.mean_levels, d.max_levels, d.psnr_db
+                ))  # fmt: skip
+        return found
 
     def candidate_factory(self, loaded: LoadedModel) -> runtime_choice.RunnerFactory:
-        """Makes a runner of ``loaded`` for each candidate ``runtime_choice`` times (no PyTorch stand-in
-        for a graph a runtime cannot take: that candidate fails)."""
+        """Makes a runner of ``loaded`` for each candidate ``runtime_choice`` times (no reference-runtime
+        stand-in for a graph a runtime cannot take: that candidate fails)."""
 
         def make(candidate: runtime_choice.Candidate) -> Runner:
             choice = runtime_choice.Timing(candidate.runtime, candidate.precision, 0.0)
@@ -417,33 +391,18 @@ class Enhancer:
     def _make_runner(
         self, loaded: LoadedModel, choice: runtime_choice.Timing, fallback: bool = True
     ) -> Runner:
-        """A runner for the choice; a graph a runtime cannot convert runs on PyTorch instead (with
-        ``fallback``; else the converter's error is raised)."""
-        descriptor = loaded.descriptor
+        """A runner for the choice; a graph a runtime cannot convert runs on the reference runtime
+        instead (with ``fallback``; else the converter's error is raised)."""
+        runtime = runtimes.get(choice.runtime)
         try:
-            if choice.runtime == "ncnn":
-                return NcnnRunner(loaded, self.ncnn_cache, self.compute.vulkan_index, choice.precision)
-            if choice.runtime == "openvino":
-                if choice.precision == "int8":
-                    int8 = int8_network(loaded, self.openvino_cache, "int8")
-                    return OpenVinoRunner(loaded, self.openvino_cache, int8=int8)
-                return OpenVinoRunner(loaded, self.openvino_cache, _DTYPES[choice.precision])
-        except (ncnn_export.UnsupportedGraphError, openvino_export.UnsupportedGraphError) as why:
-            if not fallback:
+            return runtime.make_runner(loaded, choice.precision, self.settings, choice.seconds_per_pixel)
+        except UnsupportedGraphError as why:
+            if not fallback or runtime is runtimes.REFERENCE:
                 raise
-            log.warning("%s; running it on PyTorch", why)
-            dtype = resolve_precision(self.precision, self.device, descriptor)
-            return ModelRunner(loaded, self.device, dtype, self.channels_last)
-        return ModelRunner(loaded, self.device, _DTYPES[choice.precision], self.channels_last)
-
-    def _ncnn_precision(self, descriptor: ModelDescriptor) -> str:
-        """fp32 on the CPU (x86 gains nothing from fp16; results stay within 1/255 of PyTorch); fp16
-        storage on a Vulkan GPU (half the memory traffic, still within one 8-bit level); fp16
-        arithmetic only when asked for."""
-        half_ok = descriptor.supports_half and self.precision in ("auto", "fp16")
-        if not half_ok or self.compute.vulkan_index is None and self.precision != "fp16":
-            return "fp32"
-        return "fp16" if self.precision == "fp16" else "fp16-storage"
+            log.warning("%s; running it on %s", why, runtimes.REFERENCE.display_name)
+            reference = runtimes.REFERENCE
+            precision = reference.precision(self.precision, self.settings, loaded, 0)
+            return reference.make_runner(loaded, precision, self.settings)
 
     def _settings(
         self,
@@ -454,9 +413,9 @@ class Enhancer:
         size: tuple[int, int],
         images: int = 0,
     ) -> TileSettings:
-        """``images``: the bytes of the job's own images (input and result as floats). On the CPU they
-        share the memory with the network, so its budget shrinks by them (to a quarter at least): a
-        12-megapixel photo at ×2 then stays within the 2.5 GB promised, with somewhat smaller tiles."""
+        """``images``: the bytes the job's own images will still take (``_pending_bytes``). On the CPU
+        they share the memory with the network, so its budget (what the process may still take) shrinks
+        by them, to a quarter at least: a 12-megapixel photo at ×2 then stays within the 2.5 GB promised."""
         pad = descriptor.tile_pad or DEFAULT_PAD
         budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
@@ -533,10 +492,6 @@ def _flat_alpha_kept(alpha: torch.Tensor, scale: int, core: torch.Tensor, tile: 
     return alpha_ops.keep_flat_alpha_at(core.clamp(0, 1), alpha, scale, tile.y.core_start, tile.x.core_start)
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_PRECISION_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-
-
 def _output_size(
     height: int, width: int, options: EnhanceOptions, descriptor: ModelDescriptor
 ) -> tuple[int, int]:
@@ -544,9 +499,11 @@ def _output_size(
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _images_bytes(size: tuple[int, int], channels: int, out_size: tuple[int, int]) -> int:
-    """What a job's own images hold as float32: the input and the result's canvas."""
-    return 4 * channels * (size[0] * size[1] + out_size[0] * out_size[1])
+def _pending_bytes(out_size: tuple[int, int], channels: int, itemsize: int, banded: bool) -> int:
+    """What a job allocates for its result once its network has started: the result's samples, and its
+    float canvas unless the result is built in bands (the input is already held by then)."""
+    samples = out_size[0] * out_size[1] * channels
+    return samples * itemsize + (0 if banded else 4 * samples)
 
 
 #: Rows converted at a time from the float result to the output's samples, so the conversion never

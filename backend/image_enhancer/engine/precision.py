@@ -1,9 +1,10 @@
-"""Which floating-point precision a network runs in on PyTorch or on a CPU runtime, from the user's
-choice, the device and what the model tolerates."""
+"""Precisions: the user's choice, what a model tolerates, and how far a reduced precision strays from
+fp32. Each runtime's own rule for which precision it runs in lives in its package (``runtimes/``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,40 +16,28 @@ if TYPE_CHECKING:
 
     from image_enhancer.models.descriptor import ModelDescriptor
 
+#: The name of each floating-point precision a user can ask for, as torch dtype names.
+FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a floating-point precision name ("fp32", "bf16", "fp16")."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def name_of(dtype: torch.dtype) -> str:
+    """The precision name of a floating-point torch dtype."""
+    return next(name for name in FLOAT_PRECISIONS if dtype_of(name) is dtype)
+
 
 def check_precision(name: str) -> None:
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
 
 
-def resolve_precision(name: str, device: torch.device, descriptor: ModelDescriptor) -> torch.dtype:
-    """The compute dtype. ``auto`` is fp16 on CUDA (bf16 if the model is not fp16-safe) and fp32 elsewhere;
-    fp16 asked of a model that is not fp16-safe gives bf16 where model and GPU allow it, and any reduced
-    precision the device or model cannot honour falls back to fp32."""
-    import torch
-
-    check_precision(name)
-    if device.type != "cuda":
-        # CPU fp16/bf16 convolutions are slower than fp32 on most CPUs, and MPS lacks some bf16 kernels.
-        return torch.float32
-    if name == "auto":
-        if descriptor.supports_half:
-            return torch.float16
-        if descriptor.supports_bf16 and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return _tolerated(name, descriptor, bf16_available=torch.cuda.is_bf16_supported())
-
-
-def cpu_precision(name: str, descriptor: ModelDescriptor) -> torch.dtype:
-    """The compute dtype on a CPU runtime that honours reduced precision (OpenVINO): fp32 unless asked
-    otherwise, because a CPU's bf16 (AVX-512 BF16, AMX) ran x4plus about 4× faster but up to 8 levels
-    off (0.5 on average; the compact model under 2)."""
-    check_precision(name)
-    return _tolerated(name, descriptor, bf16_available=True)
-
-
-def _tolerated(name: str, descriptor: ModelDescriptor, bf16_available: bool) -> torch.dtype:
+def tolerated(name: str, descriptor: ModelDescriptor, bf16_available: bool) -> torch.dtype:
     """The dtype asked for (fp32 for ``auto``), as far as the model and the device tolerate it."""
     import torch
 
@@ -95,3 +84,13 @@ class Difference:
 
     def within(self, bound: Bound = BOUND) -> bool:
         return self.mean_levels <= bound.mean_levels and self.psnr_db >= bound.min_psnr_db
+
+
+def calibration_photo(name: str) -> np.ndarray:
+    """A shipped calibration photo as a ``(1, 3, H, W)`` float32 batch in ``[0, 1]``."""
+    from PIL import Image
+
+    shipped = resources.files("image_enhancer.weights") / "calibration" / name
+    with resources.as_file(shipped) as path, Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])

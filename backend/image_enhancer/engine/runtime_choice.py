@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from image_enhancer.engine.devices import cpu_features, cpu_name, installed_runtimes, native_bf16, native_fp16
-from image_enhancer.engine.precision import Difference
+from image_enhancer import runtimes
+from image_enhancer.engine.precision import Difference, calibration_photo
 from image_enhancer.paths import user_home
+from image_enhancer.runtimes.cpu import cpu_features, cpu_name
 from image_enhancer.safe_json import JsonFileError, load_json
-from image_enhancer.weights import ncnn_export, openvino_export
 from image_enhancer.weights.integrity import write_atomically
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ TABLE_FILE = "runtime_choice.json"
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the window is cut from (a real photo: reduced precision errs most on real detail).
 PHOTO = "forest_256.png"
-#: The window is sized for a PyTorch run of about REFERENCE_S: large enough that per-call overheads
+#: The window is sized for a reference run of about REFERENCE_S: large enough that per-call overheads
 #: are small against the work (they favour the runtime with the least of them, which is not the
 #: fastest on the large windows of real jobs), small enough that timing all takes seconds.
 MIN_SIDE, MAX_SIDE = 48, 256
@@ -53,7 +53,7 @@ REPEATS = 2
 
 @dataclass(frozen=True)
 class Candidate:
-    runtime: str  # "pytorch", "openvino", "ncnn"
+    runtime: str  # a runtime's name (``runtimes.Runtime.name``)
     precision: str  # "fp32", "bf16", "fp16"
 
 
@@ -76,21 +76,16 @@ class Timing:
         return Difference(self.mean_levels, self.max_levels, self.psnr_db).within()
 
 
+REFERENCE = Candidate(runtimes.REFERENCE.name, "fp32")
+
+
 def candidates(architecture: str) -> list[Candidate]:
-    """What can run this architecture here; fp32 on PyTorch (the reference) first. Reduced precisions
+    """What can run this architecture here; fp32 on the reference runtime first. Reduced precisions
     only where the CPU computes them natively: emulated they are slower than fp32."""
-    installed = installed_runtimes()
-    found = [Candidate("pytorch", "fp32")]
-    if "openvino" in installed and openvino_export.supports(architecture):
-        found.append(Candidate("openvino", "fp32"))
-        if native_bf16():
-            found.append(Candidate("openvino", "bf16"))
-        if native_fp16():
-            found.append(Candidate("openvino", "fp16"))
-    if "ncnn" in installed and ncnn_export.supports(architecture):
-        found.append(Candidate("ncnn", "fp32"))
-        if native_fp16():
-            found.append(Candidate("ncnn", "fp16"))
+    found = [REFERENCE]
+    for runtime in runtimes.installed():
+        if runtime is not runtimes.REFERENCE and runtime.supports(architecture):
+            found += [Candidate(runtime.name, p) for p in ("fp32", *runtime.native_precisions())]
     return found
 
 
@@ -100,7 +95,7 @@ def graph_key(loaded: LoadedModel, threads: int) -> str:
     digest = hashlib.sha256(loaded.descriptor.architecture.encode())
     for name, tensor in sorted(loaded.module.state_dict().items()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
-    versions = [_version(name) for name in ("torch", "openvino", "ncnn")]
+    versions = [_version(runtime.package) for runtime in runtimes.ALL]
     digest.update(json.dumps([cpu_name(), cpu_features(), threads, versions]).encode())
     return digest.hexdigest()[:32]
 
@@ -119,10 +114,8 @@ RunnerFactory = Callable[[Candidate], Callable[[torch.Tensor], torch.Tensor]]
 def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
     """Time every candidate on a window of the shipped photo; candidates that fail are left out. The
     candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike."""
-    from image_enhancer.weights.openvino_int8 import calibration_photo
-
     photo = _with_channels(torch.from_numpy(calibration_photo(PHOTO)), loaded.descriptor.in_channels)
-    reference_op = make_runner(Candidate("pytorch", "fp32"))
+    reference_op = make_runner(REFERENCE)
     small = photo[..., :MIN_SIDE, :MIN_SIDE]
     reference_op(small)  # a first run allocates: the window is sized from a second one
     started = time.perf_counter()
@@ -134,7 +127,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
     ops: dict[Candidate, tuple[Callable[[torch.Tensor], torch.Tensor], Difference]] = {}
     for candidate in candidates(loaded.descriptor.architecture):
         try:
-            op = reference_op if candidate == Candidate("pytorch", "fp32") else make_runner(candidate)
+            op = reference_op if candidate == REFERENCE else make_runner(candidate)
             output = op(window)  # the first run compiles and allocates: not timed
         except Exception as why:  # a runtime that cannot run this graph here is simply not chosen
             log.warning("%s %s was not timed: %s", candidate.runtime, candidate.precision, why)

@@ -19,7 +19,7 @@ from spandrel import MAIN_REGISTRY, ArchSupport, ImageModelDescriptor, ModelTili
 from spandrel import ModelDescriptor as SpandrelDescriptor
 from torch import Tensor, nn
 
-from image_enhancer.models import esrgan_names
+from image_enhancer.architectures import rrdbnet
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.models.tensors import as_fp32
 
@@ -129,7 +129,7 @@ def load_model(state_dict: dict[str, Any]) -> LoadedModel:
     fp32 = {k: as_fp32(v) for k, v in state_dict.items()}
     if support.architecture.id in _META_BUILT:
         loaded = _on_meta(support, state_dict)
-        named = esrgan_names.to_module_names(fp32) if esrgan_names.is_real_esrgan(fp32) else fp32
+        named = rrdbnet.to_module_names(fp32) if rrdbnet.is_real_esrgan(fp32) else fp32
         try:
             loaded.model.load_state_dict(named, strict=True, assign=True)
             if any(t.is_meta for t in (*loaded.model.parameters(), *loaded.model.buffers())):
@@ -150,7 +150,7 @@ def stored_state_dict(loaded: LoadedModel) -> StateDict:
     spandrel module keeps the original ESRGAN's sequential names; the module's own names otherwise."""
     state = loaded.module.state_dict()
     if loaded.descriptor.architecture == "RRDBNet":
-        return esrgan_names.to_real_esrgan_names(state)
+        return rrdbnet.to_real_esrgan_names(state)
     return state
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-from image_enhancer.engine.devices import ComputeDevice
-from image_enhancer.engine.ncnn_runner import ncnn_module
+from image_enhancer import runtimes
+from image_enhancer.runtimes.base import ComputeDevice
 
 
 def _ram_bytes() -> int:
@@ -20,11 +18,5 @@ def _ram_bytes() -> int:
 def describe_device(device: ComputeDevice) -> tuple[str, str, int]:
     """(device such as "cuda:0", "vulkan:1" or "cpu"; its name with the runtime, e.g.
     "AMD Radeon RX 7600 (vulkan:0, ncnn)"; memory in bytes, 0 when unknown)."""
-    memory = _ram_bytes()
-    if device.runtime == "pytorch" and device.key.startswith("cuda"):
-        memory = torch.cuda.get_device_properties(device.torch_device).total_memory
-    elif device.vulkan_index is not None:
-        ncnn = ncnn_module()
-        assert ncnn is not None  # a Vulkan device was found through it
-        memory = ncnn.get_gpu_device(device.vulkan_index).get_heap_budget() << 20
-    return device.key, device.describe(), memory
+    memory = runtimes.get(device.runtime).device_memory(device)
+    return device.key, device.describe(), _ram_bytes() if memory is None else memory

@@ -1,1 +1,1 @@
-"""Weight files: safe loading, ncnn conversion, the manifest, provisioning and the model store."""
+"""Weight files: safe loading, the manifest, provisioning and the model store."""

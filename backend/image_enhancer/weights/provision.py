@@ -29,7 +29,7 @@ from torch import Tensor
 
 from image_enhancer.models.registry import load_model
 from image_enhancer.paths import user_home, weights_dir
-from image_enhancer.weights import ncnn
+from image_enhancer.runtimes.ncnn import files as ncnn
 from image_enhancer.weights.integrity import problem_with, record_hash, sha256_file, write_atomically
 from image_enhancer.weights.manifest import Manifest, ModelEntry, Source, load_manifest, model_path
 from image_enhancer.weights.safe_load import load_state_dict

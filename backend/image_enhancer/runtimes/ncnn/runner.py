@@ -3,7 +3,7 @@
 ncnn's hand-written x86/ARM kernels (Winograd 3×3 convolutions with fused activations) are what the
 popular desktop upscalers ship for CPUs without a usable GPU, and its Vulkan backend reaches AMD,
 Intel and NVIDIA GPUs where PyTorch has no device (bench/README.md compares it with PyTorch and
-OpenVINO). The network reaches ncnn from its own state dict (`weights/ncnn_export.py`),
+OpenVINO). The network reaches ncnn from its own state dict (``export.py``),
 so every model and every strength runs here; the engine keeps tiling, alpha and colour.
 """
 
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from image_enhancer.engine import device as torch_device
-from image_enhancer.engine.strips import STRIP_PIXELS, run_in_strips
 from image_enhancer.models.registry import stored_state_dict
-from image_enhancer.weights.ncnn_export import INPUT, OUTPUT, cached_export
+from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
+from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
+from image_enhancer.runtimes.ncnn.export import INPUT, OUTPUT, cached_export
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
@@ -112,9 +112,8 @@ class NcnnRunner:
         self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
         for pool in self._pools:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
-        self._nets = self._load(precision)
-        self._fp32_nets = self._nets if precision == "fp32" else None
-        self.fallbacks = 0  # tiles rerun in fp32 because fp16 overflowed to Inf/NaN
+        self._nets = {precision: self._load(precision)}  # fp32's are added when a tile is rerun
+        self._rerun = Fp32Rerun(precision, "fp32")
         self._source = loaded.module
         self._lock = threading.Lock()
 
@@ -134,15 +133,13 @@ class NcnnRunner:
 
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
-        estimate = torch_device.activation_bytes_per_pixel(
-            self._source, d.in_channels, d.size_multiple, d.min_size
-        )
+        estimate = activation_bytes_per_pixel(self._source, d.in_channels, d.size_multiple, d.min_size)
         in_strips = any(stage.halo for stage in self.stages)
         return estimate * (NCNN_MEMORY_FACTOR_IN_STRIPS if in_strips else NCNN_MEMORY_FACTOR)
 
     def memory_budget(self) -> int:
         if self.vulkan is None:
-            return torch_device.memory_budget(torch.device("cpu"))
+            return memory_budget(torch.device("cpu"))
         heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
         return int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)
 
@@ -151,23 +148,22 @@ class NcnnRunner:
         outputs = []
         with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
             for tile in batch.detach().to("cpu", torch.float32).numpy():
-                values = self._chain(self._nets, tile)
-                if not np.isfinite(values).all() and self._nets is not self._fp32_nets:
-                    # fp16 overflows inside some GAN models on bright areas: this tile again in fp32.
-                    self.fallbacks += 1
-                    if self._fp32_nets is None:
-                        self._fp32_nets = self._load("fp32")
-                    values = self._chain(self._fp32_nets, tile)
-                outputs.append(torch.from_numpy(values))
+                outputs.append(torch.from_numpy(self._rerun(partial(self._chain, values=tile))))
             for pool in self._pools:
                 pool.clear()
         return torch.stack(outputs)
 
-    def _chain(self, nets: list[object], values: np.ndarray) -> np.ndarray:
-        for net, stage in zip(nets, self.stages, strict=True):
-            run = partial(self._run, net)
-            values = run_in_strips(run, values, stage.halo, self.strip_pixels) if stage.halo else run(values)
-        return values
+    @property
+    def fallbacks(self) -> int:
+        """Tiles rerun in fp32 because fp16 overflowed to Inf/NaN."""
+        return self._rerun.fallbacks
+
+    def _chain(self, precision: str, values: np.ndarray) -> np.ndarray:
+        if precision not in self._nets:
+            self._nets[precision] = self._load(precision)
+        nets = self._nets[precision]
+        stages = [(partial(self._run, net), s.halo) for net, s in zip(nets, self.stages, strict=True)]
+        return run_stages(stages, values, self.strip_pixels)
 
     def _run(self, net: object, values: np.ndarray) -> np.ndarray:
         # ncnn's Mat borrows the array's memory: the array must outlive the extraction.

@@ -1,27 +1,17 @@
-"""Memory budgets, and running a network on batches of tiles with PyTorch (the precision comes from
-``precision.py``).
-
-``ModelRunner`` is the ``op`` the tiler calls: it moves a CPU batch to the device, runs the network in
-the chosen precision under ``torch.inference_mode``, and reruns in fp32 any batch whose reduced-precision
-output holds NaN or Inf (fp16 overflows inside some GAN models on bright areas).
-"""
+"""Memory every runtime sizes its windows by: the budget on a device, the process's limit, and the
+working memory per input pixel a network needs; and the CPU thread count every runtime uses."""
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import torch
 
-from image_enhancer.engine import watch
-
-if TYPE_CHECKING:
-    from image_enhancer.models.descriptor import LoadedModel
 
 def set_cpu_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads for intra-op work (None: PyTorch's default, one per core)."""
+    """Use ``threads`` CPU threads for intra-op work (None: PyTorch's default, one per core); every
+    runtime takes its thread count from PyTorch's."""
     if threads is None:
         return
     if threads < 1:
@@ -143,54 +133,3 @@ def activation_bytes_per_pixel(
         for handle in handles:
             handle.remove()
     return (3 * largest + output_numel) * dtype_bytes / (side * side)
-
-
-class ModelRunner:
-    """Runs one network on one device in one precision; callable as the tiler's ``op``."""
-
-    def __init__(
-        self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, channels_last: bool | None = None
-    ) -> None:
-        self.descriptor = loaded.descriptor
-        self.device = device
-        self.dtype = dtype
-        # channels_last pays on CUDA tensor cores and with oneDNN on CPU (measured ×1.3–1.5 for the
-        # compact model, see bench/README.md); MPS kernels for it are patchy, so it stays off there.
-        self.channels_last = device.type != "mps" if channels_last is None else channels_last
-        self._source = loaded.module
-        self._module = self._prepare(dtype)
-        self._fp32: torch.nn.Module | None = self._module if dtype is torch.float32 else None
-        self.fallbacks = 0  # batches rerun in fp32 because of NaN/Inf
-
-    def _prepare(self, dtype: torch.dtype) -> torch.nn.Module:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        if self.device.type == "cpu" and dtype is torch.float32 and not self.channels_last:
-            return watch.watch_layers(self._source)  # already eval, fp32, on the CPU: no copy needed
-        module = copy.deepcopy(self._source).to(device=self.device, dtype=dtype, memory_format=memory_format)
-        return watch.watch_layers(module.eval())
-
-    def memory_budget(self) -> int:
-        return memory_budget(self.device)
-
-    def bytes_per_pixel(self) -> float:
-        """Peak working memory per input pixel at this runner's precision."""
-        d = self.descriptor
-        per_pixel = activation_bytes_per_pixel(self._source, d.in_channels, d.size_multiple, d.min_size)
-        return per_pixel * torch.finfo(self.dtype).bits / 32
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(N, C, h, w)`` float32 (any device) → float32 output on this runner's device."""
-        with torch.inference_mode():
-            moved = batch.to(self.device, non_blocking=True)
-            output = self._forward(self._module, moved, self.dtype)
-            if self.dtype is not torch.float32 and not torch.isfinite(output).all():
-                self.fallbacks += 1
-                if self._fp32 is None:
-                    self._fp32 = self._prepare(torch.float32)
-                output = self._forward(self._fp32, moved, torch.float32)
-            return output
-
-    def _forward(self, module: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        batch = batch.to(dtype=dtype).contiguous(memory_format=memory_format)
-        return module(batch).float()

@@ -1,6 +1,6 @@
 """Writes the ncnn `.param` + `.bin` of our known graphs straight from a state dict, cached by content.
 
-ncnn's `.bin` is the layers' weights in graph order (format facts in `weights/ncnn.py`), so for a graph
+ncnn's `.bin` is the layers' weights in graph order (format facts in ``files.py``), so for a graph
 we know, any state dict with the canonical Real-ESRGAN names becomes an ncnn model without a
 converter: official files, community files, our trained models and interpolated strength blends
 alike. Weights are written as float32, so the runtime computes what PyTorch fp32 computes.
@@ -20,17 +20,15 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from image_enhancer.architectures import rrdbnet
+from image_enhancer.runtimes.base import UnsupportedGraphError
+from image_enhancer.runtimes.ncnn.files import LEAKY_RELU, PARAM_MAGIC, TAG_FP32
 from image_enhancer.weights import integrity
 from image_enhancer.weights.integrity import write_atomically
-from image_enhancer.weights.ncnn import LEAKY_RELU, PARAM_MAGIC, TAG_FP32
 
 INPUT, OUTPUT = "in0", "out0"
 #: Bumped whenever the written graph changes, so cached files of an older layout are not reused.
 EXPORT_VERSION = 1
-
-
-class UnsupportedGraphError(ValueError):
-    """The architecture has no ncnn graph here (the PyTorch runtime still runs it)."""
 
 
 @dataclass
@@ -119,9 +117,7 @@ def _rrdbnet(state: dict[str, Tensor], hp: dict) -> list[tuple[_Graph, int]]:
         feat = tail.conv(state, up, upsampled, leaky=True)
     feat = tail.conv(state, "conv_hr", feat, leaky=True)
     tail.conv(state, "conv_last", feat, out=OUTPUT)
-    # The tail's receptive field is 1.25 body pixels (one 3×3 conv at ×2, three at ×4), so strips
-    # with 2 rows of context reproduce the whole tail exactly.
-    return [(g, 0), (tail, 2)]
+    return [(g, 0), (tail, rrdbnet.TAIL_HALO)]
 
 
 def _srvgg(state: dict[str, Tensor], hp: dict) -> list[tuple[_Graph, int]]:

@@ -3,9 +3,9 @@
 OpenVINO's CPU plugin (oneDNN's JIT kernels, with AVX-512 and AMX where the CPU has them) was the
 fastest CPU runtime in bench/README.md: x4plus 1.3–2× faster than PyTorch and ncnn on an AVX-512
 Xeon, and on par with or ahead of ncnn on an AVX2 EPYC. Every architecture OpenVINO's converter takes
-reaches it (`weights/openvino_export.py`), every strength included; the engine keeps tiling, alpha
+reaches it (``export.py``), every strength included; the engine keeps tiling, alpha
 and colour. RRDBNet runs as its body and then its ×4 tail in strips of rows
-(``weights.openvino_export.split``), which keeps a whole 512² image one window within 2.5 GB. Each
+(``export.split``), which keeps a whole 512² image one window within 2.5 GB. Each
 stage is compiled for the shape it meets (dynamic shapes ran 2× slower), and only the last shape's
 compiled stage is kept, so its working memory is held once.
 """
@@ -13,8 +13,6 @@ compiled stage is kept, so its working memory is held once.
 from __future__ import annotations
 
 import contextlib
-import logging
-import subprocess
 import threading
 import time
 from functools import cache, partial
@@ -25,16 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from image_enhancer.engine import device as torch_device
 from image_enhancer.engine import watch
-from image_enhancer.engine.strips import STRIP_PIXELS, run_in_strips
-from image_enhancer.weights import openvino_int8
-from image_enhancer.weights.openvino_export import networks, split
+from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
+from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
+from image_enhancer.runtimes.openvino.export import networks, split
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
-
-log = logging.getLogger(__name__)
 
 # OpenVINO's peak working memory per input pixel relative to PyTorch's estimate for the network's
 # first stage, measured as peak RSS over the RSS after warm-up: compact model 1.2 (1024²); x4plus run
@@ -93,7 +88,7 @@ class OpenVinoRunner:
         self.strip_pixels = strip_pixels
         # Per stage: (precision, input shape) and its inference request.
         self._compiled: dict[int, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
-        self.fallbacks = 0  # tiles rerun in fp32 because a reduced precision overflowed to Inf/NaN
+        self._rerun = Fp32Rerun(dtype, torch.float32)
         self._lock = threading.Lock()
         # Inference seconds per input pixel, per precision: tells a call in progress how far it is.
         self._pace: dict[torch.dtype, watch.Pace] = {}
@@ -106,14 +101,12 @@ class OpenVinoRunner:
 
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
-        estimate = torch_device.activation_bytes_per_pixel(
-            self._first_stage, d.in_channels, d.size_multiple, d.min_size
-        )
+        estimate = activation_bytes_per_pixel(self._first_stage, d.in_channels, d.size_multiple, d.min_size)
         factor = OPENVINO_MEMORY_FACTOR_IN_STAGES if len(self._stages) > 1 else OPENVINO_MEMORY_FACTOR
         return estimate * factor * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
-        return torch_device.memory_budget(torch.device("cpu"))
+        return memory_budget(torch.device("cpu"))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
@@ -121,20 +114,18 @@ class OpenVinoRunner:
         with self._lock:  # one inference at a time: the compiled model's request is shared
             self._busy, self._call_pixels = 0.0, batch[0, 0].numel() * len(batch)
             for tile in batch.detach().to("cpu", torch.float32):
-                values = self._infer(self.dtype, tile[None])
-                if self.dtype is not torch.float32 and not torch.isfinite(values).all():
-                    self.fallbacks += 1
-                    values = self._infer(torch.float32, tile[None])
-                outputs.append(values[0])
+                outputs.append(self._rerun(partial(self._infer, window=tile[None]))[0])
             self._pace.setdefault(self.dtype, watch.Pace()).learn(self._call_pixels, self._busy)
         return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
 
+    @property
+    def fallbacks(self) -> int:
+        """Tiles rerun in fp32 because a reduced precision overflowed to Inf/NaN."""
+        return self._rerun.fallbacks
+
     def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
-        values = window.contiguous().numpy()
-        for index, (_model, halo) in enumerate(self._stages):
-            run = partial(self._run, index, dtype)
-            values = run_in_strips(run, values, halo, self.strip_pixels) if halo else run(values)
-        return torch.from_numpy(values)
+        stages = [(partial(self._run, index, dtype), halo) for index, (_, halo) in enumerate(self._stages)]
+        return torch.from_numpy(run_stages(stages, window.contiguous().numpy(), self.strip_pixels))
 
     def _run(self, stage: int, dtype: torch.dtype, values: np.ndarray) -> np.ndarray:
         request = self._request(stage, dtype, tuple(values.shape))
@@ -194,51 +185,3 @@ class OpenVinoRunner:
             )
             self._compiled[stage] = (key, compiled.create_infer_request())
         return self._compiled[stage][1]
-
-
-#: Network output pixels of a job from which ``auto`` makes a missing int8 version before running it:
-#: at 64 MP (a 4 MP photo ×4) the half of the fp32 time it saves exceeds the seconds it takes to make.
-INT8_MAKE_PIXELS = 64_000_000
-# Keys of int8 versions whose making failed in this process: not tried again for every job.
-_int8_failed: set[str] = set()
-
-
-def int8_network(loaded: LoadedModel, cache_dir: Path, precision: str, job_pixels: int = 0) -> Path | None:
-    """Where the int8 version of ``loaded``'s network to run lies, or None for the float one.
-
-    ``int8`` asks for it (made now if need be: seconds, once per weights). ``auto`` takes it when its
-    record shows it within the bound and faster; a missing one is made first only for a job of
-    ``INT8_MAKE_PIXELS`` or more network output pixels, where making it pays within the job, so
-    small jobs (previews, each new strength of a pair) never wait for it. Versions live in
-    ``cache_dir/int8``.
-    """
-    architecture = loaded.descriptor.architecture
-    if precision not in ("auto", "int8"):
-        return None
-    if not openvino_int8.supports(architecture):
-        if precision == "int8":
-            log.warning("no int8 version is made for %s networks; running in fp32", architecture)
-        return None
-    int8_dir = Path(cache_dir) / "int8"
-    key = openvino_int8.cache_key(loaded)
-    try:
-        known = openvino_int8.cached(key, int8_dir)
-        make = precision == "int8" or job_pixels >= INT8_MAKE_PIXELS
-        if known is None and make and key not in _int8_failed:
-            log.info("making the int8 version of this %s network (once per weights)", architecture)
-            known = openvino_int8.quantize(loaded, networks(loaded, cache_dir)[0][0], int8_dir)
-    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as why:
-        _int8_failed.add(key)
-        log.warning("no int8 version of this %s network (%s); running in fp32", architecture, why)
-        return None
-    if known is None:
-        return None
-    path, record = known
-    if precision == "auto" and not record.pays():
-        return None
-    if precision == "int8" and not record.within():
-        log.warning(
-            "int8 is %.2f levels off fp32 on average (largest %.0f, %.1f dB) for this network",
-            record.mean_levels, record.max_levels, record.psnr_db,
-        )  # fmt: skip
-    return path

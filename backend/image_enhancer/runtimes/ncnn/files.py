@@ -9,7 +9,7 @@ float16 and float32 biases stay float32, so the converted network computes what 
 The graph is checked against the two architectures Real-ESRGAN exports (RRDBNet x4 and
 SRVGGNetCompact) and its convolutions are named in order; anything else is refused.
 
-The format facts below are shared with `ncnn_export.py`, which writes the reverse direction.
+The format facts below are shared with ``export.py``, which writes the reverse direction.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) an int8 compact model runs about twice
 as fast as fp32 (bench/README.md). Quantizing is calibrated on photos shipped with the package
-(``calibration/``) and then checked on a held-out one: the mean and largest difference from the fp32
+(``weights/calibration/``) and then checked on a held-out one: the mean and largest difference from the fp32
 network in 8-bit levels, the PSNR against it, and the time of both. The engine's ``auto`` precision
 takes the int8 network only when it is within ``BOUND`` and faster; ``--precision int8`` takes it
 regardless, and the record says how far it is.
@@ -14,7 +14,7 @@ average), and the residual path, the input upscaled by nearest neighbour and add
 int8 the picture itself would be rounded to 8 bits).
 
 NNCF takes about 0.7 GB and several seconds to import, so quantizing runs in a child process
-(``python -m image_enhancer.weights.openvino_int8``) and the engine only reads its result: the
+(``python -m image_enhancer.runtimes.openvino.int8``) and the engine only reads its result: the
 backend's memory stays what it was. The result is cached in the user cache under the sha256 of the
 weights, the quantizer's settings and the versions of OpenVINO and NNCF.
 """
@@ -23,24 +23,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from image_enhancer.engine.precision import BOUND, Bound, Difference
+from image_enhancer.engine.precision import BOUND, Bound, Difference, calibration_photo
+from image_enhancer.runtimes.openvino.export import networks
 from image_enhancer.weights.integrity import state_digest, write_atomically
 
 if TYPE_CHECKING:
     import openvino as ov
 
     from image_enhancer.models.descriptor import LoadedModel
+
+log = logging.getLogger(__name__)
 
 #: Bumped whenever quantizing or the record changes, so older cache entries are not reused.
 INT8_VERSION = 1
@@ -124,7 +127,7 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     source = cache_dir / f".{key}.{os.getpid()}.fp32.xml"
-    log = source.with_suffix(".log")
+    log_file = source.with_suffix(".log")
     ov.save_model(fp32_model, source, compress_to_fp16=False)
     try:
         command = [
@@ -134,7 +137,7 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
         # NNCF_CI: NNCF sends usage statistics unless this is set; quantizing a user's model sends nothing.
         env = {**os.environ, "NNCF_CI": "1"}
         # Output to a file, not a pipe: a child whose parent ended meanwhile still finishes and caches.
-        with open(log, "w+", encoding="utf-8") as output:
+        with open(log_file, "w+", encoding="utf-8") as output:
             done = subprocess.run(
                 command, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=QUANTIZE_TIMEOUT_S
             )
@@ -142,7 +145,7 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
             if done.returncode != 0:
                 raise RuntimeError(f"int8 quantization failed: {output.read().strip()[-800:]}")
     finally:
-        for leftover in (source, source.with_suffix(".bin"), log):
+        for leftover in (source, source.with_suffix(".bin"), log_file):
             leftover.unlink(missing_ok=True)
     known = cached(key, cache_dir)
     if known is None:
@@ -150,14 +153,52 @@ def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tupl
     return known
 
 
-def calibration_photo(name: str) -> np.ndarray:
-    """A shipped calibration photo as a ``(1, 3, H, W)`` float32 batch in ``[0, 1]``."""
-    from PIL import Image
+#: Network output pixels of a job from which ``auto`` makes a missing int8 version before running it:
+#: at 64 MP (a 4 MP photo ×4) the half of the fp32 time it saves exceeds the seconds it takes to make.
+INT8_MAKE_PIXELS = 64_000_000
+# Keys of int8 versions whose making failed in this process: not tried again for every job.
+_int8_failed: set[str] = set()
 
-    shipped = resources.files("image_enhancer.weights") / "calibration" / name
-    with resources.as_file(shipped) as path, Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+
+def int8_network(loaded: LoadedModel, cache_dir: Path, precision: str, job_pixels: int = 0) -> Path | None:
+    """Where the int8 version of ``loaded``'s network to run lies, or None for the float one.
+
+    ``int8`` asks for it (made now if need be: seconds, once per weights). ``auto`` takes it when its
+    record shows it within the bound and faster; a missing one is made first only for a job of
+    ``INT8_MAKE_PIXELS`` or more network output pixels, where making it pays within the job, so
+    small jobs (previews, each new strength of a pair) never wait for it. Versions live in
+    ``cache_dir/int8``.
+    """
+    architecture = loaded.descriptor.architecture
+    if precision not in ("auto", "int8"):
+        return None
+    if not supports(architecture):
+        if precision == "int8":
+            log.warning("no int8 version is made for %s networks; running in fp32", architecture)
+        return None
+    int8_dir = Path(cache_dir) / "int8"
+    key = cache_key(loaded)
+    try:
+        known = cached(key, int8_dir)
+        make = precision == "int8" or job_pixels >= INT8_MAKE_PIXELS
+        if known is None and make and key not in _int8_failed:
+            log.info("making the int8 version of this %s network (once per weights)", architecture)
+            known = quantize(loaded, networks(loaded, cache_dir)[0][0], int8_dir)
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as why:
+        _int8_failed.add(key)
+        log.warning("no int8 version of this %s network (%s); running in fp32", architecture, why)
+        return None
+    if known is None:
+        return None
+    path, record = known
+    if precision == "auto" and not record.pays():
+        return None
+    if precision == "int8" and not record.within():
+        log.warning(
+            "int8 is %.2f levels off fp32 on average (largest %.0f, %.1f dB) for this network",
+            record.mean_levels, record.max_levels, record.psnr_db,
+        )  # fmt: skip
+    return path
 
 
 def calibration_windows() -> list[np.ndarray]:

@@ -1,4 +1,6 @@
-"""Key names of ESRGAN-family state dicts: Real-ESRGAN's (our stored form) and spandrel's module's.
+"""RRDBNet (ESRGAN, Real-ESRGAN)'s facts: its key names, and where its tail splits off to run in strips.
+
+Key names of ESRGAN-family state dicts: Real-ESRGAN's (our stored form) and spandrel's module's.
 
 Real-ESRGAN names (`conv_first`, `body.N.rdbK.convM`, `conv_body`, `conv_up1`, `conv_up2`, `conv_hr`,
 `conv_last`) are what our weight files, caches and interpolation use. spandrel's ESRGAN module keeps
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor
 
 # Real-ESRGAN always has a ×4 trunk (×2 and ×1 models pixel-unshuffle their input first): two
@@ -57,3 +60,33 @@ def to_real_esrgan_names(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         else:
             raise ValueError(f"{key} has no Real-ESRGAN name (only ×4-trunk ESRGAN networks have them)")
     return renamed
+
+
+#: Rows of context RRDBNet's tail needs: its receptive field is 1.25 body pixels (one 3×3 conv at ×2,
+#: three at ×4; at ×8 less), so strips with 2 rows of context reproduce the whole tail exactly.
+TAIL_HALO = 2
+
+
+class Body(torch.nn.Module):
+    """RRDBNet up to its upsampling tail: pixel-unshuffle (×2 and ×1 models), first conv and trunk."""
+
+    def __init__(self, layers: torch.nn.Sequential, shuffle_factor: int) -> None:
+        super().__init__()
+        self.layers = layers
+        self.shuffle_factor = shuffle_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_factor:
+            x = torch.nn.functional.pixel_unshuffle(x, self.shuffle_factor)
+        return self.layers(x)
+
+
+def split_tail(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """spandrel's RRDBNet module as its body and its upsampling tail (from the first upsample on: 64
+    channels at the output resolution, most of the memory, run in strips of ``TAIL_HALO``); None for a
+    module of another layout."""
+    layers = getattr(module, "model", None)
+    upsampled = isinstance(layers, torch.nn.Sequential) and len(layers) > 2
+    if upsampled and isinstance(layers[2], torch.nn.Upsample):
+        return Body(layers[:2], getattr(module, "shuffle_factor", 0) or 0), layers[2:]
+    return None

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_enhancer.architectures import rrdbnet
+from image_enhancer.runtimes.base import UnsupportedGraphError
 from image_enhancer.safe_json import load_json
 from image_enhancer.weights.integrity import state_digest, write_atomically
 
@@ -51,10 +53,6 @@ TOLERANCE = 1e-4
 #: plugin crashes the whole process (a segmentation fault, nothing to catch) compiling RealPLKSR and
 #: DAT, so an architecture joins this list only once its family test passes on OpenVINO.
 VERIFIED_ARCHITECTURES = frozenset({"RRDBNet", "SRVGGNetCompact", "SPAN"})
-
-
-class UnsupportedGraphError(ValueError):
-    """OpenVINO cannot convert or faithfully run this network (the PyTorch runtime still runs it)."""
 
 
 def supports(architecture: str) -> bool:
@@ -189,46 +187,21 @@ def matches(model: ov.Model, module: torch.nn.Module, batch: torch.Tensor) -> bo
 @dataclass(frozen=True)
 class Stage:
     """One part of a network's chain; ``halo`` > 0: it works at the output resolution and runs on
-    strips of rows with that many rows of context (``engine/strips.py``)."""
+    strips of rows with that many rows of context (``runtimes/common.py``)."""
 
     module: torch.nn.Module
     halo: int = 0
-
-
-class RrdbBody(torch.nn.Module):
-    """RRDBNet up to its upsampling tail: pixel-unshuffle (×2 and ×1 models), first conv and trunk."""
-
-    def __init__(self, layers: torch.nn.Sequential, shuffle_factor: int) -> None:
-        super().__init__()
-        self.layers = layers
-        self.shuffle_factor = shuffle_factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shuffle_factor:
-            x = torch.nn.functional.pixel_unshuffle(x, self.shuffle_factor)
-        return self.layers(x)
-
-
-#: Rows of context RRDBNet's tail needs: its receptive field is 1.25 body pixels (one 3×3 conv at ×2,
-#: three at ×4; at ×8 less), so 2 rows reproduce the whole tail exactly.
-RRDB_TAIL_HALO = 2
 
 
 def split(loaded: LoadedModel) -> list[Stage]:
     """The network as a chain of stages: RRDBNet's body, then its tail in strips (the tail holds 64
     channels at the output resolution, most of the memory: split off, a whole 512² image stays one
     window within 2.5 GB); any other network whole."""
-    module = loaded.module
-    layers = getattr(module, "model", None)
-    if (
-        loaded.descriptor.architecture == "RRDBNet"
-        and isinstance(layers, torch.nn.Sequential)
-        and len(layers) > 2
-        and isinstance(layers[2], torch.nn.Upsample)
-    ):
-        body = RrdbBody(layers[:2], getattr(module, "shuffle_factor", 0) or 0)
-        return [Stage(body), Stage(layers[2:], RRDB_TAIL_HALO)]
-    return [Stage(module)]
+    parts = rrdbnet.split_tail(loaded.module) if loaded.descriptor.architecture == "RRDBNet" else None
+    if parts is not None:
+        body, tail = parts
+        return [Stage(body), Stage(tail, rrdbnet.TAIL_HALO)]
+    return [Stage(loaded.module)]
 
 
 def networks(loaded: LoadedModel, cache_dir: Path) -> list[tuple[ov.Model, int]]:

@@ -1,0 +1,86 @@
+"""What every runtime does alike around its own inference: a chain of stages, one of which may work at
+the output resolution in strips of rows, and the fp32 rerun of a result that overflowed.
+
+A stage that works at the output resolution runs in strips of rows, so that only one strip's large
+activations exist at a time (RRDBNet's ×4 tail: 4% of its work, most of its memory).
+
+Each strip is its rows plus ``halo`` rows of context each side; at the image's top and bottom the
+window is shifted inwards instead of cut, so every window has the same height (a runtime compiled for
+one shape runs them all) and each sees the image edge as the whole stage does. With ``halo`` at least
+the stage's receptive field, the strips reproduce the whole stage exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+import numpy as np
+import torch
+
+from image_enhancer.engine import watch
+
+#: Input pixels per strip: for x4plus's tail (about 55 kB of working memory per input pixel) 4096
+#: keep a strip near 200 MB; on a 256-pixel-wide tile the 2 rows of context each side add a quarter
+#: to the tail, which is 8% of the work.
+STRIP_PIXELS = 4096
+
+
+def run_in_strips(
+    run: Callable[[np.ndarray], np.ndarray], values: np.ndarray, halo: int, strip_pixels: int = STRIP_PIXELS
+) -> np.ndarray:
+    """``run`` over ``(..., C, H, W)`` in strips of rows; the same as ``run(values)``."""
+    height, width = values.shape[-2:]
+    rows = max(1, strip_pixels // width)
+    window = min(height, rows + 2 * halo)
+    if rows >= height or window >= height:
+        return run(values)
+    parts = []
+    scale = 0
+    job = watch.current()
+    for top in range(0, height, rows):
+        if job is not None:  # a runtime that cannot stop inside a stage still stops between strips
+            job.check()
+        bottom = min(height, top + rows)
+        start = max(0, min(top - halo, height - window))
+        output = run(values[..., start : start + window, :])
+        scale = scale or output.shape[-2] // window
+        parts.append(output[..., (top - start) * scale : (bottom - start) * scale, :])
+    return np.concatenate(parts, axis=-2)
+
+
+def run_stages(
+    stages: Iterable[tuple[Callable[[np.ndarray], np.ndarray], int]], values: np.ndarray, strip_pixels: int
+) -> np.ndarray:
+    """A chain of ``(run, halo)`` stages over ``values``; a stage with a halo runs in strips of rows."""
+    for run, halo in stages:
+        values = run_in_strips(run, values, halo, strip_pixels) if halo else run(values)
+    return values
+
+
+Precision = TypeVar("Precision")
+Values = TypeVar("Values", np.ndarray, torch.Tensor)
+
+
+class Fp32Rerun(Generic[Precision]):
+    """Runs in the chosen precision and again in fp32 when the result holds NaN or Inf: fp16 overflows
+    inside some GAN models on bright areas, where fp32 does not. ``fallbacks`` counts the reruns."""
+
+    def __init__(self, precision: Precision, fp32: Precision) -> None:
+        self.precision = precision
+        self.fp32 = fp32
+        self.fallbacks = 0
+
+    def __call__(self, run: Callable[[Precision], Values]) -> Values:
+        """``run(precision)``, or ``run(fp32)`` when that is not finite."""
+        output = run(self.precision)
+        if self.precision != self.fp32 and not _finite(output):
+            self.fallbacks += 1
+            output = run(self.fp32)
+        return output
+
+
+def _finite(values: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(values, torch.Tensor):
+        return bool(torch.isfinite(values).all())
+    return bool(np.isfinite(values).all())
