@@ -252,3 +252,11 @@ def test_starts_the_recorded_backend_once_then_reuses_it(model_store: object, tm
             deadline = time.monotonic() + 30
             while _running(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+
+
+def test_the_estimate_counts_the_work_at_the_models_own_scale():
+    """×3 and ×4 from a ×4 model take the same time (the network computes ×4 either way)."""
+    model = ModelInfo("m", "RRDBNet", 4, True, False, output_pixels_per_second=1e5, job_fixed_seconds=0.0)
+    jobs = settings.network_jobs([(1024, 768)], model)
+    assert jobs == [1024 * 768 * 16]
+    assert settings.estimate_text(jobs, model, "cpu") == "Time: about 2 min on this CPU."

@@ -111,7 +111,7 @@ def test_a_manifest_of_the_wrong_shape_is_a_manifest_error(tmp_path):
 
 @pytest.mark.parametrize("content", [DEEP, None], ids=["deep", "1GB"])
 def test_a_damaged_speed_record_is_ignored(tmp_path, content, caplog):
-    record = tmp_path / "throughput.json"
+    record = tmp_path / "network_throughput.json"
     if content is None:
         _sparse(record, 1 << 30)
     else:

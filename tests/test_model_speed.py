@@ -11,6 +11,7 @@ import pytest
 from image_enhancer.client.grpc_client import EnhancerClient
 from image_enhancer.server.app import serve
 from image_enhancer.server.model_speed import KEPT_JOBS, ModelSpeeds, fit, suggested_model
+from image_enhancer.server.service import SPEEDS_FILE
 
 FAST_MODEL = "realesr-animevideov3"
 
@@ -27,7 +28,7 @@ def test_fit_separates_the_fixed_part_from_the_per_pixel_part() -> None:
 
 
 def test_speeds_are_kept_per_model_and_device_across_restarts(tmp_path: Path) -> None:
-    record = tmp_path / "throughput.json"
+    record = tmp_path / SPEEDS_FILE
     speeds = ModelSpeeds("CPU A", record)
     assert speeds.speed("m") == (0.0, 0.0)
     for pixels, seconds in [(100_000, 0.3), (400_000, 0.6), (1_000_000, 1.2)]:
@@ -44,7 +45,7 @@ def test_speeds_are_kept_per_model_and_device_across_restarts(tmp_path: Path) ->
 
 
 def test_an_unreadable_record_is_ignored(tmp_path: Path) -> None:
-    record = tmp_path / "throughput.json"
+    record = tmp_path / SPEEDS_FILE
     record.write_text("{not json")
     speeds = ModelSpeeds("CPU A", record)
     assert speeds.speed("m") == (0.0, 0.0)
@@ -76,10 +77,13 @@ def test_server_reports_the_speed_a_job_measured(
             assert client.describe().suggested_model == suggested_model(make_enhancer().store, on_gpu=False)
             before = {m.name: m.output_pixels_per_second for m in client.list_models()}
             assert before[FAST_MODEL] == 0.0
-            for width, height in ((32, 24), (96, 72)):  # two sizes: the fixed part can be told apart
+            # Two sizes, so the fixed part can be told apart; the second at ×2, which the ×4 network
+            # computes at ×4: its work, and what is recorded, is ×4's.
+            for width, height, scale in ((32, 24, 4), (96, 72, 2)):
                 image = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
-                info, _ = client.enhance(image.tobytes(), width, height, 3, "u8", model=FAST_MODEL, scale=4.0)
-                assert (info.width, info.height) == (width * 4, height * 4)
+                samples = image.tobytes()
+                info, _ = client.enhance(samples, width, height, 3, "u8", model=FAST_MODEL, scale=scale)
+                assert (info.width, info.height) == (width * scale, height * scale)
             after = {m.name: (m.output_pixels_per_second, m.job_fixed_seconds) for m in client.list_models()}
     finally:
         running.stop()
@@ -87,7 +91,7 @@ def test_server_reports_the_speed_a_job_measured(
     # Real work on 2 shared cores: between a few thousand and a few hundred million pixels a second.
     assert 1e3 < rate < 5e8 and 0 <= fixed < 60
     assert all(speed == (0.0, 0.0) for name, speed in after.items() if name != FAST_MODEL)
-    recorded = json.loads((tmp_path / "throughput.json").read_text())
+    recorded = json.loads((tmp_path / SPEEDS_FILE).read_text())
     jobs = list(recorded.values())[0][FAST_MODEL]
     assert [pixels for pixels, _ in jobs] == [128 * 96, 384 * 288]
     assert fit([tuple(job) for job in jobs]) == (pytest.approx(rate), pytest.approx(fixed))

@@ -11,7 +11,6 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 import filtered  # noqa: E402
-import geometry  # noqa: E402
 import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
@@ -82,10 +81,7 @@ def _summary(
         lines.append(f"Enhanced with its filters ({', '.join(filters)}): the new layer holds their look.")
     model = next((m for m in models if m.name == config.get_property("model")), None)
     if model is not None and backend.server is not None and not chosen.faces_only:  # faces only: no model
-        jobs = [
-            width * height
-            for width, height in (geometry.scaled_size(s.width, s.height, scale) for s in sources)
-        ]
+        jobs = settings.network_jobs([(s.width, s.height) for s in sources], model)
         lines.append(settings.estimate_text(jobs, model, backend.server.device))
     return "\n".join(lines)
 

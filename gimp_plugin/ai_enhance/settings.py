@@ -191,9 +191,15 @@ def duration_text(seconds: float) -> str:
     return f"about {round(seconds / 60)} min"
 
 
+def network_jobs(sizes: list[tuple[int, int]], model: ModelInfo) -> list[int]:
+    """The pixels the network makes for each layer of these sizes: it works at its own scale whatever
+    scale is asked for (×3 from a ×4 model costs what ×4 costs), which is how the backend times it."""
+    return [width * height * model.scale**2 for width, height in sizes]
+
+
 def estimate_text(jobs: list[int], model: ModelInfo, device: str) -> str:
-    """How long the backend will take for jobs of these output pixels (one per layer), from the speed it
-    measured for the model on its device."""
+    """How long the backend will take for jobs of these network pixels (one per layer: input pixels ×
+    the model's scale²), from the speed it measured for the model on its device."""
     where = device_words(device)
     if model.output_pixels_per_second <= 0:
         return f"Time: not yet measured for this model on {where} (the first run measures it)."

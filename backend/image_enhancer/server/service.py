@@ -46,7 +46,7 @@ from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo, printable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SPEEDS_FILE = "throughput.json"  # in the user cache: measured model speeds, per device
+SPEEDS_FILE = "network_throughput.json"  # in the user cache: network pixels per second, per device
 # How long a short upload waits for a cancellation that may be on its way (see Upload.ended_early).
 CANCEL_SETTLE_S = 0.1
 # Longest status message sent: gRPC carries it in a header, and a long one would not arrive at all.
@@ -280,7 +280,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             raise validation.invalid("the Enhance call ended before its start message")
         start = validation.start_message(first)
         spec = validation.image_info(start.image, self._max_pixels)
-        options = await self._with_model(validation.request_options(start.options, spec))
+        options, model_scale = await self._with_model(validation.request_options(start.options, spec))
         upload.expect(spec.nbytes)
 
         self._jobs.reserve()
@@ -303,7 +303,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         del image
         self._jobs.submit(job)
         try:
-            result = await self._outcome(events, replies, options.model)
+            # The model's work follows its own scale, not the one asked for (×2 from a ×4 model is ×4's).
+            network_pixels = spec.width * spec.height * model_scale**2
+            result = await self._outcome(events, replies, options.model, network_pixels)
             height, width = result.shape[:2]
             channels = result.shape[2] if result.ndim == 3 else 1
             header = wire.header_message(
@@ -319,7 +321,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             job.cancel()  # the client left or the job failed: stop any work still pending (else a no-op)
             self._jobs.finished(job)  # its result no longer counts against the budget
 
-    async def _outcome(self, events: asyncio.Queue[Event], replies: Replies, model: str) -> np.ndarray:
+    async def _outcome(
+        self, events: asyncio.Queue[Event], replies: Replies, model: str, network_pixels: int
+    ) -> np.ndarray:
         """Send the job's progress on until its result arrives; a failed job's error is raised."""
         model_ready_at = None  # when loading ended: the model's work is timed from there
         while True:
@@ -330,10 +334,9 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
             if not isinstance(message, pb.EnhanceResponse):
                 break
             await replies.send(message)
-        if model_ready_at is not None:
-            made = message.shape[0] * message.shape[1]
+        if model_ready_at is not None and network_pixels:
             took = time.perf_counter() - model_ready_at
-            await asyncio.to_thread(self._speeds.record, model, made, took)  # writes a file
+            await asyncio.to_thread(self._speeds.record, model, network_pixels, took)  # writes a file
         return message
 
     @staticmethod
@@ -352,12 +355,12 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         # Listing may read a newly dropped-in model file: off the event loop.
         return await asyncio.to_thread(self._store.survey)
 
-    async def _with_model(self, options: EnhanceOptions) -> EnhanceOptions:
-        """The options with the model named ("" is the default); unknown or uninstalled models and a
-        strength the model cannot take are refused before the upload, not after it. Faces only uses no
-        enhancement model: none is checked."""
+    async def _with_model(self, options: EnhanceOptions) -> tuple[EnhanceOptions, int]:
+        """The options with the model named ("" is the default), and the model's own scale; unknown or
+        uninstalled models and a strength the model cannot take are refused before the upload, not after
+        it. Faces only uses no enhancement model: none is checked (scale 0: no model work to time)."""
         if options.faces_only:
-            return replace(options, model="")
+            return replace(options, model=""), 0
         survey = await self._models()
         models = survey.models
         info = wire.find_model(models, options.model)
@@ -383,7 +386,7 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
                 f"model {info.name!r} takes no strength: that needs its faithful/sharp (PSNR/GAN) pair, "
                 "both installed"
             )
-        return replace(options, model=info.name)
+        return replace(options, model=info.name), info.scale
 
     # --- metadata ------------------------------------------------------------------------------------
 
