@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from image_enhancer_training.degradations import jpeg
-from image_enhancer_training.metrics import blockiness, psnr_y, psnr_y_against
+from image_enhancer_training.metrics import blockiness, mesh, psnr_y, psnr_y_against
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("tests/data/forest_256.png", "docs/samples/fallen_leaf_320x200.png")
@@ -76,3 +76,21 @@ def test_psnr_against_another_output_is_symmetric_and_infinite_for_itself() -> N
     assert psnr_y_against(bicubic, nearest, 4) == pytest.approx(psnr_y_against(nearest, bicubic, 4))
     assert psnr_y_against(bicubic, nearest) == psnr_y(bicubic, nearest)
     assert 20 < psnr_y_against(bicubic, nearest) < 40
+
+
+@pytest.mark.parametrize("path", PHOTOS)
+def test_mesh_sees_a_pattern_repeating_every_scale_pixels(path: str) -> None:
+    photo = _photo(path)
+    bicubic = _upscale(photo, "bicubic")
+    assert mesh(bicubic, 4) == pytest.approx(1.0, abs=0.25)
+    # A faint sawtooth on the input's pixel grid: rising by 3 levels inside each input pixel's 4×4
+    # cell, falling by 9 across the cell's edges.
+    ramp = torch.arange(4, dtype=torch.float32) * 3 / 255
+    pattern = (ramp.view(4, 1) + ramp.view(1, 4)).expand(1, 3, 4, 4)
+    meshed = (bicubic + pattern.repeat(1, 1, bicubic.shape[-2] // 4, bicubic.shape[-1] // 4)).clamp(0, 1)
+    assert mesh(meshed, 4) > mesh(bicubic, 4) + 0.5
+    assert blockiness(meshed, 4) == pytest.approx(blockiness(bicubic, 4), abs=0.05)  # not a JPEG grid
+    # The same pattern shifted off the input's pixel grid: lines inside input pixels, no mesh score.
+    assert mesh(meshed[..., 2:, 2:], 4) < mesh(bicubic, 4)
+    with pytest.raises(ValueError, match="scale"):
+        mesh(bicubic, 1)

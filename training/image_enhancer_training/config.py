@@ -73,6 +73,9 @@ class DataConfig:
     # once (see teacher_cache.py); when set, training draws its batches from it.
     teacher_cache: str = ""
     teacher_cache_size: int = 0
+    # A teacher of a larger scale than the model (x4plus for a native ×2 model) has its output
+    # downscaled to the model's scale (bicubic, antialiased); without this a mismatch is refused.
+    teacher_resize: bool = False
 
 
 @dataclass
@@ -144,8 +147,9 @@ class ExportConfig:
     evaluation: list[SourceConfig] = field(default_factory=list)
     evaluation_crops: int = 16
     evaluation_crop_size: int = 0  # 0 = whole images
-    # How the held-out inputs are made: "bicubic" downscales, and/or "train": the training
-    # degradations applied to every image (no clean share), with a fixed seed.
+    # How the held-out inputs are made: "bicubic" downscales, "train": the training degradations
+    # applied to every image (no clean share), and/or "damaged": a fixed mix of blur, camera noise and
+    # JPEG q 30–90 (evaluation.DAMAGED), scored for JPEG blockiness and against the reference too.
     evaluation_degradations: list[str] = field(default_factory=lambda: ["bicubic"])
     # A model scored next to ours on the held-out photos, and timed against our PSNR model in the
     # same run (e.g. "{weights_dir}/realesrgan-x4plus.safetensors"); its outputs are kept in the run
@@ -198,9 +202,9 @@ class TrainConfig:
         if self.validation.degradation not in ("bicubic", "train"):
             raise ConfigError("validation.degradation must be 'bicubic' or 'train'")
         if not self.export.evaluation_degradations or not set(self.export.evaluation_degradations) <= {
-            "bicubic", "train"
+            "bicubic", "train", "damaged"
         }:
-            raise ConfigError("export.evaluation_degradations lists 'bicubic' and/or 'train'")
+            raise ConfigError("export.evaluation_degradations lists 'bicubic', 'train' and/or 'damaged'")
         for stage in ("psnr", "gan"):
             if not 0.0 <= getattr(self, stage).distill <= 1.0:
                 raise ConfigError(f"{stage}.distill must be between 0 and 1")

@@ -6,6 +6,10 @@ low-quality inputs `(B, 3, H/scale, W/scale)`: blur (Gaussian family or sinc) �
 and JPEG in random order. A fraction of samples (`clean_prob`) gets a plain bicubic downscale instead,
 so one model serves both clean and damaged photos.
 
+`pipeline = "camera"` swaps the second-order chain for the damage photos people actually have (see
+`CameraParams`): mild blur, a chain of resizes, signal-dependent camera noise in luma and chroma, and
+JPEG at quality 30–95 with chroma subsampling, often twice.
+
 Everything runs on the batch's device except JPEG, which goes through Pillow on the CPU (torch has no
 JPEG encoder). Every random draw comes from generators seeded by `seed`, so a seed reproduces a batch.
 """
@@ -57,6 +61,65 @@ class StageParams:
     jpeg_quality: tuple[int, int] = (30, 95)
 
 
+#: Pillow's names for JPEG chroma subsampling: full chroma, halved horizontally, halved both ways.
+SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
+PIPELINES = ("second_order", "camera")
+
+
+@dataclass
+class CameraParams:
+    """The damage real photos carry, in the order it happens to them.
+
+    Mild optical blur on the ground truth → a resize to the size the camera (or a first edit) left
+    → camera noise there → optionally a first JPEG there (`double_jpeg_prob`) → the rest of a chain of
+    `resize_steps` resizes ending at the input size → JPEG. Camera noise is signal-dependent: in luma
+    its standard deviation is √(read² + shot²·Y) for luma Y in [0, 1] (`read_noise` and `shot_noise`
+    in 8-bit steps; shot noise is the part that grows with the light), in chroma it is `chroma_noise`
+    times that, smoothed over `chroma_grain` pixels as demosaicking leaves it. JPEG quality, the
+    subsampling of chroma and the quality of a first compression are drawn per sample.
+    """
+
+    blur_prob: float = 0.6
+    blur_sigma: tuple[float, float] = (0.3, 1.2)  # Gaussian σ in ground-truth pixels
+    resize_steps: tuple[int, int] = (1, 3)  # resizes in the chain; the last lands on the input size
+    resize_range: tuple[float, float] = (0.6, 1.6)  # intermediate sizes, relative to the input size
+    noise_prob: float = 0.8
+    read_noise: tuple[float, float] = (0.5, 4.0)
+    shot_noise: tuple[float, float] = (1.0, 12.0)
+    chroma_noise: tuple[float, float] = (0.5, 2.0)
+    chroma_grain: float = 1.0
+    jpeg_prob: float = 1.0
+    jpeg_quality: tuple[int, int] = (30, 95)
+    subsampling_probs: dict[str, float] = field(
+        default_factory=lambda: {"4:4:4": 0.2, "4:2:2": 0.1, "4:2:0": 0.7}
+    )
+    double_jpeg_prob: float = 0.4
+    first_jpeg_quality: tuple[int, int] = (60, 95)  # a camera's or a first save's quality
+
+    def validate(self) -> None:
+        where = "degradation.camera"
+        for name in ("blur_prob", "noise_prob", "jpeg_prob", "double_jpeg_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{where}.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("blur_sigma", "resize_range", "read_noise", "shot_noise", "chroma_noise"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high:
+                raise ValueError(f"{where}.{name} must satisfy 0 ≤ low ≤ high, got {(low, high)}")
+        if self.resize_range[0] <= 0 or self.blur_sigma[1] > 3.0:
+            raise ValueError(f"{where}: resize factors must be positive and blur_sigma at most 3")
+        if not 1 <= self.resize_steps[0] <= self.resize_steps[1] <= 4:
+            raise ValueError(f"{where}.resize_steps must satisfy 1 ≤ low ≤ high ≤ 4")
+        for name in ("jpeg_quality", "first_jpeg_quality"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high <= 100:
+                raise ValueError(f"{where}.{name} must satisfy 1 ≤ low ≤ high ≤ 100")
+        unknown = set(self.subsampling_probs) - set(SUBSAMPLINGS)
+        if unknown or sum(self.subsampling_probs.values()) <= 0:
+            raise ValueError(f"{where}.subsampling_probs: keys among {', '.join(SUBSAMPLINGS)}, positive sum")
+        if self.chroma_grain < 0:
+            raise ValueError(f"{where}.chroma_grain must not be negative")
+
+
 def _second_order_defaults() -> StageParams:
     return StageParams(
         blur_prob=0.8,
@@ -79,8 +142,14 @@ class DegradationConfig:
     final_sinc_prob: float = 0.8
     first: StageParams = field(default_factory=StageParams)
     second: StageParams = field(default_factory=_second_order_defaults)
+    # "second_order" (Real-ESRGAN's chain, `first` and `second`) or "camera" (`camera`).
+    pipeline: str = "second_order"
+    camera: CameraParams = field(default_factory=CameraParams)
 
     def validate(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"degradation.pipeline must be one of {', '.join(PIPELINES)}: {self.pipeline!r}")
+        self.camera.validate()
         for name in ("clean_prob", "second_order_prob", "final_sinc_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -111,6 +180,21 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
 
 
+def rgb_to_ycbcr(x: Tensor) -> Tensor:
+    """(B, 3, H, W) sRGB → full-range YCbCr as JPEG defines it (BT.601; Cb and Cr centred on 0)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.cat([y, (b - y) / 1.772, (r - y) / 1.402], dim=1)
+
+
+def ycbcr_to_rgb(x: Tensor) -> Tensor:
+    y, cb, cr = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    r = y + 1.402 * cr
+    b = y + 1.772 * cb
+    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    return torch.cat([r, g, b], dim=1)
+
+
 def bicubic_downscale(hr: Tensor, scale: int) -> Tensor:
     """Antialiased bicubic downscale by an integer factor, quantised to 8 bits."""
     h, w = hr.shape[-2:]
@@ -136,13 +220,17 @@ def filter2d(x: Tensor, kernels: Tensor) -> Tensor:
     return full[..., 2 * pad : 2 * pad + h, 2 * pad : 2 * pad + w].contiguous()
 
 
-def jpeg(x: Tensor, qualities: list[int]) -> Tensor:
-    """JPEG-compress each sample at its own quality through Pillow (CPU) and decode it again."""
+def jpeg(x: Tensor, qualities: list[int], subsampling: list[str] | None = None) -> Tensor:
+    """JPEG-compress each sample at its own quality through Pillow (CPU) and decode it again;
+    `subsampling` gives each sample's chroma subsampling (one of SUBSAMPLINGS; Pillow's default,
+    4:2:0, when absent)."""
     arrays = to_uint8(x).permute(0, 2, 3, 1).numpy()
+    chroma = subsampling if subsampling is not None else [None] * len(qualities)
     out = []
-    for array, quality in zip(arrays, qualities, strict=True):
+    for array, quality, sub in zip(arrays, qualities, chroma, strict=True):
         buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality))
+        options = {} if sub is None else {"subsampling": sub}
+        Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality), **options)
         buffer.seek(0)
         out.append(np.asarray(Image.open(buffer).convert("RGB")))
     stacked = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
@@ -262,6 +350,72 @@ class Degrader:
                 kernels.append(_delta(size))
         return torch.stack(kernels)
 
+    # -- the camera pipeline ---------------------------------------------------------------------
+    def _mild_blur(self, x: Tensor, p: CameraParams) -> Tensor:
+        size = 2 * math.ceil(3 * p.blur_sigma[1]) + 1 if p.blur_sigma[1] > 0 else 3
+        kernels = []
+        for _ in range(x.shape[0]):
+            sigma = uniform(self.gen, *p.blur_sigma)
+            on = self._rand() < p.blur_prob and sigma > 0
+            kernels.append(gaussian_family_kernel("iso", size, sigma, sigma, 0.0) if on else _delta(size))
+        return filter2d(x, torch.stack(kernels))
+
+    def _camera_noise(self, x: Tensor, p: CameraParams) -> Tensor:
+        """Signal-dependent noise in luma and (grainier) chroma, per sample, added in YCbCr."""
+        b = x.shape[0]
+        dev_gen = self._device_gen(x.device)
+        view = (b, 1, 1, 1)
+
+        def per_sample(values: list[float]) -> Tensor:
+            return torch.tensor(values, device=x.device, dtype=x.dtype).view(view)
+
+        on = per_sample([float(self._rand() < p.noise_prob) for _ in range(b)])
+        read = per_sample([uniform(self.gen, *p.read_noise) / 255.0 for _ in range(b)])
+        shot = per_sample([uniform(self.gen, *p.shot_noise) / 255.0 for _ in range(b)])
+        chroma = per_sample([uniform(self.gen, *p.chroma_noise) for _ in range(b)])
+        ycc = rgb_to_ycbcr(x.clamp(0, 1))
+        sigma = torch.sqrt(read**2 + shot**2 * ycc[:, :1])
+        luma_noise = torch.randn((b, 1, *x.shape[-2:]), generator=dev_gen, device=x.device, dtype=x.dtype)
+        chroma_noise = torch.randn((b, 2, *x.shape[-2:]), generator=dev_gen, device=x.device, dtype=x.dtype)
+        if p.chroma_grain > 0:
+            size = 2 * math.ceil(2 * p.chroma_grain) + 1
+            kernel = gaussian_family_kernel("iso", size, p.chroma_grain, p.chroma_grain, 0.0).to(x)
+            # Smoothing lowers the noise's deviation by the kernel's norm: give it back.
+            chroma_noise = filter2d(chroma_noise, kernel.expand(b, -1, -1)) / kernel.square().sum().sqrt()
+        noise = torch.cat([luma_noise, chroma_noise * chroma], dim=1) * sigma * on
+        return ycbcr_to_rgb(ycc + noise)
+
+    def _subsamplings(self, b: int, p: CameraParams) -> list[str]:
+        kinds = list(p.subsampling_probs)
+        return [kinds[self._choice([p.subsampling_probs[k] for k in kinds])] for _ in range(b)]
+
+    def _camera(self, hr: Tensor, lr_size: tuple[int, int]) -> Tensor:
+        p = self.config.camera
+        b = hr.shape[0]
+        steps = int(torch.randint(p.resize_steps[0], p.resize_steps[1] + 1, (), generator=self.gen))
+        sizes = [self._scaled(lr_size, uniform(self.gen, *p.resize_range)) for _ in range(steps - 1)]
+        sizes.append(lr_size)
+        x = self._resize(self._mild_blur(hr, p), sizes[0])
+        x = quantize(self._camera_noise(x, p))
+        # A first compression where the noise was made (a camera's JPEG, a first save), for some.
+        twice = [self._rand() < p.double_jpeg_prob for _ in range(b)]
+        first = [int(torch.randint(p.first_jpeg_quality[0], p.first_jpeg_quality[1] + 1, (),
+                                   generator=self.gen)) for _ in range(b)]
+        chroma = self._subsamplings(b, p)
+        if any(twice):
+            compressed = jpeg(x, first, chroma)
+            x = torch.where(torch.tensor(twice, device=x.device).view(b, 1, 1, 1), compressed, x)
+        for size in sizes[1:]:
+            x = quantize(self._resize(x, size))
+        on = [self._rand() < p.jpeg_prob for _ in range(b)]
+        qualities = [int(torch.randint(p.jpeg_quality[0], p.jpeg_quality[1] + 1, (), generator=self.gen))
+                     for _ in range(b)]
+        chroma = self._subsamplings(b, p)
+        if not any(on):
+            return x
+        compressed = jpeg(x, qualities, chroma)
+        return torch.where(torch.tensor(on, device=x.device).view(b, 1, 1, 1), compressed, x)
+
     # -- the pipeline ----------------------------------------------------------------------------
     def __call__(self, hr: Tensor) -> Tensor:
         """Degrade `hr` (B, 3, H, W) in [0, 1]; H and W must be multiples of the scale."""
@@ -275,6 +429,10 @@ class Degrader:
         if self.config.clean_prob >= 1.0:
             return clean
         cfg = self.config
+        if cfg.pipeline == "camera":
+            degraded = self._camera(hr, lr_size)
+            keep_clean = torch.tensor([self._rand() < cfg.clean_prob for _ in range(b)], device=hr.device)
+            return torch.where(keep_clean.view(b, 1, 1, 1), clean, degraded)
 
         x = filter2d(hr, self._batch_kernels(b, cfg.first))
         x = self._resize(x, self._scaled((h, w), self._resize_factor(cfg.first)))

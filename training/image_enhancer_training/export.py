@@ -34,7 +34,7 @@ from image_enhancer.weights.manifest import (
 
 from .config import TrainConfig, expand_path
 from .curves import save_chart
-from .degradations import jpeg, quantize, to_uint8
+from .degradations import DegradationConfig, jpeg, quantize, to_uint8
 from .evaluation import (
     Row,
     evaluate_held_out,
@@ -211,7 +211,9 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
         reference = load_reference(config, result.run_dir)
         results = evaluate_held_out(config, states, labels, reference)
         report.sections += held_out_sections(config, results, labels, reference)
-        if reference is not None and any(r.sweep and r.row(reference.name) for r in results):
+        if reference is not None and config.export.brisque and any(
+            r.sweep and r.row(reference.name) for r in results
+        ):
             figure = sweep_figure(cards_dir / f"{name}-sweep.png", results, reference)
             caption = f"Strength sweep on held-out photos: (PSNR-Y, BRISQUE), bicubic and {reference.name}"
             report.figures.insert(0, (figure.name, caption))
@@ -228,6 +230,22 @@ def export_models(config: TrainConfig, result: Any, validation: ValidationSet | 
     card.write_text(report.markdown(name, files), encoding="utf-8")
     written.append(card)
     return written
+
+
+def _damage_text(deg: DegradationConfig) -> str:
+    if deg.pipeline == "camera":
+        cam = deg.camera
+        return (
+            f"the damage of real photos (mild Gaussian blur σ {cam.blur_sigma[0]:g}–{cam.blur_sigma[1]:g}, "
+            f"a chain of {cam.resize_steps[0]}–{cam.resize_steps[1]} resizes, signal-dependent camera noise "
+            f"in luma and chroma, JPEG q {cam.jpeg_quality[0]}–{cam.jpeg_quality[1]} with chroma "
+            f"subsampling, compressed twice with probability {cam.double_jpeg_prob:g})."
+        )
+    return (
+        "Real-ESRGAN-style second order (blur kernels incl. anisotropic / generalized / plateau and "
+        "sinc, random resize, Gaussian and Poisson noise, JPEG; second order with probability "
+        f"{deg.second_order_prob:g})."
+    )
 
 
 class Report:
@@ -361,9 +379,7 @@ class Report:
             f"Data:\n{sources}\n",
             f"Crops of {c.data.patch_size}² (HR), batch {c.data.batch_size}, random flips and 90° rotations. "
             f"Degradations generated on the fly: {deg.clean_prob:.0%} plain bicubic, the rest "
-            "Real-ESRGAN-style second order (blur kernels incl. anisotropic / generalized / plateau and "
-            "sinc, random resize, Gaussian and Poisson noise, JPEG; second order with probability "
-            f"{deg.second_order_prob:g}).\n",
+            + _damage_text(deg) + "\n",
             f"Steps: {self._psnr_steps()}; GAN stage {c.gan.iterations} iterations "
             f"(lr {c.gan.lr_g:g} / {c.gan.lr_d:g}), started from the PSNR stage's weights. "
             "Exported weights are the EMA, in fp16.\n",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +35,87 @@ def psnr_y(output: Tensor, target: Tensor, border: int = 0) -> float:
     if mse == 0:
         return float("inf")
     return float(10 * torch.log10(1.0 / mse))
+
+
+#: JPEG codes 8×8 blocks of luma (and, subsampled, 16×16 of chroma) independently.
+JPEG_BLOCK = 8
+
+
+def _step_ratio(output: Tensor, on: Callable[[Tensor], Tensor], off: Callable[[Tensor], Tensor]) -> float:
+    """Mean luma step (|ΔY| between neighbours, horizontal and vertical, 8-bit-quantised) across the
+    lines `on` selects, over the mean step across the lines `off` selects. Line i lies between pixel
+    rows (or columns) i − 1 and i; `on` and `off` map line numbers to masks, given the axis's offset."""
+    y = rgb_to_y(torch.round(output.clamp(0, 1) * 255) / 255).double()
+    y = y.reshape(-1, *y.shape[-2:])
+    totals = {"on": [0.0, 0], "off": [0.0, 0]}
+    for axis in (1, 2):  # across horizontal lines (vertical steps), then across vertical lines
+        steps = (y.narrow(axis, 1, y.shape[axis] - 1) - y.narrow(axis, 0, y.shape[axis] - 1)).abs()
+        per_line = steps.sum(dim=(0, 3 - axis))
+        samples = steps.numel() // per_line.numel()
+        lines = torch.arange(1, y.shape[axis])
+        for name, select in (("on", on(lines, axis)), ("off", off(lines, axis))):
+            totals[name][0] += float(per_line[select].sum())
+            totals[name][1] += int(select.sum()) * samples
+    (on_sum, on_count), (off_sum, off_count) = totals["on"], totals["off"]
+    if on_count == 0 or off_count == 0:
+        raise ValueError(f"an image of {tuple(output.shape[-2:])} is too small for this measure")
+    if off_sum == 0.0:
+        return 1.0 if on_sum == 0.0 else float("inf")
+    return (on_sum / on_count) / (off_sum / off_count)
+
+
+def blockiness(
+    output: Tensor, scale: int, block: int = JPEG_BLOCK, offset: tuple[int, int] = (0, 0)
+) -> float:
+    """How visible the input's JPEG grid is in an output upscaled ×`scale`: 1.00 when it is not.
+
+    The input's `block`-pixel grid lands every `block`·`scale` output pixels. This is the mean luma
+    step (absolute difference of neighbouring Y values, horizontal and vertical) across those grid
+    lines divided by the mean step across the other lines that fall between two input pixels (every
+    `scale` output pixels). Comparing like with like keeps a pattern every `scale` pixels (see
+    `mesh`) out of it, and makes a nearest-neighbour upscale of a clean photo score 1.00 too.
+    `offset` is the grid's position in input pixels (x, y), for crops that do not start on it. The
+    image is (3, H, W) or (B, 3, H, W) in [0, 1].
+    """
+    if scale < 1 or block < 2:
+        raise ValueError(f"blockiness needs scale ≥ 1 and block ≥ 2, got {scale} and {block}")
+    shift = {1: offset[1], 2: offset[0]}
+
+    def on_grid(lines: Tensor, axis: int) -> Tensor:
+        return (lines % scale == 0) & ((lines // scale + shift[axis]) % block == 0)
+
+    def between_inputs(lines: Tensor, axis: int) -> Tensor:
+        return (lines % scale == 0) & ~on_grid(lines, axis)
+
+    return _step_ratio(output, on_grid, between_inputs)
+
+
+def mesh(output: Tensor, scale: int, block: int = JPEG_BLOCK, offset: tuple[int, int] = (0, 0)) -> float:
+    """How visible the input's pixel grid is in an output upscaled ×`scale`: 1.00 when it is not.
+
+    The mean luma step across the lines between two input pixels (every `scale` output pixels, the
+    JPEG grid's lines left out) over the mean step across the lines inside input pixels. A network
+    that draws a pattern repeating every `scale` pixels (a mesh texture) scores above 1; real detail
+    does not know where the input's pixels were and scores about 1 (bicubic lands within about ±0.2
+    of it, depending on the content). Meaningless for scale 1; `offset` as in `blockiness`.
+    """
+    if scale < 2:
+        raise ValueError(f"mesh needs a scale of at least 2, got {scale}")
+    shift = {1: offset[1], 2: offset[0]}
+
+    def between_inputs(lines: Tensor, axis: int) -> Tensor:
+        return (lines % scale == 0) & ((lines // scale + shift[axis]) % block != 0)
+
+    def inside_inputs(lines: Tensor, axis: int) -> Tensor:
+        return lines % scale != 0
+
+    return _step_ratio(output, between_inputs, inside_inputs)
+
+
+def psnr_y_against(output: Tensor, reference: Tensor, border: int = 0) -> float:
+    """PSNR-Y of `output` against another model's output for the same input (e.g. x4plus's): how far
+    apart the two results are, not how good either is."""
+    return psnr_y(output, reference, border)
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> Tensor:

@@ -89,7 +89,9 @@ def _context(config: TrainConfig, run_dir: Path, placement: Placement) -> RunCon
         validation = ValidationSet(config.validation, config.model.scale, config.seed, config.degradation)
     teacher = None
     if config.data.teacher and not config.data.teacher_cache:
-        teacher = load_teacher(config.data.teacher, config.model.scale, placement.device)
+        teacher = load_teacher(
+            config.data.teacher, config.model.scale, placement.device, config.data.teacher_resize
+        )
     return RunContext(config, run_dir, placement, dataset, degrader, validation, teacher)
 
 

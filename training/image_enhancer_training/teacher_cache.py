@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -43,15 +44,35 @@ class TeacherCacheError(ValueError):
     """The teacher cache is missing, incomplete or was built with other settings."""
 
 
-def load_teacher(path: str, scale: int, device: torch.device) -> nn.Module:
-    """The distillation teacher, loaded safely and detected by the engine's model registry."""
+class DownscaledTeacher(nn.Module):
+    """A teacher of a larger scale whose output is brought down to the student's (x4plus teaching a
+    ×2 model): an antialiased bicubic downscale by `factor`."""
+
+    def __init__(self, module: nn.Module, factor: int) -> None:
+        super().__init__()
+        self.module = module
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        size = (out.shape[-2] // self.factor, out.shape[-1] // self.factor)
+        return F.interpolate(out, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def load_teacher(path: str, scale: int, device: torch.device, resize: bool = False) -> nn.Module:
+    """The distillation teacher, loaded safely and detected by the engine's model registry. With
+    `resize`, a teacher whose scale is a multiple of the model's has its output downscaled to it."""
     from image_enhancer.models.registry import load_model
     from image_enhancer.weights.safe_load import load_state_dict
 
     loaded = load_model(load_state_dict(expand_path(path)))
-    if loaded.scale != scale:
-        raise ConfigError(f"teacher {path} is ×{loaded.scale} but the model is ×{scale}")
-    return loaded.module.to(device).eval().requires_grad_(False)
+    module = loaded.module.to(device).eval().requires_grad_(False)
+    if loaded.scale == scale:
+        return module
+    if resize and loaded.scale > scale and loaded.scale % scale == 0:
+        return DownscaledTeacher(module, loaded.scale // scale).eval()
+    hint = " (set data.teacher_resize to downscale its output)" if loaded.scale % scale == 0 else ""
+    raise ConfigError(f"teacher {path} is ×{loaded.scale} but the model is ×{scale}{hint}")
 
 
 def cache_settings(config: TrainConfig) -> dict[str, Any]:
@@ -65,8 +86,17 @@ def cache_settings(config: TrainConfig) -> dict[str, Any]:
         "patch_size": config.data.patch_size,
         "seed": config.seed,
         "sources": [dataclasses.asdict(s) for s in config.data.sources],
-        "degradation": dataclasses.asdict(config.degradation),
-    }
+        "degradation": _degradation_settings(config),
+    } | ({"teacher_resize": True} if config.data.teacher_resize else {})
+
+
+def _degradation_settings(config: TrainConfig) -> dict[str, Any]:
+    """The degradation settings; the camera pipeline's only when it is used, so caches built before
+    it existed still match."""
+    settings = dataclasses.asdict(config.degradation)
+    if settings["pipeline"] == "second_order":
+        del settings["pipeline"], settings["camera"]
+    return settings
 
 
 def sample_path(folder: Path, index: int) -> Path:
@@ -111,7 +141,7 @@ def build_teacher_cache(
         return folder
     dataset = PatchDataset(config.data.sources, config.data.patch_size, config.seed)
     degrader = Degrader(config.degradation, config.model.scale, seed=config.seed)
-    teacher = load_teacher(config.data.teacher, config.model.scale, device)
+    teacher = load_teacher(config.data.teacher, config.model.scale, device, config.data.teacher_resize)
     bar = tqdm(total=size, initial=size - len(missing), desc="teacher cache", disable=not progress)
     for start in range(0, len(missing), TEACHER_BATCH):
         indices = missing[start : start + TEACHER_BATCH]
