@@ -226,3 +226,17 @@ def test_srvgg_tile_pad_is_its_exact_receptive_field(hp):
     untouched = (side - 1 - pad) * scale  # output columns of inputs more than tile_pad away
     assert torch.equal(a[..., :untouched], b[..., :untouched])
     assert not torch.equal(a[..., : untouched + scale], b[..., : untouched + scale])
+
+
+def test_architecture_facts_are_asked_of_one_registry():
+    from image_enhancer import architectures
+    from image_enhancer.architectures import rrdbnet
+
+    assert architectures.get("RRDBNet") is rrdbnet.ARCHITECTURE
+    # spandrel's ESRGAN id holds Real-ESRGAN's RRDBNet (×4 trunk) and the older layouts.
+    assert architectures.for_spandrel("ESRGAN", {"scale": 4, "plus": False}) is rrdbnet.ARCHITECTURE
+    assert architectures.for_spandrel("ESRGAN", {"scale": 2, "plus": False}) is rrdbnet.ESRGAN
+    assert architectures.for_spandrel("RealPLKSR", {}) is None
+    plain = architectures.get("RealPLKSR")  # no file of its own: no facts
+    assert plain.graph is None and plain.split is None and not plain.verified_on
+    assert [a.name for a in architectures.with_graphs()] == ["RRDBNet", "SRVGGNetCompact"]

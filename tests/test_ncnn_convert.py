@@ -123,3 +123,39 @@ def test_a_residual_that_is_not_an_addition_is_refused(ncnn_wheel):
     assert changed != param
     with pytest.raises(WeightsError, match="not an addition"):
         ncnn.convert(changed, blob)
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_our_exported_compact_graph_reads_back_to_the_same_tensors(scale):
+    # The writer and the reader share the architecture's runtime-neutral graph: a round trip is exact.
+    from spandrel.architectures.Compact import Compact
+
+    from image_enhancer.runtimes.ncnn import export
+
+    torch.manual_seed(0)
+    network = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    hyperparameters = {"scale": scale, "num_conv": 2}
+    ((text, data, halo),) = export.export(state, "SRVGGNetCompact", hyperparameters)
+    assert halo == 0
+    back = ncnn.convert(text, data)
+    assert list(back) == list(state)
+    for key, tensor in state.items():
+        torch.testing.assert_close(back[key].reshape(tensor.shape), tensor, rtol=0, atol=0)
+
+
+def test_a_changed_activation_is_refused(ncnn_wheel):
+    param, blob = _files(ncnn_wheel, "realesrgan-x4plus-anime")
+    changed = param.replace("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", 1)
+    assert changed != param
+    with pytest.raises(WeightsError, match="leaky slope"):
+        ncnn.convert(changed, blob)
+
+
+def test_malformed_layer_parameters_are_refused(ncnn_wheel):
+    param, blob = _files(ncnn_wheel, "realesr-animevideov3-x4")
+    line = "DepthToSpace_35          1 1 105 106 0=4"
+    changed = param.replace(line, line.replace("0=4", "0=x"))
+    assert changed != param
+    with pytest.raises(WeightsError, match="malformed"):
+        ncnn.convert(changed, blob)

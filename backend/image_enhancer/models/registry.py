@@ -5,8 +5,10 @@ installed) finds the architecture and infers every hyperparameter from key names
 into its module is strict, so a file that only looks like an architecture is refused, not half-loaded.
 We serve the image-to-image models among them whose forward pass takes just the image.
 
-RRDBNet (ESRGAN) and SRVGGNetCompact are built on the meta device and given the file's tensors, so
-the big x4plus and every blended strength load without a random init to throw away.
+What we know beyond spandrel (our names for an architecture and its hyperparameters, a tile's
+context, key names, whether it is built on the meta device) comes from its file in
+``architectures/``: RRDBNet (ESRGAN) and SRVGGNetCompact are built on the meta device and given the
+file's tensors, so the big x4plus and every blended strength load without a random init to throw away.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from spandrel import MAIN_REGISTRY, ArchSupport, ImageModelDescriptor, ModelTili
 from spandrel import ModelDescriptor as SpandrelDescriptor
 from torch import Tensor, nn
 
-from image_enhancer.architectures import rrdbnet
+from image_enhancer import architectures
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.models.tensors import as_fp32
 
@@ -37,9 +39,6 @@ NOT_SERVED = {
     "LaMa": "it is an inpainting model (needs a mask)",
     "Uformer": "it needs square inputs",
 }
-#: Architectures whose modules hold no tensors outside their state dict, so they can be built on the
-#: meta device and filled with the file's tensors.
-_META_BUILT = {"ESRGAN", "Compact"}
 
 
 class UnsupportedModelError(ValueError):
@@ -127,9 +126,10 @@ def load_model(state_dict: dict[str, Any]) -> LoadedModel:
     state_dict = canonical(state_dict)
     support = detect(state_dict)
     fp32 = {k: as_fp32(v) for k, v in state_dict.items()}
-    if support.architecture.id in _META_BUILT:
+    if architectures.meta_built(support.architecture.id):
         loaded = _on_meta(support, state_dict)
-        named = rrdbnet.to_module_names(fp32) if rrdbnet.is_real_esrgan(fp32) else fp32
+        facts = architectures.for_spandrel(support.architecture.id, _spandrel_hyperparameters(loaded))
+        named = facts.module_names(fp32) if facts is not None and facts.module_names else fp32
         try:
             loaded.model.load_state_dict(named, strict=True, assign=True)
             if any(t.is_meta for t in (*loaded.model.parameters(), *loaded.model.buffers())):
@@ -146,12 +146,11 @@ def load_model(state_dict: dict[str, Any]) -> LoadedModel:
 
 
 def stored_state_dict(loaded: LoadedModel) -> StateDict:
-    """The network's tensors under the names our weight files use: Real-ESRGAN's for RRDBNet, whose
-    spandrel module keeps the original ESRGAN's sequential names; the module's own names otherwise."""
+    """The network's tensors under the names our weight files use (Real-ESRGAN's for RRDBNet, whose
+    spandrel module keeps the original ESRGAN's sequential names); the module's own names otherwise."""
     state = loaded.module.state_dict()
-    if loaded.descriptor.architecture == "RRDBNet":
-        return rrdbnet.to_real_esrgan_names(state)
-    return state
+    stored_names = architectures.get(loaded.descriptor.architecture).stored_names
+    return stored_names(state) if stored_names is not None else state
 
 
 def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
@@ -176,29 +175,19 @@ def _descriptor(loaded: SpandrelDescriptor) -> ModelDescriptor:
     )
 
 
+def _spandrel_hyperparameters(loaded: SpandrelDescriptor) -> dict[str, Any]:
+    return dict(getattr(loaded.model, "hyperparameters", {}))
+
+
 def _known_facts(loaded: SpandrelDescriptor) -> tuple[str, dict[str, Any], int]:
     """The architecture name, hyperparameters under the names our files and tools use, and the
-    context a tile needs."""
-    hp = dict(getattr(loaded.model, "hyperparameters", {}))
-    arch = loaded.architecture.id
+    context a tile needs: the architecture file's, else spandrel's class name and terms."""
+    hp = _spandrel_hyperparameters(loaded)
     common = {
         "in_channels": loaded.input_channels, "out_channels": loaded.output_channels, "scale": loaded.scale
     }
-    # Real-ESRGAN's RRDBNet: a ×4 trunk (×2 and ×1 through pixel-unshuffle), 32 growth channels as in
-    # every published one. Older ESRGAN layouts (×2/×8 trunks, ESRGAN+) keep spandrel's name and terms
-    # (and the same context estimate).
-    if arch == "ESRGAN" and hp["scale"] == 4 and not hp["plus"]:
-        unshuffle = hp["shuffle_factor"] or 1
-        # The receptive field is hundreds of pixels, but its influence fades: measured on a photo with
-        # x4plus, a tile with 16 / 24 / 32 pixels of context differs from the untiled result by up to
-        # 16 / 7 / 4 8-bit steps, and more context barely helps (5 steps at 48); the 6-block anime
-        # model is within 1 step at 32. Blending overlapping tiles hides the rest.
-        rrdb = {"num_feat": hp["num_filters"], "num_block": hp["num_blocks"], "num_grow_ch": 32}
-        return "RRDBNet", {**common, **rrdb}, 32 * unshuffle
-    if arch == "Compact":
-        # Exact receptive-field radius: one pixel per 3×3 conv (first + num_conv + last).
-        compact = {"num_feat": hp["num_feat"], "num_conv": hp["num_conv"]}
-        return "SRVGGNetCompact", {**common, **compact}, hp["num_conv"] + 2
-    if arch == "ESRGAN":
-        return "ESRGAN", {**hp, **common}, 32 * (hp["shuffle_factor"] or 1)
-    return type(loaded.model).__name__, {**hp, **common}, 0
+    facts = architectures.for_spandrel(loaded.architecture.id, hp)
+    if facts is None:
+        return type(loaded.model).__name__, {**hp, **common}, 0
+    named = {**common, **facts.hyperparameters(hp)} if facts.hyperparameters else {**hp, **common}
+    return facts.name, named, facts.tile_pad(hp) if facts.tile_pad else 0

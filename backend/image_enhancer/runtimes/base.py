@@ -84,6 +84,11 @@ class Runtime:
     name: str  # what --runtime takes and the runtime-choice table records
     display_name: str
     package: str  # the pip distribution that brings it (its version keys measured timings)
+    #: Its peak working memory per input pixel relative to PyTorch's estimate for the same network
+    #: (``memory.activation_bytes_per_pixel``), for a network run whole and for one run as a chain of
+    #: stages (its first stage's estimate; a stage at the output resolution in strips of rows).
+    memory_factor: float = 1.0
+    memory_factor_in_stages: float = 1.0
 
     def available(self) -> bool:
         """Whether it can be imported here."""
@@ -126,6 +131,10 @@ class Runtime:
         """A runner of ``loaded`` in ``precision``; UnsupportedGraphError when it cannot take the graph.
         ``seconds_per_pixel``: its measured pace, where known, for progress inside a call."""
         raise NotImplementedError
+
+    def working_memory(self, estimate: float, in_stages: bool) -> float:
+        """Bytes per input pixel this runtime needs where PyTorch's estimate is ``estimate``."""
+        return estimate * (self.memory_factor_in_stages if in_stages else self.memory_factor)
 
     def cache(self, settings: RunnerSettings) -> Path:
         return Path(settings.cache) / self.name

@@ -29,6 +29,13 @@ class Ncnn(Runtime):
     name = "ncnn"
     display_name = "ncnn"
     package = "ncnn"
+    # Winograd keeps transformed copies of a layer's input and output. Measured peak RSS over the
+    # loaded model, with our pools: compact model 640 MiB at 512² and 2136 MiB at 1024² (estimates 240
+    # and 960: 2.7× and 2.2×); x4plus with its tail in strips 443 MiB at 128² and 1004 MiB at 256²
+    # (estimates 195 and 780: 2.3× and 1.3×, a fixed part dominating small tiles). 1.9 keeps a 256²
+    # x4plus image one window inside the 1.5 GiB CPU budget.
+    memory_factor = 2.8
+    memory_factor_in_stages = 1.9
 
     def available(self) -> bool:
         return ncnn_module() is not None

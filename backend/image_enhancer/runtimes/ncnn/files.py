@@ -6,8 +6,10 @@ behind a 4-byte tag (0x01306B47: float16, padded to 4 bytes; all zero: float32) 
 raw float32; a PReLU stores its slopes as raw float32. Nothing is re-quantised: float16 weights stay
 float16 and float32 biases stay float32, so the converted network computes what ncnn computes.
 
-The graph is checked against the two architectures Real-ESRGAN exports (RRDBNet x4 and
-SRVGGNetCompact) and its convolutions are named in order; anything else is refused.
+The graph is read into the runtime-neutral form (``architectures/graph.py``) and checked against the
+graph of the architecture it is (Real-ESRGAN exports RRDBNet x4 and SRVGGNetCompact): the weighted
+layers take that graph's tensor names in order, and their activations, the residual sums'
+coefficients and the upsampling factors must be that graph's; anything else is refused.
 
 The format facts below are shared with ``export.py``, which writes the reverse direction.
 """
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from image_enhancer import architectures
+from image_enhancer.architectures import graph as g
 from image_enhancer.weights.safe_load import WeightsError
 
 PARAM_MAGIC = "7767517"
@@ -28,6 +32,13 @@ TAG_FP16 = 0x01306B47
 TAG_FP32 = 0
 # ncnn activation_type 2 is leaky ReLU; its slope is the first value of param -23310.
 LEAKY_RELU = "2"
+#: The ncnn layer of each runtime-neutral operation.
+LAYER_OF = {
+    g.INPUT: "Input", g.CONV: "Convolution", g.PRELU: "PReLU", g.CONCAT: "Concat", g.ADD: "BinaryOp",
+    g.WEIGHTED_SUM: "Eltwise", g.UPSAMPLE: "Interp", g.PIXEL_SHUFFLE: "PixelShuffle",
+    g.PIXEL_UNSHUFFLE: "Reorg",
+}
+_OP_OF = {layer: kind for kind, layer in LAYER_OF.items()}
 
 
 @dataclass
@@ -109,95 +120,94 @@ def _read_weights(layers: list[Layer], data: bytes) -> None:
         )
 
 
-def _activation(layer: Layer) -> str:
-    """'' for none, 'lrelu0.2' for leaky ReLU with slope 0.2, else the raw ncnn description."""
-    act = layer.params.get("9", "0")
-    if act == "0":
-        return ""
-    if act == LEAKY_RELU:
-        values = layer.params.get("-23310", "1,0").split(",")
-        return f"lrelu{float(values[1]):g}"
-    return f"act{act}"
-
-
 def _expect(ok: bool, message: str) -> None:
     if not ok:
         raise WeightsError(f"ncnn graph is not a Real-ESRGAN network: {message}")
 
 
-def _conv_entries(name: str, layer: Layer) -> dict[str, Tensor]:
-    entries = {f"{name}.weight": layer.tensors[0]}
-    _expect(len(layer.tensors) == 2, f"{layer.name} has no bias")
-    entries[f"{name}.bias"] = layer.tensors[1]
-    return entries
+def _op(layer: Layer) -> g.Op | None:
+    """The layer as a runtime-neutral operation (its values and weights unnamed); None for a Split."""
+    if layer.kind == "Split":
+        return None
+    _expect(layer.kind in _OP_OF, f"unexpected layer type {layer.kind}")
+    kind, p = _OP_OF[layer.kind], layer.params
+    if kind == g.CONV:
+        act = p.get("9", "0")
+        _expect(act in ("0", LEAKY_RELU), f"{layer.name} has activation type {act}")
+        slope = float(p.get("-23310", "1,0").split(",")[1]) if act == LEAKY_RELU else None
+        return g.Op(kind, (), layer.name, leaky_slope=slope)
+    if kind == g.ADD:  # BinaryOp type 0 is add
+        _expect(p.get("0", "0") == "0", f"{layer.name} is not an addition")
+    if kind == g.WEIGHTED_SUM:  # Eltwise type 1 is a weighted sum, -23301 its count and coefficients
+        _expect(p.get("0") == "1", f"{layer.name} is not a sum")
+        coefficients = tuple(float(c) for c in p.get("-23301", "0").split(",")[1:])
+        return g.Op(kind, (), layer.name, coefficients=coefficients)
+    if kind == g.UPSAMPLE:
+        _expect(p.get("0") == "1", f"{layer.name} is not a nearest upsample (a post-resize variant such "
+                "as the x2/x3 graphs: convert the x4 graph instead)")
+        _expect(p.get("1") == p.get("2"), f"{layer.name} upsamples rows and columns differently")
+        return g.Op(kind, (), layer.name, factor=float(p.get("1", "0")))
+    if kind in (g.PIXEL_SHUFFLE, g.PIXEL_UNSHUFFLE):
+        return g.Op(kind, (), layer.name, factor=int(p.get("0", "1")))
+    return g.Op(kind, (), layer.name)
 
 
-def _rrdbnet(layers: list[Layer]) -> dict[str, Tensor]:
-    convs = [ly for ly in layers if ly.kind == "Convolution"]
-    blocks, rest = divmod(len(convs) - 6, 15)
-    _expect(rest == 0 and blocks > 0, f"{len(convs)} convolutions is not 1 + 15·blocks + 5")
-    names = ["conv_first"]
-    names += [f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)]
-    names += ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
-    leaky = {"conv_up1", "conv_up2", "conv_hr"} | {n for n in names if n[-1] in "1234" and ".rdb" in n}
+def _expected(ops: list[g.Op]) -> list[g.Op]:
+    """The operations of the known graph (its stages in turn) that ``ops`` should be."""
+    for architecture in architectures.with_graphs():
+        if architecture.graph is None or architecture.read_graph is None:
+            continue
+        try:
+            hp = architecture.read_graph(ops)
+        except ValueError as why:
+            raise WeightsError(f"ncnn graph is not a Real-ESRGAN network: {why}") from None
+        if hp is not None:
+            return [op for stage in architecture.graph(hp) for op in stage.graph.ops]
+    raise WeightsError("ncnn graph is not a Real-ESRGAN network: its layers fit no known graph")
+
+
+def _of_kind(kind: str, ops: list[g.Op]) -> list[g.Op]:
+    return [op for op in ops if op.kind == kind]
+
+
+def _state(layers: list[Layer], ops: list[g.Op], expected: list[g.Op]) -> dict[str, Tensor]:
+    """The weighted layers' tensors under the expected graph's names, the graph's facts checked."""
+    weighted = [(layer, op) for layer, op in zip(layers, ops, strict=True) if op.kind in g.WEIGHTED]
+    wanted = [op for op in expected if op.kind in g.WEIGHTED]
+    _expect(len(weighted) == len(wanted), f"{len(weighted)} weighted layers, the graph has {len(wanted)}")
     state: dict[str, Tensor] = {}
-    for name, layer in zip(names, convs, strict=True):
-        want = "lrelu0.2" if name in leaky else ""
-        _expect(_activation(layer) == want, f"{layer.name} ({name}) has activation {_activation(layer)!r}")
-        state.update(_conv_entries(name, layer))
-    for layer in layers:
-        if layer.kind == "Eltwise":
-            _expect(layer.params.get("-23301") == "2,2.000000e-01,1.000000e+00", f"{layer.name} coefficients")
-        if layer.kind == "Interp":
-            _expect(layer.params.get("0") == "1" and float(layer.params.get("1", "0")) == 2.0,
-                    f"{layer.name} is not a nearest ×2 upsample")
+    for (layer, op), want in zip(weighted, wanted, strict=True):
+        _expect(op.kind == want.kind, f"{layer.name} is a {layer.kind} where {want.weights} is a {want.kind}")
+        _expect(op.leaky_slope == want.leaky_slope,
+                f"{layer.name} ({want.weights}) has leaky slope {op.leaky_slope}, not {want.leaky_slope}")
+        state[f"{want.weights}.weight"] = layer.tensors[0]
+        if op.kind == g.CONV:
+            _expect(len(layer.tensors) == 2, f"{layer.name} has no bias")
+            state[f"{want.weights}.bias"] = layer.tensors[1]
+    for op in _of_kind(g.WEIGHTED_SUM, ops):
+        _expect(any(op.coefficients == s.coefficients for s in _of_kind(g.WEIGHTED_SUM, expected)),
+                f"{op.output} coefficients {op.coefficients}")
+    factors = [op.factor for op in _of_kind(g.UPSAMPLE, ops)]
+    _expect(factors == [op.factor for op in _of_kind(g.UPSAMPLE, expected)],
+            f"upsampling by {factors} (a post-resize variant such as the x2/x3 graphs: convert the x4 graph "
+            "instead)")
+    _expect(not {op.kind for op in ops} - {op.kind for op in expected},
+            f"unexpected operations {sorted({op.kind for op in ops} - {op.kind for op in expected})}")
     return state
-
-
-def _srvgg(layers: list[Layer]) -> dict[str, Tensor]:
-    state: dict[str, Tensor] = {}
-    index = 0
-    shuffle = interp = None
-    for layer in layers:
-        if layer.kind == "Convolution":
-            _expect(_activation(layer) == "", f"{layer.name} has a fused activation")
-            state.update(_conv_entries(f"body.{index}", layer))
-            index += 1
-        elif layer.kind == "PReLU":
-            state[f"body.{index}.weight"] = layer.tensors[0]
-            index += 1
-        elif layer.kind == "PixelShuffle":
-            shuffle = int(layer.params.get("0", "1"))
-        elif layer.kind == "Interp":
-            _expect(interp is None and layer.params.get("0") == "1",
-                    f"{layer.name} is not the single nearest upsample of the input (a post-resize "
-                    "variant such as the x2/x3 graphs: convert the x4 graph instead)")
-            interp = float(layer.params.get("1", "0"))
-    _expect(shuffle is not None and interp == float(shuffle), "pixel shuffle and input upsample disagree")
-    return state
-
-
-_KNOWN = {
-    "RRDBNet": {"Input", "Convolution", "Split", "Concat", "Eltwise", "BinaryOp", "Interp"},
-    "SRVGGNetCompact": {"Input", "Split", "Convolution", "PReLU", "PixelShuffle", "Interp", "BinaryOp"},
-}
 
 
 def convert(param_text: str, bin_data: bytes) -> dict[str, Tensor]:
     """State dict (Real-ESRGAN names) for an ncnn graph; WeightsError if it is anything else."""
     layers = parse_param(param_text)
     _read_weights(layers, bin_data)
-    kinds = {ly.kind for ly in layers}
-    arch = "SRVGGNetCompact" if "PReLU" in kinds else "RRDBNet"
-    unknown = kinds - _KNOWN[arch]
-    _expect(not unknown, f"unexpected layer types {sorted(unknown)} for {arch}")
-    for layer in layers:
-        # Residual joins must be additions: BinaryOp type 0 is add, Eltwise type 1 is a weighted sum.
-        if layer.kind == "BinaryOp":
-            _expect(layer.params.get("0", "0") == "0", f"{layer.name} is not an addition")
-        if layer.kind == "Eltwise":
-            _expect(layer.params.get("0") == "1", f"{layer.name} is not a sum")
-    return _srvgg(layers) if arch == "SRVGGNetCompact" else _rrdbnet(layers)
+    try:
+        pairs = [(layer, op) for layer in layers if (op := _op(layer)) is not None]
+    except WeightsError:
+        raise
+    except (IndexError, ValueError) as exc:  # a parameter that is not a number
+        raise WeightsError(f"malformed ncnn layer parameters: {exc}") from exc
+    ops = [op for _, op in pairs]
+    return _state([layer for layer, _ in pairs], ops, _expected(ops))
 
 
 def convert_files(param_path: Path, bin_path: Path) -> dict[str, Tensor]:

@@ -27,14 +27,6 @@ from image_enhancer.runtimes.ncnn.export import INPUT, OUTPUT, cached_export
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
 
-# ncnn's peak working memory per input pixel relative to PyTorch's estimate for the same network
-# (Winograd keeps transformed copies of a layer's input and output). Measured peak RSS over the
-# loaded model, with our pools: compact model 640 MiB at 512² and 2136 MiB at 1024² (estimates 240
-# and 960: 2.7× and 2.2×); x4plus with its tail in strips 443 MiB at 128² and 1004 MiB at 256²
-# (estimates 195 and 780: 2.3× and 1.3×, a fixed part dominating small tiles). 1.9 keeps a 256²
-# x4plus image one window inside the 1.5 GiB CPU budget.
-NCNN_MEMORY_FACTOR = 2.8
-NCNN_MEMORY_FACTOR_IN_STRIPS = 1.9
 POOL_SIZE_RATIO = 0.5
 # A Vulkan device's heap budget is what ncnn says it may use; a share leaves room for the display.
 VULKAN_BUDGET_SHARE = 0.6
@@ -134,8 +126,9 @@ class NcnnRunner:
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
         estimate = activation_bytes_per_pixel(self._source, d.in_channels, d.size_multiple, d.min_size)
-        in_strips = any(stage.halo for stage in self.stages)
-        return estimate * (NCNN_MEMORY_FACTOR_IN_STRIPS if in_strips else NCNN_MEMORY_FACTOR)
+        from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
+
+        return RUNTIME.working_memory(estimate, in_stages=any(stage.halo for stage in self.stages))
 
     def memory_budget(self) -> int:
         if self.vulkan is None:

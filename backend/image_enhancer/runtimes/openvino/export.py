@@ -12,8 +12,8 @@ in a fraction of a second: moving the strength slider costs a compile, not a con
 whose weights cannot all be swapped (the converter computed some constant from them) is converted
 and cached per weights instead.
 
-RRDBNet is converted as two stages, its body and its upsampling tail, so the tail can run in strips
-of rows (``split``).
+A network its architecture file splits (RRDBNet: its body and its upsampling tail) is converted as
+those stages, so the tail can run in strips of rows (``split``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from image_enhancer.architectures import rrdbnet
+from image_enhancer import architectures
 from image_enhancer.runtimes.base import UnsupportedGraphError
 from image_enhancer.safe_json import load_json
 from image_enhancer.weights.integrity import state_digest, write_atomically
@@ -49,14 +49,15 @@ EXPORT_VERSION = 1
 TOLERANCE = 1e-4
 
 
-#: Architectures the engine sends to OpenVINO: those our tests run through it. OpenVINO 2026.4's CPU
-#: plugin crashes the whole process (a segmentation fault, nothing to catch) compiling RealPLKSR and
-#: DAT, so an architecture joins this list only once its family test passes on OpenVINO.
-VERIFIED_ARCHITECTURES = frozenset({"RRDBNet", "SRVGGNetCompact", "SPAN"})
+#: This runtime's name (``Runtime.name``), as architecture files list it in ``verified_on``.
+NAME = "openvino"
 
 
 def supports(architecture: str) -> bool:
-    return architecture in VERIFIED_ARCHITECTURES
+    """Only architectures our tests run through OpenVINO: OpenVINO 2026.4's CPU plugin crashes the whole
+    process (a segmentation fault, nothing to catch) compiling RealPLKSR and DAT, so an architecture
+    file lists OpenVINO in ``verified_on`` only once its family test passes here."""
+    return NAME in architectures.get(architecture).verified_on
 
 
 def graph_digest(module: torch.nn.Module, label: str, hyperparameters: dict) -> str:
@@ -194,14 +195,13 @@ class Stage:
 
 
 def split(loaded: LoadedModel) -> list[Stage]:
-    """The network as a chain of stages: RRDBNet's body, then its tail in strips (the tail holds 64
-    channels at the output resolution, most of the memory: split off, a whole 512² image stays one
-    window within 2.5 GB); any other network whole."""
-    parts = rrdbnet.split_tail(loaded.module) if loaded.descriptor.architecture == "RRDBNet" else None
-    if parts is not None:
-        body, tail = parts
-        return [Stage(body), Stage(tail, rrdbnet.TAIL_HALO)]
-    return [Stage(loaded.module)]
+    """The network as the chain of stages its architecture file splits it into (RRDBNet: its body, then
+    its tail in strips); any other network whole."""
+    splitter = architectures.get(loaded.descriptor.architecture).split
+    parts = splitter(loaded.module) if splitter is not None else None
+    if parts is None:
+        return [Stage(loaded.module)]
+    return [Stage(module, halo) for module, halo in parts]
 
 
 def networks(loaded: LoadedModel, cache_dir: Path) -> list[tuple[ov.Model, int]]:

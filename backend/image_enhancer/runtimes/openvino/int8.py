@@ -7,11 +7,8 @@ network in 8-bit levels, the PSNR against it, and the time of both. The engine's
 takes the int8 network only when it is within ``BOUND`` and faster; ``--precision int8`` takes it
 regardless, and the record says how far it is.
 
-Which operations stay in float is an architecture fact (``FLOAT_OPERATIONS``). For the compact
-models: the first convolution (it sees the picture itself), the last one (its channels are the
-sub-pixels of the result, whose ranges differ: one int8 scale for all of them cost 5 levels on
-average), and the residual path, the input upscaled by nearest neighbour and added at the end (in
-int8 the picture itself would be rounded to 8 bits).
+Which operations stay in float is an architecture fact (``int8_float`` in its file under
+``architectures/``); only architectures measured within the bound have one.
 
 NNCF takes about 0.7 GB and several seconds to import, so quantizing runs in a child process
 (``python -m image_enhancer.runtimes.openvino.int8``) and the engine only reads its result: the
@@ -34,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from image_enhancer import architectures
+from image_enhancer.architectures import graph as g
 from image_enhancer.engine.precision import BOUND, Bound, Difference, calibration_photo
 from image_enhancer.runtimes.openvino.export import networks
 from image_enhancer.weights.integrity import state_digest, write_atomically
@@ -47,11 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever quantizing or the record changes, so older cache entries are not reused.
 INT8_VERSION = 1
-#: Architecture → how its operations stay in float: the first and last ``convolutions`` and every
-#: operation of these types after the last convolution. Only architectures measured within the bound.
-FLOAT_OPERATIONS: dict[str, dict[str, object]] = {
-    "SRVGGNetCompact": {"first_and_last_convolutions": True, "types_after_last": ("Interpolate", "Add")},
-}
+#: OpenVINO's operation type of each runtime-neutral kind an architecture keeps in float.
+_TYPE_OF = {g.UPSAMPLE: "Interpolate", g.ADD: "Add"}
 CALIBRATION_PHOTOS = ("cups_192.png", "forest_256.png")
 HELD_OUT_PHOTO = "evening_glow_192.png"
 CALIBRATION_WINDOW = 64
@@ -83,7 +79,7 @@ class Int8Record:
 
 
 def supports(architecture: str) -> bool:
-    return architecture in FLOAT_OPERATIONS
+    return architectures.get(architecture).int8_float is not None
 
 
 def cache_key(loaded: LoadedModel) -> str:
@@ -215,20 +211,24 @@ def calibration_windows() -> list[np.ndarray]:
 
 
 def _float_scope(model: ov.Model, architecture: str) -> object:
-    """NNCF's ignored scope: the operations of ``model`` that stay in float (``FLOAT_OPERATIONS``)."""
+    """NNCF's ignored scope: the operations of ``model`` that stay in float (the architecture's
+    ``int8_float``)."""
     import nncf
 
-    rule = FLOAT_OPERATIONS[architecture]
+    rule = architectures.get(architecture).int8_float
+    if rule is None:
+        raise ValueError(f"no int8 version is made for {architecture} networks")
     operations = list(model.get_ordered_ops())
     convolutions = [i for i, op in enumerate(operations) if op.get_type_name() == "Convolution"]
     names = []
-    if rule.get("first_and_last_convolutions"):
+    if rule.first_and_last_convolutions:
         names += [
             operations[convolutions[0]].get_friendly_name(),
             operations[convolutions[-1]].get_friendly_name(),
         ]
     after_last = operations[convolutions[-1] + 1 :]
-    names += [op.get_friendly_name() for op in after_last if op.get_type_name() in rule["types_after_last"]]
+    kept = {_TYPE_OF[kind] for kind in rule.kinds_after_last}
+    names += [op.get_friendly_name() for op in after_last if op.get_type_name() in kept]
     return nncf.IgnoredScope(names=names)
 
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantize an OpenVINO model to int8 (used by the engine)")
     parser.add_argument("source", type=Path, help="the fp32 model (.xml)")
     parser.add_argument("target", type=Path, help="where the int8 model (.xml) and its record (.json) go")
-    parser.add_argument("architecture", choices=sorted(FLOAT_OPERATIONS))
+    parser.add_argument("architecture", choices=sorted(a.name for a in architectures.ALL if a.int8_float))
     args = parser.parse_args(argv)
     _quantize_here(args.source, args.target, args.architecture)
     return 0

@@ -31,12 +31,6 @@ from image_enhancer.runtimes.openvino.export import networks, split
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
 
-# OpenVINO's peak working memory per input pixel relative to PyTorch's estimate for the network's
-# first stage, measured as peak RSS over the RSS after warm-up: compact model 1.2 (1024²); x4plus run
-# as body and tail in strips 3.5 (384²: 0.53 GB, 512²: 0.88 GB), the body's dense blocks
-# concatenating 192 channels that the estimate, which sees layer outputs only, does not count.
-OPENVINO_MEMORY_FACTOR = 1.2
-OPENVINO_MEMORY_FACTOR_IN_STAGES = 3.5
 # Input pixels per strip of x4plus's tail: OpenVINO holds about 12 kB per input pixel there (a quarter
 # of ncnn's), so strips four times ncnn's stay near 200 MB while their context rows cost less: at 512
 # pixels wide, ncnn-sized strips made the tail 1.5× its work and the engine 8% slower than OpenVINO
@@ -102,8 +96,10 @@ class OpenVinoRunner:
     def bytes_per_pixel(self) -> float:
         d = self.descriptor
         estimate = activation_bytes_per_pixel(self._first_stage, d.in_channels, d.size_multiple, d.min_size)
-        factor = OPENVINO_MEMORY_FACTOR_IN_STAGES if len(self._stages) > 1 else OPENVINO_MEMORY_FACTOR
-        return estimate * factor * torch.finfo(self.dtype).bits / 32
+        from image_enhancer.runtimes.openvino import RUNTIME  # its package, imported before this module runs
+
+        per_pixel = RUNTIME.working_memory(estimate, in_stages=len(self._stages) > 1)
+        return per_pixel * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
         return memory_budget(torch.device("cpu"))
