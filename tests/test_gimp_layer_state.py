@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,48 +25,19 @@ from image_enhancer.client.grpc_client import EnhancerClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gimp"))
-from chroot_gimp import (  # noqa: E402
-    GIMP_VERSIONS,
-    ChrootGimp,
-    backend_process,
-    build_chroot,
-    free_address,
-    plugin_pids,
-    unavailable,
-)
+import test_gimp_e2e  # noqa: E402
+from chroot_gimp import ChrootGimp, plugin_pids  # noqa: E402
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
 MODEL = "realesr-animevideov3"  # the compact model: seconds on CPU for these sizes
 
 
-@pytest.fixture(scope="module", params=GIMP_VERSIONS, ids=[f"gimp{v}" for v in GIMP_VERSIONS])
-def gimp_version(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def gimp_root(gimp_version: str) -> Path:
-    if os.name != "posix" or os.geteuid() != 0:
-        unavailable("running GIMP in a chroot needs root")
-    try:
-        return build_chroot(gimp_version)
-    except RuntimeError as error:
-        unavailable(str(error))
-
-
-@pytest.fixture(scope="module")
-def backend_address(model_store: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("backend") / "serve.log"
-    with backend_process(free_address(), log) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def gimp(gimp_root: Path, gimp_version: str, backend_address: str) -> Iterator[ChrootGimp]:
-    instance = ChrootGimp(gimp_root, backend_address, ["/usr/bin/false"], gimp_version)
-    yield instance
-    instance.remove()
+# The real GIMPs and the backend they talk to, shared with the end-to-end tests (one of each per run).
+gimp_version = test_gimp_e2e.gimp_version
+gimp_root = test_gimp_e2e.gimp_root
+backend_address = test_gimp_e2e.backend_address
+gimp = test_gimp_e2e.gimp
 
 
 def _photo(size: int, offset: int = 0) -> np.ndarray:
