@@ -34,6 +34,7 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
     assert timings[0].candidate == Candidate("pytorch", "fp32") and timings[0].mean_levels == 0
     assert {t.runtime for t in timings} == {r.name for r in runtimes.installed()}
     assert all(t.seconds_per_pixel > 0 and t.within() for t in timings)  # fp32 everywhere on this CPU
+    assert all(t.context >= 1.0 for t in timings)  # the context its windows compute twice
     written = engine.runtime_table.path.read_bytes()
 
     def never(_candidate: Candidate) -> object:

@@ -34,6 +34,7 @@ from image_enhancer.engine.tiling import (
     Tiler,
     TileSettings,
     auto_tile,
+    context_pad,
     plan_tiles,
 )
 from image_enhancer.engine.watch import JobCancelled
@@ -52,8 +53,6 @@ __all__ = ["EnhanceOptions", "Enhancer", "ImageTooLargeError", "JobCancelled", "
 #: Default limits: a 40-megapixel input and a 160-megapixel result (≈1.9 GB as float32 RGB).
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_OUTPUT_PIXELS = 160_000_000
-#: Context a tile gets when the model's descriptor does not say (tile_pad = 0).
-DEFAULT_PAD = 16
 #: Overlap between neighbouring tile cores, blended with feathered weights, in input pixels.
 DEFAULT_OVERLAP = 8
 #: Input pixels one CPU forward pass should cover for the cores to be used well, and the batch cap.
@@ -416,7 +415,7 @@ class Enhancer:
         """``images``: the bytes the job's own images will still take (``_pending_bytes``). On the CPU
         they share the memory with the network, so its budget (what the process may still take) shrinks
         by them, to a quarter at least: a 12-megapixel photo at ×2 then stays within the 2.5 GB promised."""
-        pad = descriptor.tile_pad or DEFAULT_PAD
+        pad = context_pad(descriptor)
         budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
         if cpu:

@@ -28,8 +28,11 @@ import torch
 
 from image_enhancer import runtimes
 from image_enhancer.engine.precision import Difference, calibration_photo
+from image_enhancer.engine.tiling import auto_tile, context_pad
 from image_enhancer.paths import user_home
+from image_enhancer.runtimes.base import Runner
 from image_enhancer.runtimes.cpu import cpu_features, cpu_name
+from image_enhancer.runtimes.memory import memory_budget, return_freed_memory
 from image_enhancer.safe_json import JsonFileError, load_json
 from image_enhancer.weights.integrity import write_atomically
 
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE_FILE = "runtime_choice.json"
+#: Part of every key: timings measured by an older rule are measured again.
+TABLE_VERSION = 2
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the window is cut from (a real photo: reduced precision errs most on real detail).
 PHOTO = "forest_256.png"
@@ -67,10 +72,19 @@ class Timing:
     mean_levels: float = 0.0
     max_levels: float = 0.0
     psnr_db: float = float("inf")
+    #: The work a large job costs this runtime beyond its windows' pixels: the context its windows
+    #: compute twice, ((core + 2·pad) / core)², where the core is the largest its working memory lets
+    #: it run within the memory limit (x4plus: ncnn's memory allowed cores of 152, OpenVINO's 528 —
+    #: 2× and 1.3× the work — which a small timing window alone does not show).
+    context: float = 1.0
 
     @property
     def candidate(self) -> Candidate:
         return Candidate(self.runtime, self.precision)
+
+    @property
+    def job_seconds_per_pixel(self) -> float:
+        return self.seconds_per_pixel * self.context
 
     def within(self) -> bool:
         return Difference(self.mean_levels, self.max_levels, self.psnr_db).within()
@@ -92,7 +106,7 @@ def candidates(architecture: str) -> list[Candidate]:
 def graph_key(loaded: LoadedModel, threads: int) -> str:
     """What the timings hold for: the network's graph (names and shapes, not values: two strengths of a
     pair run alike), this CPU, the thread count and the runtimes' versions."""
-    digest = hashlib.sha256(loaded.descriptor.architecture.encode())
+    digest = hashlib.sha256(f"{TABLE_VERSION}{loaded.descriptor.architecture}".encode())
     for name, tensor in sorted(loaded.module.state_dict().items()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
     versions = [_version(runtime.package) for runtime in runtimes.ALL]
@@ -107,13 +121,14 @@ def _version(package: str) -> str:
         return "missing"
 
 
-#: Makes the tiler's op for a candidate: ``(N, 3, h, w)`` float32 → ``(N, 3, h·s, w·s)``.
-RunnerFactory = Callable[[Candidate], Callable[[torch.Tensor], torch.Tensor]]
+#: Makes a runner for a candidate (the tiler's op, which also tells its working memory per pixel).
+RunnerFactory = Callable[[Candidate], Runner]
 
 
-def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
+def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: int) -> list[Timing]:
     """Time every candidate on a window of the shipped photo; candidates that fail are left out. The
-    candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike."""
+    candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike.
+    ``pad`` and ``budget`` (the working memory a job's windows get) give each candidate's context."""
     photo = _with_channels(torch.from_numpy(calibration_photo(PHOTO)), loaded.descriptor.in_channels)
     reference_op = make_runner(REFERENCE)
     small = photo[..., :MIN_SIDE, :MIN_SIDE]
@@ -124,7 +139,8 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
     side = min(MAX_SIDE, max(MIN_SIDE, 16 * round(math.sqrt(REFERENCE_S / max(per_pixel, 1e-12)) / 16)))
     window = photo[..., :side, :side]
     reference = reference_op(window)
-    ops: dict[Candidate, tuple[Callable[[torch.Tensor], torch.Tensor], Difference]] = {}
+    ops: dict[Candidate, tuple[Runner, Difference]] = {}
+    contexts: dict[Candidate, float] = {}
     for candidate in candidates(loaded.descriptor.architecture):
         try:
             op = reference_op if candidate == REFERENCE else make_runner(candidate)
@@ -133,6 +149,8 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
             log.warning("%s %s was not timed: %s", candidate.runtime, candidate.precision, why)
             continue
         ops[candidate] = (op, Difference.between(output.cpu().numpy(), reference.cpu().numpy()))
+        core = auto_tile(budget, op.bytes_per_pixel(), pad)
+        contexts[candidate] = ((core + 2 * pad) / core) ** 2
     best = dict.fromkeys(ops, float("inf"))
     for _ in range(REPEATS):
         for candidate, (op, _) in ops.items():
@@ -140,7 +158,10 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory) -> list[Timing]:
             op(window)
             best[candidate] = min(best[candidate], time.perf_counter() - started)
     pixels = side * side
-    return [Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d)) for c, (_, d) in ops.items()]
+    return [
+        Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d), context=contexts[c])
+        for c, (_, d) in ops.items()
+    ]
 
 
 def _with_channels(photo: torch.Tensor, channels: int) -> torch.Tensor:
@@ -153,7 +174,7 @@ def _with_channels(photo: torch.Tensor, channels: int) -> torch.Tensor:
 def best(timings: list[Timing], precision: str) -> Timing:
     """The fastest timing for ``precision`` ("auto": any within the bound; otherwise that precision)."""
     allowed = [t for t in timings if (t.within() if precision == "auto" else t.precision == precision)]
-    return min(allowed or timings[:1], key=lambda t: t.seconds_per_pixel)
+    return min(allowed or timings[:1], key=lambda t: t.job_seconds_per_pixel)
 
 
 class RuntimeTable:
@@ -186,7 +207,9 @@ class RuntimeTable:
         known = None if again else self.get(key)
         if known is None:
             started = time.perf_counter()
-            known = measure(loaded, make_runner)
+            budget = memory_budget(torch.device("cpu"))  # what a job's windows get, as the engine sizes them
+            known = measure(loaded, make_runner, context_pad(loaded.descriptor), budget)
+            return_freed_memory()  # the candidates' runners are gone: their buffers too
             log.info(
                 "timed the CPU runtimes for this %s network in %.1f s",
                 loaded.descriptor.architecture, time.perf_counter() - started,

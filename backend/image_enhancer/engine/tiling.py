@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from image_enhancer.engine.watch import JobCancelled, Watch, watching
 
 # MIN_TILE is the smallest tile core the back-off goes down to; below it the context dominates the work.
 from image_enhancer.request import MIN_TILE
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import ModelDescriptor
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 
@@ -441,6 +445,15 @@ class Tiler:
                 image, t.y.core_start, t.x.core_start, t.y.core_end, t.x.core_end, smaller, report=False
             )
         ]
+
+
+#: Context a tile gets when the model's descriptor does not say (tile_pad = 0).
+DEFAULT_PAD = 16
+
+
+def context_pad(descriptor: ModelDescriptor) -> int:
+    """The context each side of a tile for this model."""
+    return descriptor.tile_pad or DEFAULT_PAD
 
 
 def auto_tile(

@@ -133,3 +133,17 @@ def activation_bytes_per_pixel(
         for handle in handles:
             handle.remove()
     return (3 * largest + output_numel) * dtype_bytes / (side * side)
+
+
+def return_freed_memory() -> None:
+    """Give memory freed by the C allocator back to the system (glibc keeps it otherwise), so that the
+    resident size the memory budget starts from is what is really in use: after the runtimes were
+    timed, 0.27 GB of x4plus's freed buffers stayed resident."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another C library (musl): nothing to do
+        pass
