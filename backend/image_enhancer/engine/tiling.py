@@ -295,7 +295,8 @@ class Tiler:
             if size[0] > full[0] or size[1] > full[1]:
                 raise ValueError(f"the tiler only shrinks its {full[1]}×{full[0]} result, not to {size}")
             reduction = Reduction.bicubic(full, (size[0], size[1]))
-        self._report(0.0)  # the network is starting: the caller's stage changes now, not after a batch
+        if progress_offset == 0:  # the network is starting: the caller's stage changes now, not after a batch
+            self._report(0.0)
         return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
                             per_tile=per_tile, sink=sink)
 
