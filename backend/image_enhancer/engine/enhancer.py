@@ -206,8 +206,9 @@ class Enhancer:
 
         if banded:
             output = self._enhance_in_bands(
-                tiler, colour_in, alpha_in, options, descriptor, total, shrink, image.dtype, alpha_by_model
-            )
+                tiler, colour_in, alpha_in, alpha_constant, options, descriptor, total, shrink, image.dtype,
+                alpha_by_model,
+            )  # fmt: skip
             report("finishing", 0, 1)
             check_cancelled()
             report("finishing", 1, 1)
@@ -251,6 +252,7 @@ class Enhancer:
         tiler: Tiler,
         colour_in: torch.Tensor,
         alpha_in: torch.Tensor | None,
+        alpha_constant: float | None,
         options: EnhanceOptions,
         descriptor: ModelDescriptor,
         total: int,
@@ -281,9 +283,8 @@ class Enhancer:
         self._network(tiler, colour_in, descriptor, 0, total, shrink, sink=colour_rows)
         if alpha_in is None:
             return output
-        constant = alpha_ops.constant_value(alpha_in)
-        if constant is not None:
-            output[:, :, channels] = pixels.from_tensor(torch.full((1, 1, 1), constant), dtype)[0, 0, 0]
+        if alpha_constant is not None:
+            output[:, :, channels] = pixels.from_tensor(torch.full((1, 1, 1), alpha_constant), dtype)[0, 0, 0]
         elif alpha_by_model:
             done = tiler.count_tiles(height, width)
             fix = partial(_flat_alpha_kept, alpha_in, descriptor.scale)

@@ -62,13 +62,10 @@ class OpenVino(Runtime):
     def derived(self, settings: RunnerSettings, loaded: LoadedModel, job_pixels: int) -> list[Derived]:
         """The int8 version, from its record's speed-up over fp32, where ``auto`` would take it."""
         cache = self.cache(settings)
-        int8 = _int8()
-        if int8.int8_network(loaded, cache, "auto", job_pixels) is None:
+        version = _int8().int8_version(loaded, cache, "auto", job_pixels)  # one digest of the weights
+        if version is None:
             return []
-        known = int8.cached(int8.cache_key(loaded), cache / "int8")
-        if known is None:
-            return []
-        record = known[1]
+        record = version[1]
         difference = Difference(record.mean_levels, record.max_levels, record.psnr_db)
         return [Derived("int8", record.speedup, difference)]
 

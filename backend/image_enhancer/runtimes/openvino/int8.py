@@ -157,7 +157,16 @@ _int8_failed: set[str] = set()
 
 
 def int8_network(loaded: LoadedModel, cache_dir: Path, precision: str, job_pixels: int = 0) -> Path | None:
-    """Where the int8 version of ``loaded``'s network to run lies, or None for the float one.
+    """Where the int8 version of ``loaded``'s network to run lies, or None for the float one
+    (``int8_version``'s path)."""
+    version = int8_version(loaded, cache_dir, precision, job_pixels)
+    return version[0] if version is not None else None
+
+
+def int8_version(
+    loaded: LoadedModel, cache_dir: Path, precision: str, job_pixels: int = 0
+) -> tuple[Path, Int8Record] | None:
+    """The int8 version of ``loaded``'s network to run and its record, or None for the float one.
 
     ``int8`` asks for it (made now if need be: seconds, once per weights). ``auto`` takes it when its
     record shows it within the bound and faster; a missing one is made first only for a job of
@@ -194,7 +203,7 @@ def int8_network(loaded: LoadedModel, cache_dir: Path, precision: str, job_pixel
             "int8 is %.2f levels off fp32 on average (largest %.0f, %.1f dB) for this network",
             record.mean_levels, record.max_levels, record.psnr_db,
         )  # fmt: skip
-    return path
+    return path, record
 
 
 def calibration_windows() -> list[np.ndarray]:
