@@ -10,12 +10,40 @@ result needs 0.6 GB as floats but only a few tens of MB this way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
+import numpy as np
 import torch
 
 #: Receives final rows: ``sink(top, rows)`` with ``rows`` a float32 ``(C, n, W)`` CPU tensor for output
 #: rows ``[top, top + n)``; called in order, every row exactly once.
 RowSink = Callable[[int, torch.Tensor], None]
+
+
+class ResultRows(Protocol):
+    """Takes a result in its final samples band by band: ``begin(shape, dtype)`` once, with ``shape``
+    ``(height, width, channels)``, then ``write(band)`` with ``n × width × channels`` bands of ``dtype``
+    from the top down, every row exactly once."""
+
+    def begin(self, shape: tuple[int, int, int], dtype: np.dtype) -> None: ...
+
+    def write(self, band: np.ndarray) -> None: ...
+
+
+class ArrayRows:
+    """ResultRows that fill one whole array (``array``, there from ``begin`` on)."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+        self._top = 0
+
+    def begin(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.array = np.empty(shape, dtype=dtype)
+
+    def write(self, band: np.ndarray) -> None:
+        assert self.array is not None
+        self.array[self._top : self._top + band.shape[0]] = band
+        self._top += band.shape[0]
 
 
 class BandCanvas:
@@ -35,7 +63,8 @@ class BandCanvas:
         needed = min(end, self.height) - self.top
         held = 0 if self._rows is None else self._rows.shape[1]
         if needed > held:
-            grown = torch.zeros(channels, needed, self.width)
+            grown = torch.empty(channels, needed, self.width)
+            grown[:, held:].zero_()  # only the new rows: the held ones are copied over
             if self._rows is not None:
                 grown[:, :held] = self._rows
             self._rows = grown
