@@ -117,6 +117,7 @@ def test_assembler_refuses_malformed_replies(stream, message):
         ("CANCELLED", "", "cancelled"),
         ("DEADLINE_EXCEEDED", "Deadline Exceeded", "deadline"),
         ("UNAUTHENTICATED", "token", "unauthenticated"),
+        ("UNIMPLEMENTED", "Method not found!", "unsupported"),  # a call older servers lack
         ("INTERNAL", "boom", "internal"),
     ],
 )
@@ -124,6 +125,35 @@ def test_status_codes_map_to_error_kinds(code, details, kind):
     error = core.error_from_status(code, details)
     assert error.kind == kind and error.code == code and str(error)
     assert details in str(error)
+
+
+def test_the_protocol_version_says_what_a_server_understands():
+    assert wire.PROTOCOL_VERSION == 2 and wire.FACES_PROTOCOL_VERSION == 2
+    assert wire.protocol_needed(Options()) == 1
+    assert wire.protocol_needed(Options(faces=True)) == 2
+    assert wire.protocol_needed(Options(faces=True, faces_only=True, scale=1.0)) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "server_version", "refused"),
+    [
+        (Options(faces=True), 1, True),  # a version 1 server would enhance and ignore the faces
+        (Options(faces=True, faces_only=True), 1, True),
+        (Options(faces=True), 0, True),  # a server from before the version was reported
+        (Options(faces=True), 2, False),
+        (Options(faces=True), 3, False),
+        (Options(), 1, False),  # no faces: any server will do
+        (Options(model="m", scale=2.0, strength=0.5), 0, False),
+    ],
+)
+def test_a_face_request_to_a_server_too_old_for_it_is_refused(options, server_version, refused):
+    problem = wire.protocol_problem(options, server_version)
+    if not refused:
+        assert problem is None
+        return
+    assert problem is not None
+    assert "too old for face restoration" in problem and "update it" in problem
+    assert f"protocol {server_version}" in problem
 
 
 @pytest.mark.parametrize(

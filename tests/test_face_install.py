@@ -36,12 +36,12 @@ def release(tmp_path_factory: pytest.TempPathFactory):
     server.server_close()
 
 
-def _manifest(url: str, sha256: str) -> Manifest:
-    """The packaged manifest, with the face model's one source at `url` pinned to `sha256`."""
+def _manifest(url: str, sha256: str, size: int = 0) -> Manifest:
+    """The packaged manifest, with the face model's one source at `url` pinned to `sha256` (and `size`)."""
     packaged = load_manifest()
     entry = packaged.face_model(NAME)
     assert entry is not None
-    weights = replace(entry.weights, sources=(Source(kind="url", url=url, sha256=sha256),))
+    weights = replace(entry.weights, sources=(Source(kind="url", url=url, sha256=sha256, size=size),))
     faces = tuple(replace(e, files=(weights,)) if e.name == NAME else e for e in packaged.face_models)
     return replace(packaged, face_models=faces)
 
@@ -92,22 +92,46 @@ def test_face_models_are_known_to_the_installer_offline(tmp_path):
     assert "skipped (offline)" in str(refused.value) and "unknown" not in str(refused.value)
 
 
+def test_every_face_model_of_the_manifest_says_what_installing_it_downloads():
+    """The catalogue shows each face model's download size: every release file's size is pinned."""
+    for entry in load_manifest().face_models:
+        assert all(s.size > 0 for s in entry.weights.sources if s.kind == "url"), entry.name
+
+
 def test_install_model_call_installs_a_face_model_and_lists_it(release, model_store, tmp_path):
     from image_enhancer.client.grpc_client import EnhancerClient
+    from image_enhancer.client.lite import LiteClient
     from image_enhancer.engine.enhancer import Enhancer
     from image_enhancer.server.app import serve
     from image_enhancer.weights.store import ModelStore
 
     folder, base = release
-    manifest = _manifest(f"{base}/GFPGANv1.4.pth", sha256_file(folder / "GFPGANv1.4.pth"))
+    release_file = folder / "GFPGANv1.4.pth"
+    manifest = _manifest(f"{base}/GFPGANv1.4.pth", sha256_file(release_file), release_file.stat().st_size)
     cache = tmp_path / "weights"
     store = ModelStore(manifest, weights_dir=cache, models_dir=tmp_path / "models")
     running = serve(Enhancer(store, device="cpu"), "127.0.0.1:0", warm_up=[])
     try:
-        with EnhancerClient(running.address) as client:
+        with LiteClient(running.address) as client:  # the GIMP plug-in's client and its catalogue
+            assert client.describe().protocol_version == 2
             assert client.list_face_models() == []
+            offered = {m.name: m for m in client.catalogue().face_models}
+            assert set(offered) == {e.name for e in manifest.face_models}  # every one, none installed
+            face = offered[NAME]
+            assert (face.installed, face.installable, face.is_default) == (False, True, False)
+            assert face.download_bytes == release_file.stat().st_size
+            assert (face.architecture, face.scale, face.license) == ("GFPGAN", 1, "Apache-2.0")
+            assert face.description == manifest.face_model(NAME).description
+            assert not client.catalogue().installed_face_models
+        with EnhancerClient(running.address) as client:
             last = client.install_model(NAME)
             assert last.stage == "installed"
             assert client.list_face_models() == [NAME]
+            listed = client.catalogue()
+        first = listed.face_models[0]  # installed, so listed first, and the default face model
+        assert (first.name, first.installed, first.is_default, first.download_bytes) == (NAME, True, True, 0)
+        assert listed.installed_face_models == [NAME]
+        assert all(not m.installed and not m.is_default for m in listed.face_models[1:])
+        assert NAME not in {m.name for m in listed.models}  # never offered as an enhancement model
     finally:
         running.stop()

@@ -138,6 +138,25 @@ def test_the_server_lists_its_face_models(address):
     assert IDENTITY not in names and MODEL not in names
 
 
+def test_the_catalogue_describes_the_face_models_dropped_in(address):
+    from image_enhancer.client.lite import LiteClient
+
+    with LiteClient(address) as client:
+        listed = client.catalogue()
+        names = client.list_face_models()
+    faces = {m.name: m for m in listed.face_models}
+    assert listed.installed_face_models == names  # the same models, in the same order
+    dropped = faces[RANDOM_GFPGAN]
+    assert (dropped.architecture, dropped.scale, dropped.installed) == ("GFPGAN", 1, True)
+    assert not dropped.installable and dropped.license == "see the file's origin"
+    assert dropped.description == f"Faces — GFPGAN from {RANDOM_GFPGAN}.safetensors"
+    assert IDENTITY not in faces
+    # The manifest's face models are listed too; those not installed say what installing them takes.
+    for name in ("gfpgan-1.4", "gfpgan-1.3", "restoreformer"):
+        assert faces[name].license == "Apache-2.0"
+        assert faces[name].installed or (faces[name].installable and faces[name].download_bytes > 0)
+
+
 def test_cli_faces_only_keeps_the_size_and_refuses_another_scale(model_store, models_dir, portrait, tmp_path):
     source, target = tmp_path / "portrait.png", tmp_path / "out.png"
     Image.fromarray(portrait).save(source)

@@ -1,7 +1,8 @@
 """What the dialog's preview and model list call, in the real GIMP 3.0 and 3.2 (headless: no dialog is
 shown): the preview first looks at the selection's centre, else at the most detailed area of a real layer
 read through GEGL (not the centre), on small and large layers; the layer's map thumbnail comes from GIMP;
-and the dialog's modules load in each GIMP's Python."""
+and the dialog's modules load in each GIMP's Python, where "Get more models…" lists face models with
+their purpose, size and licence."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ thumb = layer.get_thumbnail(160, 120, Gimp.PixbufTransparency.SMALL_CHECKS)
 out["thumbnail"] = [thumb.get_width(), thumb.get_height()]
 import dialog, model_chooser, preview_panel  # the dialog's modules load in this GIMP's Python
 out["loaded"] = True
+import settings
+from image_enhancer.wire import ModelInfo
+face = ModelInfo("gfpgan-1.4", "GFPGAN", 1, False, False, license="Apache-2.0", description="Faces",
+                 download_bytes=348632874, installable=True)
+out["face_catalogue"] = [settings.catalogue_text(m, [], [face]) for m in settings.catalogue([], [face])]
+out["face_choice"] = hasattr(model_chooser, "FaceModelChoice")
 print("RESULT " + json.dumps(out))
 """
 
@@ -86,3 +93,6 @@ def test_the_preview_aims_at_the_selection_else_the_most_detail(
     x, y, _ = out["flat"]
     assert abs(x - 250) <= 4 and abs(y - 100) <= 4  # nothing stands out: the centre
     assert out["thumbnail"] == [160, 120] and out["loaded"]
+    face_line = "Faces (restores faces; used by Restore faces): 349 MB, licence Apache-2.0"
+    assert out["face_catalogue"] == [face_line]
+    assert out["face_choice"]

@@ -31,6 +31,17 @@ def test_restore_faces_reaches_the_request_and_the_wire() -> None:
     assert not settings.Settings().options(MODEL).faces  # off unless asked for
 
 
+def test_a_face_request_is_not_sent_to_a_backend_too_old_for_it() -> None:
+    """A protocol 1 backend would ignore the faces: the client refuses to send them (core.Client's
+    check_supported, decided by this function), and the dialog says to update the backend."""
+    for chosen in (settings.Settings(faces=True), settings.Settings(faces_only=True)):
+        problem = wire.protocol_problem(chosen.options(MODEL), 1)
+        assert problem is not None and "too old for face restoration" in problem
+        assert wire.protocol_problem(chosen.options(MODEL), wire.PROTOCOL_VERSION) is None
+    assert wire.protocol_problem(settings.Settings().options(MODEL), 1) is None  # no faces: any backend
+    assert "update it" in settings.face_model_note(1, [])
+
+
 def test_faces_only_is_always_x1_and_implies_faces() -> None:
     chosen = settings.Settings(scale_choice="x4", faces_only=True)
     assert chosen.scale == 1.0

@@ -6,6 +6,7 @@ tests/test_gimp_dialog_logic.py."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,60 @@ def test_the_catalogue_offers_what_is_missing_once_per_pair() -> None:
     )
     assert settings.more_models_hint(MODELS) == "2 more models can be installed: Get more models…"
     assert settings.more_models_hint(MODELS[:2]) == ""
+
+
+def _face(name: str, installed: bool, description: str, size: int = 0, **more: object) -> ModelInfo:
+    """A face model as the backend lists it: a ×1 GFPGAN, installed or installable."""
+    more = {"download_bytes": size, "installable": not installed, "license": "Apache-2.0", **more}
+    return ModelInfo(name, "GFPGAN", 1, installed, False, description=description, **more)
+
+
+FACE_MODELS = [
+    _face("random-gfpgan", True, "Faces — GFPGAN from random-gfpgan.pth", is_default=True),
+    _face("gfpgan-1.4", False, "Faces — natural detail, the default face restorer", 348_632_874),
+    _face("restoreformer", False, "Faces — RestoreFormer", 290_785_322),
+]
+
+
+def test_the_catalogue_offers_the_face_models_not_installed_after_the_models() -> None:
+    offered = settings.catalogue(MODELS, FACE_MODELS)
+    names = [m.name for m in offered]
+    assert names == ["realesrgan-x4plus", "realesr-animevideov3", "gfpgan-1.4", "restoreformer"]
+    assert settings.catalogue_text(offered[2], MODELS, FACE_MODELS) == (
+        "Faces — natural detail, the default face restorer (restores faces; used by Restore faces): "
+        "349 MB, licence Apache-2.0"
+    )
+    assert settings.catalogue_text(offered[0], MODELS, FACE_MODELS).startswith("Photo — best detail (with")
+    hint = settings.more_models_hint(MODELS, FACE_MODELS)
+    assert hint == "4 more models can be installed: Get more models…"
+    assert settings.more_models_hint(MODELS[:2], FACE_MODELS[:1]) == ""
+
+
+def test_an_installed_face_model_joins_the_face_model_list() -> None:
+    assert settings.face_model_names(FACE_MODELS) == ["random-gfpgan"]  # nothing to choose: no list
+    installed = [FACE_MODELS[0], replace(FACE_MODELS[1], installed=True, download_bytes=0), FACE_MODELS[2]]
+    names = settings.face_model_names(installed)
+    assert names == ["random-gfpgan", "gfpgan-1.4"]
+    assert [m.name for m in settings.catalogue([], installed)] == ["restoreformer"]  # offered no more
+    assert settings.initial_face_model(names, "gfpgan-1.4") == "gfpgan-1.4"  # the one just installed
+    assert settings.initial_face_model(names, "restoreformer") == "random-gfpgan"  # not installed
+    assert settings.initial_face_model(names, "") == "random-gfpgan"  # the backend's default
+    assert settings.initial_face_model([], "gfpgan-1.4") == ""
+
+
+@pytest.mark.parametrize(
+    ("protocol", "faces", "note"),
+    [
+        (2, FACE_MODELS, ""),
+        (2, FACE_MODELS[1:], "no face model yet; Get more models… installs one"),
+        (2, [], "Install one with  python install.py --models gfpgan-1.4"),
+        (1, [], "too old for face restoration; update it"),  # it would ignore the faces
+        (1, FACE_MODELS, "too old for face restoration; update it"),
+    ],
+)
+def test_what_the_dialog_says_when_faces_cannot_be_restored(protocol, faces, note) -> None:
+    said = settings.face_model_note(protocol, faces)
+    assert note in said if note else said == ""
 
 
 @pytest.mark.parametrize(

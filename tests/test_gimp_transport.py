@@ -202,6 +202,7 @@ def test_result_text_says_the_size_and_that_the_canvas_grows() -> None:
         ("queue_full", "busy"),
         ("invalid", "refused the request: x"),
         ("unavailable", "connection to the AI backend was lost"),
+        ("unsupported", "older than this plug-in: x"),
         ("internal", "failed in the backend: x"),
     ],
 )

@@ -23,7 +23,11 @@ from .address import parse_address as parse_address
 from .request import DEFAULT_FACE_STRENGTH, EnhanceOptions
 from .v1 import enhancer_pb2 as pb
 
-PROTOCOL_VERSION = 1
+# The wire contract's version, which DescribeServer reports: 1, images, models and the server's
+# description; 2, the face pass (EnhanceOptions.faces), InstallModel and ListModels' face models. A
+# server ignores fields newer than itself, so a client checks the version before asking for them.
+PROTOCOL_VERSION = 2
+FACES_PROTOCOL_VERSION = 2  # the first version whose servers restore faces and install models
 SERVICE_NAME = "image_enhancer.v1.Enhancer"
 ENHANCE_METHOD = f"/{SERVICE_NAME}/Enhance"
 LIST_MODELS_METHOD = f"/{SERVICE_NAME}/ListModels"
@@ -100,6 +104,20 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ModelCatalogue:
+    """What ListModels tells a model chooser: the enhancement models and the face models, each installed
+    or installable (the face models installed first, the server's default face model first)."""
+
+    models: tuple[ModelInfo, ...]
+    face_models: tuple[ModelInfo, ...] = ()
+
+    @property
+    def installed_face_models(self) -> list[str]:
+        """The face models the face pass can use now, the server's default first."""
+        return [m.name for m in self.face_models if m.installed]
+
+
+@dataclass(frozen=True)
 class InstallEvent:
     """One step of installing a model on the server."""
 
@@ -155,6 +173,24 @@ class ServerInfo:
     default_model: str
     protocol_version: int
     suggested_model: str = ""  # the model to start with on the server's device
+
+
+def protocol_needed(options: EnhanceOptions) -> int:
+    """The oldest protocol version whose servers honour everything `options` ask."""
+    return FACES_PROTOCOL_VERSION if options.faces else 1
+
+
+def protocol_problem(options: EnhanceOptions, server_version: int) -> str | None:
+    """Why a server speaking `server_version` cannot do what `options` ask, or None when it can. A server
+    ignores fields newer than itself: an older one would enhance without restoring the faces asked for.
+    Every server speaks version 1 (one that reports 0 is older than the version field)."""
+    needed = protocol_needed(options)
+    if needed <= 1 or server_version >= needed:
+        return None
+    return (
+        f"this backend is too old for face restoration (it speaks protocol {server_version}; faces "
+        f"need {FACES_PROTOCOL_VERSION}): update it, or enhance without restoring faces"
+    )
 
 
 def find_model(models: Sequence[ModelInfo], name: str) -> ModelInfo | None:
@@ -253,6 +289,13 @@ def model_message(info: ModelInfo) -> pb.ModelInfo:
 
 def model_info(message: pb.ModelInfo) -> ModelInfo:
     return _fields(message, ModelInfo)
+
+
+def model_catalogue(message: pb.ListModelsResponse) -> ModelCatalogue:
+    return ModelCatalogue(
+        tuple(model_info(m) for m in message.models),
+        tuple(model_info(m) for m in message.face_model_details),
+    )
 
 
 def broken_model_message(broken: BrokenModel) -> pb.BrokenModel:

@@ -157,7 +157,10 @@ def _dialog_ok(
         address = settings.server or backend_config.address
         client = transport.connect(address, backend_config, _report)
         try:
-            backend = dialog.Backend(address, transport.list_models(client), transport.describe(client))
+            listed = transport.catalogue(client)
+            backend = dialog.Backend(
+                address, list(listed.models), transport.describe(client), face_models=list(listed.face_models)
+            )
         finally:
             client.close()
     except transport.BackendError as error:

@@ -3,7 +3,7 @@ that says before OK what will happen to the image and how long it will take, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gi
 
@@ -15,7 +15,7 @@ import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
-from model_chooser import ModelChooser  # noqa: E402
+from model_chooser import FaceModelChoice, ModelChooser  # noqa: E402
 from preview_panel import PreviewPanel  # noqa: E402
 
 from image_enhancer.wire import ModelInfo, ServerInfo  # noqa: E402
@@ -24,20 +24,18 @@ STRENGTH_TOOLTIP = (
     "0 %: faithful — smooth, nothing invented.  100 %: sharp — crisp detail and texture the model invents."
 )
 FACE_STRENGTH_TOOLTIP = "0 %: faces as the enhancement made them.  100 %: fully restored faces."
-NO_FACE_MODEL = (
-    "Restore faces: the backend has no face model. Install one with  python install.py --models gfpgan-1.4"
-)
 
 
 @dataclass(frozen=True)
 class Backend:
-    """What the dialog knows of the backend: its address, models and device, or why it could not be
-    reached."""
+    """What the dialog knows of the backend: its address, models, device and face models (installed or
+    installable), or why it could not be reached."""
 
     address: str
     models: list[ModelInfo]
     server: ServerInfo | None
     problem: str | None = None
+    face_models: list[ModelInfo] = field(default_factory=list)
 
 
 def _label(text: str, dim: bool = False) -> Gtk.Label:
@@ -63,7 +61,7 @@ def _summary(
     config: Gimp.ProcedureConfig,
     backend: Backend,
     models: list[ModelInfo],
-    face_models: list[str],
+    face_models: list[ModelInfo],
 ) -> str:
     """The result's size, that the canvas grows, whether faces can be restored, and the time the
     backend will take."""
@@ -74,8 +72,10 @@ def _summary(
     except (ValueError, placement.PlacementError) as error:
         return str(error)
     lines = [settings.result_text((image.get_width(), image.get_height()), scale, sources[0].masked)]
-    if (chosen.faces or chosen.faces_only) and backend.server is not None and not face_models:
-        lines.append(NO_FACE_MODEL)
+    if (chosen.faces or chosen.faces_only) and backend.server is not None:
+        note = settings.face_model_note(backend.server.protocol_version, face_models)
+        if note:  # a backend too old for faces, or without a face model: say so and what to do
+            lines.append(note)
     filters = sorted({name for layer in layers for name in filtered.visible_filters(layer)})
     if filters:  # what is enhanced is what the person sees: say so, as the new layer bakes them in
         lines.append(f"Enhanced with its filters ({', '.join(filters)}): the new layer holds their look.")
@@ -84,34 +84,6 @@ def _summary(
         jobs = settings.network_jobs([(s.width, s.height) for s in sources], model)
         lines.append(settings.estimate_text(jobs, model, backend.server.device))
     return "\n".join(lines)
-
-
-def _face_models(address: str) -> list[str]:
-    """The backend's face models (its default first); empty when it has none or cannot say."""
-    try:
-        client = transport.connect(address, transport.BackendConfig(), lambda *_: None)
-        try:
-            return transport.list_face_models(client)
-        finally:
-            client.close()
-    except transport.BackendError:
-        return []
-
-
-def _face_model_choice(config: Gimp.ProcedureConfig, names: list[str]) -> Gtk.Box:
-    """A "Face model" list of the backend's face models; the choice goes into the config's "face-model"
-    (the first, the backend's default, when the remembered one is not installed)."""
-    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-    row.pack_start(Gtk.Label(label="Face model"), False, False, 0)
-    combo = Gtk.ComboBoxText()
-    for name in names:
-        combo.append(name, name)
-    remembered = config.get_property("face-model") or ""
-    combo.set_active_id(remembered if remembered in names else names[0])
-    config.set_property("face-model", combo.get_active_id())
-    combo.connect("changed", lambda box: config.set_property("face-model", box.get_active_id() or ""))
-    row.pack_start(combo, True, True, 0)
-    return row
 
 
 def run_dialog(
@@ -149,7 +121,6 @@ def run_dialog(
             fields.append("alpha-mode")
         fields += ["restore-faces", "face-strength", "faces-only"]
         reachable = backend.server is not None
-        face_models = _face_models(backend.address) if reachable else []
         if not reachable:
             fields.append("face-model")  # a name to type; with a backend, a list when it has several
         fields.append("advanced")
@@ -170,7 +141,11 @@ def run_dialog(
                     client.close()
             except transport.BackendError:
                 return  # the estimate stays as it was
-            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models))
+            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models()))
+
+        def face_models() -> list[ModelInfo]:
+            """The backend's face models as last listed (the list follows installs and the models folder)."""
+            return chooser.face_models if chooser is not None else backend.face_models
 
         panel = PreviewPanel(backend.address, image, layers[0], remeasured) if reachable else None
 
@@ -181,13 +156,14 @@ def run_dialog(
             custom_scale.set_visible(config.get_property("scale") == "custom")
             faces = config.get_property("restore-faces") or config.get_property("faces-only")
             face_strength.set_visible(faces)
-            if face_choice is not None:
-                face_choice.set_visible(faces)
-            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models))
+            if face_choice is not None:  # a list only when the backend has several face models
+                face_choice.update(face_models())
+                face_choice.set_visible(faces and face_choice.choosable)
+            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models()))
             if panel is not None and chosen is not None:
                 panel.schedule(settings.Settings.from_config(config), chosen)
 
-        face_choice = _face_model_choice(config, face_models) if len(face_models) > 1 else None
+        face_choice = FaceModelChoice(config) if reachable else None
         for widget in (strength, custom_scale, face_strength, face_choice):
             if widget is not None:
                 widget.set_no_show_all(True)
@@ -196,7 +172,9 @@ def run_dialog(
             handlers.append(config.connect(f"notify::{name}", refresh))
         if reachable:
             suggested = backend.server.suggested_model if backend.server else ""
-            chooser = ModelChooser(config, backend.address, backend.models, suggested, refresh)
+            chooser = ModelChooser(
+                config, backend.address, backend.models, suggested, refresh, backend.face_models
+            )
             content.pack_start(chooser, False, False, 6)
             content.reorder_child(chooser, 0)
             chooser.show_all()
@@ -204,8 +182,6 @@ def run_dialog(
             dialog.connect("focus-in-event", chooser.reload_on_focus)
         if face_choice is not None:
             content.pack_start(face_choice, False, False, 6)
-            for child in face_choice.get_children():
-                child.show()
         if panel is not None:
             content.pack_start(panel, False, False, 6)
             panel.show_all()

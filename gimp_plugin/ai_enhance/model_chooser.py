@@ -1,12 +1,12 @@
 """The dialog's model row: one entry per installed model or pair (settings.model_entries), "Get more
-models…" to install what the backend's manifest offers, and a list that follows the backend's models
-folder (it is read again whenever the dialog gets the focus back, so a dropped-in file appears without
-restarting GIMP)."""
+models…" to install what the backend's manifest offers (face models included), and a list that follows
+the backend's models folder (it is read again whenever the dialog gets the focus back, so a dropped-in
+file appears without restarting GIMP). Also the Face model list, which follows the same listing."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import gi
 
@@ -16,29 +16,32 @@ import settings  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gimp, GLib, Gtk  # noqa: E402
 
-from image_enhancer.wire import InstallEvent, ModelInfo  # noqa: E402
+from image_enhancer.wire import InstallEvent, ModelCatalogue, ModelInfo  # noqa: E402
 
 
-def _list(address: str) -> list[ModelInfo] | None:
-    """The backend's models, or None when it cannot say now (the list then stays as it was)."""
+def _list(address: str) -> ModelCatalogue | None:
+    """The backend's models and face models, or None when it cannot say now (the lists then stay as
+    they were)."""
     try:
         client = transport.connect(address, transport.BackendConfig(), lambda *_: None)
         try:
-            return transport.list_models(client)
+            return transport.catalogue(client)
         finally:
             client.close()
     except transport.BackendError:
         return None
 
 
-def _what_lists(models: list[ModelInfo]) -> list[tuple[str, bool, bool, str]]:
-    """What the list and the Detail control show of the models."""
+def _what_lists(models: Sequence[ModelInfo]) -> list[tuple[str, bool, bool, str]]:
+    """What the lists, the Detail control and the catalogue show of the models."""
     return [(m.name, m.installed, m.has_strength, m.pair_member_of) for m in models]
 
 
 class ModelChooser(Gtk.Box):
     """The model list and its "Get more models…" button; the choice goes into the config's "model".
-    `on_change` is called after the choice or the list changed."""
+    `on_change` is called after the choice or the lists changed. `face_models`: the backend's face
+    models, installed or installable, kept as up to date as the models (the Face model list shows
+    them); a face model installed here becomes the config's "face-model"."""
 
     def __init__(
         self,
@@ -47,10 +50,12 @@ class ModelChooser(Gtk.Box):
         models: list[ModelInfo],
         suggested: str,
         on_change: Callable[[], None],
+        face_models: Sequence[ModelInfo] = (),
     ) -> None:
         super().__init__(orientation=Gtk.Orientation.VERTICAL, spacing=2)
         self._config, self._address, self._on_change = config, address, on_change
         self.models = models
+        self.face_models = list(face_models)
         self._combo = Gtk.ComboBoxText()
         self._filling = False
         self._fill(settings.initial_model(models, config.get_property("model") or "", suggested))
@@ -76,12 +81,18 @@ class ModelChooser(Gtk.Box):
         return next((m for m in self.models if m.name == self._combo.get_active_id()), None)
 
     def reload(self, choose: str = "") -> None:
-        """Read the backend's models again; keep the choice (or take `choose`) if it is still there."""
-        models = _list(self._address)
-        if models is None:
+        """Read the backend's models again; keep the choice (or take `choose`) if it is still there. A
+        face model `choose` becomes the face model; the model stays as it was."""
+        listed = _list(self._address)
+        if listed is None:
             return
-        same = _what_lists(models) == _what_lists(self.models)
-        self.models = models  # measured speeds may have changed: nothing to show for that
+        before = (_what_lists(self.models), _what_lists(self.face_models))
+        # Measured speeds may have changed too: nothing to show for that.
+        self.models, self.face_models = list(listed.models), list(listed.face_models)
+        same = before == (_what_lists(self.models), _what_lists(self.face_models))
+        if choose and choose in settings.face_model_names(self.face_models):
+            self._config.set_property("face-model", choose)
+            choose = ""
         if same and not choose:
             return
         self._fill(choose or self._combo.get_active_id() or "")
@@ -116,24 +127,75 @@ class ModelChooser(Gtk.Box):
         self._on_change()
 
     def _show_hint(self) -> None:
-        hint = settings.more_models_hint(self.models)
+        hint = settings.more_models_hint(self.models, self.face_models)
         self._hint.set_text(hint)
         self._hint.set_visible(bool(hint))
 
     def _get_more(self, button: Gtk.Button) -> None:
         self.reload()
-        installed = CatalogueDialog(button.get_toplevel(), self._address, self.models).run_for_install()
-        self.reload(choose=installed)
+        catalogue = CatalogueDialog(button.get_toplevel(), self._address, self.models, self.face_models)
+        self.reload(choose=catalogue.run_for_install())
+
+
+class FaceModelChoice(Gtk.Box):
+    """The Face model list: the backend's installed face models, its default first; the choice goes
+    into the config's "face-model" (the default when the remembered one is not installed). The dialog
+    shows it while faces are asked for and there is a choice (`choosable`)."""
+
+    def __init__(self, config: Gimp.ProcedureConfig) -> None:
+        super().__init__(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self._config = config
+        self._names: list[str] = []
+        self._filling = False
+        self._combo = Gtk.ComboBoxText()
+        self._combo.set_tooltip_text(
+            "The face model that restores the faces (installed ones; more: Get more models…)"
+        )
+        self._combo.connect("changed", self._changed)
+        label = Gtk.Label(label="Face model")
+        self.pack_start(label, False, False, 0)
+        self.pack_start(self._combo, True, True, 0)
+        label.show()
+        self._combo.show()
+
+    @property
+    def choosable(self) -> bool:
+        return len(self._names) > 1
+
+    def update(self, face_models: Sequence[ModelInfo]) -> None:
+        """List the installed ones of `face_models` and keep the config's choice one of them."""
+        names = settings.face_model_names(face_models)
+        wanted = settings.initial_face_model(names, self._config.get_property("face-model") or "")
+        self._filling = True
+        try:
+            if names != self._names:
+                self._combo.remove_all()
+                for name in names:
+                    self._combo.append(name, name)
+                self._names = names
+            if wanted and self._combo.get_active_id() != wanted:
+                self._combo.set_active_id(wanted)
+        finally:
+            self._filling = False
+        if (self._config.get_property("face-model") or "") != wanted:
+            self._config.set_property("face-model", wanted)
+
+    def _changed(self, combo: Gtk.ComboBoxText) -> None:
+        if not self._filling:
+            self._config.set_property("face-model", combo.get_active_id() or "")
 
 
 class CatalogueDialog(Gtk.Dialog):
-    """What the backend can install, one line each (what it is for, download size, licence); Install
-    has the backend download and verify the chosen one, with progress here."""
+    """What the backend can install, one line each (what it is for, download size, licence), its face
+    models after its models; Install has the backend download and verify the chosen one, with progress
+    here."""
 
-    def __init__(self, parent: Gtk.Window, address: str, models: list[ModelInfo]) -> None:
+    def __init__(
+        self, parent: Gtk.Window, address: str, models: list[ModelInfo], face_models: Sequence[ModelInfo] = ()
+    ) -> None:
         super().__init__(title="Get more models", transient_for=parent, modal=True)
         self._address = address
-        self._offered = settings.catalogue(models)
+        self._offered = settings.catalogue(models, face_models)
         self._installed = ""
         self._cancel = threading.Event()
         self.add_button("_Close", Gtk.ResponseType.CLOSE)
@@ -145,8 +207,12 @@ class CatalogueDialog(Gtk.Dialog):
         self._choices: list[tuple[Gtk.RadioButton, ModelInfo]] = []
         first = None
         for model in self._offered:
-            button = Gtk.RadioButton.new_with_label_from_widget(first, settings.catalogue_text(model, models))
-            button.set_tooltip_text(f"Model: {model.name} ({model.architecture} ×{model.scale})")
+            text = settings.catalogue_text(model, models, face_models)
+            button = Gtk.RadioButton.new_with_label_from_widget(first, text)
+            if model in face_models:
+                button.set_tooltip_text(f"Face model: {model.name} ({model.architecture})")
+            else:
+                button.set_tooltip_text(f"Model: {model.name} ({model.architecture} ×{model.scale})")
             first = first or button
             self._choices.append((button, model))
             box.pack_start(button, False, False, 0)

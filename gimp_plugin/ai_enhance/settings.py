@@ -8,15 +8,18 @@ server runs); the client turns it into the wire's message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from geometry import scaled_size
 
 from image_enhancer.request import DEFAULT_FACE_STRENGTH, EnhanceOptions
-from image_enhancer.wire import ModelInfo
+from image_enhancer.wire import FACES_PROTOCOL_VERSION, ModelInfo
 
 # Choice ids of the "scale" argument; "custom" takes the factor from "custom-scale".
 SCALE_CHOICES = {"x1": 1.0, "x2": 2.0, "x4": 4.0, "custom": None}
+# What a face model is for, in the catalogue.
+FACE_PURPOSE = "restores faces; used by Restore faces"
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,16 @@ def model_entries(models: list[ModelInfo]) -> list[ModelInfo]:
     return [m for m in installed_models(models) if not _blended_elsewhere(m, installed)]
 
 
-def catalogue(models: list[ModelInfo]) -> list[ModelInfo]:
+def catalogue(models: list[ModelInfo], face_models: Sequence[ModelInfo] = ()) -> list[ModelInfo]:
     """What "Get more models…" offers: the backend's models that it can install and that are not
-    installed, one entry per pair (installing a pair's entry brings its other member too)."""
+    installed, one entry per pair (installing a pair's entry brings its other member too), then its
+    face models likewise."""
     offered = {m.name for m in models if m.installable}
     return [
         m
         for m in models
         if m.installable and not m.installed and not (m.pair_member_of and m.pair_member_of in offered)
-    ]
+    ] + [m for m in face_models if m.installable and not m.installed]
 
 
 def size_text(size: int) -> str:
@@ -128,8 +132,13 @@ def size_text(size: int) -> str:
     return f"{megabytes:.1f} MB" if megabytes < 10 else f"{megabytes:.0f} MB"
 
 
-def catalogue_text(model: ModelInfo, models: list[ModelInfo]) -> str:
+def catalogue_text(model: ModelInfo, models: list[ModelInfo], face_models: Sequence[ModelInfo] = ()) -> str:
     """One line of the catalogue: what the model is for, its download size and licence."""
+    if model in face_models:
+        return (
+            f"{model_label(model)} ({FACE_PURPOSE}): {size_text(model.download_bytes)}, "
+            f"licence {model.license or 'unknown'}"
+        )
     members = [m for m in models if m.pair_member_of == model.name]
     size = model.download_bytes + sum(m.download_bytes for m in members if not m.installed)
     pair = " (with a faithful ↔ sharp Detail control)" if members else ""
@@ -155,11 +164,39 @@ def model_label(model: ModelInfo) -> str:
     return model.description or model.name
 
 
-def more_models_hint(models: list[ModelInfo]) -> str:
-    missing = len(catalogue(models))
+def more_models_hint(models: list[ModelInfo], face_models: Sequence[ModelInfo] = ()) -> str:
+    missing = len(catalogue(models, face_models))
     if not missing:
         return ""
     return f"{missing} more model{'s' if missing > 1 else ''} can be installed: Get more models…"
+
+
+def face_model_names(face_models: Sequence[ModelInfo]) -> list[str]:
+    """What the Face model list offers: the installed face models, the backend's default first."""
+    return [model.name for model in face_models if model.installed]
+
+
+def initial_face_model(names: list[str], remembered: str) -> str:
+    """The face model the list shows: the person's last choice while it is installed, else the backend's
+    default (the first); "" when there is none."""
+    return remembered if remembered in names else (names[0] if names else "")
+
+
+def face_model_note(protocol_version: int, face_models: Sequence[ModelInfo]) -> str:
+    """Why Restore faces cannot work with this backend and what to do, or "" when it can."""
+    if protocol_version < FACES_PROTOCOL_VERSION:
+        return (
+            "Restore faces: this backend is too old for face restoration; update it (run the "
+            "installer again)."
+        )
+    if face_model_names(face_models):
+        return ""
+    if any(model.installable for model in face_models):
+        return "Restore faces: the backend has no face model yet; Get more models… installs one."
+    return (
+        "Restore faces: the backend has no face model. Install one with  python install.py --models "
+        "gfpgan-1.4"
+    )
 
 
 def result_label(options: EnhanceOptions, faces: tuple[int, int] | None = None) -> str:

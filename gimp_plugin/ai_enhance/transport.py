@@ -174,10 +174,11 @@ def list_models(client: LiteClient) -> list[ModelInfo]:
         raise BackendError(explain(error)) from None
 
 
-def list_face_models(client: LiteClient) -> list[str]:
-    """The face models the backend can restore faces with, its default first (empty: none installed)."""
+def catalogue(client: LiteClient) -> wire.ModelCatalogue:
+    """The backend's models and face models, installed or installable (face models: the installed ones
+    first, its default first; none from a backend too old for faces)."""
     try:
-        return client.list_face_models()
+        return client.catalogue()
     except EnhancerError as error:
         raise BackendError(explain(error)) from None
 
@@ -295,4 +296,6 @@ def explain(error: EnhancerError) -> str:
         return f"The connection to the AI backend was lost: {error.message}"
     if error.kind == "unauthenticated":
         return f"The AI backend refused the connection (access token): {error.message}"
+    if error.kind == "unsupported":
+        return f"The AI backend is older than this plug-in: {error.message}"
     return f"AI Enhance failed in the backend: {error.message}"

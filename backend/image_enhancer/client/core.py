@@ -34,7 +34,7 @@ class EnhancerError(Exception):
     Kinds: "unavailable" (no server at the address), "not_found" (unknown or uninstalled model),
     "invalid" (a request the server rejects), "too_large" (image over the server's limit),
     "queue_full", "cancelled", "deadline", "unauthenticated", "protocol" (a malformed reply),
-    "internal" (anything else).
+    "unsupported" (the server is older than what the request needs), "internal" (anything else).
     """
 
     def __init__(self, kind: str, message: str, code: str = "") -> None:
@@ -58,6 +58,7 @@ _KINDS = {
     "DEADLINE_EXCEEDED": "deadline",
     "UNAUTHENTICATED": "unauthenticated",
     "PERMISSION_DENIED": "unauthenticated",
+    "UNIMPLEMENTED": "unsupported",
 }
 
 
@@ -69,6 +70,8 @@ def error_from_status(code_name: str, details: str) -> EnhancerError:
     message = details or code_name.replace("_", " ").lower()
     if kind == "unavailable":
         message = f"the enhancer server is not reachable ({message})"
+    elif kind == "unsupported":
+        message = f"the server does not offer this call ({message}): it is older than this client; update it"
     elif kind == "deadline" and details.lower() in ("", "deadline exceeded"):
         # gRPC's own words for the client's deadline; the server's (e.g. an upload that timed out)
         # already say what happened.
@@ -230,6 +233,7 @@ class Client(ABC):
             client.wait_until_serving(timeout=60)
             client.health() -> "SERVING" | "NOT_SERVING" | ...
             client.list_models() -> list[ModelInfo]
+            client.catalogue() -> ModelCatalogue    # models and face models, installed or installable
             client.describe() -> ServerInfo
             client.install_model(name, on_progress=callback) -> InstallEvent
             info, data = client.enhance(data, width, height, channels, "u8" | "u16" | "f32",
@@ -258,6 +262,7 @@ class Client(ABC):
             raise EnhancerError("invalid", str(error)) from None
         self._metadata = auth_metadata(token)
         self._chunk_size = chunk_size
+        self._server_protocol: int | None = None  # DescribeServer's answer, asked when first needed
         self._connect(target, tls or root_certificates is not None, root_certificates)
 
     @abstractmethod
@@ -317,6 +322,12 @@ class Client(ABC):
         reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
         return [wire.model_info(m) for m in reply.models]
 
+    def catalogue(self, timeout: float = 30.0) -> wire.ModelCatalogue:
+        """The models and the face models, installed or installable, in one call: what a model chooser
+        and its "get more models" list show. A server older than protocol 2 lists no face models."""
+        reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
+        return wire.model_catalogue(reply)
+
     def list_face_models(self, timeout: float = 30.0) -> list[str]:
         """The face models the server's face pass can use, its default first (empty: none installed)."""
         reply = self._unary(wire.LIST_MODELS_METHOD, pb.ListModelsRequest(), pb.ListModelsResponse, timeout)
@@ -346,7 +357,23 @@ class Client(ABC):
 
     def describe(self, timeout: float = 30.0) -> ServerInfo:
         reply = self._unary(wire.DESCRIBE_METHOD, pb.DescribeServerRequest(), pb.ServerDescription, timeout)
-        return wire.server_info(reply)
+        info = wire.server_info(reply)
+        self._server_protocol = info.protocol_version
+        return info
+
+    def check_supported(self, options: EnhanceOptions, timeout: float | None = None) -> None:
+        """Raise EnhancerError("unsupported") when the server is too old for what `options` ask (faces
+        from a protocol 1 server, which would ignore them). Asks DescribeServer once per client, and
+        only for a request that needs more than protocol 1; behind a target that names several
+        backends, the first that answers speaks for all."""
+        if wire.protocol_needed(options) <= 1:
+            return
+        version = self._server_protocol
+        if version is None:
+            version = self.describe(timeout or 30.0).protocol_version
+        problem = wire.protocol_problem(options, version)
+        if problem is not None:
+            raise EnhancerError("unsupported", problem)
 
     def enhance(
         self,
@@ -365,11 +392,13 @@ class Client(ABC):
         """Enhance raw samples (row-major, interleaved, little-endian); returns the result's layout and bytes.
 
         Options come as an `EnhanceOptions` or as its fields by keyword (model, scale, strength, tile,
-        colour_fidelity, auto_contrast, alpha_mode). If `on_progress` raises, the job is cancelled on the
-        server and the exception propagates.
+        colour_fidelity, auto_contrast, alpha_mode, faces, face_strength, face_model, faces_only). If
+        `on_progress` raises, the job is cancelled on the server and the exception propagates. A server
+        too old for the options (faces) is refused before the upload (`check_supported`).
         """
         options = options or EnhanceOptions(**option_fields)
         image = ImageInfo(width, height, channels, sample_type, colour_encoding)
         requests = enhance_requests(data, image, options, self._chunk_size)
         start = next(requests)  # checks the request and the data's size before connecting
+        self.check_supported(options, timeout)
         return self._enhance(EnhanceCall(start, requests, on_progress, timeout))

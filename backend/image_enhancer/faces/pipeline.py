@@ -15,6 +15,7 @@ from image_enhancer.faces.catalogue import FaceModels
 from image_enhancer.faces.detect import shared_detector
 from image_enhancer.faces.face_pass import FaceReport, restore_faces
 from image_enhancer.request import EnhanceOptions
+from image_enhancer.weights.manifest import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,13 @@ class FacePass:
     """Restores the faces of a result when its request asks for it; models and detector load on first
     use. `last_report` says what the latest call did."""
 
-    def __init__(self, models_dir: Path | None = None, weights_dir: Path | None = None) -> None:
-        self._models_dir, self._weights_dir = models_dir, weights_dir
+    def __init__(
+        self,
+        models_dir: Path | None = None,
+        weights_dir: Path | None = None,
+        official: tuple[ModelEntry, ...] | None = None,
+    ) -> None:
+        self._models_dir, self._weights_dir, self._official = models_dir, weights_dir, official
         self._models: FaceModels | None = None
         self._lock = threading.Lock()
         self.last_report: FaceReport | None = None
@@ -37,7 +43,7 @@ class FacePass:
     def models(self) -> FaceModels:
         with self._lock:
             if self._models is None:
-                self._models = FaceModels(self._models_dir, self._weights_dir)
+                self._models = FaceModels(self._models_dir, self._weights_dir, self._official)
             return self._models
 
     def __call__(

@@ -35,17 +35,23 @@ class FaceRestorer:
     run: Callable[[Tensor], Tensor]
 
 
-def is_face_model(state_dict: dict[str, Tensor]) -> bool:
-    """Whether spandrel recognises the file as one of the face architectures."""
+def face_architecture(state_dict: dict[str, Tensor]) -> str:
+    """The face architecture spandrel recognises in the file ("GFPGAN", "RestoreFormer"), or ""."""
     from spandrel import MAIN_REGISTRY
 
     for support in MAIN_REGISTRY.architectures("detection"):
         try:
             if support.detect(state_dict):
-                return support.architecture.id in FACE_ARCHITECTURES
+                found = support.architecture.id
+                return found if found in FACE_ARCHITECTURES else ""
         except Exception:  # noqa: BLE001 - a detector tripping over an odd file has not found its own
             continue
-    return False
+    return ""
+
+
+def is_face_model(state_dict: dict[str, Tensor]) -> bool:
+    """Whether spandrel recognises the file as one of the face architectures."""
+    return bool(face_architecture(state_dict))
 
 
 def load_restorer(state_dict: dict[str, Tensor]) -> FaceRestorer:

@@ -202,9 +202,15 @@ def serve(
     """
     check_listen_safety(address, token, tls is not None)
     models = [enhancer.store.default_model] if warm_up is None else list(warm_up)
-    # The face pass reads face models from the same folders as the store it runs beside.
+    # The face pass reads face models from the same folders as the store it runs beside, and lists the
+    # face models of the manifest the store installs from.
     store = enhancer.store
-    face_pass = FacePass(getattr(store, "models_dir", None), getattr(store, "weights_dir", None))
+    manifest = getattr(store, "manifest", None)
+    face_pass = FacePass(
+        getattr(store, "models_dir", None),
+        getattr(store, "weights_dir", None),
+        getattr(manifest, "face_models", None),
+    )
     jobs = JobQueue(
         with_faces(lambda pixels, options, progress, cancelled: enhancer.enhance(
             pixels, options, progress, cancelled), face_pass),

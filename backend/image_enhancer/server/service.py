@@ -394,11 +394,12 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         survey = await self._models()
-        faces = await asyncio.to_thread(self._face_models.names) if self._face_models is not None else []
+        faces = await asyncio.to_thread(self._face_models.infos) if self._face_models is not None else []
         return pb.ListModelsResponse(
             models=[wire.model_message(_with_speed(m, *self._speeds.speed(m.name))) for m in survey.models],
             broken_models=[wire.broken_model_message(b) for b in survey.broken],
-            face_models=faces,
+            face_models=[f.name for f in faces if f.installed],
+            face_model_details=[wire.model_message(f) for f in faces],
         )
 
     async def InstallModel(

@@ -165,14 +165,16 @@ class BrokenModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., file: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "broken_models", "face_models")
+    __slots__ = ("models", "broken_models", "face_models", "face_model_details")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BROKEN_MODELS_FIELD_NUMBER: _ClassVar[int]
     FACE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    FACE_MODEL_DETAILS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     broken_models: _containers.RepeatedCompositeFieldContainer[BrokenModel]
     face_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., broken_models: _Optional[_Iterable[_Union[BrokenModel, _Mapping]]] = ..., face_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    face_model_details: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., broken_models: _Optional[_Iterable[_Union[BrokenModel, _Mapping]]] = ..., face_models: _Optional[_Iterable[str]] = ..., face_model_details: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class DescribeServerRequest(_message.Message):
     __slots__ = ()

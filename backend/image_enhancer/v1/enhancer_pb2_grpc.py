@@ -83,6 +83,7 @@ class EnhancerServicer:
     def InstallModel(self, request, context):
         """Download, convert and verify (sha256) a model the server's manifest offers, into its own weights
         folder; progress events, the last one with stage "installed". Models not in the manifest are refused.
+        Face models of the manifest install the same way. Protocol 2.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
