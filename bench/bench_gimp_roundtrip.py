@@ -15,6 +15,14 @@ host's loopback, with the plug-in's timing switch on. The plug-in reports, for t
 - write: the new layer, bytes -> GEGL buffer (GIMP I/O).
 
 GIMP's own start and the image set-up are not part of the round trip and are shown separately.
+
+With ``--estimate``, the backend first runs the job the dialog's preview sends (its 384-pixel "after" at
+1:1, so the backend has measured the model as it has when a person presses OK), then the time the
+dialog shows is computed from the backend's answer by the plug-in's own code, and printed against the
+actual round trip:
+
+    sudo python bench/bench_gimp_roundtrip.py --side 1024 --height 768 --scale x2 \
+        --model realesrgan-x4plus --estimate
 """
 
 from __future__ import annotations
@@ -38,15 +46,33 @@ from image_enhancer.client.grpc_client import EnhancerClient  # noqa: E402
 TIMINGS = "AI_ENHANCE_TIMINGS"
 
 
-def photo(side: int) -> np.ndarray:
-    """A real photo at `side` x `side` (the test photo, resized)."""
+PLUGIN = REPO / "gimp_plugin" / "ai_enhance"
+PREVIEW_SIDE = 384  # the preview's "after" picture, in output pixels (preview.PREVIEW_SIDE)
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    """A real photo at `width` x `height` (the test photo, resized)."""
     source = Image.open(REPO / "tests" / "data" / "forest_256.png").convert("RGB")
-    return np.ascontiguousarray(np.asarray(source.resize((side, side), Image.Resampling.BICUBIC)))
+    return np.ascontiguousarray(np.asarray(source.resize((width, height), Image.Resampling.BICUBIC)))
+
+
+def dialog_estimate(client: EnhancerClient, model: str, size: tuple[int, int], scale: int) -> float | None:
+    """The seconds the dialog shows for this layer, after the preview's job has run: the plug-in's own
+    estimate from the backend's model list."""
+    sys.path.insert(0, str(PLUGIN))
+    import settings  # the plug-in's module (pure Python), as the dialog uses it
+
+    side = PREVIEW_SIDE // scale
+    client.enhance(photo(side, side).tobytes(), side, side, 3, "u8", model=model, scale=scale)
+    info = next(m for m in client.list_models() if m.name == model)
+    return settings.estimate_seconds(settings.network_jobs([size], info), info)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--side", type=int, default=1024, help="width (and height unless --height)")
+    parser.add_argument("--height", type=int, help="height (default: --side)")
+    parser.add_argument("--estimate", action="store_true", help="the dialog's time estimate against the run")
     parser.add_argument("--scale", default="x4", choices=["x1", "x2", "x4"])
     parser.add_argument("--model", default="realesr-animevideov3")
     parser.add_argument("--gimp", default=GIMP_VERSIONS[0], choices=GIMP_VERSIONS, help="GIMP release")
@@ -63,9 +89,12 @@ def main() -> int:
             # Load the model once, so the figures are for a backend that is already warm.
             client.enhance(bytes(32 * 32 * 3), 32, 32, 3, "u8", model=args.model)
             device = client.describe().device_name
+            size = (args.side, args.height or args.side)
+            scale = int(args.scale[1:])
+            estimate = dialog_estimate(client, args.model, size, max(scale, 1)) if args.estimate else None
         started = time.perf_counter()
         arguments = {"model": args.model, "scale": args.scale}
-        result = gimp.run_job("roundtrip", photo(args.side), env={TIMINGS: "1"}, arguments=arguments)
+        result = gimp.run_job("roundtrip", photo(*size), env={TIMINGS: "1"}, arguments=arguments)
         wall = time.perf_counter() - started
     finally:
         gimp.remove()
@@ -78,7 +107,7 @@ def main() -> int:
     timings = json.loads(line.split(" ", 1)[1])
     trip = sum(timings.values())
     width, height = result["image"]
-    print(f"{args.side}x{args.side} RGB u8 at {args.scale} -> {width}x{height}, {args.model} on {device}")
+    print(f"{size[0]}x{size[1]} RGB u8 at {args.scale} -> {width}x{height}, {args.model} on {device}")
     stages = [
         ("GIMP I/O: read layer", timings["read_s"]),
         ("transport: upload", timings["upload_s"]),
@@ -91,6 +120,10 @@ def main() -> int:
         print(f"  {name:<46} {seconds:8.2f} s  {100 * seconds / trip:5.1f} %")
     print(f"  {'round trip':<46} {trip:8.2f} s")
     print(f"  {'GIMP start, image set-up, exit (not in trip)':<46} {wall - trip:8.2f} s")
+    if args.estimate:
+        shown = "not yet measured" if estimate is None else f"{estimate:.1f} s"
+        ratio = "" if estimate is None else f", round trip / estimate {trip / estimate:.2f}"
+        print(f"  the dialog's estimate: {shown}{ratio}")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Face models for tests, made here without downloads: an identity restorer (changes no pixel) and a
-random-weight GFPGAN of the released 1.3/1.4 layout, and a folder that holds both, for the face pass's
-tests (engine, server, command line, cluster, GIMP)."""
+"""Face models for tests, made here without downloads: an identity restorer (changes no pixel), a
+random-weight GFPGAN of the released 1.3/1.4 layout, a random-weight RestoreFormer, and a folder that
+holds the first two, for the face pass's tests (engine, server, command line, cluster, GIMP)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,23 @@ def random_gfpgan() -> dict[str, torch.Tensor]:
     return {k: v.half().contiguous() for k, v in net.state_dict().items()}
 
 
+def random_restoreformer(
+    ch: int = 64, n_embed: int = 1024, num_res_blocks: int = 2
+) -> dict[str, torch.Tensor]:
+    """RestoreFormer's layout (by default the published one) with random weights, none of them zero
+    or alike, as trained ones (seed 0)."""
+    from spandrel.architectures.RestoreFormer import RestoreFormer
+
+    torch.manual_seed(0)
+    state = RestoreFormer(n_embed=n_embed, ch=ch, num_res_blocks=num_res_blocks).state_dict()
+    generator = torch.Generator().manual_seed(1)
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            tensor.mul_(0.9 + 0.2 * torch.rand(tensor.shape, generator=generator))
+            tensor.add_(0.01 * (torch.rand(tensor.shape, generator=generator) - 0.5))
+    return state
+
+
 def face_models_folder(folder: Path) -> Path:
     """`folder` with `random-gfpgan.safetensors` and `identity.safetensors` in it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,10 +57,16 @@ def face_models_folder(folder: Path) -> Path:
 
 
 def home_with(home: Path, models_dir: Path) -> Path:
-    """A data folder (IMAGE_ENHANCER_HOME) with the installed weights and `models_dir` as its models."""
-    from image_enhancer.paths import weights_dir
+    """A data folder (IMAGE_ENHANCER_HOME) with the installed weights and `models_dir` as its models,
+    and the user's OpenVINO cache as its own (GFPGAN is converted once per machine, not per test: two
+    minutes on two cores)."""
+    from image_enhancer.paths import runtime_cache_dir, weights_dir
+    from image_enhancer.runtimes.openvino import export
 
     home.mkdir(parents=True, exist_ok=True)
     (home / "weights").symlink_to(weights_dir())
     (home / "models").symlink_to(models_dir)
+    converted = runtime_cache_dir() / export.NAME
+    converted.mkdir(parents=True, exist_ok=True)
+    (home / export.NAME).symlink_to(converted)
     return home

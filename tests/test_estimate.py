@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from image_enhancer.cli import main
-from image_enhancer.estimate import SLOW_JOB_ENV, NetworkSpeeds, Planner
+from image_enhancer.estimate import CALIBRATION_MAX_SIDE, SLOW_JOB_ENV, NetworkSpeeds, Planner
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server.model_speed import suggested_model
 from tests.conftest import REPO_ROOT
@@ -73,3 +73,16 @@ def test_the_default_model_is_the_devices_suggestion_and_m_wins(model_store, tmp
     err = capfd.readouterr().err
     assert "with realesr-animevideov3 on this CPU" in err
     assert "would take" not in err  # not slow: no other model named
+
+
+def test_a_fast_model_is_timed_on_the_jobs_own_window_not_only_a_small_one(planner) -> None:
+    """A compact model's 256² window is mostly per-call cost; the estimate for a big photo must come from a
+    window like the job's, or it says twice the real time."""
+    model = suggested_model(planner.enhancer.store, on_gpu=False)
+    image = np.zeros((1500, 2000, 3), np.uint8)
+    options = EnhanceOptions(model=model, scale=2)
+    scale = planner.enhancer.tile_settings(1500, 2000, options).scale
+    planner.calibrate(model, image, options)
+    timed = [pixels for pixels, _ in planner.speeds._jobs[model]]
+    # How far it grows depends on this machine's speed; past the first window it always goes.
+    assert max(timed) >= (2 * CALIBRATION_MAX_SIDE) ** 2 * scale**2

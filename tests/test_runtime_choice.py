@@ -34,7 +34,7 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
     assert timings[0].candidate == Candidate("pytorch", "fp32") and timings[0].mean_levels == 0
     assert {t.runtime for t in timings} == {r.name for r in runtimes.installed()}
     assert all(t.seconds_per_pixel > 0 and t.within() for t in timings)  # fp32 everywhere on this CPU
-    assert all(t.context >= 1.0 for t in timings)  # the context its windows compute twice
+    assert all(t.work() >= 1.0 and t.core > 0 for t in timings)  # the context its windows compute twice
     written = engine.runtime_table.path.read_bytes()
 
     def never(_candidate: Candidate) -> object:
@@ -74,6 +74,20 @@ def test_a_precision_outside_the_bound_is_not_taken_by_auto():
     assert best(timings, "auto").candidate == Candidate("ncnn", "fp16")
     assert best(timings, "fp32").candidate == Candidate("openvino", "fp32")
     assert best(timings, "bf16").candidate == Candidate("openvino", "bf16")  # asked for: taken
+
+
+def test_the_choice_counts_the_context_of_the_jobs_own_tiles():
+    """Faster per pixel but with cores a quarter the size (x4plus on ncnn against OpenVINO on an AVX2
+    EPYC): a 500² image fits OpenVINO's single window but needs 4×4 tiles on ncnn, nearly twice the
+    work, so OpenVINO wins it, while on a large photo both pay for context and ncnn's pace wins."""
+    small_cores = Timing("ncnn", "fp32", 155e-6, core=152, pad=32)
+    large_cores = Timing("openvino", "fp32", 272e-6, core=536, pad=32)
+    assert small_cores.work((500, 500)) == pytest.approx(((500 + 3 * 64) / 500) ** 2)
+    assert large_cores.work((500, 500)) == 1.0  # one window, no context
+    assert large_cores.work() == pytest.approx((600 / 536) ** 2)
+    assert best([small_cores, large_cores], "fp32", (500, 500)).runtime == "openvino"
+    assert best([small_cores, large_cores], "fp32", (4000, 3000)).runtime == "ncnn"
+    assert Timing("pytorch", "fp32", 1e-6).work((5000, 5000)) == 1.0  # no core known: no context
 
 
 def test_a_damaged_table_is_measured_again(engine, model_store):

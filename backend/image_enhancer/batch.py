@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import stat
 import sys
@@ -23,11 +24,13 @@ from tqdm import tqdm
 from image_enhancer.client.core import EnhancerError
 from image_enhancer.imagefiles import (
     READABLE_SUFFIXES,
+    BandedFile,
     ImageFile,
     ImageFileError,
     read_image,
     to_uint8,
     write_image,
+    write_image_as_made,
 )
 from image_enhancer.publish import describe_write_error, remove_stale_temporaries
 from image_enhancer.request import DEFAULT_FACE_STRENGTH, EnhanceOptions
@@ -40,12 +43,16 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, {remaining} l
 
 ProgressCallback = Callable[[str, int, int], None]
 EnhanceFunction = Callable[[np.ndarray, ProgressCallback], np.ndarray]
+# The same, handing the result to the file band by band when it can (and returning None; see
+# Enhancer.enhance's rows), else returning it whole.
+BandedEnhanceFunction = Callable[[np.ndarray, ProgressCallback, BandedFile | None], np.ndarray | None]
 
 
 @dataclass(frozen=True)
 class Enhance:
     run: EnhanceFunction
     max_input_pixels: int  # larger files are refused from their header, before they are decoded
+    run_into: BandedEnhanceFunction | None = None  # where the result can be written as it is made
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,9 @@ def _process(
         check_writable(target, inputs, overwrite)
     check_regular_file(job.source)
     image = read_image(job.source, enhance.max_input_pixels)
+    # The side-by-side comparison needs the whole result; otherwise it goes to the file as it is made
+    # where the engine and the format allow (PNG and TIFF), through the temporary file publish() fills.
+    run_into = enhance.run_into if compare_path is None else None
     with tqdm(desc=label, total=1, bar_format=BAR_FORMAT, leave=True, dynamic_ncols=True) as bar:
 
         def report(stage: str, done: int, total: int) -> None:
@@ -226,17 +236,26 @@ def _process(
                 bar.update(done - bar.n)
             bar.set_postfix_str(stage)
 
+        if run_into is not None:
+            _make_folder(job.target)
+            make = functools.partial(run_into, image.pixels, report)
+            write_image_as_made(job.target, image, make, overwrite=overwrite)
+            return
         result = enhance.run(image.pixels, report)
-    try:
-        job.target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise describe_write_error(error, job.target) from error
+    _make_folder(job.target)
     # check_writable above saves the work on outputs that exist; the no-replace publish here is what
     # keeps one that appeared since (another run into the same folder, say).
     write_image(job.target, replace(image, pixels=result), overwrite=overwrite)
     if compare_path is not None:
         compare = ImageFile(side_by_side(image.pixels, result), image.icc_profile)
         write_image(compare_path, compare, overwrite=overwrite)
+
+
+def _make_folder(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise describe_write_error(error, target) from error
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -307,18 +326,24 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
 
     face_pass = FacePass(store.models_dir, store.weights_dir)
 
-    def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
+    def enhance(
+        pixels: np.ndarray, report: ProgressCallback, rows: BandedFile | None = None
+    ) -> np.ndarray | None:
         if options.faces_only:  # the face pass alone: no enhancement model runs
             result = pixels
         else:
             tqdm.write(planner.announce(pixels, options), file=sys.stderr)  # before the work starts
-            result = planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total))
+            # The face pass works on the whole result: with it, nothing goes to the file in bands.
+            result = planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total),
+                                 rows=None if options.faces else rows)  # fmt: skip
+            if result is None:  # written to the file already
+                return None
         result = face_pass(pixels, result, options, progress=lambda p: report(p.stage, p.done, p.total))
         if face_pass.last_report is not None and options.faces:
             tqdm.write(f"faces: {face_pass.last_report.message()}", file=sys.stderr)
         return result
 
-    return Enhance(enhance, enhancer.max_pixels)
+    return Enhance(enhance, enhancer.max_pixels, run_into=enhance)
 
 
 # Options that only the process running the models can honour, with their command-line defaults.

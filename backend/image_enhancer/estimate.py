@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from image_enhancer.engine.bands import ResultRows
 from image_enhancer.engine.enhancer import Enhancer, Progress
 from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions
@@ -40,6 +41,11 @@ SLOW_JOB_ENV = "IMAGE_ENHANCER_SLOW_JOB_SECONDS"  # overrides SLOW_JOB_SECONDS
 CALIBRATION_MAX_SIDE = 256
 #: Jobs at least this long tell the rate; shorter ones mostly tell the fixed part.
 MEASURED_SECONDS = 1.0
+#: A fast model's small window costs more per pixel than the job's large ones (the compact models at
+#: 256² about 2.5× on two cores, which put a 12-megapixel job at twice its time), so the window is
+#: doubled towards the job's own while the next one should take at most this long (judged at the last
+#: one's cost per pixel, which only overstates it).
+GROWN_BUDGET_SECONDS = 6.0
 
 
 def seconds_for(speed: tuple[float, float], pixels: int) -> float | None:
@@ -122,18 +128,30 @@ class Planner:
         return self.speeds.speed(model)
 
     def calibrate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> None:
-        """Time one window like the job's (after one tiny run that loads and prepares the model) and
-        record it: per pixel a window costs about what the job's windows will."""
+        """Time windows growing towards the job's (after one tiny run that loads and prepares the model)
+        and record them: per pixel the largest costs about what the job's windows will."""
         settings = self.enhancer.tile_settings(image.shape[0], image.shape[1], options)
-        window = min(settings.tile + 2 * settings.pad, CALIBRATION_MAX_SIDE)
-        shape = (min(window, image.shape[0]), min(window, image.shape[1]), 3)
-        noise = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+        job_window = min(settings.tile + 2 * settings.pad, max(image.shape[:2]))
         plain = EnhanceOptions(model=model)
-        self.enhancer.enhance(noise[:32, :32], plain)
+        self.enhancer.enhance(np.zeros((32, 32, 3), np.uint8), plain)
         self.speeds.prepared(model)
+        window = min(job_window, CALIBRATION_MAX_SIDE)
+        seconds = self._time_window(model, window, image.shape[:2], plain)
+        while window < job_window:
+            grown = min(job_window, 2 * window)
+            if seconds * (grown / window) ** 2 > GROWN_BUDGET_SECONDS:
+                break
+            window, seconds = grown, self._time_window(model, grown, image.shape[:2], plain)
+
+    def _time_window(self, model: str, side: int, size: tuple[int, ...], plain: EnhanceOptions) -> float:
+        """Seconds of one job on a ``side``² noise window (within ``size``), recorded as a job."""
+        shape = (min(side, size[0]), min(side, size[1]), 3)
+        noise = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
         started = time.perf_counter()
         self.enhancer.enhance(noise, plain)
-        self.speeds.record(model, self._work(noise, plain), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.speeds.record(model, self._work(noise, plain), seconds)
+        return seconds
 
     def estimate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> float | None:
         """Seconds the job will take on this device (None if the model cannot be timed here)."""
@@ -156,9 +174,14 @@ class Planner:
         return f"{text}; {fast} would take {duration_words(faster)} (-m {fast})"
 
     def run(
-        self, image: np.ndarray, options: EnhanceOptions, progress: Callable[[Progress], None] | None = None
-    ) -> np.ndarray:
-        """Enhance ``image`` and record the time the model worked (from the end of loading)."""
+        self,
+        image: np.ndarray,
+        options: EnhanceOptions,
+        progress: Callable[[Progress], None] | None = None,
+        rows: ResultRows | None = None,
+    ) -> np.ndarray | None:
+        """Enhance ``image`` and record the time the model worked (from the end of loading); ``rows`` and
+        the result as in ``Enhancer.enhance``."""
         ready: list[float] = []
 
         def watch(event: Progress) -> None:
@@ -167,7 +190,7 @@ class Planner:
             if progress is not None:
                 progress(event)
 
-        result = self.enhancer.enhance(image, options, progress=watch)
+        result = self.enhancer.enhance(image, options, progress=watch, rows=rows)
         if ready:
             self.speeds.prepared(options.model)  # by announce (network_pixels) or by an earlier job
             self.speeds.record(options.model, self._work(image, options), time.perf_counter() - ready[0])

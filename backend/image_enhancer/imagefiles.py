@@ -1,9 +1,15 @@
 """Reading and writing image files for the CLI, keeping bit depth, ICC profile and EXIF.
 
-Pillow reads and writes JPEG, WebP, BMP and 8-bit PNG; 16-bit colour PNGs, which Pillow cannot hold, go
-through pypng, and TIFFs through tifffile and imagecodecs (image_enhancer.tiff_files). Pixels come out
-upright (the file's orientation applied) as H×W×C numpy arrays (C = 1–4) of uint8, uint16 or float32,
-the forms the engine accepts; the ICC profile and EXIF ride along (image_enhancer.image_metadata).
+Pillow reads and writes JPEG, WebP and BMP and reads 8-bit PNG; 16-bit colour PNGs, which Pillow cannot
+hold, are read with pypng; every PNG is written by PngBands; and TIFFs go through tifffile and imagecodecs
+(image_enhancer.tiff_files). Pixels come out upright (the file's orientation applied) as H×W×C numpy
+arrays (C = 1–4) of uint8, uint16 or float32, the forms the engine accepts; the ICC profile and EXIF ride
+along (image_enhancer.image_metadata).
+
+A result can also be written as it is made, band by band (write_image_as_made), to PNG and TIFF, so a
+large one never sits in memory whole. Not to JPEG: Pillow, imagecodecs and OpenCV all encode a JPEG from a
+whole image only, so a JPEG result is held whole (in the input's samples, 8-bit for a photo) and written
+at the end, as are WebP and BMP.
 
 A decoder is held to what the header promises before it decodes: the pixel limit is checked from the
 header, and no compressed stream may inflate beyond what the header's size needs.
@@ -16,9 +22,10 @@ import io
 import logging
 import warnings
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import png
@@ -27,12 +34,16 @@ from PIL import Image, ImageCms
 from image_enhancer import image_metadata
 from image_enhancer.publish import publish
 
+if TYPE_CHECKING:
+    from image_enhancer.tiff_files import TiffBands
+
 log = logging.getLogger(__name__)
 
 READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 WRITABLE_SUFFIXES = READABLE_SUFFIXES
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
+BANDED_SUFFIXES = {".png", *TIFF_SUFFIXES}  # written band by band as a result is made
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INFLATE_STEP = 1 << 20  # bytes inflated at a time while checking a PNG's image data
 MAX_WEBP_CHUNKS = 64  # chunks looked at before the image chunk of a WebP (a few are normal)
@@ -120,6 +131,82 @@ def write_image(path: Path, image: ImageFile, *, overwrite: bool = True) -> None
     publish(path, lambda temporary: _write_new(temporary, image), overwrite)
 
 
+def write_image_as_made(
+    path: Path,
+    image: ImageFile,
+    make: Callable[[BandedFile | None], np.ndarray | None],
+    *,
+    overwrite: bool = True,
+) -> np.ndarray | None:
+    """Write to `path` the result `make` produces, published as write_image publishes it.
+
+    For PNG and TIFF, `make` gets a BandedFile (``begin(shape, dtype)``, then ``write(band)`` from the
+    top down: engine.bands.ResultRows) that puts each band into the file at once; it returns None when
+    it used it, or else the whole result. For other formats it gets None and returns the whole result.
+    A whole result is written as write_image writes it, and returned. `image` gives the ICC profile and
+    EXIF (its pixels are not written). When `make` fails, neither the target nor a temporary file is left.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise ImageFileError(f"{path}: unsupported output type {path.suffix!r}")
+    whole: list[np.ndarray] = []
+
+    def write(temporary: Path) -> None:
+        banded = BandedFile(temporary, image) if temporary.suffix.lower() in BANDED_SUFFIXES else None
+        try:
+            result = make(banded)
+            if result is not None:
+                whole.append(result)
+                _write_new(temporary, replace(image, pixels=result))
+            elif banded is None:
+                raise ValueError("a result for a format written whole was not returned")
+            else:
+                banded.finish()
+        finally:
+            if banded is not None:
+                banded.close()
+
+    publish(path, write, overwrite)
+    return whole[0] if whole else None
+
+
+class BandedFile:
+    """A PNG or TIFF at `path` written band by band (engine.bands.ResultRows), holding the metadata of
+    `image` as write_image would write it; ``finish`` completes it, ``close`` lets it go (as it is)."""
+
+    def __init__(self, path: Path, image: ImageFile) -> None:
+        self.path = path
+        self.image = image
+        self._encoder: PngBands | TiffBands | None = None
+        self._rows_left = 0
+
+    def begin(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        suffix = self.path.suffix.lower()
+        icc, exif = image_metadata.fit_for(suffix, self.image.icc_profile, self.image.exif, self.image.source)
+        self._rows_left = shape[0]
+        if suffix in TIFF_SUFFIXES:
+            from image_enhancer.tiff_files import TiffBands
+
+            self._encoder = TiffBands(self.path, shape, dtype, icc, exif, self.image.source)
+        else:
+            self._encoder = PngBands(self.path, shape, dtype, icc, exif)
+
+    def write(self, band: np.ndarray) -> None:
+        if self._encoder is None or band.shape[0] > self._rows_left:
+            raise ValueError("a band beyond the announced result")
+        self._encoder.write(band)
+        self._rows_left -= band.shape[0]
+
+    def finish(self) -> None:
+        if self._encoder is None or self._rows_left:
+            raise ValueError(f"{self.path}: the result ended {self._rows_left} rows short")
+        self._encoder.finish()
+
+    def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.close()
+
+
 def _write_new(path: Path, image: ImageFile) -> None:
     suffix = path.suffix.lower()
     icc, exif = image_metadata.fit_for(suffix, image.icc_profile, image.exif, image.source)
@@ -134,11 +221,10 @@ def _write_new(path: Path, image: ImageFile) -> None:
         if suffix in {".jpg", ".jpeg"} and pixels.shape[2] in (2, 4):
             pixels = pixels[:, :, : pixels.shape[2] - 1]  # JPEG has no alpha channel
     elif suffix == ".png":
-        if pixels.dtype == np.float32:
-            pixels = to_uint16(pixels)
-        if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
-            _write_png16(path, pixels, icc, exif)
-            return
+        # One PNG encoder for whole results and banded ones (and 16-bit colour, which Pillow cannot
+        # hold), so a file's bytes do not depend on the path that made it.
+        _write_png(path, to_uint16(pixels) if pixels.dtype == np.float32 else pixels, icc, exif)
+        return
     options: dict[str, object] = {}
     if icc:
         options["icc_profile"] = icc
@@ -332,26 +418,96 @@ def png_data_size(width: int, height: int, bits_per_pixel: int, interlaced: bool
     return total
 
 
-def _write_png16(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None,
-                 exif: bytes | None = None) -> None:
-    height, width, channels = pixels.shape
-    writer = png.Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=16)
-    rows = pixels.reshape(height, width * channels)
-    metadata = []
-    # pypng writes neither iCCP nor eXIf itself: they go in right after IHDR, before the image data.
-    if icc_profile:
-        metadata.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
-    if exif:
-        metadata.append((b"eXIf", exif.removeprefix(image_metadata.EXIF_PREFIX)))
-    with open(path, "wb") as handle:
-        if not metadata:
-            writer.write(handle, rows)
-            return
-        chunks = list(png.Reader(bytes=_png_bytes(writer, rows)).chunks())
-        png.write_chunks(handle, chunks[:1] + metadata + chunks[1:])
+def _write_png(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None,
+               exif: bytes | None = None) -> None:
+    encoder = PngBands(path, pixels.shape, pixels.dtype, icc_profile, exif)
+    try:
+        encoder.write(pixels)
+        encoder.finish()
+    finally:
+        encoder.close()
 
 
-def _png_bytes(writer: png.Writer, rows: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    writer.write(buffer, rows)
-    return buffer.getvalue()
+#: zlib's level for PNG image data (Pillow's default too), the rows filtered at a time, and the most
+#: compressed bytes held before they go out as an IDAT chunk.
+PNG_LEVEL = 6
+PNG_FILTER_ROWS = 8
+PNG_CHUNK_BYTES = 1 << 20
+
+
+class PngBands:
+    """A PNG written to `path` band by band (``H×W×C`` bands of uint8, uint16, or float32 written as
+    16-bit as _write_new writes it), with the ICC profile and EXIF before the image data; ``finish``
+    ends it, ``close`` closes the file (also unfinished).
+
+    pypng writes the signature and header, but its encoder pulls rows from an iterator and leaves every
+    row unfiltered (files 1.8× Pillow's for photos); the bands are pushed here instead, each row given
+    the filter with the smallest sum of absolute values as signed bytes (the heuristic of the PNG
+    specification, 12.8, which libpng and Pillow use), so files come out within a few percent of
+    Pillow's."""
+
+    def __init__(
+        self, path: Path, shape: tuple[int, ...], dtype: np.dtype, icc: bytes | None, exif: bytes | None
+    ) -> None:
+        height, width, channels = shape
+        depth = 8 if np.dtype(dtype) == np.uint8 else 16
+        writer = png.Writer(width, height, greyscale=channels <= 2, alpha=channels in (2, 4), bitdepth=depth)
+        self._handle: BinaryIO = open(path, "wb")  # noqa: SIM115 — open from band to band, until close()
+        try:
+            writer.write_preamble(self._handle)
+            # pypng writes neither iCCP nor eXIf itself: they go right after IHDR, before the image data.
+            if icc:
+                png.write_chunk(self._handle, b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
+            if exif:
+                png.write_chunk(self._handle, b"eXIf", exif.removeprefix(image_metadata.EXIF_PREFIX))
+        except BaseException:
+            self._handle.close()
+            raise
+        self._depth = depth
+        self._pixel_bytes = channels * depth // 8
+        self._previous = np.zeros(width * self._pixel_bytes, dtype=np.uint8)  # the row above the first
+        self._compressor = zlib.compressobj(PNG_LEVEL)
+        self._pending = bytearray()
+
+    def write(self, band: np.ndarray) -> None:
+        for top in range(0, band.shape[0], PNG_FILTER_ROWS):
+            part = band[top : top + PNG_FILTER_ROWS]
+            if self._depth == 16:
+                part = to_uint16(part).astype(">u2")  # PNG samples are big-endian
+            rows = np.ascontiguousarray(part).view(np.uint8).reshape(part.shape[0], -1)
+            self._pending += self._compressor.compress(_png_filtered(rows, self._previous, self._pixel_bytes))
+            self._previous = rows[-1].copy()
+            if len(self._pending) >= PNG_CHUNK_BYTES:
+                png.write_chunk(self._handle, b"IDAT", self._pending)
+                self._pending.clear()
+
+    def finish(self) -> None:
+        self._pending += self._compressor.flush()
+        png.write_chunk(self._handle, b"IDAT", self._pending)
+        png.write_chunk(self._handle, b"IEND")
+        self._handle.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _png_filtered(rows: np.ndarray, previous: np.ndarray, pixel_bytes: int) -> np.ndarray:
+    """PNG scanlines, each led by its filter type (PNG 9.2: None, Sub, Up, Average, Paeth), the one
+    whose bytes, read as signed, have the smallest sum of absolute values."""
+    x = rows.astype(np.int16)
+    up = np.empty_like(x)
+    up[0], up[1:] = previous, x[:-1]
+    left = np.zeros_like(x)
+    left[:, pixel_bytes:] = x[:, :-pixel_bytes]
+    upper_left = np.zeros_like(x)
+    upper_left[:, pixel_bytes:] = up[:, :-pixel_bytes]
+    pa, pb, pc = np.abs(up - upper_left), np.abs(left - upper_left), np.abs(left + up - 2 * upper_left)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upper_left))
+    # Differences wrap to bytes, as PNG's arithmetic does (modulo 256).
+    candidates = np.stack([x, x - left, x - up, x - ((left + up) >> 1), x - paeth]).astype(np.uint8)
+    scores = np.abs(candidates.view(np.int8).astype(np.int16)).sum(axis=2, dtype=np.int64)
+    best = scores.argmin(axis=0)
+    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = best
+    filtered[:, 1:] = candidates[best, np.arange(rows.shape[0])]
+    return filtered

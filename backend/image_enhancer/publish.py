@@ -27,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 TEMPORARY_MARK = ".ie-tmp-"
-# A temporary file older than this is stale whoever wrote it: writing one output takes seconds, and a
-# process number may have been reused since.
+# A temporary file older than this is stale whoever wrote it: writing one output takes seconds (one
+# written band by band while its job runs is touched as they go in), and a process number may have been
+# reused since.
 STALE_AFTER_S = 6 * 3600
 _TEMPORARY_NAME = re.compile(
     r"^\..*" + re.escape(TEMPORARY_MARK) + r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}(\.[^.]*)?$"

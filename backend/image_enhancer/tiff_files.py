@@ -246,17 +246,56 @@ _PLACEHOLDERS = {0x8769: 0x8768, 0x8825: 0x8824}
 
 
 def write_tiff(path: Path, image: ImageFile, icc: bytes | None, exif: bytes | None) -> None:
-    pixels = image.pixels
-    photometric = "minisblack" if pixels.shape[2] <= 2 else "rgb"
-    extras = {"extrasamples": [EXTRASAMPLE.UNASSALPHA]} if pixels.shape[2] in (2, 4) else {}
-    form = image_metadata.tiff_form(exif, image.source)
-    tags = form.tags + [(_PLACEHOLDERS[tag], "I", 1, 0, True) for tag in form.sub_ifds]
-    if pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]  # a trailing axis of one would read as one-pixel-wide pages
-    tifffile.imwrite(path, pixels, photometric=photometric, iccprofile=icc, metadata=None, software=False,
-                     extratags=tags, **extras)
-    if form.sub_ifds:
-        _link_sub_ifds(path, form.sub_ifds, image.source)
+    encoder = TiffBands(path, image.pixels.shape, image.pixels.dtype, icc, exif, image.source)
+    try:
+        encoder.write(image.pixels)
+        encoder.finish()
+    finally:
+        encoder.close()
+
+
+class TiffBands:
+    """A TIFF written band by band (``H×W×C`` bands of ``dtype``): tifffile writes the tags and leaves
+    the place of the uncompressed image data empty, the bands fill it in order, and the EXIF sub-IFDs
+    follow at the end: the same file as writing the whole array at once. ``close`` closes the file (also
+    unfinished)."""
+
+    def __init__(
+        self, path: Path, shape: tuple[int, ...], dtype: np.dtype, icc: bytes | None, exif: bytes | None,
+        source: object,
+    ) -> None:  # fmt: skip
+        height, width, channels = shape
+        photometric = "minisblack" if channels <= 2 else "rgb"
+        extras = {"extrasamples": [EXTRASAMPLE.UNASSALPHA]} if channels in (2, 4) else {}
+        form = image_metadata.tiff_form(exif, source)
+        tags = form.tags + [(_PLACEHOLDERS[tag], "I", 1, 0, True) for tag in form.sub_ifds]
+        # A trailing axis of one would read as one-pixel-wide pages.
+        stored = (height, width) if channels == 1 else (height, width, channels)
+        place = tifffile.imwrite(
+            path, shape=stored, dtype=dtype, photometric=photometric, iccprofile=icc, metadata=None,
+            software=False, extratags=tags, returnoffset=True, **extras,
+        )  # fmt: skip
+        if place is None:
+            raise ImageFileError(f"{path}: tifffile left no place for the image data")
+        self.path, self.source, self.sub_ifds = path, source, form.sub_ifds
+        self._dtype = np.dtype(dtype)
+        self._end = place[0] + place[1]
+        self._handle = open(path, "r+b")  # noqa: SIM115 — open from band to band, until close()
+        self._handle.seek(place[0])
+
+    def write(self, band: np.ndarray) -> None:
+        self._handle.write(np.ascontiguousarray(band, dtype=self._dtype).data)
+
+    def finish(self) -> None:
+        written = self._handle.tell()
+        if written != self._end:
+            raise ImageFileError(f"{self.path}: the image data ended at byte {written}, not {self._end}")
+        self._handle.close()
+        if self.sub_ifds:
+            _link_sub_ifds(self.path, self.sub_ifds, self.source)
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def _link_sub_ifds(path: Path, sub_ifds: dict[int, dict], source: object) -> None:

@@ -238,10 +238,17 @@ def estimate_text(jobs: list[int], model: ModelInfo, device: str) -> str:
     """How long the backend will take for jobs of these network pixels (one per layer: input pixels ×
     the model's scale²), from the speed it measured for the model on its device."""
     where = device_words(device)
-    if model.output_pixels_per_second <= 0:
+    seconds = estimate_seconds(jobs, model)
+    if seconds is None:
         return f"Time: not yet measured for this model on {where} (the first run measures it)."
-    seconds = sum(model.job_fixed_seconds + pixels / model.output_pixels_per_second for pixels in jobs)
     return f"Time: {duration_text(seconds)} on {where}."
+
+
+def estimate_seconds(jobs: list[int], model: ModelInfo) -> float | None:
+    """The seconds ``estimate_text`` words; None before the backend has measured the model."""
+    if model.output_pixels_per_second <= 0:
+        return None
+    return sum(model.job_fixed_seconds + pixels / model.output_pixels_per_second for pixels in jobs)
 
 
 def result_text(image_size: tuple[int, int], scale: float, selection: bool) -> str:

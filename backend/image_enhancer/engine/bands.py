@@ -4,7 +4,9 @@ Tiles are run row of tiles by row of tiles, and a tile only adds to the rows its
 or not), so once a row of tiles is done every output row above the first one the next row of tiles
 reaches is final. Those rows go to a ``sink`` (which converts them to the result's 8- or 16-bit samples)
 and are dropped, so the float canvas never holds more than about two rows of tiles: a 48-megapixel
-result needs 0.6 GB as floats but only a few tens of MB this way.
+result needs 0.6 GB as floats but only a few tens of MB this way. The converted bands go on to
+``ResultRows``: one whole array (``ArrayRows``), or a file written band by band (``imagefiles``), and then
+the result never sits in memory whole at all.
 """
 
 from __future__ import annotations

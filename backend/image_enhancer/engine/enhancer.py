@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -25,7 +25,7 @@ import torch
 from image_enhancer import runtimes
 from image_enhancer.engine import alpha as alpha_ops
 from image_enhancer.engine import colour, pixels, runtime_choice
-from image_enhancer.engine.bands import RowSink
+from image_enhancer.engine.bands import ArrayRows, ResultRows, RowSink
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.precision import check_precision
 from image_enhancer.engine.tiling import (
@@ -128,8 +128,14 @@ class Enhancer:
         options: EnhanceOptions,
         progress: Callable[[Progress], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
-    ) -> np.ndarray:
+        rows: ResultRows | None = None,
+    ) -> np.ndarray | None:
         """Enhance an ``H×W×C`` (or ``H×W``) uint8/uint16/float32 image; same dtype and channels out.
+
+        With ``rows``, a result built in bands whose alpha (if any) is known before its colour — absent,
+        constant or bicubic, not run through the model — goes to ``rows`` band by band as it is made
+        (``H×W×1`` bands for an ``H×W`` image) and None is returned; any other result is returned whole
+        and ``rows`` is not used. Either way the samples are the same.
 
         ``progress`` receives a Progress when a stage starts, per batch of tiles and, from runtimes
         that can tell, at least every ``watch.REPORT_INTERVAL_S`` inside one; ``cancelled`` is polled
@@ -165,7 +171,7 @@ class Enhancer:
                 "— choose a smaller scale or a smaller image"
             )
         # Preparing the network (converting it, and on first use timing the CPU runtimes) is loading too.
-        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2)
+        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2, (height, width))
         report("loading model", 1, 1)
         check_cancelled()
 
@@ -192,6 +198,7 @@ class Enhancer:
         # band by band as the tiles finish, and never sits in memory whole as floats.
         by_pixel = not options.colour_fidelity and beyond is None and passes == 1
         banded = by_pixel and (shrink is not None or (out_height, out_width) == full)
+        # The same whether the rows go to a file or not: the same tiles, so the same samples either way.
         pending = _pending_bytes((out_height, out_width), tensor.shape[0], image.dtype.itemsize, banded)
         tiler = Tiler(
             runner,
@@ -205,13 +212,19 @@ class Enhancer:
         )
 
         if banded:
-            output = self._enhance_in_bands(
+            # A model-run alpha is a second pass over the whole result: no row is final before it ends.
+            target = rows if rows is not None and not alpha_by_model else ArrayRows()
+            self._enhance_in_bands(
                 tiler, colour_in, alpha_in, alpha_constant, options, descriptor, total, shrink, image.dtype,
-                alpha_by_model,
+                target, alpha_by_model,
             )  # fmt: skip
             report("finishing", 0, 1)
             check_cancelled()
             report("finishing", 1, 1)
+            if target is rows:
+                return None
+            assert isinstance(target, ArrayRows) and target.array is not None
+            output = target.array
             return output[:, :, 0] if image.ndim == 2 else output
 
         result = self._network(tiler, colour_in, descriptor, 0, total, shrink)
@@ -258,42 +271,51 @@ class Enhancer:
         total: int,
         shrink: tuple[int, int] | None,
         dtype: np.dtype,
+        rows: ResultRows,
         alpha_by_model: bool,
-    ) -> np.ndarray:
-        """The network's result and the per-pixel steps after it, written into the result's samples as
-        the tiler hands on final rows (``bands``): the same values as the whole-canvas path."""
+    ) -> None:
+        """The network's result and the per-pixel steps after it, converted to the result's samples as
+        the tiler hands on final rows (``bands``) and given to ``rows``: the same values as the
+        whole-canvas path. An alpha the model runs is filled in afterwards (``rows`` an ArrayRows then)."""
         height, width = colour_in.shape[-2:]
         out_height, out_width = shrink or (height * descriptor.scale, width * descriptor.scale)
         channels = colour_in.shape[0]
-        output = np.empty((out_height, out_width, channels + (alpha_in is not None)), dtype=dtype)
+        shape = (out_height, out_width, channels + (alpha_in is not None))
+        rows.begin(shape, np.dtype(dtype))
         levels = colour.measure_levels(colour_in) if options.auto_contrast > 0 else None
+        # An alpha known before the colour goes out with each band of it (a constant one as a broadcast).
+        alpha = None
+        if alpha_constant is not None:
+            constant = pixels.from_tensor(torch.full((1, 1, 1), alpha_constant), dtype)
+            alpha = np.broadcast_to(constant, (out_height, out_width, 1))
+        elif alpha_in is not None and not alpha_by_model:
+            alpha = _to_array([alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)], dtype)
 
-        def colour_rows(top: int, rows: torch.Tensor) -> None:
+        def colour_rows(top: int, values: torch.Tensor) -> None:
             if shrink is not None:
-                rows = rows.clamp(0.0, 1.0)  # as colour.resize clamps the whole
+                values = values.clamp(0.0, 1.0)  # as colour.resize clamps the whole
             if levels is not None:
-                rows = colour.apply_levels(rows, levels, options.auto_contrast)
+                values = colour.apply_levels(values, levels, options.auto_contrast)
             if options.linear:
-                rows = pixels.srgb_to_linear(rows)
-            output[top : top + rows.shape[1], :, :channels] = pixels.from_tensor(rows, dtype)
-
-        def alpha_rows(top: int, rows: torch.Tensor) -> None:
-            output[top : top + rows.shape[1], :, channels:] = pixels.from_tensor(rows.clamp(0.0, 1.0), dtype)
+                values = pixels.srgb_to_linear(values)
+            band = np.empty((values.shape[1], *shape[1:]), dtype=dtype)
+            band[:, :, :channels] = pixels.from_tensor(values, dtype)
+            if alpha is not None:
+                band[:, :, channels:] = alpha[top : top + values.shape[1]]
+            rows.write(band)
 
         self._network(tiler, colour_in, descriptor, 0, total, shrink, sink=colour_rows)
-        if alpha_in is None:
-            return output
-        if alpha_constant is not None:
-            output[:, :, channels] = pixels.from_tensor(torch.full((1, 1, 1), alpha_constant), dtype)[0, 0, 0]
-        elif alpha_by_model:
+        if alpha_by_model:
+            assert isinstance(rows, ArrayRows) and rows.array is not None and alpha_in is not None
+            output = rows.array
+
+            def alpha_rows(top: int, values: torch.Tensor) -> None:
+                samples = pixels.from_tensor(values.clamp(0.0, 1.0), dtype)
+                output[top : top + values.shape[1], :, channels:] = samples
+
             done = tiler.count_tiles(height, width)
             fix = partial(_flat_alpha_kept, alpha_in, descriptor.scale)
             self._network(tiler, alpha_in, descriptor, done, total, shrink, fix, sink=alpha_rows)
-        else:
-            alpha = alpha_ops.upscale_bicubic(alpha_in, out_height, out_width)
-            for top in range(0, out_height, CONVERSION_ROWS):
-                alpha_rows(top, alpha[:, top : top + CONVERSION_ROWS])
-        return output
 
     def tile_settings(
         self, height: int, width: int, options: EnhanceOptions, channels: int = 3
@@ -318,10 +340,13 @@ class Enhancer:
         plan = plan_tiles(0, 0, height, width, s.tile, s.overlap, s.pad, s.multiple, s.min_size)
         return passes * s.scale**2 * sum(t.y.window_size * t.x.window_size for t in plan)
 
-    def _runner(self, loaded: LoadedModel, job_pixels: int = 0) -> tuple[Runner, float]:
+    def _runner(
+        self, loaded: LoadedModel, job_pixels: int = 0, size: tuple[int, int] | None = None
+    ) -> tuple[Runner, float]:
         """The prepared network for this model, reused across requests (the last two are kept);
-        ``job_pixels``, the network output of the job at hand, decides whether an int8 version is made."""
-        choice = self.choice(loaded, job_pixels)
+        ``job_pixels``, the network output of the job at hand, decides whether an int8 version is made,
+        and ``size``, its image's, which runtime is fastest for it (see ``choice``)."""
+        choice = self.choice(loaded, job_pixels, size)
         key = (id(loaded.module), choice.runtime, choice.precision)
         if key not in self._runners:
             runner = self._make_runner(loaded, choice)
@@ -332,12 +357,15 @@ class Enhancer:
         _, runner, bytes_per_pixel = self._runners[key]
         return runner, bytes_per_pixel
 
-    def choice(self, loaded: LoadedModel, job_pixels: int = 0) -> runtime_choice.Timing:
+    def choice(
+        self, loaded: LoadedModel, job_pixels: int = 0, size: tuple[int, int] | None = None
+    ) -> runtime_choice.Timing:
         """The runtime and precision this model runs with. On the CPU with runtime ``auto`` and precision
         ``auto`` or ``fp32``: the fastest measured here (``runtime_choice``; measured on first use),
         versions a runtime measured itself (an int8 one) included where they are within the bound and
-        faster. Otherwise the device's runtime (the reference runtime for a graph it cannot take) with its
-        precision for what was asked."""
+        faster, for an image of ``size`` (None: a large one; a small image fits one runtime's single
+        window but needs tiles on another). Otherwise the device's runtime (the reference runtime for a
+        graph it cannot take) with its precision for what was asked."""
         if self.measured_choice:
             try:
                 timings = self.runtime_table.timings(loaded, self.candidate_factory(loaded), self.threads)
@@ -347,7 +375,7 @@ class Enhancer:
             else:
                 if self.precision == "auto":
                     timings = timings + self._derived_timings(loaded, timings, job_pixels)
-                return runtime_choice.best(timings, self.precision)
+                return runtime_choice.best(timings, self.precision, size)
         runtime = runtimes.get(self.compute.runtime)
         if not runtime.supports(loaded.descriptor.architecture):
             runtime = runtimes.REFERENCE
@@ -372,9 +400,10 @@ class Enhancer:
                 continue
             for version in runtime.derived(self.settings, loaded, job_pixels):
                 d = version.difference
-                seconds_per_pixel = fp32.seconds_per_pixel / version.speedup
-                found.append(runtime_choice.Timing(
-                    runtime.name, version.precision, seconds_per_pixel, d.mean_levels, d.max_levels, d.psnr_db
+                pace = fp32.seconds_per_pixel / version.speedup
+                found.append(replace(  # its windows are fp32's: the same tile core and context
+                    fp32, precision=version.precision, seconds_per_pixel=pace,
+                    mean_levels=d.mean_levels, max_levels=d.max_levels, psnr_db=d.psnr_db,
                 ))  # fmt: skip
         return found
 

@@ -20,7 +20,7 @@ by them. Other sizes (a ratio such as 188/70) multiply by the weights as banded 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -106,31 +106,12 @@ class AxisReduction:
         ]
 
 
-class Scratch:
-    """One buffer reused for the frames of a job's tiles. A frame of a ×4 tile is a few hundred MB, and a
-    fresh allocation of that size comes from the system with every page faulted in on first write, which
-    cost about a tenth of the reduction's time."""
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """An uninitialised tensor of ``shape``, in the kept buffer when it is large enough."""
-        size = math.prod(shape)
-        buffer = self._buffer
-        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
-            self._buffer = buffer = None  # let the old one go before the new one is made
-            self._buffer = buffer = torch.empty(size, dtype=dtype, device=device)
-        return buffer[:size].view(shape)
-
-
 @dataclass(frozen=True)
 class Reduction:
     """Shrinking a ``(C, H, W)`` image to ``height × width``, applicable to one rectangle at a time."""
 
     rows: AxisReduction
     cols: AxisReduction
-    scratch: Scratch = field(default_factory=Scratch, compare=False, repr=False)
 
     @classmethod
     def bicubic(cls, in_size: tuple[int, int], out_size: tuple[int, int]) -> Reduction:
@@ -156,7 +137,7 @@ class Reduction:
         frame_rows = _frame(top, height, *self.rows.fraction, self.rows.in_size)
         frame_cols = _frame(left, width, *self.cols.fraction, self.cols.in_size)
         (y0, y1, oy), (x0, x1, ox) = frame_rows, frame_cols
-        frame = self.scratch.take((channels, y1 - y0, x1 - x0), block.dtype, block.device)
+        frame = torch.empty((channels, y1 - y0, x1 - x0), dtype=block.dtype, device=block.device)
         inner = _zero_around(frame, top - y0, height, left - x0, width)
         if row_weight is None and col_weight is None:
             inner.copy_(block)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TABLE_FILE = "runtime_choice.json"
 #: Part of every key: timings measured by an older rule are measured again.
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the window is cut from (a real photo: reduced precision errs most on real detail).
 PHOTO = "forest_256.png"
@@ -72,19 +72,32 @@ class Timing:
     mean_levels: float = 0.0
     max_levels: float = 0.0
     psnr_db: float = float("inf")
-    #: The work a large job costs this runtime beyond its windows' pixels: the context its windows
-    #: compute twice, ((core + 2·pad) / core)², where the core is the largest its working memory lets
-    #: it run within the memory limit (x4plus: ncnn's memory allowed cores of 152, OpenVINO's 528 —
-    #: 2× and 1.3× the work — which a small timing window alone does not show).
-    context: float = 1.0
+    #: The largest tile core this runtime's working memory lets it run within the memory limit, and
+    #: the context each window adds on each side: a job's windows compute that context twice, which a
+    #: small timing window alone does not show (x4plus: ncnn's memory allowed cores of 152, OpenVINO's
+    #: 528 — 2× and 1.3× the work on a large photo; on a 256² one, 3× and none). 0: no tiles.
+    core: int = 0
+    pad: int = 0
 
     @property
     def candidate(self) -> Candidate:
         return Candidate(self.runtime, self.precision)
 
-    @property
-    def job_seconds_per_pixel(self) -> float:
-        return self.seconds_per_pixel * self.context
+    def work(self, size: tuple[int, int] | None = None) -> float:
+        """The pixels this runtime's windows compute for an image of ``size`` (None: a large one), per
+        pixel of the image: each boundary between tiles costs ``2·pad`` twice over, once per side."""
+        if self.core <= 0:
+            return 1.0
+        if size is None:
+            return ((self.core + 2 * self.pad) / self.core) ** 2
+        factor = 1.0
+        for length in size:
+            factor *= (length + 2 * self.pad * (math.ceil(length / self.core) - 1)) / length
+        return factor
+
+    def seconds_per_job_pixel(self, size: tuple[int, int] | None = None) -> float:
+        """Seconds per pixel of a job on an image of ``size`` (None: a large one), context included."""
+        return self.seconds_per_pixel * self.work(size)
 
     def within(self) -> bool:
         return Difference(self.mean_levels, self.max_levels, self.psnr_db).within()
@@ -128,7 +141,7 @@ RunnerFactory = Callable[[Candidate], Runner]
 def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: int) -> list[Timing]:
     """Time every candidate on a window of the shipped photo; candidates that fail are left out. The
     candidates run in turns, best of REPEATS each, so a machine busy for a moment slows all alike.
-    ``pad`` and ``budget`` (the working memory a job's windows get) give each candidate's context."""
+    ``pad`` and ``budget`` (the working memory a job's windows get) give each candidate's tile core."""
     photo = _with_channels(torch.from_numpy(calibration_photo(PHOTO)), loaded.descriptor.in_channels)
     reference_op = make_runner(REFERENCE)
     small = photo[..., :MIN_SIDE, :MIN_SIDE]
@@ -140,7 +153,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: i
     window = photo[..., :side, :side]
     reference = reference_op(window)
     ops: dict[Candidate, tuple[Runner, Difference]] = {}
-    contexts: dict[Candidate, float] = {}
+    cores: dict[Candidate, int] = {}
     for candidate in candidates(loaded.descriptor.architecture):
         try:
             op = reference_op if candidate == REFERENCE else make_runner(candidate)
@@ -149,8 +162,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: i
             log.warning("%s %s was not timed: %s", candidate.runtime, candidate.precision, why)
             continue
         ops[candidate] = (op, Difference.between(output.cpu().numpy(), reference.cpu().numpy()))
-        core = auto_tile(budget, op.bytes_per_pixel(), pad)
-        contexts[candidate] = ((core + 2 * pad) / core) ** 2
+        cores[candidate] = auto_tile(budget, op.bytes_per_pixel(), pad)
     best = dict.fromkeys(ops, float("inf"))
     for _ in range(REPEATS):
         for candidate, (op, _) in ops.items():
@@ -159,7 +171,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: i
             best[candidate] = min(best[candidate], time.perf_counter() - started)
     pixels = side * side
     return [
-        Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d), context=contexts[c])
+        Timing(c.runtime, c.precision, best[c] / pixels, **asdict(d), core=cores[c], pad=pad)
         for c, (_, d) in ops.items()
     ]
 
@@ -171,10 +183,11 @@ def _with_channels(photo: torch.Tensor, channels: int) -> torch.Tensor:
     return photo.repeat(1, -(-channels // 3), 1, 1)[:, :channels].contiguous()
 
 
-def best(timings: list[Timing], precision: str) -> Timing:
-    """The fastest timing for ``precision`` ("auto": any within the bound; otherwise that precision)."""
+def best(timings: list[Timing], precision: str, size: tuple[int, int] | None = None) -> Timing:
+    """The fastest timing for ``precision`` ("auto": any within the bound; otherwise that precision) on
+    a job of ``size`` (None: a large one): with its windows' context, which depends on the job."""
     allowed = [t for t in timings if (t.within() if precision == "auto" else t.precision == precision)]
-    return min(allowed or timings[:1], key=lambda t: t.job_seconds_per_pixel)
+    return min(allowed or timings[:1], key=lambda t: t.seconds_per_job_pixel(size))
 
 
 class RuntimeTable:

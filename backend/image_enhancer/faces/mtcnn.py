@@ -47,6 +47,10 @@ def _dense(kernel: np.ndarray, bias: np.ndarray) -> nn.Linear:
 
 def _pool_same(x: Tensor, size: int) -> Tensor:
     """Keras MaxPooling2D(size, stride 2, padding="same"): pad (more at the end) with -inf."""
+    if size == 2:
+        # Padding of 0 or 1 at the end, as the length is even or odd: what ceil_mode does, without
+        # arithmetic on the shape (a converter would fix that for the shape it traced; P-Net's vary).
+        return F.max_pool2d(x, 2, 2, ceil_mode=True)
     padding = []
     for length in (x.shape[-1], x.shape[-2]):
         total = max((math.ceil(length / 2) - 1) * 2 + size - length, 0)

@@ -81,19 +81,28 @@ def check_input(loaded: LoadedModel) -> torch.Tensor:
     return torch.rand(1, d.in_channels, side, side, generator=generator)
 
 
-def convert(module: torch.nn.Module, example: torch.Tensor, architecture: str) -> ov.Model:
-    """The network as an OpenVINO model taking any batch and size of ``(N, C, H, W)`` float32, checked
-    against PyTorch on ``example``."""
+def convert(
+    module: torch.nn.Module, example: torch.Tensor, architecture: str, shape: tuple[int, ...] | None = None
+) -> ov.Model:
+    """The network as an OpenVINO model taking ``shape`` (default: any batch and size of ``(N, C, H, W)``)
+    float32, checked against PyTorch on ``example``. ``shape`` fixes what the graph needs fixed
+    (GFPGAN's modulated convolutions take their weights from the batch: the CPU plugin compiles them
+    only for a known batch)."""
     import openvino as ov
 
     try:
         with torch.inference_mode(False), torch.no_grad():
-            shape = [(-1, example.shape[1], -1, -1)]
-            converted = ov.convert_model(module, example_input=example, input=shape)
+            shape = shape or (-1, example.shape[1], -1, -1)
+            converted = ov.convert_model(module, example_input=example, input=[shape])
     except Exception as error:  # the converter raises many types for graphs it cannot handle
         why = str(error)[:200]
         raise UnsupportedGraphError(f"OpenVINO cannot convert {architecture}: {why}") from error
-    if not matches(converted, module, example):
+    try:
+        faithful = matches(converted, module, example)
+    except RuntimeError as error:  # the CPU plugin refuses to compile an operation of the graph
+        why = " ".join(str(error).split())[:200]
+        raise UnsupportedGraphError(f"OpenVINO cannot compile {architecture}: {why}") from error
+    if not faithful:
         raise UnsupportedGraphError(f"OpenVINO's {architecture} does not match PyTorch's")
     return converted
 
@@ -168,21 +177,31 @@ def swap_weights(model: ov.Model, mapping: dict[str, list], state: dict[str, tor
             target.replace_source_output(replacement.output(0))
 
 
-def run_once(model: ov.Model, batch: torch.Tensor) -> torch.Tensor:
-    """One fp32 forward pass of ``model`` on the CPU (to check it against PyTorch)."""
+def run_all(model: ov.Model, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One fp32 forward pass of ``model`` on the CPU: every output, in the network's order."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return torch.from_numpy(compiled(batch.numpy())[0].copy())
+    results = compiled(batch.numpy())
+    return tuple(torch.from_numpy(results[i].copy()) for i in range(len(compiled.outputs)))
 
 
 def matches(model: ov.Model, module: torch.nn.Module, batch: torch.Tensor) -> bool:
+    """Whether every output of ``model`` is within ``TOLERANCE`` of the module's (relative to the
+    output's largest value, at least 1)."""
     with torch.inference_mode():
-        expected = module(batch).float()
-    got = run_once(model, batch)
-    if got.shape != expected.shape:
+        expected = module(batch)
+    expected = expected if isinstance(expected, tuple | list) else (expected,)
+    got = run_all(model, batch)
+    if len(got) != len(expected):
         return False
-    return bool((got - expected).abs().max() <= TOLERANCE * max(1.0, float(expected.abs().max())))
+    for ours, theirs in zip(got, expected, strict=True):
+        theirs = theirs.float()
+        if ours.shape != theirs.shape:
+            return False
+        if not (ours - theirs).abs().max() <= TOLERANCE * max(1.0, float(theirs.abs().max())):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -220,31 +239,41 @@ def networks(loaded: LoadedModel, cache_dir: Path) -> list[tuple[ov.Model, int]]
 
 
 def network(
-    module: torch.nn.Module, example: torch.Tensor, label: str, hyperparameters: dict, cache_dir: Path
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    label: str,
+    hyperparameters: dict,
+    cache_dir: Path,
+    shape: tuple[int, ...] | None = None,
+    swappable: bool = True,
 ) -> ov.Model:
     """``module`` as an OpenVINO model with its weights, from the cache when its graph (or, for graphs
-    whose weights cannot be swapped, these very weights) was converted before."""
+    whose weights cannot be swapped, these very weights) was converted before. ``shape``: the input
+    shape the graph is converted for, -1 where it may vary (default: all but the channels).
+    ``swappable=False``: the caller knows the converter computes constants from several of the graph's
+    tensors (GFPGAN's noise strengths times its fixed noise), so it is converted whole at once instead
+    of first with moved weights only to find that they cannot be swapped."""
     import openvino as ov
 
     state = module.state_dict()
-    graph = graph_digest(module, label, hyperparameters)
+    graph = graph_digest(module, label if shape is None else f"{label} {tuple(shape)}", hyperparameters)
     cache_dir = Path(cache_dir)
     record = cache_dir / f"{graph}.json"
     if not record.is_file():
-        log.info("converting %s for OpenVINO (once per graph; this takes a while)", label)
-        # Converted with every weight moved a little, so no two tensors are alike (freshly initialised
-        # networks repeat theirs) and each constant can be told by its content.
-        distinct = _moved(module)
-        try:
-            converted = convert(distinct, example, label)
-        except UnsupportedGraphError as why:
-            # Remembered, so the next model of this graph goes straight to PyTorch.
-            write_atomically(record, json.dumps({"unsupported": str(why)}).encode())
-            raise
-        mapping = find_weight_map(converted, distinct.state_dict())
-        if mapping is not None and _swap_proven(converted, mapping, module, example):
-            _save(converted, cache_dir / f"{graph}.xml")
+        if swappable:
+            log.info("converting %s for OpenVINO (once per graph; this takes a while)", label)
+            # Converted with every weight moved a little, so no two tensors are alike (freshly
+            # initialised networks repeat theirs) and each constant can be told by its content.
+            distinct = _moved(module)
+            converted = _convert_remembered(distinct, example, label, shape, record)
+            mapping = find_weight_map(converted, distinct.state_dict())
+            if mapping is not None and _swap_proven(converted, mapping, module, example):
+                _save(converted, cache_dir / f"{graph}.xml")
+            else:
+                mapping = None
         else:
+            log.info("converting %s for OpenVINO (once per weights; this takes a while)", label)
+            _save(_convert_remembered(module, example, label, shape, record), _whole(cache_dir, state, graph))
             mapping = None
         # Written last: its presence means the model files beside it are complete.
         write_atomically(record, json.dumps({"weights": mapping}).encode())
@@ -256,11 +285,28 @@ def network(
         model = ov.Core().read_model(cache_dir / f"{graph}.xml")
         swap_weights(model, mapping, state)
         return model
-    whole = cache_dir / f"{state_digest(state, graph)}.xml"  # the key of a model converted whole
+    whole = _whole(cache_dir, state, graph)
     if not whole.is_file():
         log.info("converting %s for OpenVINO (its weights cannot be swapped in)", label)
-        _save(convert(module, example, label), whole)
+        _save(convert(module, example, label, shape), whole)
     return ov.Core().read_model(whole)
+
+
+def _whole(cache_dir: Path, state: dict[str, torch.Tensor], graph: str) -> Path:
+    """Where a model converted whole with these weights is kept."""
+    return cache_dir / f"{state_digest(state, graph)}.xml"
+
+
+def _convert_remembered(
+    module: torch.nn.Module, example: torch.Tensor, label: str, shape: tuple[int, ...] | None, record: Path
+) -> ov.Model:
+    """``convert``, its refusal written to the graph's record, so the next model of this graph goes
+    straight to PyTorch."""
+    try:
+        return convert(module, example, label, shape)
+    except UnsupportedGraphError as why:
+        write_atomically(record, json.dumps({"unsupported": str(why)}).encode())
+        raise
 
 
 def _moved(module: torch.nn.Module) -> torch.nn.Module:

@@ -181,3 +181,32 @@ class OpenVinoRunner:
             )
             self._compiled[stage] = (key, compiled.create_infer_request())
         return self._compiled[stage][1]
+
+
+class NetworkRunner:
+    """A network run whole through OpenVINO on the CPU in fp32, outside the tiler (the face pass's
+    detector and restorer): a float32 batch in, the network's outputs out as a tuple. Compiled once for
+    the shape it was converted for; a dimension left free there (MTCNN's image pyramid, its batches of
+    crops) costs no compile per shape. One inference at a time: the request is shared."""
+
+    def __init__(self, model: object, threads: int | None = None) -> None:
+        ov = openvino_module()
+        if ov is None:
+            raise RuntimeError("the OpenVINO runtime is not installed (pip install openvino)")
+        settings = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "NUM_STREAMS": 1,
+        }
+        compiled = ov.Core().compile_model(model, "CPU", settings)
+        self._outputs = len(compiled.outputs)
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+        with self._lock:
+            self._request.infer({0: values}, share_inputs=True)
+            return tuple(
+                torch.from_numpy(self._request.get_output_tensor(i).data.copy()) for i in range(self._outputs)
+            )
