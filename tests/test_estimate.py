@@ -13,6 +13,7 @@ from PIL import Image
 
 from image_enhancer.cli import main
 from image_enhancer.estimate import CALIBRATION_MAX_SIDE, SLOW_JOB_ENV, NetworkSpeeds, Planner
+from image_enhancer.paths import HOME_ENV, user_home
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server.model_speed import suggested_model
 from tests.conftest import REPO_ROOT
@@ -47,7 +48,14 @@ def test_a_request_below_the_models_scale_is_estimated_at_the_models_scale(plann
 
 def test_the_cli_prints_the_estimate_first_and_names_the_faster_model(model_store, tmp_path: Path) -> None:
     photo = _photo(tmp_path, 96)
-    env = {**os.environ, SLOW_JOB_ENV: "0.001"}  # every job counts as slow
+    # A home of its own, so the speeds earlier jobs left on this machine do not decide the wording (the
+    # models, converted networks and runtime timings are linked in, not made again).
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("weights", "openvino", "ncnn", "runtime_choice.json"):
+        if (user_home() / name).exists():
+            (home / name).symlink_to(user_home() / name)
+    env = {**os.environ, SLOW_JOB_ENV: "0.001", HOME_ENV: str(home)}  # every job counts as slow
     run = subprocess.run(
         [sys.executable, "-m", "image_enhancer", "enhance", str(photo), "-o", str(tmp_path / "out.png"),
          "-m", SLOW_MODEL, "-s", "2", "--device", "cpu"],

@@ -200,9 +200,10 @@ class Enhancer:
         banded = by_pixel and (shrink is not None or (out_height, out_width) == full)
         # The same whether the rows go to a file or not: the same tiles, so the same samples either way.
         pending = _pending_bytes((out_height, out_width), tensor.shape[0], image.dtype.itemsize, banded)
+        band_rows = _band_row_bytes((height, width), (out_height, out_width)) if banded else 0.0
         tiler = Tiler(
             runner,
-            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width), pending),
+            self._settings(options, descriptor, runner, bytes_per_pixel, (height, width), pending, band_rows),
             progress=lambda done, total: report("enhancing", done, total),
             cancelled=cancelled,
         )
@@ -326,9 +327,13 @@ class Enhancer:
         runner, bytes_per_pixel = self._runner(loaded)
         out_size = _output_size(height, width, options, loaded.descriptor)
         # As a job will hold them: the input as floats, and an 8-bit result built in bands.
-        result = _pending_bytes(out_size, channels, 1, not options.colour_fidelity)
+        banded = not options.colour_fidelity
+        result = _pending_bytes(out_size, channels, 1, banded)
         images = 4 * channels * height * width + result
-        return self._settings(options, loaded.descriptor, runner, bytes_per_pixel, (height, width), images)
+        band_rows = _band_row_bytes((height, width), out_size) if banded else 0.0
+        return self._settings(
+            options, loaded.descriptor, runner, bytes_per_pixel, (height, width), images, band_rows
+        )
 
     def network_pixels(
         self, height: int, width: int, options: EnhanceOptions, channels: int = 3, passes: int = 1
@@ -441,23 +446,29 @@ class Enhancer:
         bytes_per_pixel: float,
         size: tuple[int, int],
         images: int = 0,
+        band_rows: float = 0.0,
     ) -> TileSettings:
-        """``images``: the bytes the job's own images will still take (``_pending_bytes``). On the CPU
-        they share the memory with the network, so its budget (what the process may still take) shrinks
-        by them, to a quarter at least: a 12-megapixel photo at ×2 then stays within the 2.5 GB promised."""
+        """``images``: the bytes the job's own images will still take (``_pending_bytes``), and
+        ``band_rows``, those its float band of result rows holds per input row of a tile's height
+        (``_band_row_bytes``; 0 when the result is not built in bands). On the CPU they share the memory
+        with the network, so its budget (what the process may still take) shrinks by them, to a quarter
+        at least: a 12-megapixel photo at ×2 then stays within the 2.5 GB promised."""
         pad = context_pad(descriptor)
         budget = runner.memory_budget()
         cpu = self.device.type == "cpu"
         if cpu:
             budget = max(budget // 4, budget - images)
         tile = options.tile
-        fits = size[0] * size[1] * bytes_per_pixel <= budget
+        band_rows = band_rows if cpu else 0.0
+        fits = size[0] * size[1] * bytes_per_pixel + size[0] * band_rows <= budget
         if descriptor.tiling == "internal" or (not tile and fits):
             # One window, the plain forward pass: the network must see the whole image (it tiles by
             # itself), or the whole image fits and no context needs computing twice. This also covers
             # models for which tiling is only discouraged.
             tile = max(MIN_TILE, *size)
-        tile = tile or auto_tile(budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4))
+        tile = tile or auto_tile(
+            budget, bytes_per_pixel, pad, self.batch_size or (1 if cpu else 4), row_bytes=band_rows
+        )
         batch = self.batch_size
         if batch is None:
             # On CPU a forward pass over a small window wastes most of its time (measured 3× slower per
@@ -533,6 +544,11 @@ def _pending_bytes(out_size: tuple[int, int], channels: int, itemsize: int, band
     float canvas unless the result is built in bands (the input is already held by then)."""
     samples = out_size[0] * out_size[1] * channels
     return samples * itemsize + (0 if banded else 4 * samples)
+
+
+def _band_row_bytes(size: tuple[int, int], out_size: tuple[int, int]) -> float:
+    """The bytes a result built in bands holds as float RGB per input row of a tile's height."""
+    return 4 * 3 * out_size[1] * out_size[0] / size[0]
 
 
 #: Rows converted at a time from the float result to the output's samples, so the conversion never
