@@ -8,8 +8,8 @@ along (image_enhancer.image_metadata).
 
 A result can also be written as it is made, band by band (write_image_as_made), to PNG and TIFF, so a
 large one never sits in memory whole. Not to JPEG: Pillow, imagecodecs and OpenCV all encode a JPEG from a
-whole image only, so the bands of a JPEG, WebP or BMP result go into the Pillow image its encoder needs,
-and that is encoded at the end (the result is held once, in Pillow's image, not also as an array).
+whole image only, so a JPEG result is held whole (in the input's samples, 8-bit for a photo) and written
+at the end, as are WebP and BMP.
 
 A decoder is held to what the header promises before it decodes: the pixel limit is checked from the
 header, and no compressed stream may inflate beyond what the header's size needs.
@@ -43,9 +43,7 @@ READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 WRITABLE_SUFFIXES = READABLE_SUFFIXES
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
-# Taken band by band as a result is made: PNG and TIFF straight into the file; the 8-bit-only formats
-# into the Pillow image their encoder needs whole (so the result is not held a second time beside it).
-BANDED_SUFFIXES = {".png", *TIFF_SUFFIXES, *EIGHT_BIT_ONLY_SUFFIXES}
+BANDED_SUFFIXES = {".png", *TIFF_SUFFIXES}  # written band by band as a result is made
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INFLATE_STEP = 1 << 20  # bytes inflated at a time while checking a PNG's image data
 MAX_WEBP_CHUNKS = 64  # chunks looked at before the image chunk of a WebP (a few are normal)
@@ -179,7 +177,7 @@ class BandedFile:
     def __init__(self, path: Path, image: ImageFile) -> None:
         self.path = path
         self.image = image
-        self._encoder: PngBands | TiffBands | PillowBands | None = None
+        self._encoder: PngBands | TiffBands | None = None
         self._rows_left = 0
 
     def begin(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
@@ -190,8 +188,6 @@ class BandedFile:
             from image_enhancer.tiff_files import TiffBands
 
             self._encoder = TiffBands(self.path, shape, dtype, icc, exif, self.image.source)
-        elif suffix in EIGHT_BIT_ONLY_SUFFIXES:
-            self._encoder = PillowBands(self.path, shape, _pillow_options(suffix, icc, exif, self.image))
         else:
             self._encoder = PngBands(self.path, shape, dtype, icc, exif)
 
@@ -221,26 +217,14 @@ def _write_new(path: Path, image: ImageFile) -> None:
         write_tiff(path, image, icc, exif)
         return
     if suffix in EIGHT_BIT_ONLY_SUFFIXES:
-        pixels = _eight_bit(path, pixels)
+        pixels = to_uint8(pixels)
+        if suffix in {".jpg", ".jpeg"} and pixels.shape[2] in (2, 4):
+            pixels = pixels[:, :, : pixels.shape[2] - 1]  # JPEG has no alpha channel
     elif suffix == ".png":
         # One PNG encoder for whole results and banded ones (and 16-bit colour, which Pillow cannot
         # hold), so a file's bytes do not depend on the path that made it.
         _write_png(path, to_uint16(pixels) if pixels.dtype == np.float32 else pixels, icc, exif)
         return
-    _pillow_image(pixels).save(path, **_pillow_options(suffix, icc, exif, image))
-
-
-def _eight_bit(path: Path, pixels: np.ndarray) -> np.ndarray:
-    """The samples an 8-bit-only format holds: 8-bit, and without alpha for JPEG."""
-    pixels = to_uint8(pixels)
-    if path.suffix.lower() in {".jpg", ".jpeg"} and pixels.shape[2] in (2, 4):
-        pixels = pixels[:, :, : pixels.shape[2] - 1]  # JPEG has no alpha channel
-    return pixels
-
-
-def _pillow_options(
-    suffix: str, icc: bytes | None, exif: bytes | None, image: ImageFile
-) -> dict[str, object]:
     options: dict[str, object] = {}
     if icc:
         options["icc_profile"] = icc
@@ -251,34 +235,7 @@ def _pillow_options(
     elif suffix == ".webp":
         # quality is the compression effort here; exact keeps the colour under transparent pixels.
         options.update(lossless=True, quality=100, exact=True)
-    return options
-
-
-class PillowBands:
-    """A JPEG, WebP or BMP at `path`: Pillow encodes only from a whole image (as do imagecodecs and
-    OpenCV), so the bands are pasted into the Pillow image as they come and encoded by ``finish``.
-    The result then exists once, in Pillow's image, instead of as an array and Pillow's copy of it
-    (Pillow keeps RGB in four bytes a pixel: 0.77 GB for a 192-megapixel result, beside the array's 0.58)."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...], options: dict[str, object]) -> None:
-        self._path, self._options = path, options
-        self._image: Image.Image | None = None
-        self._size = (shape[1], shape[0])
-        self._top = 0
-
-    def write(self, band: np.ndarray) -> None:
-        piece = _pillow_image(_eight_bit(self._path, band))
-        if self._image is None:
-            self._image = Image.new(piece.mode, self._size)
-        self._image.paste(piece, (0, self._top))
-        self._top += band.shape[0]
-
-    def finish(self) -> None:
-        assert self._image is not None
-        self._image.save(self._path, **self._options)
-
-    def close(self) -> None:
-        self._image = None
+    _pillow_image(pixels).save(path, **options)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
