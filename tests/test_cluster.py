@@ -119,7 +119,9 @@ def test_cluster_batch_equals_the_local_batch_and_survives_a_killed_worker(
     assert f"{PHOTOS} done, 0 already done, 1 failed, 0 remaining of {PHOTOS + 1}" in err
     for index in range(PHOTOS):
         name = f"p{index}.png"
-        assert (out / name).read_bytes() == (local / name).read_bytes(), name  # same bytes as the local batch
+        # Each process picks its CPU runtime from its own timings, and runtimes round alike within a level.
+        cluster, alone = (read_image(folder / name).pixels.astype(np.int16) for folder in (out, local))
+        assert np.abs(cluster - alone).max() <= 1, name
     assert read_image(out / "p0.png").pixels.shape == (96, 128, 3)
     assert not (out / "broken.png").exists()
     assert_all_done_once(out, photos)
