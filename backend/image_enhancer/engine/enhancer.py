@@ -299,9 +299,13 @@ class Enhancer:
                 values = colour.apply_levels(values, levels, options.auto_contrast)
             if options.linear:
                 values = pixels.srgb_to_linear(values)
+            samples = pixels.from_tensor(values, dtype)
+            if shape[2] == channels:  # no alpha: the converted colour is the band, not copied again
+                rows.write(samples)
+                return
             band = np.empty((values.shape[1], *shape[1:]), dtype=dtype)
-            band[:, :, :channels] = pixels.from_tensor(values, dtype)
-            if alpha is not None:
+            band[:, :, :channels] = samples
+            if alpha is not None:  # else the model runs it after the colour
                 band[:, :, channels:] = alpha[top : top + values.shape[1]]
             rows.write(band)
 
