@@ -24,7 +24,7 @@ from PIL import ExifTags, Image, ImageCms
 from image_enhancer.batch import Enhance, Job, _process
 from image_enhancer.engine.bands import ResultRows
 from image_enhancer.engine.enhancer import Enhancer, JobCancelled
-from image_enhancer.imagefiles import ImageFile, read_image, write_image, write_image_as_made
+from image_enhancer.imagefiles import ImageFile, ImageFileError, read_image, write_image, write_image_as_made
 from image_enhancer.publish import OutputError, OutputExistsError
 from image_enhancer.request import EnhanceOptions
 from tests.conftest import REPO_ROOT
@@ -148,6 +148,9 @@ def test_a_result_that_is_not_final_band_by_band_comes_back_whole(engine, option
         (".png", 3, np.uint8), (".png", 2, np.uint8), (".png", 4, np.uint16), (".png", 1, np.uint16),
         (".png", 3, np.float32), (".tif", 3, np.uint8), (".tif", 1, np.uint8), (".tiff", 4, np.uint16),
         (".tif", 2, np.uint16), (".tif", 3, np.float32),
+        # spooled and encoded by Pillow at the end, in 8-bit samples (alpha dropped for JPEG)
+        (".jpg", 3, np.uint8), (".jpeg", 4, np.uint16), (".webp", 4, np.uint8), (".webp", 1, np.float32),
+        (".bmp", 3, np.uint8), (".bmp", 2, np.uint16),
     ],
 )  # fmt: skip
 def test_a_streamed_file_holds_the_pixels_and_metadata_of_the_whole_array_path(
@@ -164,8 +167,12 @@ def test_a_streamed_file_holds_the_pixels_and_metadata_of_the_whole_array_path(
     expected, streamed = read_image(tmp_path / f"whole{suffix}"), read_image(tmp_path / f"streamed{suffix}")
     assert streamed.pixels.dtype == expected.pixels.dtype
     np.testing.assert_array_equal(streamed.pixels, expected.pixels)
-    if dtype is not np.float32 or suffix != ".png":  # float goes to PNG as 16-bit
-        np.testing.assert_array_equal(streamed.pixels, whole)
+    if suffix in {".png", ".tif", ".tiff"} and (dtype is not np.float32 or suffix != ".png"):
+        np.testing.assert_array_equal(streamed.pixels, whole)  # (float goes to PNG as 16-bit)
+    else:  # the same encoder on the same pixels
+        assert (tmp_path / f"streamed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
+    if suffix == ".bmp":
+        return  # BMP holds neither profile nor EXIF
     assert streamed.icc_profile == icc
     assert streamed.exif == expected.exif
     tags = Image.Exif()
@@ -175,19 +182,18 @@ def test_a_streamed_file_holds_the_pixels_and_metadata_of_the_whole_array_path(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"whole{suffix}", f"streamed{suffix}"])
 
 
-def test_a_jpeg_is_made_whole_and_written_as_write_image_writes_it(engine, tmp_path: Path) -> None:
-    """No installed encoder (Pillow, imagecodecs, OpenCV) takes a JPEG band by band."""
-    image = ImageFile(photo(64, 32, 3, np.uint8), *metadata())
-    given: list[object] = []
-
+@pytest.mark.parametrize(("suffix", "limit"), [(".jpg", 65500), (".webp", 16383)])
+def test_a_result_too_large_for_its_format_is_refused_before_the_model_runs(
+    tmp_path: Path, suffix, limit
+) -> None:
     def make(rows: ResultRows | None) -> np.ndarray | None:
-        given.append(rows)
-        return engine.enhance(image.pixels, OPTIONS, rows=rows)
+        assert rows is not None
+        rows.begin((16, limit + 1, 3), np.dtype(np.uint8))  # what the engine announces before its tiles
+        raise AssertionError("the model ran")
 
-    result = write_image_as_made(tmp_path / "out.jpg", image, make)
-    assert given == [None] and result is not None
-    write_image(tmp_path / "whole.jpg", replace(image, pixels=result))
-    assert (tmp_path / "out.jpg").read_bytes() == (tmp_path / "whole.jpg").read_bytes()
+    with pytest.raises(ImageFileError, match=f"too large for {suffix[1:].upper()} .at most {limit} pixels"):
+        write_image_as_made(tmp_path / f"out{suffix}", ImageFile(photo(16, 16, 3, np.uint8)), make)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- failures leave nothing behind --------------------------------------------------------------------
@@ -209,7 +215,7 @@ def test_a_job_cancelled_half_way_leaves_neither_target_nor_temporary(engine, tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg"])
 def test_a_write_failing_half_way_leaves_neither_target_nor_temporary(engine, tmp_path: Path, suffix) -> None:
     image = ImageFile(photo(64, 32, 3, np.uint16))
     full = OSError(errno.ENOSPC, "No space left on device")
@@ -286,7 +292,7 @@ PEAK_SCRIPT = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
-    source, folder, tile = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    source, folder, tile, suffix = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
     engine = Enhancer(ModelStore(), device="cpu", batch_size=1)  # the same tiles, whatever memory is free
     options = EnhanceOptions(model=sys.argv[4], scale=4, tile=tile)
     engine.enhance(np.zeros((2 * tile, 2 * tile, 3), np.uint8), options)  # the network prepared
@@ -305,17 +311,20 @@ PEAK_SCRIPT = textwrap.dedent(
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the high-water mark starts again from here
         enhance = Enhance(run, engine.max_pixels, run_into if kind == "streamed" else None)
-        _process(Job(source, folder / f"{kind}.png"), enhance, kind, {}, False, False)
+        _process(Job(source, folder / f"{kind}{suffix}"), enhance, kind, {}, False, False)
         print(kind, status("VmHWM") - start)
     """
 )
 
 
-def test_a_streamed_result_never_sits_in_memory(model_store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_streamed_result_never_sits_in_memory(model_store, tmp_path: Path, suffix) -> None:
     """A ×4 of 800×600 (a 7.7-megapixel, 23 MB result) through the CLI's path, in one process: streamed
-    to its PNG, the job's peak is lower by about the result than when the result is built whole and then
+    to its file, the job's peak is lower by about the result than when the result is built whole and then
     saved. Not by all of it: the peak comes as the last row of tiles runs, when the whole result holds all
-    the rows above it (measured on 2 cores: 58–59 MB against 75–76 MB over the process before the job)."""
+    the rows above it (measured on 2 cores, both formats: 53–64 MB against 73–78 MB over the process
+    before the job). A JPEG's spooled bands are read back once the model is done, into Pillow's 4 bytes
+    a pixel (31 MB), when the model's working memory is free again."""
     source = tmp_path / "in.png"
     with Image.open(REPO_ROOT / "tests" / "data" / "forest_256.png") as im:
         im.convert("RGB").resize((800, 600), Image.BICUBIC).save(source)
@@ -324,12 +333,12 @@ def test_a_streamed_result_never_sits_in_memory(model_store, tmp_path: Path) -> 
     # blocks back, so the peak follows what the job holds.
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     run = subprocess.run(
-        [sys.executable, "-c", PEAK_SCRIPT, str(source), str(tmp_path), "128", MODEL],
+        [sys.executable, "-c", PEAK_SCRIPT, str(source), str(tmp_path), "128", MODEL, suffix],
         capture_output=True, text=True, timeout=300, check=True, env=environment,
     )  # fmt: skip
     grown = {kind: int(value) for kind, value in (line.split() for line in run.stdout.splitlines()[-2:])}
-    streamed, whole = (read_image(tmp_path / f"{kind}.png").pixels for kind in ("streamed", "whole"))
+    streamed, whole = (read_image(tmp_path / f"{kind}{suffix}").pixels for kind in ("streamed", "whole"))
     np.testing.assert_array_equal(streamed, whole)
     result = 3200 * 2400 * 3
     message = f"streamed {grown['streamed'] / 1e6:.0f} MB, whole {grown['whole'] / 1e6:.0f} MB"
-    assert grown["whole"] - grown["streamed"] > result / 2, message
+    assert grown["whole"] - grown["streamed"] > result / 3, message

@@ -223,7 +223,7 @@ def _process(
     check_regular_file(job.source)
     image = read_image(job.source, enhance.max_input_pixels)
     # The side-by-side comparison needs the whole result; otherwise it goes to the file as it is made
-    # where the engine and the format allow (PNG and TIFF), through the temporary file publish() fills.
+    # where the engine allows, through the temporary file publish() fills.
     run_into = enhance.run_into if compare_path is None else None
     with tqdm(desc=label, total=1, bar_format=BAR_FORMAT, leave=True, dynamic_ncols=True) as bar:
 

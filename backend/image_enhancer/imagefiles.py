@@ -6,10 +6,11 @@ hold, are read with pypng; every PNG is written by PngBands; and TIFFs go throug
 arrays (C = 1–4) of uint8, uint16 or float32, the forms the engine accepts; the ICC profile and EXIF ride
 along (image_enhancer.image_metadata).
 
-A result can also be written as it is made, band by band (write_image_as_made), to PNG and TIFF, so a
-large one never sits in memory whole. Not to JPEG: Pillow, imagecodecs and OpenCV all encode a JPEG from a
-whole image only, so a JPEG result is held whole (in the input's samples, 8-bit for a photo) and written
-at the end, as are WebP and BMP.
+A result can also be written as it is made, band by band (write_image_as_made), so a large one never
+sits in memory while the model still runs: PNG and TIFF are encoded band by band. Pillow, imagecodecs and
+OpenCV encode JPEG, WebP and BMP from a whole image only, so for those the 8-bit bands are spooled to an
+unnamed file beside the result (SpooledBands) and encoded once the model is done, when its working memory
+is free again.
 
 A decoder is held to what the header promises before it decodes: the pixel limit is checked from the
 header, and no compressed stream may inflate beyond what the header's size needs.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -43,7 +45,6 @@ READABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 WRITABLE_SUFFIXES = READABLE_SUFFIXES
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read and written with tifffile, imported only for them
 EIGHT_BIT_ONLY_SUFFIXES = {".jpg", ".jpeg", ".webp", ".bmp"}
-BANDED_SUFFIXES = {".png", *TIFF_SUFFIXES}  # written band by band as a result is made
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INFLATE_STEP = 1 << 20  # bytes inflated at a time while checking a PNG's image data
 MAX_WEBP_CHUNKS = 64  # chunks looked at before the image chunk of a WebP (a few are normal)
@@ -140,11 +141,11 @@ def write_image_as_made(
 ) -> np.ndarray | None:
     """Write to `path` the result `make` produces, published as write_image publishes it.
 
-    For PNG and TIFF, `make` gets a BandedFile (``begin(shape, dtype)``, then ``write(band)`` from the
-    top down: engine.bands.ResultRows) that puts each band into the file at once; it returns None when
-    it used it, or else the whole result. For other formats it gets None and returns the whole result.
-    A whole result is written as write_image writes it, and returned. `image` gives the ICC profile and
-    EXIF (its pixels are not written). When `make` fails, neither the target nor a temporary file is left.
+    `make` gets a BandedFile (``begin(shape, dtype)``, then ``write(band)`` from the top down:
+    engine.bands.ResultRows) and returns None when it used it, or else the whole result, which is then
+    written as write_image writes it, and returned. Either way the file's bytes are the same. `image`
+    gives the ICC profile and EXIF (its pixels are not written). When `make` fails, neither the target
+    nor a temporary file is left.
     """
     path = Path(path)
     if path.suffix.lower() not in WRITABLE_SUFFIXES:
@@ -152,32 +153,29 @@ def write_image_as_made(
     whole: list[np.ndarray] = []
 
     def write(temporary: Path) -> None:
-        banded = BandedFile(temporary, image) if temporary.suffix.lower() in BANDED_SUFFIXES else None
+        banded = BandedFile(temporary, image)
         try:
             result = make(banded)
-            if result is not None:
+            if result is None:
+                banded.finish()
+            else:
                 whole.append(result)
                 _write_new(temporary, replace(image, pixels=result))
-            elif banded is None:
-                raise ValueError("a result for a format written whole was not returned")
-            else:
-                banded.finish()
         finally:
-            if banded is not None:
-                banded.close()
+            banded.close()
 
     publish(path, write, overwrite)
     return whole[0] if whole else None
 
 
 class BandedFile:
-    """A PNG or TIFF at `path` written band by band (engine.bands.ResultRows), holding the metadata of
+    """The file at `path` written band by band (engine.bands.ResultRows), holding the metadata of
     `image` as write_image would write it; ``finish`` completes it, ``close`` lets it go (as it is)."""
 
     def __init__(self, path: Path, image: ImageFile) -> None:
         self.path = path
         self.image = image
-        self._encoder: PngBands | TiffBands | None = None
+        self._encoder: PngBands | TiffBands | SpooledBands | None = None
         self._rows_left = 0
 
     def begin(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
@@ -188,8 +186,11 @@ class BandedFile:
             from image_enhancer.tiff_files import TiffBands
 
             self._encoder = TiffBands(self.path, shape, dtype, icc, exif, self.image.source)
-        else:
+        elif suffix == ".png":
             self._encoder = PngBands(self.path, shape, dtype, icc, exif)
+        else:
+            options = _pillow_options(suffix, self.image, icc, exif)
+            self._encoder = SpooledBands(self.path, shape, options)
 
     def write(self, band: np.ndarray) -> None:
         if self._encoder is None or band.shape[0] > self._rows_left:
@@ -215,27 +216,103 @@ def _write_new(path: Path, image: ImageFile) -> None:
         from image_enhancer.tiff_files import write_tiff
 
         write_tiff(path, image, icc, exif)
-        return
-    if suffix in EIGHT_BIT_ONLY_SUFFIXES:
-        pixels = to_uint8(pixels)
-        if suffix in {".jpg", ".jpeg"} and pixels.shape[2] in (2, 4):
-            pixels = pixels[:, :, : pixels.shape[2] - 1]  # JPEG has no alpha channel
     elif suffix == ".png":
         # One PNG encoder for whole results and banded ones (and 16-bit colour, which Pillow cannot
         # hold), so a file's bytes do not depend on the path that made it.
         _write_png(path, to_uint16(pixels) if pixels.dtype == np.float32 else pixels, icc, exif)
-        return
+    else:
+        check_fits(path, *pixels.shape[:2])
+        _pillow_image(_eight_bit(pixels, suffix)).save(path, **_pillow_options(suffix, image, icc, exif))
+
+
+#: The widest and tallest picture each format written by Pillow can hold (libjpeg's JPEG_MAX_DIMENSION,
+#: libwebp's WEBP_MAX_DIMENSION); checked before a result is made, not after the model has run.
+MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}
+
+
+def check_fits(path: Path, height: int, width: int) -> None:
+    """Raise ImageFileError when a `width`×`height` picture is too large for the format of `path`."""
+    limit = MAX_SIDE.get(path.suffix.lower())
+    if limit is not None and max(height, width) > limit:
+        raise ImageFileError(
+            f"{path}: a {width}×{height} result is too large for {path.suffix.lstrip('.').upper()} "
+            f"(at most {limit} pixels a side); write PNG or TIFF instead"
+        )
+
+
+def _eight_bit(pixels: np.ndarray, suffix: str) -> np.ndarray:
+    """`pixels` as a format written by Pillow (EIGHT_BIT_ONLY_SUFFIXES) holds them."""
+    pixels = to_uint8(pixels)
+    if suffix in {".jpg", ".jpeg"} and pixels.shape[2] in (2, 4):
+        pixels = pixels[:, :, : pixels.shape[2] - 1]  # JPEG has no alpha channel
+    elif suffix == ".bmp" and pixels.shape[2] == 2:
+        pixels = pixels[:, :, [0, 0, 0, 1]]  # BMP has no grey with alpha: RGBA keeps both
+    return pixels
+
+
+def _pillow_options(
+    suffix: str, image: ImageFile, icc: bytes | None, exif: bytes | None
+) -> dict[str, object]:
+    """Pillow's save options for `image` written to an EIGHT_BIT_ONLY_SUFFIXES file."""
     options: dict[str, object] = {}
     if icc:
         options["icc_profile"] = icc
-    if exif and suffix in {".jpg", ".jpeg", ".webp", ".png"}:
+    if exif and suffix in {".jpg", ".jpeg", ".webp"}:
         options["exif"] = exif
     if suffix in {".jpg", ".jpeg"} or (suffix == ".webp" and not image.lossless):
         options["quality"] = 95
     elif suffix == ".webp":
         # quality is the compression effort here; exact keeps the colour under transparent pixels.
         options.update(lossless=True, quality=100, exact=True)
-    _pillow_image(pixels).save(path, **options)
+    return options
+
+
+#: Spooled bytes read back into Pillow's image at a time (each read is held twice on the way).
+SPOOL_READ_BYTES = 1 << 20
+
+
+class SpooledBands:
+    """A JPEG, WebP or BMP at `path`, its 8-bit bands (as _eight_bit makes them) spooled to an unnamed
+    file beside it and encoded by Pillow at ``finish`` with `options`.
+
+    The spool keeps the result out of memory while the model runs (a ×4 result of a 12-megapixel photo
+    is 0.58 GB); it is on the result's disk, not in the temporary folder, which is often memory (tmpfs),
+    and it has no name, so it is gone on any exit. Read back it takes Pillow's 4 bytes a pixel (RGB is
+    held as RGBX), but then the model's working memory is free."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], options: dict[str, object]) -> None:
+        check_fits(path, *shape[:2])
+        self.path = path
+        self._height, self._width = shape[:2]
+        self._options = options
+        self._channels = 0  # from the first band: what _eight_bit leaves of it
+        self._spool = tempfile.TemporaryFile(dir=path.parent)  # noqa: SIM115 — held until close()
+
+    def write(self, band: np.ndarray) -> None:
+        band = np.ascontiguousarray(_eight_bit(band, self.path.suffix.lower()))
+        self._channels = band.shape[2]
+        self._spool.write(memoryview(band).cast("B"))
+
+    def finish(self) -> None:
+        self._spool.seek(0)
+        row_bytes = self._width * self._channels
+        rows_at_a_time = max(1, SPOOL_READ_BYTES // row_bytes)
+        whole: Image.Image | None = None
+        for top in range(0, self._height, rows_at_a_time):
+            count = min(rows_at_a_time, self._height - top)
+            data = self._spool.read(count * row_bytes)
+            if len(data) != count * row_bytes:
+                raise ValueError(f"{self.path}: the spooled result ended early")
+            band = _pillow_image(np.frombuffer(data, np.uint8).reshape(count, self._width, self._channels))
+            if whole is None:
+                whole = Image.new(band.mode, (self._width, self._height))
+            whole.paste(band, (0, top))
+        assert whole is not None
+        self._spool.close()  # its disk space is not needed while encoding
+        whole.save(self.path, **self._options)
+
+    def close(self) -> None:
+        self._spool.close()
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
