@@ -115,7 +115,7 @@ def child(model: str, megapixels: float, max_tiles: int, folder: Path) -> None:
     import torch
 
     settings = enhancer.tile_settings(height, width, options)
-    runner, _ = enhancer._runner(enhancer.store.get(model))
+    runner, _ = enhancer._runner(enhancer.store.get(model), (height, width))
     tiles = Tiler(runner, settings).count_tiles(height, width)
     window = settings.tile + 2 * settings.pad
     shape = (1, 3, min(window, height), min(window, width))

@@ -91,6 +91,39 @@ def test_a_fast_model_is_timed_on_the_jobs_own_window_not_only_a_small_one(plann
     options = EnhanceOptions(model=model, scale=2)
     scale = planner.enhancer.tile_settings(1500, 2000, options).scale
     planner.calibrate(model, image, options)
-    timed = [pixels for pixels, _ in planner.speeds._jobs[model]]
+    timed = [pixels for pixels, _ in planner.speeds._jobs[planner.speed_key(image, options)]]
     # How far it grows depends on this machine's speed; past the first window it always goes.
     assert max(timed) >= (2 * CALIBRATION_MAX_SIDE) ** 2 * scale**2
+
+
+def test_speeds_measured_with_another_runtime_do_not_make_the_estimate(model_store, tmp_path: Path) -> None:
+    """The CPU's runtime is chosen by measurement and can change when it is measured again; what a model
+    took on the runtime it ran with before says little about the one it runs with now (x4plus: 1.5×)."""
+    from image_enhancer.engine import runtime_choice
+    from image_enhancer.engine.enhancer import Enhancer
+    from image_enhancer.engine.runtime_choice import RuntimeTable, Timing
+
+    enhancer = Enhancer(model_store, device="cpu")
+    enhancer.runtime_table = RuntimeTable(tmp_path / runtime_choice.TABLE_FILE)
+    planner = Planner(enhancer, NetworkSpeeds("a CPU", tmp_path / "speeds.json"), slow_seconds=180.0)
+    model = "realesr-animevideov3"
+    image = np.zeros((96, 128, 3), np.uint8)
+    options = EnhanceOptions(model=model, scale=2)
+    graph = runtime_choice.graph_key(model_store.get(model), enhancer.threads)
+
+    def measured_winner(runtime: str) -> None:
+        others = [Timing(r, "fp32", 9e-6) for r in ("pytorch", "openvino") if r != runtime]
+        enhancer.runtime_table.put(graph, [*others, Timing(runtime, "fp32", 1e-6)])
+
+    measured_winner("pytorch")
+    before = planner.speed_key(image, options)
+    assert before == f"{model} (pytorch, fp32)"
+    for pixels in (100_000, 400_000):  # jobs a thousand times slower than this model is
+        planner.speeds.record(before, pixels, pixels / 100.0)
+    assert planner.estimate(model, image, options) > 1000
+    measured_winner("openvino")  # measured again: another runtime wins
+    after = planner.speed_key(image, options)
+    assert after == f"{model} (openvino, fp32)"
+    seconds = planner.estimate(model, image, options)
+    assert planner.speeds.speed(after)[0] > 0  # timed again, with the job's own runtime
+    assert seconds is not None and seconds < 60, seconds

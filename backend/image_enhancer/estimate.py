@@ -6,10 +6,12 @@ plus a part per pixel). The network always works at its own scale: a ×2 or ×3 
 costs what ×4 costs (the result is shrunk tile by tile afterwards), and tiles also compute their
 context. So a job's work is counted in *network pixels* (``Enhancer.network_pixels``: every window of
 the tile plan at the model's scale, once per pass; a varying alpha is a second pass), and those
-measurements are kept in their own file, apart from the server's, which counts result pixels. A model
-never measured here is first timed on one window like the job's (at most 256²: about 10 s for x4plus on
-two CPU cores, a fraction of a second for the compact models) and that is recorded; every finished job
-is recorded as well, so later estimates follow this machine.
+measurements are kept in their own file, apart from the server's, which counts result pixels, and per
+runtime and precision the job runs with (the CPU's are chosen by measurement and may change when they are
+measured again; x4plus on ncnn and on OpenVINO differ by 1.5×). A model never measured here is first
+timed on one window like the job's (at most 256²: about 10 s for x4plus on two CPU cores, a fraction of a
+second for the compact models) with the job's runtime, and that is recorded; every finished job is
+recorded as well, so later estimates follow this machine.
 
 When the job would take more than a few minutes on a CPU and a faster model is installed, the estimate
 names it with the time it would take.
@@ -116,41 +118,53 @@ class Planner:
         """The model the dialog suggests on this device: the fast pair on a CPU, the manifest's on a GPU."""
         return suggested_model(self.enhancer.store, on_gpu=self.on_gpu)  # type: ignore[arg-type]
 
-    def _work(self, image: np.ndarray, options: EnhanceOptions) -> int:
+    def _work(
+        self, image: np.ndarray, options: EnhanceOptions, chosen_for: tuple[int, int] | None = None
+    ) -> int:
         channels = 1 if image.ndim == 2 else image.shape[2]
         return self.enhancer.network_pixels(image.shape[0], image.shape[1], options, channels,
-                                            _passes(image, options))
+                                            _passes(image, options), chosen_for)  # fmt: skip
+
+    def speed_key(self, image: np.ndarray, options: EnhanceOptions) -> str:
+        """Under what the speed of the job is kept: its model, runtime and precision."""
+        choice = self.enhancer.job_choice(image.shape[0], image.shape[1], options)
+        return f"{options.model} ({choice.runtime}, {choice.precision})"
 
     def _speed(self, model: str, image: np.ndarray, options: EnhanceOptions) -> tuple[float, float]:
-        if not self.speeds.measured(model) and model not in self.calibrated:
+        key = self.speed_key(image, options)
+        if not self.speeds.measured(key) and key not in self.calibrated:
             self.calibrate(model, image, options)
-            self.calibrated.add(model)
-        return self.speeds.speed(model)
+            self.calibrated.add(key)
+        return self.speeds.speed(key)
 
     def calibrate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> None:
-        """Time windows growing towards the job's (after one tiny run that loads and prepares the model)
-        and record them: per pixel the largest costs about what the job's windows will."""
-        settings = self.enhancer.tile_settings(image.shape[0], image.shape[1], options)
-        job_window = min(settings.tile + 2 * settings.pad, max(image.shape[:2]))
+        """Time windows growing towards the job's (after one tiny run that loads and prepares the model),
+        with the job's runtime, and record them: per pixel the largest costs about what the job's windows
+        will."""
+        size = image.shape[:2]
+        settings = self.enhancer.tile_settings(size[0], size[1], options)
+        job_window = min(settings.tile + 2 * settings.pad, max(size))
         plain = EnhanceOptions(model=model)
-        self.enhancer.enhance(np.zeros((32, 32, 3), np.uint8), plain)
-        self.speeds.prepared(model)
+        key = self.speed_key(image, plain)
+        self.enhancer.enhance(np.zeros((32, 32, 3), np.uint8), plain, chosen_for=size)
+        self.speeds.prepared(key)
         window = min(job_window, CALIBRATION_MAX_SIDE)
-        seconds = self._time_window(model, window, image.shape[:2], plain)
+        seconds = self._time_window(key, window, size, plain)
         while window < job_window:
             grown = min(job_window, 2 * window)
             if seconds * (grown / window) ** 2 > GROWN_BUDGET_SECONDS:
                 break
-            window, seconds = grown, self._time_window(model, grown, image.shape[:2], plain)
+            window, seconds = grown, self._time_window(key, grown, size, plain)
 
-    def _time_window(self, model: str, side: int, size: tuple[int, ...], plain: EnhanceOptions) -> float:
-        """Seconds of one job on a ``side``² noise window (within ``size``), recorded as a job."""
+    def _time_window(self, key: str, side: int, size: tuple[int, int], plain: EnhanceOptions) -> float:
+        """Seconds of one job on a ``side``² noise window (within ``size``, run as a job of that size
+        would run), recorded under ``key``."""
         shape = (min(side, size[0]), min(side, size[1]), 3)
         noise = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
         started = time.perf_counter()
-        self.enhancer.enhance(noise, plain)
+        self.enhancer.enhance(noise, plain, chosen_for=size)
         seconds = time.perf_counter() - started
-        self.speeds.record(model, self._work(noise, plain), seconds)
+        self.speeds.record(key, self._work(noise, plain, size), seconds)
         return seconds
 
     def estimate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> float | None:
@@ -192,8 +206,9 @@ class Planner:
 
         result = self.enhancer.enhance(image, options, progress=watch, rows=rows)
         if ready:
-            self.speeds.prepared(options.model)  # by announce (network_pixels) or by an earlier job
-            self.speeds.record(options.model, self._work(image, options), time.perf_counter() - ready[0])
+            key = self.speed_key(image, options)
+            self.speeds.prepared(key)  # by announce (network_pixels) or by an earlier job
+            self.speeds.record(key, self._work(image, options), time.perf_counter() - ready[0])
         return result
 
 

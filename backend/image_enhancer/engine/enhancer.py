@@ -129,6 +129,7 @@ class Enhancer:
         progress: Callable[[Progress], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
         rows: ResultRows | None = None,
+        chosen_for: tuple[int, int] | None = None,
     ) -> np.ndarray | None:
         """Enhance an ``H×W×C`` (or ``H×W``) uint8/uint16/float32 image; same dtype and channels out.
 
@@ -142,6 +143,9 @@ class Enhancer:
         between batches and inside runtimes that can stop mid-window, and a true answer raises
         JobCancelled. Bad input raises ValueError (PixelFormatError for the array); too many pixels,
         ImageTooLargeError; unknown models, the store's LookupError.
+
+        The runtime and precision are those ``job_choice`` gives for the image, or for an image of size
+        ``chosen_for`` (the planner times a window of a large job with the job's runtime).
         """
         pixels.check_image(image)
         options.validate()
@@ -171,7 +175,7 @@ class Enhancer:
                 "— choose a smaller scale or a smaller image"
             )
         # Preparing the network (converting it, and on first use timing the CPU runtimes) is loading too.
-        runner, bytes_per_pixel = self._runner(loaded, height * width * descriptor.scale**2, (height, width))
+        runner, bytes_per_pixel = self._runner(loaded, chosen_for or (height, width))
         report("loading model", 1, 1)
         check_cancelled()
 
@@ -323,12 +327,17 @@ class Enhancer:
             self._network(tiler, alpha_in, descriptor, done, total, shrink, fix, sink=alpha_rows)
 
     def tile_settings(
-        self, height: int, width: int, options: EnhanceOptions, channels: int = 3
+        self,
+        height: int,
+        width: int,
+        options: EnhanceOptions,
+        channels: int = 3,
+        chosen_for: tuple[int, int] | None = None,
     ) -> TileSettings:
         """How a job on a ``height × width`` image with ``channels`` channels will be tiled (prepares the
-        model when needed)."""
+        model when needed); ``chosen_for`` as in ``enhance``."""
         loaded = self.store.get(options.model, options.strength)
-        runner, bytes_per_pixel = self._runner(loaded)
+        runner, bytes_per_pixel = self._runner(loaded, chosen_for or (height, width))
         out_size = _output_size(height, width, options, loaded.descriptor)
         # As a job will hold them: the input as floats, and an 8-bit result built in bands.
         banded = not options.colour_fidelity
@@ -340,22 +349,34 @@ class Enhancer:
         )
 
     def network_pixels(
-        self, height: int, width: int, options: EnhanceOptions, channels: int = 3, passes: int = 1
+        self,
+        height: int,
+        width: int,
+        options: EnhanceOptions,
+        channels: int = 3,
+        passes: int = 1,
+        chosen_for: tuple[int, int] | None = None,
     ) -> int:
         """The pixels the network makes for a job on a ``height × width`` image: every window of its tile
         plan (context included) at the model's own scale, whatever scale was asked for, once per pass.
-        The work of a job is close to proportional to it (prepares the model when needed)."""
-        s = self.tile_settings(height, width, options, channels)
+        The work of a job is close to proportional to it (prepares the model when needed); ``chosen_for``
+        as in ``enhance``."""
+        s = self.tile_settings(height, width, options, channels, chosen_for)
         plan = plan_tiles(0, 0, height, width, s.tile, s.overlap, s.pad, s.multiple, s.min_size)
         return passes * s.scale**2 * sum(t.y.window_size * t.x.window_size for t in plan)
 
-    def _runner(
-        self, loaded: LoadedModel, job_pixels: int = 0, size: tuple[int, int] | None = None
-    ) -> tuple[Runner, float]:
-        """The prepared network for this model, reused across requests (the last two are kept);
-        ``job_pixels``, the network output of the job at hand, decides whether an int8 version is made,
-        and ``size``, its image's, which runtime is fastest for it (see ``choice``)."""
-        choice = self.choice(loaded, job_pixels, size)
+    def job_choice(self, height: int, width: int, options: EnhanceOptions) -> runtime_choice.Timing:
+        """The runtime and precision a job on a ``height × width`` image runs with (prepares the model;
+        on first use of its network on the CPU, times the runtimes)."""
+        return self._choice_for(self.store.get(options.model, options.strength), (height, width))
+
+    def _choice_for(self, loaded: LoadedModel, size: tuple[int, int]) -> runtime_choice.Timing:
+        return self.choice(loaded, size[0] * size[1] * loaded.descriptor.scale**2, size)
+
+    def _runner(self, loaded: LoadedModel, size: tuple[int, int]) -> tuple[Runner, float]:
+        """The prepared network for this model, reused across requests (the last two are kept), for a
+        job on an image of ``size`` (see ``job_choice``)."""
+        choice = self._choice_for(loaded, size)
         key = (id(loaded.module), choice.runtime, choice.precision)
         if key not in self._runners:
             runner = self._make_runner(loaded, choice)
