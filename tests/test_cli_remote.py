@@ -108,3 +108,26 @@ def test_server_down_is_one_clear_error_without_traceback(photo: Path, tmp_path:
 def test_bad_remote_arguments_are_clear_errors(photo: Path, tmp_path: Path, capsys, extra, message) -> None:
     assert main(["enhance", str(photo), "-o", str(tmp_path / "x.png"), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_server_too_old_for_the_options_is_one_error_before_any_file(
+    make_enhancer, photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A server of protocol 1 knows nothing of faces and would enhance without them: the command line
+    refuses once, before any file is read or written."""
+    from image_enhancer.server import service
+    from image_enhancer.server.app import serve
+
+    monkeypatch.setattr(service, "PROTOCOL_VERSION", 1)  # what a server of the first protocol says
+    old = serve(make_enhancer(), "127.0.0.1:0", warm_up=[])
+    try:
+        second = photo.with_name("second.png")
+        second.write_bytes(photo.read_bytes())
+        out = tmp_path / "out"
+        args = ["enhance", str(photo), str(second), "-o", str(out), "--server", old.address, "--faces"]
+        assert main(args) == 2
+    finally:
+        old.stop()
+    err = capsys.readouterr().err
+    assert err.count("protocol 1") == 1, err
+    assert not out.exists()

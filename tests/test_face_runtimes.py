@@ -22,7 +22,7 @@ from spandrel.architectures.GFPGAN import GFPGAN
 from image_enhancer.faces.detect import FaceDetector
 from image_enhancer.faces.face_pass import find_faces, restore_faces
 from image_enhancer.faces.restorer import load_restorer
-from image_enhancer.faces.runtime import CpuNetwork
+from image_enhancer.runtimes.cpu_network import CpuNetwork
 
 pytest.importorskip("openvino")
 

@@ -167,6 +167,33 @@ def test_the_registry_holds_each_runtime_the_command_line_offers_once():
         runtimes.get("tensorrt")
 
 
+# Outside runtimes/, a runtime's name may be data only here: the command line's choices (kept free of
+# torch) and the runtimes an architecture was verified on (a fact of the architecture).
+NAMING_ALLOWED = {"engine/choices.py", "architectures/span.py", "architectures/rrdbnet.py",
+                  "architectures/srvgg_compact.py"}  # fmt: skip
+
+
+def test_nothing_outside_runtimes_names_a_runtime():
+    """Adding a runtime touches runtimes/ (and the choices the command line offers), nothing else."""
+    import ast
+
+    package = Path(runtimes.__file__).parent.parent
+    names = {runtime.name for runtime in runtimes.ALL}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("runtimes/") or relative in NAMING_ALLOWED:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                      and node.body and isinstance(node.body[0], ast.Expr)}  # fmt: skip
+        found += [f"{relative}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and node.value.lower() in names and id(node) not in docstrings]  # fmt: skip
+    assert found == []
+
+
 def test_cpu_picks_the_fastest_runtime_for_this_cpu_and_each_can_be_asked_for():
     arm = platform.machine().lower() in ("arm64", "aarch64")
     assert choose_device("cpu").runtime == ("ncnn" if arm else "openvino")

@@ -372,6 +372,7 @@ def _remote_enhance_function(args: argparse.Namespace) -> Enhance:
         raise ConnectionError(
             f"{error}; start a server with: image-enhancer serve --address {args.server}"
         ) from None
+    client.check_supported(options)  # a server too old for the options: one error before any file is read
 
     def enhance(pixels: np.ndarray, report: ProgressCallback) -> np.ndarray:
         return client.enhance_array(

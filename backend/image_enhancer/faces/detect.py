@@ -19,7 +19,7 @@ from torchvision.ops import nms, roi_align
 
 from image_enhancer.faces.detector_weights import load_arrays
 from image_enhancer.faces.mtcnn import ONet, PNet, RNet
-from image_enhancer.faces.runtime import OPENVINO, CpuNetwork, check_runtime
+from image_enhancer.runtimes.cpu_network import OPENVINO, CpuNetwork, check_runtime
 
 #: Smallest face side searched for, in pixels of the image searched.
 MIN_FACE = 20

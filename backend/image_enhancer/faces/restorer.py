@@ -20,9 +20,9 @@ import torch
 from spandrel import ImageModelDescriptor, ModelLoader
 from torch import Tensor, nn
 
-from image_enhancer.faces.runtime import OPENVINO, PYTORCH, CpuNetwork, check_runtime
 from image_enhancer.models.registry import UnsupportedModelError, load_model
 from image_enhancer.models.tensors import as_fp32
+from image_enhancer.runtimes.cpu_network import OPENVINO, PYTORCH, CpuNetwork, check_runtime
 from image_enhancer.runtimes.openvino import export
 
 log = logging.getLogger(__name__)

@@ -159,10 +159,8 @@ def _raw_models(data: Any) -> list[dict[str, Any]]:
 
 def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
     models = tuple(_entry(m) for m in _raw_models(data))
+    _refuse_duplicates(models, "model")
     names = [m.name for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ManifestError(f"duplicate model names: {', '.join(duplicates)}")
     if sum(m.default for m in models) != 1:
         raise ManifestError("exactly one model must be marked default")
     for m in models:
@@ -198,10 +196,15 @@ def _face_entries(data: Any) -> tuple[ModelEntry, ...]:
     if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
         raise ManifestError("the manifest's face_models must be a list of objects")
     entries = tuple(_entry(m) for m in raw)
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise ManifestError("duplicate face model names")
+    _refuse_duplicates(entries, "face model")
     return entries
+
+
+def _refuse_duplicates(entries: tuple[ModelEntry, ...], kind: str) -> None:
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ManifestError(f"duplicate {kind} names: {', '.join(duplicates)}")
 
 
 def _read(path: Path) -> Any:

@@ -1,4 +1,5 @@
-"""Which runtime runs the face pass's networks (the MTCNN detector's three, the restorer) on the CPU.
+"""Which runtime runs a network outside the tiled engine on the CPU: the face pass's (the MTCNN
+detector's three, the restorer).
 
 OpenVINO where it is installed and takes the network, else PyTorch, with a log line saying why. A
 network goes to OpenVINO through the enhancement's own exporter (``runtimes/openvino/export.py``):
