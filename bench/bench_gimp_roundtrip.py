@@ -44,6 +44,7 @@ from chroot_gimp import GIMP_VERSIONS, ChrootGimp, build_chroot, free_address  #
 from image_enhancer.client.grpc_client import EnhancerClient  # noqa: E402
 
 TIMINGS = "AI_ENHANCE_TIMINGS"
+GIMP_TIMEOUT_S = 3 * 3600  # x4plus on a large layer takes many minutes on two cores
 
 
 PLUGIN = REPO / "gimp_plugin" / "ai_enhance"
@@ -82,7 +83,7 @@ def main() -> int:
     address = free_address()
     command = [sys.executable, "-m", "image_enhancer", "serve", "--address", address, "--no-warm-up"]
     backend = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    gimp = ChrootGimp(root, address, ["/usr/bin/false"], args.gimp)
+    gimp = ChrootGimp(root, address, ["/usr/bin/false"], args.gimp, timeout=GIMP_TIMEOUT_S)
     try:
         with EnhancerClient(address) as client:
             client.wait_until_serving(timeout=120)
@@ -92,6 +93,8 @@ def main() -> int:
             size = (args.side, args.height or args.side)
             scale = int(args.scale[1:])
             estimate = dialog_estimate(client, args.model, size, max(scale, 1)) if args.estimate else None
+            if estimate is not None:
+                print(f"the dialog's estimate: {estimate:.1f} s", flush=True)  # the job may take long
         started = time.perf_counter()
         arguments = {"model": args.model, "scale": args.scale}
         result = gimp.run_job("roundtrip", photo(*size), env={TIMINGS: "1"}, arguments=arguments)

@@ -99,9 +99,17 @@ def free_address() -> str:
 class ChrootGimp:
     """A fresh GIMP profile inside the chroot with the plug-in installed by the installer."""
 
-    def __init__(self, root: Path, address: str, backend_command: list[str], version: str = "3.0") -> None:
+    def __init__(
+        self,
+        root: Path,
+        address: str,
+        backend_command: list[str],
+        version: str = "3.0",
+        timeout: int = GIMP_TIMEOUT,
+    ) -> None:
         self.root = root
         self.version = version
+        self.timeout = timeout  # seconds before a GIMP run is killed
         self.sandbox = Path("/tmp") / f"image-enhancer-test-{uuid.uuid4().hex[:8]}"  # as GIMP sees it
         self.home = self.sandbox / "home"
         plugins = self.host(self.home / ".config" / "GIMP" / version / "plug-ins")
@@ -115,10 +123,10 @@ class ChrootGimp:
     def command(
         self, code: str, interpreter: str = "python-fu-eval", env: dict[str, str] | None = None
     ) -> list[str]:
-        """The command line that runs batch `code` in GIMP (killed after GIMP_TIMEOUT seconds)."""
+        """The command line that runs batch `code` in GIMP (killed after ``timeout`` seconds)."""
         variables = [f"{key}={value}" for key, value in (env or {}).items()]
         return [
-            "timeout", "-k", "10", str(GIMP_TIMEOUT), "chroot", str(self.root),
+            "timeout", "-k", "10", str(self.timeout), "chroot", str(self.root),
             "env", "-i", f"HOME={self.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", *variables,
             f"gimp-console-{self.version}", "-i", "--quit", "--batch-interpreter", interpreter, "-b", code,
         ]  # fmt: skip
