@@ -27,7 +27,8 @@ def engine(model_store, tmp_path) -> Enhancer:
     return engine
 
 
-def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_store):
+def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_store, monkeypatch):
+    monkeypatch.setattr(runtime_choice, "BUSY_SHARE", 1.0)  # kept even if other work runs meanwhile
     loaded = model_store.get(COMPACT)
     timings = engine.runtime_table.timings(loaded, engine.candidate_factory(loaded), engine.threads)
     assert [t.candidate for t in timings] == runtime_choice.candidates(loaded.descriptor.architecture)
@@ -47,6 +48,29 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
     assert runtime_choice.graph_key(first, 2) == runtime_choice.graph_key(second, 2)
     assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(loaded, 2)
     assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(first, 4)
+
+
+def test_timings_taken_while_other_work_loads_the_cpu_are_not_kept(engine, model_store):
+    """Runtimes slow down unequally when they share the cores, so a table timed under load would choose
+    for good by what the load did: such timings serve this process only."""
+    loaded = model_store.get(COMPACT)
+    spin = [sys.executable, "-c", "while True: pass"]
+    spinning = [subprocess.Popen(spin) for _ in range(os.cpu_count() or 1)]
+    try:
+        busy = runtime_choice.OtherCpuUse()
+        timings = engine.runtime_table.timings(loaded, engine.candidate_factory(loaded), engine.threads)
+        measured_share = busy.share()
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+    assert measured_share > runtime_choice.BUSY_SHARE
+    assert not engine.runtime_table.path.exists()  # nothing kept
+
+    def never(_candidate: Candidate) -> object:
+        raise AssertionError("measured again within the process that has timings")
+
+    assert engine.runtime_table.timings(loaded, never, engine.threads) == timings  # this process uses them
 
 
 def test_auto_runs_the_measured_winner(engine, model_store):
@@ -90,7 +114,8 @@ def test_the_choice_counts_the_context_of_the_jobs_own_tiles():
     assert Timing("pytorch", "fp32", 1e-6).work((5000, 5000)) == 1.0  # no core known: no context
 
 
-def test_a_damaged_table_is_measured_again(engine, model_store):
+def test_a_damaged_table_is_measured_again(engine, model_store, monkeypatch):
+    monkeypatch.setattr(runtime_choice, "BUSY_SHARE", 1.0)  # kept even if other work runs meanwhile
     engine.runtime_table.path.write_text("{not json" * 10)
     loaded = model_store.get(COMPACT)
     assert engine.choice(loaded).runtime in {r.name for r in runtimes.installed()}

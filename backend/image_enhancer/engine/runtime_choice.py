@@ -6,8 +6,10 @@ AMX) OpenVINO in bf16 is about twice its fp32. So the first time a network's gra
 every installed runtime × precision that can run it is timed on a window of a shipped photo (a few
 seconds at most), the reduced precisions are compared with the fp32 result (``precision.BOUND``), and
 the timings are kept in the user cache per graph, CPU model and features, thread count and runtime
-versions. ``auto`` then takes the fastest within the bound; ``--precision fp32`` the fastest in fp32;
-``--runtime`` still forces a runtime. ``image-enhancer devices --benchmark`` prints the table.
+versions (unless other work took much of the CPU while they were timed: then they serve this process
+only, and the next measures again). ``auto`` then takes the fastest within the bound; ``--precision
+fp32`` the fastest in fp32; ``--runtime`` still forces a runtime. ``image-enhancer devices
+--benchmark`` prints the table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE_FILE = "runtime_choice.json"
-#: Part of every key: timings measured by an older rule are measured again.
-TABLE_VERSION = 3
+#: Part of every key: timings measured by an older rule are measured again (4: none kept that were
+#: timed under load).
+TABLE_VERSION = 4
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the window is cut from (a real photo: reduced precision errs most on real detail).
 PHOTO = "forest_256.png"
@@ -54,6 +58,11 @@ MIN_SIDE, MAX_SIDE = 48, 256
 REFERENCE_S = 0.3
 #: Timed runs per candidate after its first (which compiles and allocates); the best one counts.
 REPEATS = 2
+#: Other processes' share of the CPU while the runtimes were timed above which the timings are not
+#: kept. Runtimes slow down unequally when they share the cores: x4plus timed beside two other jobs had
+#: OpenVINO at 2.7× its quiet time and ncnn at 1.5×, and that table chose the runtime 2.6× slower on
+#: small images for good.
+BUSY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -190,12 +199,40 @@ def best(timings: list[Timing], precision: str, size: tuple[int, int] | None = N
     return min(allowed or timings[:1], key=lambda t: t.seconds_per_job_pixel(size))
 
 
+class OtherCpuUse:
+    """How much of the CPU other processes use from now on (Linux's ``/proc/stat``; elsewhere unknown,
+    taken as none): all cores' busy time less this process's own, over the cores' time."""
+
+    def __init__(self) -> None:
+        self._busy, self._own, self._wall = _busy_seconds(), time.process_time(), time.perf_counter()
+
+    def share(self) -> float:
+        busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
+        if busy is None or self._busy is None or wall <= self._wall:
+            return 0.0
+        others = (busy - self._busy) - (own - self._own)
+        return max(0.0, others / ((wall - self._wall) * (os.cpu_count() or 1)))
+
+
+def _busy_seconds() -> float | None:
+    """Seconds all cores have spent busy since boot, or None where the system does not say."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and waiting for I/O
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user … steal; guest is inside user
+
+
 class RuntimeTable:
-    """The measured timings per graph key, kept in the user cache (``TABLE_FILE``)."""
+    """The measured timings per graph key, kept in the user cache (``TABLE_FILE``); timings taken while
+    other work loaded the CPU (``BUSY_SHARE``) are held for this process only."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or user_home() / TABLE_FILE
         self._lock = threading.Lock()
+        self._not_kept: dict[str, list[Timing]] = {}
 
     def get(self, key: str) -> list[Timing] | None:
         entry = self._read().get(key)
@@ -217,17 +254,29 @@ class RuntimeTable:
     ) -> list[Timing]:
         """The timings of ``loaded``'s graph, measured now when unknown (or when ``again``)."""
         key = graph_key(loaded, threads)
-        known = None if again else self.get(key)
+        known = None if again else self._not_kept.get(key) or self.get(key)
         if known is None:
             started = time.perf_counter()
             budget = memory_budget(torch.device("cpu"))  # what a job's windows get, as the engine sizes them
+            others = OtherCpuUse()
             known = measure(loaded, make_runner, context_pad(loaded.descriptor), budget)
+            busy = others.share()
             return_freed_memory()  # the candidates' runners are gone: their buffers too
             log.info(
                 "timed the CPU runtimes for this %s network in %.1f s",
                 loaded.descriptor.architecture, time.perf_counter() - started,
             )  # fmt: skip
-            self.put(key, known)
+            if busy > BUSY_SHARE:
+                log.warning(
+                    "other work used %.0f%% of the CPU while the runtimes were timed: %s", 100 * busy,
+                    "kept as asked, but the choice may be off" if again  # devices --benchmark
+                    else "they serve this process only and are timed again next time",
+                )  # fmt: skip
+            if busy > BUSY_SHARE and not again:
+                self._not_kept[key] = known
+            else:
+                self._not_kept.pop(key, None)
+                self.put(key, known)
         return known
 
     def _read(self) -> dict:
