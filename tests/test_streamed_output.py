@@ -1,4 +1,5 @@
-"""Results written to their file band by band as they are made (PNG and TIFF), never held whole.
+"""Results written to their file band by band as they are made (PNG and TIFF encoded band by band; JPEG,
+WebP and BMP spooled to disk and encoded at the end), never held whole while the model runs.
 
 The engine hands each band of final rows, in the result's samples, to a row target; the CLI's target
 writes it into the temporary file that publish() puts in place. The file must decode to exactly the
