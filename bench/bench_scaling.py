@@ -96,7 +96,7 @@ def peak_rss() -> int:
 def child(model: str, megapixels: float, max_tiles: int, folder: Path) -> None:
     from image_enhancer.engine.enhancer import Enhancer, JobCancelled
     from image_enhancer.engine.tiling import Tiler
-    from image_enhancer.estimate import Planner
+    from image_enhancer.estimate import JobShape, Planner
     from image_enhancer.imagefiles import ImageFile, read_image, write_image
     from image_enhancer.request import EnhanceOptions
 
@@ -109,7 +109,7 @@ def child(model: str, megapixels: float, max_tiles: int, folder: Path) -> None:
     options = EnhanceOptions(model=model, scale=SCALE)
     planner = Planner.for_enhancer(enhancer)
     image = read_image(source).pixels
-    estimate = planner.estimate(model, image, options)
+    estimate = planner.estimate(model, JobShape.of(image, options), options)
 
     # One plain forward pass over one window of the job's plan, after one untimed pass.
     import torch

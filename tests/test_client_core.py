@@ -128,7 +128,7 @@ def test_status_codes_map_to_error_kinds(code, details, kind):
 
 
 def test_the_protocol_version_says_what_a_server_understands():
-    assert wire.PROTOCOL_VERSION == 2 and wire.FACES_PROTOCOL_VERSION == 2
+    assert wire.PROTOCOL_VERSION == 3 == wire.ESTIMATE_PROTOCOL_VERSION and wire.FACES_PROTOCOL_VERSION == 2
     assert wire.protocol_needed(Options()) == 1
     assert wire.protocol_needed(Options(faces=True)) == 2
     assert wire.protocol_needed(Options(faces=True, faces_only=True, scale=1.0)) == 2

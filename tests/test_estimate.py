@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from image_enhancer.cli import main
-from image_enhancer.estimate import CALIBRATION_MAX_SIDE, SLOW_JOB_ENV, NetworkSpeeds, Planner
+from image_enhancer.estimate import CALIBRATION_MAX_SIDE, SLOW_JOB_ENV, JobShape, NetworkSpeeds, Planner
 from image_enhancer.paths import HOME_ENV, user_home
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server.model_speed import suggested_model
@@ -37,12 +36,12 @@ def planner(model_store, tmp_path_factory) -> Planner:
 
 
 def test_a_request_below_the_models_scale_is_estimated_at_the_models_scale(planner) -> None:
-    image = np.zeros((300, 200, 3), np.uint8)
+    shape = JobShape(300, 200)
     model = suggested_model(planner.enhancer.store, on_gpu=False)
-    at = {s: planner.estimate(model, image, EnhanceOptions(model=model, scale=s)) for s in (1, 2, 3, 4)}
+    at = {s: planner.estimate(model, shape, EnhanceOptions(model=model, scale=s)) for s in (1, 2, 3, 4)}
     assert at[4] and at[4] > 0
     assert at[1] == at[2] == at[3] == at[4]  # the network makes ×4 every time; shrinking is not the work
-    bigger = planner.estimate(model, np.zeros((600, 400, 3), np.uint8), EnhanceOptions(model=model, scale=2))
+    bigger = planner.estimate(model, JobShape(600, 400), EnhanceOptions(model=model, scale=2))
     assert bigger > at[2]
 
 
@@ -87,11 +86,11 @@ def test_a_fast_model_is_timed_on_the_jobs_own_window_not_only_a_small_one(plann
     """A compact model's 256² window is mostly per-call cost; the estimate for a big photo must come from a
     window like the job's, or it says twice the real time."""
     model = suggested_model(planner.enhancer.store, on_gpu=False)
-    image = np.zeros((1500, 2000, 3), np.uint8)
+    shape = JobShape(1500, 2000)
     options = EnhanceOptions(model=model, scale=2)
     scale = planner.enhancer.tile_settings(1500, 2000, options).scale
-    planner.calibrate(model, image, options)
-    timed = [pixels for pixels, _ in planner.speeds._jobs[planner.speed_key(image, options)]]
+    planner.calibrate(model, shape, options)
+    timed = [pixels for pixels, _ in planner.speeds._jobs[planner.speed_key(shape, options)]]
     # How far it grows depends on this machine's speed; past the first window it always goes.
     assert max(timed) >= (2 * CALIBRATION_MAX_SIDE) ** 2 * scale**2
 
@@ -107,7 +106,7 @@ def test_speeds_measured_with_another_runtime_do_not_make_the_estimate(model_sto
     enhancer.runtime_table = RuntimeTable(tmp_path / runtime_choice.TABLE_FILE)
     planner = Planner(enhancer, NetworkSpeeds("a CPU", tmp_path / "speeds.json"), slow_seconds=180.0)
     model = "realesr-animevideov3"
-    image = np.zeros((96, 128, 3), np.uint8)
+    shape = JobShape(96, 128)
     options = EnhanceOptions(model=model, scale=2)
     graph = runtime_choice.graph_key(model_store.get(model), enhancer.threads)
 
@@ -116,14 +115,14 @@ def test_speeds_measured_with_another_runtime_do_not_make_the_estimate(model_sto
         enhancer.runtime_table.put(graph, [*others, Timing(runtime, "fp32", 1e-6)])
 
     measured_winner("pytorch")
-    before = planner.speed_key(image, options)
+    before = planner.speed_key(shape, options)
     assert before == f"{model} (pytorch, fp32)"
     for pixels in (100_000, 400_000):  # jobs a thousand times slower than this model is
         planner.speeds.record(before, pixels, pixels / 100.0)
-    assert planner.estimate(model, image, options) > 1000
+    assert planner.estimate(model, shape, options) > 1000
     measured_winner("openvino")  # measured again: another runtime wins
-    after = planner.speed_key(image, options)
+    after = planner.speed_key(shape, options)
     assert after == f"{model} (openvino, fp32)"
-    seconds = planner.estimate(model, image, options)
+    seconds = planner.estimate(model, shape, options)
     assert planner.speeds.speed(after)[0] > 0  # timed again, with the job's own runtime
     assert seconds is not None and seconds < 60, seconds

@@ -1,4 +1,4 @@
-"""No silent crash (gimp_plugin/ai_enhance/crash_log.py, preview.PreviewRunner.stop), without GIMP: a
+"""No silent crash (gimp_plugin/ai_enhance/crash_log.py, newest.NewestOnly.stop), without GIMP: a
 caught failure, an exception escaping a callback or a thread, and a process dying of a signal all leave
 their Python stacks in the log; a stopped preview runner neither delivers nor keeps what it delivered to.
 The same in the real GIMP: tests/test_gimp_layer_state.py."""
@@ -18,6 +18,7 @@ sys.path.insert(0, str(PLUGIN))  # for the plug-in modules' own imports of each 
 _spec = importlib.util.spec_from_file_location("ai_enhance_crash_log", PLUGIN / "crash_log.py")
 crash_log = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(crash_log)
+import newest  # noqa: E402
 import preview  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def test_a_stopped_runner_delivers_nothing_and_lets_go_of_its_receiver() -> None
 
     receiver = Receiver()
     alive = weakref.ref(receiver)
-    runner = preview.PreviewRunner(slow, receiver.deliver)
+    runner = newest.NewestOnly(slow, receiver.deliver, "The preview")
     info = preview.ImageInfo(1, 1, 3, "u8")
     crop = preview.plan_crop(1, 1, 0, 0, 2.0)
     runner.request(preview.PreviewJob(b"\0\0\0", info, preview.EnhanceOptions(model="m", scale=2.0), crop))

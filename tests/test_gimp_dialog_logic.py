@@ -1,8 +1,8 @@
 """What the dialog's preview and model list call, in the real GIMP 3.0 and 3.2 (headless: no dialog is
 shown): the preview first looks at the selection's centre, else at the most detailed area of a real layer
 read through GEGL (not the centre), on small and large layers; the layer's map thumbnail comes from GIMP;
-and the dialog's modules load in each GIMP's Python, where "Get more models…" lists face models with
-their purpose, size and licence."""
+the dialog's modules load in each GIMP's Python, where "Get more models…" lists face models with
+their purpose, size and licence; and what the time estimate is asked for (channels, a varying alpha)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,17 @@ face = ModelInfo("gfpgan-1.4", "GFPGAN", 1, False, False, license="Apache-2.0", 
                  download_bytes=348632874, installable=True)
 out["face_catalogue"] = [settings.catalogue_text(m, [], [face]) for m in settings.catalogue([], [face])]
 out["face_choice"] = hasattr(model_chooser, "FaceModelChoice")
+import layer_io
+layers = Gimp.Image.new(3000, 2000, Gimp.ImageBaseType.RGB)
+rgba = Gimp.Layer.new(layers, "a", 3000, 2000, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+layers.insert_layer(rgba, None, 0)
+rgba.fill(Gimp.FillType.WHITE)
+out["opaque"] = layer_io.alpha_varies(rgba)
+layers.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, 100, 100)  # the job reads the whole layer
+rgba.get_buffer().set(Gegl.Rectangle.new(2500, 1500, 40, 30), "R'G'B'A u8", bytes(40 * 30 * 4))
+rgba.get_buffer().flush()
+out["holed"] = layer_io.alpha_varies(rgba)
+out["kinds"] = [[k.channels, k.varying_alpha] for k in map(dialog.LayerKind.of, (rgba, layer))]
 print("RESULT " + json.dumps(out))
 """
 
@@ -96,3 +107,7 @@ def test_the_preview_aims_at_the_selection_else_the_most_detail(
     face_line = "Faces (restores faces; used by Restore faces): 349 MB, licence Apache-2.0"
     assert out["face_catalogue"] == [face_line]
     assert out["face_choice"]
+    # What the time estimate is asked for: channels, and whether the model makes the alpha in a second
+    # pass (a transparent patch of 40 x 30 in 3000 x 2000 pixels, outside the selection, counts).
+    assert out["opaque"] is False and out["holed"] is True
+    assert out["kinds"] == [[4, True], [3, False]]

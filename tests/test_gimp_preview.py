@@ -20,6 +20,7 @@ from image_enhancer.wire import ImageInfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "gimp_plugin" / "ai_enhance"))
 import preview  # noqa: E402
+from newest import NewestOnly  # noqa: E402
 
 FAST_MODEL = "realesr-animevideov3"
 SLOW_MODEL = "realesrgan-x4plus-anime"  # RRDBNet: minutes for the slow job below on 2 CPU cores
@@ -105,7 +106,7 @@ def test_a_newer_preview_cancels_the_running_one(grpc_server) -> None:
             with lock:
                 running[0] -= 1
 
-    runner = preview.PreviewRunner(run, delivered.append)
+    runner = NewestOnly(run, delivered.append, "The preview")
     try:
         runner.request(slow)
         assert started.wait(60), "the slow preview never reached the backend"

@@ -134,7 +134,7 @@ def test_health_reflection_and_description(grpc_server, grpc_client, grpc_enhanc
     assert info.device_name.endswith(("(CPU, OpenVINO)", "(CPU, ncnn)", "(CPU, PyTorch)"))
     assert info.device_memory_bytes > 1 << 30
     assert info.default_model == model_store.default_model
-    assert info.protocol_version == 2 == wire.PROTOCOL_VERSION  # faces, InstallModel, face models
+    assert info.protocol_version == 3 == wire.PROTOCOL_VERSION  # faces, InstallModel, EstimateTime
     assert info.max_queue == grpc_server.jobs.max_waiting and info.max_pixels == grpc_enhancer.max_pixels
 
 

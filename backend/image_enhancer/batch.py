@@ -306,7 +306,7 @@ def _make_enhance_function(args: argparse.Namespace) -> Enhance:
 
 def _local_enhance_function(args: argparse.Namespace) -> Enhance:
     from image_enhancer.engine.enhancer import Enhancer
-    from image_enhancer.estimate import Planner
+    from image_enhancer.estimate import JobShape, Planner
     from image_enhancer.faces.pipeline import FacePass
     from image_enhancer.weights.store import ModelStore
     from image_enhancer.wire import find_model
@@ -332,7 +332,8 @@ def _local_enhance_function(args: argparse.Namespace) -> Enhance:
         if options.faces_only:  # the face pass alone: no enhancement model runs
             result = pixels
         else:
-            tqdm.write(planner.announce(pixels, options), file=sys.stderr)  # before the work starts
+            # Said before the work starts.
+            tqdm.write(planner.announce(JobShape.of(pixels, options), options), file=sys.stderr)
             # The face pass works on the whole result: with it, nothing goes to the file in bands.
             result = planner.run(pixels, options, progress=lambda p: report(p.stage, p.done, p.total),
                                  rows=None if options.faces else rows)  # fmt: skip

@@ -1,20 +1,21 @@
-"""What a command-line job will cost, said before it starts, and the model to start with.
+"""What a job will cost, said before it starts (the command line's estimate, the server's EstimateTime),
+and the model to start with.
 
-The estimate comes from the measured speed of the model on this device, kept as the server keeps it for
-the GIMP dialog (``server.model_speed``: the last jobs of each model per device, fitted to a fixed part
-plus a part per pixel). The network always works at its own scale: a ×2 or ×3 request on a ×4 model
-costs what ×4 costs (the result is shrunk tile by tile afterwards), and tiles also compute their
-context. So a job's work is counted in *network pixels* (``Enhancer.network_pixels``: every window of
-the tile plan at the model's scale, once per pass; a varying alpha is a second pass), and those
-measurements are kept in their own file, apart from the server's, which counts result pixels, and per
-runtime and precision the job runs with (the CPU's are chosen by measurement and may change when they are
-measured again; x4plus on ncnn and on OpenVINO differ by 1.5×). A model never measured here is first
-timed on one window like the job's (at most 256²: about 10 s for x4plus on two CPU cores, a fraction of a
-second for the compact models) with the job's runtime, and that is recorded; every finished job is
-recorded as well, so later estimates follow this machine.
+The estimate comes from the measured speed of the model on this device: the last jobs per model, runtime
+and precision, fitted to a fixed part plus a part per pixel (``server.model_speed.fit``). The network
+always works at its own scale: a ×2 or ×3 request on a ×4 model costs what ×4 costs (the result is shrunk
+tile by tile afterwards), and tiles also compute their context. So a job's work is counted in *network
+pixels* (``Enhancer.network_pixels``: every window of the tile plan at the model's scale, once per pass; a
+varying alpha is a second pass), and kept per runtime and precision the job runs with (the CPU's are
+chosen by measurement, per image size, and may change when they are measured again; x4plus on ncnn and
+on OpenVINO differ by 1.5×). A combination never measured here is first timed on windows growing towards
+the job's (from 256²: about 10 s for x4plus on two CPU cores, a fraction of a second for the compact
+models) with the job's runtime, and that is recorded; every finished job is recorded as well (the
+command line's and the server's, in one file per user), so later estimates follow this machine.
 
-When the job would take more than a few minutes on a CPU and a faster model is installed, the estimate
-names it with the time it would take.
+The speed the server lists per model (``server.model_speed``, in result pixels, for clients older than
+EstimateTime) is kept apart. When the job would take more than a few minutes on a CPU and a faster model
+is installed, the command line's estimate names it with the time it would take.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from image_enhancer.engine.enhancer import Enhancer, Progress
 from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server.model_speed import ModelSpeeds, fit, suggested_model
+
+Cancelled = Callable[[], bool]
+Size = tuple[int, int]  # (height, width)
 
 #: In the user cache: measured network pixels per second, per device and model.
 SPEEDS_FILE = "network_speed.json"
@@ -96,9 +100,30 @@ class NetworkSpeeds(ModelSpeeds):
             return fit(self._measured(model) or self._jobs.get(model, []))
 
 
+@dataclass(frozen=True)
+class JobShape:
+    """What the cost of a job depends on besides its options: the image's size, channels and how many
+    times the network passes over it (a varying alpha the model upscales is a second pass). A server
+    estimates from this alone, before any pixel is sent."""
+
+    height: int
+    width: int
+    channels: int = 3
+    passes: int = 1
+
+    @classmethod
+    def of(cls, image: np.ndarray, options: EnhanceOptions) -> JobShape:
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        return cls(image.shape[0], image.shape[1], channels, _passes(image, options))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
 @dataclass
 class Planner:
-    """Chooses the model, estimates each input before it runs, and records what it took."""
+    """Chooses the model, estimates each job before it runs, and records what it took."""
 
     enhancer: Enhancer
     speeds: NetworkSpeeds
@@ -118,63 +143,69 @@ class Planner:
         """The model the dialog suggests on this device: the fast pair on a CPU, the manifest's on a GPU."""
         return suggested_model(self.enhancer.store, on_gpu=self.on_gpu)  # type: ignore[arg-type]
 
-    def _work(
-        self, image: np.ndarray, options: EnhanceOptions, chosen_for: tuple[int, int] | None = None
-    ) -> int:
-        channels = 1 if image.ndim == 2 else image.shape[2]
-        return self.enhancer.network_pixels(image.shape[0], image.shape[1], options, channels,
-                                            _passes(image, options), chosen_for)  # fmt: skip
+    def _work(self, shape: JobShape, options: EnhanceOptions, chosen_for: Size | None = None) -> int:
+        height, width, channels, passes = shape.height, shape.width, shape.channels, shape.passes
+        return self.enhancer.network_pixels(height, width, options, channels, passes, chosen_for)
 
-    def speed_key(self, image: np.ndarray, options: EnhanceOptions) -> str:
+    def speed_key(self, shape: JobShape, options: EnhanceOptions) -> str:
         """Under what the speed of the job is kept: its model, runtime and precision."""
-        choice = self.enhancer.job_choice(image.shape[0], image.shape[1], options)
+        choice = self.enhancer.job_choice(shape.height, shape.width, options)
         return f"{options.model} ({choice.runtime}, {choice.precision})"
 
-    def _speed(self, model: str, image: np.ndarray, options: EnhanceOptions) -> tuple[float, float]:
-        key = self.speed_key(image, options)
+    def _speed(
+        self, model: str, shape: JobShape, options: EnhanceOptions, cancelled: Cancelled | None
+    ) -> tuple[float, float]:
+        key = self.speed_key(shape, options)
         if not self.speeds.measured(key) and key not in self.calibrated:
-            self.calibrate(model, image, options)
+            self.calibrate(model, shape, options, cancelled)
             self.calibrated.add(key)
         return self.speeds.speed(key)
 
-    def calibrate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> None:
+    def calibrate(
+        self, model: str, shape: JobShape, options: EnhanceOptions, cancelled: Cancelled | None = None
+    ) -> None:
         """Time windows growing towards the job's (after one tiny run that loads and prepares the model),
         with the job's runtime, and record them: per pixel the largest costs about what the job's windows
-        will."""
-        size = image.shape[:2]
+        will. ``cancelled`` as in ``Enhancer.enhance``."""
+        size = shape.size
         settings = self.enhancer.tile_settings(size[0], size[1], options)
         job_window = min(settings.tile + 2 * settings.pad, max(size))
         plain = EnhanceOptions(model=model)
-        key = self.speed_key(image, plain)
-        self.enhancer.enhance(np.zeros((32, 32, 3), np.uint8), plain, chosen_for=size)
+        key = self.speed_key(shape, plain)
+        self.enhancer.enhance(np.zeros((32, 32, 3), np.uint8), plain, cancelled=cancelled, chosen_for=size)
         self.speeds.prepared(key)
         window = min(job_window, CALIBRATION_MAX_SIDE)
-        seconds = self._time_window(key, window, size, plain)
+        seconds = self._time_window(key, window, size, plain, cancelled)
         while window < job_window:
             grown = min(job_window, 2 * window)
             if seconds * (grown / window) ** 2 > GROWN_BUDGET_SECONDS:
                 break
-            window, seconds = grown, self._time_window(key, grown, size, plain)
+            window, seconds = grown, self._time_window(key, grown, size, plain, cancelled)
 
-    def _time_window(self, key: str, side: int, size: tuple[int, int], plain: EnhanceOptions) -> float:
+    def _time_window(
+        self, key: str, side: int, size: tuple[int, int], plain: EnhanceOptions, cancelled: Cancelled | None
+    ) -> float:
         """Seconds of one job on a ``side``² noise window (within ``size``, run as a job of that size
         would run), recorded under ``key``."""
         shape = (min(side, size[0]), min(side, size[1]), 3)
         noise = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
         started = time.perf_counter()
-        self.enhancer.enhance(noise, plain, chosen_for=size)
+        self.enhancer.enhance(noise, plain, cancelled=cancelled, chosen_for=size)
         seconds = time.perf_counter() - started
-        self.speeds.record(key, self._work(noise, plain, size), seconds)
+        self.speeds.record(key, self._work(JobShape(*shape[:2]), plain, size), seconds)
         return seconds
 
-    def estimate(self, model: str, image: np.ndarray, options: EnhanceOptions) -> float | None:
-        """Seconds the job will take on this device (None if the model cannot be timed here)."""
+    def estimate(
+        self, model: str, shape: JobShape, options: EnhanceOptions, cancelled: Cancelled | None = None
+    ) -> float | None:
+        """Seconds the job will take on this device once its model is loaded (None if the model cannot be
+        timed here); a runtime never timed for jobs like it is timed first (``calibrate``)."""
         options = replace(options, model=model)
-        return seconds_for(self._speed(model, image, options), self._work(image, options))
+        return seconds_for(self._speed(model, shape, options, cancelled), self._work(shape, options))
 
-    def announce(self, image: np.ndarray, options: EnhanceOptions) -> str:
+    def announce(self, shape: JobShape, options: EnhanceOptions) -> str:
         """One or two lines for the person waiting: how long, and a faster model when it is slow."""
-        seconds = self.estimate(options.model, image, options)
+        seconds = self.estimate(options.model, shape, options)
         where = "this GPU" if self.on_gpu else "this CPU"
         if seconds is None:
             return f"estimated time: unknown for {options.model} on {where}"
@@ -182,7 +213,7 @@ class Planner:
         fast = self.default_model()
         if self.on_gpu or seconds <= self.slow_seconds or fast == options.model:
             return text
-        faster = self.estimate(fast, image, replace(options, model=fast, strength=None))
+        faster = self.estimate(fast, shape, replace(options, model=fast, strength=None))
         if faster is None or faster >= seconds / 2:
             return text
         return f"{text}; {fast} would take {duration_words(faster)} (-m {fast})"
@@ -193,9 +224,10 @@ class Planner:
         options: EnhanceOptions,
         progress: Callable[[Progress], None] | None = None,
         rows: ResultRows | None = None,
+        cancelled: Cancelled | None = None,
     ) -> np.ndarray | None:
-        """Enhance ``image`` and record the time the model worked (from the end of loading); ``rows`` and
-        the result as in ``Enhancer.enhance``."""
+        """Enhance ``image`` and record the time the model worked (from the end of loading); ``rows``,
+        ``cancelled`` and the result as in ``Enhancer.enhance``."""
         ready: list[float] = []
 
         def watch(event: Progress) -> None:
@@ -204,11 +236,12 @@ class Planner:
             if progress is not None:
                 progress(event)
 
-        result = self.enhancer.enhance(image, options, progress=watch, rows=rows)
+        shape = JobShape.of(image, options)
+        result = self.enhancer.enhance(image, options, progress=watch, cancelled=cancelled, rows=rows)
         if ready:
-            key = self.speed_key(image, options)
+            key = self.speed_key(shape, options)
             self.speeds.prepared(key)  # by announce (network_pixels) or by an earlier job
-            self.speeds.record(key, self._work(image, options), time.perf_counter() - ready[0])
+            self.speeds.record(key, self._work(shape, options), time.perf_counter() - ready[0])
         return result
 
 

@@ -24,15 +24,18 @@ from .request import DEFAULT_FACE_STRENGTH, EnhanceOptions
 from .v1 import enhancer_pb2 as pb
 
 # The wire contract's version, which DescribeServer reports: 1, images, models and the server's
-# description; 2, the face pass (EnhanceOptions.faces), InstallModel and ListModels' face models. A
-# server ignores fields newer than itself, so a client checks the version before asking for them.
-PROTOCOL_VERSION = 2
+# description; 2, the face pass (EnhanceOptions.faces), InstallModel and ListModels' face models; 3,
+# EstimateTime. A server ignores fields newer than itself, so a client checks the version before asking
+# for them.
+PROTOCOL_VERSION = 3
 FACES_PROTOCOL_VERSION = 2  # the first version whose servers restore faces and install models
+ESTIMATE_PROTOCOL_VERSION = 3  # the first version whose servers answer EstimateTime
 SERVICE_NAME = "image_enhancer.v1.Enhancer"
 ENHANCE_METHOD = f"/{SERVICE_NAME}/Enhance"
 LIST_MODELS_METHOD = f"/{SERVICE_NAME}/ListModels"
 DESCRIBE_METHOD = f"/{SERVICE_NAME}/DescribeServer"
 INSTALL_MODEL_METHOD = f"/{SERVICE_NAME}/InstallModel"
+ESTIMATE_METHOD = f"/{SERVICE_NAME}/EstimateTime"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 TOKEN_ENV = "IMAGE_ENHANCER_TOKEN"
 
@@ -130,6 +133,15 @@ class InstallEvent:
     @property
     def fraction(self) -> float | None:
         return self.done_bytes / self.total_bytes if self.total_bytes else None
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """How long a job would take on the server once its model is loaded, and what would run it."""
+
+    seconds: float
+    runtime: str  # "ncnn", "openvino", "pytorch"
+    precision: str  # "fp32", "fp16", "bf16", "int8"
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,14 @@ def install_event_message(event: InstallEvent) -> pb.InstallProgress:
 
 def install_event(message: pb.InstallProgress) -> InstallEvent:
     return _fields(message, InstallEvent)
+
+
+def time_estimate_message(estimate: TimeEstimate) -> pb.TimeEstimate:
+    return pb.TimeEstimate(**asdict(estimate))
+
+
+def time_estimate(message: pb.TimeEstimate) -> TimeEstimate:
+    return _fields(message, TimeEstimate)
 
 
 def server_info(message: pb.ServerDescription) -> ServerInfo:

@@ -3,7 +3,7 @@ that says before OK what will happen to the image and how long it will take, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gi
 
@@ -11,12 +11,15 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 import filtered  # noqa: E402
+import layer_io  # noqa: E402
 import placement  # noqa: E402
 import settings  # noqa: E402
 import transport  # noqa: E402
-from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
+from gi.repository import Gimp, GimpUi, GLib, Gtk  # noqa: E402
 from model_chooser import FaceModelChoice, ModelChooser  # noqa: E402
+from newest import NewestOnly  # noqa: E402
 from preview_panel import PreviewPanel  # noqa: E402
+from time_estimate import Answer, EstimateJob, LayerWork, TimeEstimates, ask_backend  # noqa: E402
 
 from image_enhancer.wire import ModelInfo, ServerInfo  # noqa: E402
 
@@ -55,6 +58,18 @@ def _in_percent(widget: Gtk.Widget, label: str) -> None:
         widget.set_label(label)
 
 
+@dataclass(frozen=True)
+class LayerKind:
+    """What of a layer besides its size the time depends on, found once per dialog."""
+
+    channels: int
+    varying_alpha: bool
+
+    @classmethod
+    def of(cls, layer: Gimp.Layer) -> LayerKind:
+        return cls(layer_io.pixel_format(layer).channels, layer_io.alpha_varies(layer))
+
+
 def _summary(
     image: Gimp.Image,
     layers: list[Gimp.Layer],
@@ -62,6 +77,7 @@ def _summary(
     backend: Backend,
     models: list[ModelInfo],
     face_models: list[ModelInfo],
+    times: tuple[TimeEstimates, list[LayerKind]] | None,
 ) -> str:
     """The result's size, that the canvas grows, whether faces can be restored, and the time the
     backend will take."""
@@ -80,9 +96,17 @@ def _summary(
     if filters:  # what is enhanced is what the person sees: say so, as the new layer bakes them in
         lines.append(f"Enhanced with its filters ({', '.join(filters)}): the new layer holds their look.")
     model = next((m for m in models if m.name == config.get_property("model")), None)
-    if model is not None and backend.server is not None and not chosen.faces_only:  # faces only: no model
-        jobs = settings.network_jobs([(s.width, s.height) for s in sources], model)
-        lines.append(settings.estimate_text(jobs, model, backend.server.device))
+    if model is not None and times is not None and not chosen.faces_only:  # faces only: no model
+        estimates, kinds = times
+        work = tuple(
+            LayerWork(s.width, s.height, kind.channels, kind.varying_alpha)
+            for s, kind in zip(sources, kinds, strict=True)
+        )
+        try:
+            options = chosen.options(model)
+        except ValueError as error:
+            return str(error)
+        lines.append(estimates.line(EstimateJob(work, replace(options, faces=False)), model))
     return "\n".join(lines)
 
 
@@ -101,6 +125,7 @@ def run_dialog(
             config.set_property(name, "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "AI Enhance")
     panel: PreviewPanel | None = None
+    estimator: NewestOnly | None = None  # asks the backend for time estimates in the background
     chooser: ModelChooser | None = None
     handlers: list[int] = []  # on the config, which outlives the dialog: disconnected when it closes
     try:
@@ -132,6 +157,26 @@ def run_dialog(
         summary.show()
         known = {"models": backend.models}  # refreshed after each preview: it measured the model's speed
 
+        def show_summary() -> None:
+            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models(), times))
+
+        def answered(outcome: Answer | transport.BackendError) -> bool:
+            if estimator is not None:  # the dialog is still open
+                times[0].answered(outcome)
+                show_summary()
+            return GLib.SOURCE_REMOVE
+
+        times = None
+        if backend.server is not None:
+            estimator = NewestOnly(
+                lambda job, cancelled: ask_backend(backend.address, job, cancelled),
+                lambda outcome: GLib.idle_add(answered, outcome),
+                "The time estimate",
+            )
+            server = backend.server
+            estimates = TimeEstimates(server.protocol_version, server.device, estimator.request)
+            times = (estimates, [LayerKind.of(layer) for layer in layers])
+
         def remeasured() -> None:
             try:
                 client = transport.connect(backend.address, transport.BackendConfig(), lambda *_: None)
@@ -141,7 +186,7 @@ def run_dialog(
                     client.close()
             except transport.BackendError:
                 return  # the estimate stays as it was
-            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models()))
+            show_summary()
 
         def face_models() -> list[ModelInfo]:
             """The backend's face models as last listed (the list follows installs and the models folder)."""
@@ -159,7 +204,7 @@ def run_dialog(
             if face_choice is not None:  # a list only when the backend has several face models
                 face_choice.update(face_models())
                 face_choice.set_visible(faces and face_choice.choosable)
-            summary.set_text(_summary(image, layers, config, backend, known["models"], face_models()))
+            show_summary()
             if panel is not None and chosen is not None:
                 panel.schedule(settings.Settings.from_config(config), chosen)
 
@@ -199,4 +244,7 @@ def run_dialog(
             config.disconnect(handler)
         if panel is not None:
             panel.stop()
+        if estimator is not None:
+            estimator.stop()
+            estimator = None
         dialog.destroy()

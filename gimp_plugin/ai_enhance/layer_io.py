@@ -35,6 +35,7 @@ _SAMPLE_TYPES = {
 # linear light), and babl extends it below 0 and above 1 where a gamma curve cuts negative values to
 # 0. Their samples travel as float, so nothing the model did not touch is rounded or clamped.
 _ENCODINGS = {"linear": "~", "non-linear": "'", "perceptual": "~"}
+ALPHA_PROBE_SIDE = 512  # pixels a side read to tell whether a layer's alpha varies
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,19 @@ def pixel_format(drawable: Gimp.Drawable) -> PixelFormat:
     # Formats are passed to GEGL by name; the name exists once babl has made the format with the space.
     spaced = Babl.format_with_space(f"{model} {component}", drawable.get_format())
     return PixelFormat(Babl.get_name(spaced), (1 if gray else 3) + (1 if alpha else 0), sample_type)
+
+
+def alpha_varies(drawable: Gimp.Drawable) -> bool:
+    """Whether the drawable's alpha takes more than one value: the backend's model then makes the alpha
+    in a second pass. Read at most ALPHA_PROBE_SIDE pixels a side (GEGL averages the rest in), from the
+    whole drawable whatever is selected, as the job will read it."""
+    if not drawable.has_alpha():
+        return False
+    width, height = drawable.get_width(), drawable.get_height()
+    scale = min(1.0, ALPHA_PROBE_SIDE / max(width, height))
+    rect = Gegl.Rectangle.new(0, 0, max(1, int(width * scale)), max(1, int(height * scale)))
+    alpha = bytes(drawable.get_buffer().get(rect, scale, "A u8", Gegl.AbyssPolicy.CLAMP))
+    return min(alpha) != max(alpha)
 
 
 def layer_type(fmt: PixelFormat) -> Gimp.ImageType:

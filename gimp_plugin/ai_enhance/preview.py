@@ -11,12 +11,12 @@ as it does in the whole layer; only the inner part is shown.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import transport
 from geometry import Rect, scaled_size
+from newest import Superseded
 
 from image_enhancer.client.core import EnhancerError
 from image_enhancer.client.lite import LiteClient
@@ -90,14 +90,6 @@ def cut(data: bytes, image: ImageInfo, rect: Rect) -> tuple[ImageInfo, bytes]:
     return ImageInfo(width, height, image.channels, image.sample_type), part
 
 
-def _nowhere(outcome: object) -> None:
-    """Where results go once the runner is stopped."""
-
-
-class Superseded(Exception):
-    """A newer preview was asked for: this one stops (the backend drops its job)."""
-
-
 @dataclass(frozen=True)
 class PreviewJob:
     data: bytes  # the crop's `read` rectangle in the layer's format
@@ -129,66 +121,3 @@ def run_preview(address: str, job: PreviewJob, cancelled: Callable[[], bool]) ->
     finally:
         client.close()
     return PreviewResult(job, *cut(data, got, job.crop.shown_output))
-
-
-class PreviewRunner:
-    """Runs the newest preview job in one worker thread: a new request cancels the running one, and at
-    most one job is ever with the backend. `deliver` gets each result (or the BackendError) that was not
-    superseded, on the worker thread."""
-
-    def __init__(
-        self,
-        run: Callable[[PreviewJob, Callable[[], bool]], PreviewResult],
-        deliver: Callable[[PreviewResult | transport.BackendError], None],
-    ) -> None:
-        self._run = run
-        self._deliver = deliver
-        self._lock = threading.Lock()
-        self._pending: PreviewJob | None = None
-        self._cancel = threading.Event()
-        self._worker: threading.Thread | None = None
-        self._stopped = False
-
-    def request(self, job: PreviewJob) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._pending = job
-            self._cancel.set()  # the running job, if any, stops at its next progress message
-            if self._worker is None:  # the worker clears this, under the lock, as it ends
-                self._worker = threading.Thread(target=self._work, name="ai-enhance-preview", daemon=True)
-                self._worker.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Cancel what runs and wait (a little) for the worker to end. A worker still waiting for the
-        backend then delivers nothing, and it no longer holds `deliver` (with it, the dialog's GTK
-        widgets and GIMP objects): they are never released on its thread."""
-        with self._lock:
-            self._stopped = True
-            self._pending = None
-            self._cancel.set()
-            self._deliver = _nowhere
-            worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                job, self._pending = self._pending, None
-                if job is None:
-                    self._worker = None
-                    return
-                cancel = self._cancel = threading.Event()
-            try:
-                outcome: PreviewResult | transport.BackendError = self._run(job, cancel.is_set)
-            except Superseded:
-                continue
-            except transport.BackendError as error:
-                outcome = error
-            except Exception as error:  # a bug: say so in the dialog, keep the worker going
-                outcome = transport.BackendError(f"The preview failed ({type(error).__name__}: {error}).")
-            with self._lock:
-                deliver = None if cancel.is_set() or self._stopped else self._deliver
-            if deliver is not None:
-                deliver(outcome)

@@ -23,6 +23,7 @@ import preview  # noqa: E402
 import preview_aim  # noqa: E402
 import transport  # noqa: E402
 from gi.repository import Gdk, GdkPixbuf, Gegl, Gimp, GLib, Gtk  # noqa: E402
+from newest import NewestOnly  # noqa: E402
 from settings import Settings  # noqa: E402
 
 from image_enhancer.wire import ImageInfo, ModelInfo  # noqa: E402
@@ -148,9 +149,10 @@ class PreviewPanel(Gtk.Box):
         below.pack_start(side, True, True, 0)
         self.pack_start(pair, False, False, 0)
         self.pack_start(below, False, False, 0)
-        self._runner = preview.PreviewRunner(
+        self._runner = NewestOnly(
             lambda job, cancelled: preview.run_preview(address, job, cancelled),
             lambda outcome: GLib.idle_add(self._show, outcome),
+            "The preview",
         )
 
     def _draggable(self, picture: Gtk.Image, tip: str) -> Gtk.EventBox:

@@ -237,11 +237,15 @@ def network_jobs(sizes: list[tuple[int, int]], model: ModelInfo) -> list[int]:
 def estimate_text(jobs: list[int], model: ModelInfo, device: str) -> str:
     """How long the backend will take for jobs of these network pixels (one per layer: input pixels ×
     the model's scale²), from the speed it measured for the model on its device."""
-    where = device_words(device)
     seconds = estimate_seconds(jobs, model)
     if seconds is None:
-        return f"Time: not yet measured for this model on {where} (the first run measures it)."
-    return f"Time: {duration_text(seconds)} on {where}."
+        return f"Time: not yet measured for this model on {device_words(device)} (the first run measures it)."
+    return time_text(seconds, device)
+
+
+def time_text(seconds: float, device: str) -> str:
+    """The dialog's time line: "Time: about 3 min on this CPU."."""
+    return f"Time: {duration_text(seconds)} on {device_words(device)}."
 
 
 def estimate_seconds(jobs: list[int], model: ModelInfo) -> float | None:

@@ -23,7 +23,7 @@ from .. import wire
 from ..address import Target, parse_target
 from ..request import EnhanceOptions
 from ..v1 import enhancer_pb2 as pb
-from ..wire import ImageInfo, InstallEvent, ModelInfo, ServerInfo
+from ..wire import ImageInfo, InstallEvent, ModelInfo, ServerInfo, TimeEstimate
 
 T = TypeVar("T")
 
@@ -236,6 +236,7 @@ class Client(ABC):
             client.catalogue() -> ModelCatalogue    # models and face models, installed or installable
             client.describe() -> ServerInfo
             client.install_model(name, on_progress=callback) -> InstallEvent
+            client.estimate_time(width, height, channels, model="", scale=None, ...) -> TimeEstimate
             info, data = client.enhance(data, width, height, channels, "u8" | "u16" | "f32",
                                         model="", scale=None, strength=None, ..., colour_encoding="srgb",
                                         on_progress=callback, timeout=None)
@@ -361,6 +362,44 @@ class Client(ABC):
         self._server_protocol = info.protocol_version
         return info
 
+    def _protocol(self, timeout: float | None) -> int:
+        """The server's protocol version, asked once per client."""
+        if self._server_protocol is None:
+            self.describe(timeout or 30.0)
+        assert self._server_protocol is not None
+        return self._server_protocol
+
+    def estimate_time(
+        self,
+        width: int,
+        height: int,
+        channels: int = 3,
+        sample_type: str = "u8",
+        options: EnhanceOptions | None = None,
+        *,
+        varying_alpha: bool = False,
+        timeout: float | None = None,
+        **option_fields: Any,
+    ) -> TimeEstimate:
+        """How long `enhance` would take for an image of this size and these options (as its keywords),
+        once the model is loaded; `varying_alpha` when its alpha is not one value throughout. A
+        combination the server never measured is timed first (seconds for the slow models, after the
+        jobs queued before it). EnhancerError("unsupported") from a server older than protocol 3."""
+        options = options or EnhanceOptions(**option_fields)
+        image = ImageInfo(width, height, channels, sample_type)
+        try:
+            options.validate()
+            header, message = wire.header_message(image), wire.options_message(options)
+        except ValueError as error:
+            raise EnhancerError("invalid", str(error)) from None
+        version = self._protocol(timeout)
+        if version < wire.ESTIMATE_PROTOCOL_VERSION:
+            raise EnhancerError(
+                "unsupported", f"this backend (protocol {version}) cannot estimate a job's time: update it"
+            )
+        request = pb.EstimateTimeRequest(image=header, options=message, varying_alpha=varying_alpha)
+        return wire.time_estimate(self._unary(wire.ESTIMATE_METHOD, request, pb.TimeEstimate, timeout))
+
     def check_supported(self, options: EnhanceOptions, timeout: float | None = None) -> None:
         """Raise EnhancerError("unsupported") when the server is too old for what `options` ask (faces
         from a protocol 1 server, which would ignore them). Asks DescribeServer once per client, and
@@ -368,9 +407,7 @@ class Client(ABC):
         backends, the first that answers speaks for all."""
         if wire.protocol_needed(options) <= 1:
             return
-        version = self._server_protocol
-        if version is None:
-            version = self.describe(timeout or 30.0).protocol_version
+        version = self._protocol(timeout)
         problem = wire.protocol_problem(options, version)
         if problem is not None:
             raise EnhancerError("unsupported", problem)

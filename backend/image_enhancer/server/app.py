@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from image_enhancer.engine.enhancer import Enhancer
+from image_enhancer.estimate import Planner
 from image_enhancer.faces.pipeline import FacePass, with_faces
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.server import DEFAULT_MAX_QUEUE, DEFAULT_READER_IDLE_S
@@ -211,14 +212,17 @@ def serve(
         getattr(store, "weights_dir", None),
         getattr(manifest, "face_models", None),
     )
+    # Every job is timed per model, runtime and precision, in the work its network does: what
+    # EstimateTime answers from (and what the command line's estimates use on this machine too).
+    planner = Planner.for_enhancer(enhancer)
     jobs = JobQueue(
-        with_faces(lambda pixels, options, progress, cancelled: enhancer.enhance(
-            pixels, options, progress, cancelled), face_pass),
+        with_faces(lambda pixels, options, progress, cancelled: planner.run(
+            pixels, options, progress, cancelled=cancelled), face_pass),
         max_queue,
         warm_up=lambda: _warm_up(enhancer, models, report_serving),
         max_result_bytes=max_result_bytes,
     )
-    service = EnhancerService(enhancer, jobs, upload_limits, reader_idle_s, face_pass.models)
+    service = EnhancerService(planner, jobs, upload_limits, reader_idle_s, face_pass.models)
     loop = asyncio.new_event_loop()
     loop.set_default_executor(_started_executor(OFFLOAD_THREADS, "server-offload"))
     thread = threading.Thread(target=loop.run_forever, name="grpc-server", daemon=True)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RESULT_BYTES = DEFAULT_MAX_RESULT_MIB * MIB
 
 Runner = Callable[[np.ndarray, EnhanceOptions, Callable[[Progress], None], Callable[[], bool]], np.ndarray]
+# Other work that needs the engine (timing a model for an estimate): called with the job's `is_cancelled`.
+Task = Callable[[Callable[[], bool]], object]
 
 
 class QueueFullError(Exception):
@@ -47,20 +49,28 @@ class Event:
 
     progress: Progress | None = None
     queue_position: int = 0
-    result: np.ndarray | None = None
+    result: Any = None  # the enhanced image, or what a task returned
     error: BaseException | None = None
 
 
 class Job:
-    """One request on its way through the queue. Cancelling is safe from any thread at any time.
+    """One request on its way through the queue: an image to enhance with `options`, or a `task` that
+    needs the engine. Cancelling is safe from any thread at any time.
 
     `deliver` receives the job's events, from whichever thread posts them (the worker, or the queue
     when positions change); it must not block.
     """
 
-    def __init__(self, pixels: np.ndarray, options: EnhanceOptions, deliver: Callable[[Event], None]) -> None:
-        self.pixels: np.ndarray | None = pixels
+    def __init__(
+        self,
+        pixels: np.ndarray | None,
+        options: EnhanceOptions,
+        deliver: Callable[[Event], None],
+        task: Task | None = None,
+    ) -> None:
+        self.pixels = pixels
         self.options = options
+        self.task = task
         self._deliver = deliver
         self._cancelled = threading.Event()
         self.owner: JobQueue | None = None  # set when queued, so that cancelling can dequeue it
@@ -221,13 +231,18 @@ class JobQueue:
         while (job := self._next_job()) is not None:
             pixels, job.pixels = job.pixels, None  # the worker holds the only reference while it runs
             try:
-                result = self._run(
-                    pixels, job.options, lambda p, job=job: job.post(Event(progress=p)), job.is_cancelled
-                )
+                if job.task is not None:
+                    result = job.task(job.is_cancelled)
+                else:
+                    assert pixels is not None
+                    result = self._run(
+                        pixels, job.options, lambda p, job=job: job.post(Event(progress=p)), job.is_cancelled
+                    )
             except BaseException as error:  # delivered to the job's RPC thread, which maps it to a status
                 job.post(Event(error=error))
             else:
-                self._hold(job, result)
+                if isinstance(result, np.ndarray):
+                    self._hold(job, result)
                 job.post(Event(result=result))
                 del result
             del pixels

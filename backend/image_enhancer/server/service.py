@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -27,7 +27,8 @@ import numpy as np
 import image_enhancer
 from image_enhancer import wire
 from image_enhancer.engine import pixels
-from image_enhancer.engine.enhancer import Enhancer, ImageTooLargeError, JobCancelled
+from image_enhancer.engine.enhancer import ImageTooLargeError, JobCancelled
+from image_enhancer.estimate import JobShape, Planner
 from image_enhancer.faces.catalogue import FaceModels
 from image_enhancer.paths import user_home
 from image_enhancer.request import EnhanceOptions, shorten
@@ -41,7 +42,7 @@ from image_enhancer.v1 import enhancer_pb2 as pb
 from image_enhancer.v1 import enhancer_pb2_grpc
 from image_enhancer.weights.safe_load import WeightsError
 from image_enhancer.weights.store import INSTALL_COMMAND, Survey
-from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo, printable
+from image_enhancer.wire import PROTOCOL_VERSION, ModelInfo, TimeEstimate, printable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,12 +200,15 @@ class Replies:
 class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(
         self,
-        enhancer: Enhancer,
+        planner: Planner,
         jobs: JobQueue,
         limits: UploadLimits,
         reader_idle_s: float = DEFAULT_READER_IDLE_S,
         face_models: FaceModels | None = None,
     ) -> None:
+        """`planner` estimates jobs from the times `jobs` records through it (see `serve`)."""
+        enhancer = planner.enhancer
+        self._planner = planner
         self._enhancer = enhancer
         self._face_models = face_models
         self._store = enhancer.store
@@ -387,6 +391,51 @@ class EnhancerService(enhancer_pb2_grpc.EnhancerServicer):
                 "both installed"
             )
         return replace(options, model=info.name), info.scale
+
+    # --- EstimateTime --------------------------------------------------------------------------------
+
+    async def EstimateTime(
+        self, request: pb.EstimateTimeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TimeEstimate:
+        try:
+            return await self._estimate(request)
+        except Exception as error:  # a status with a message, as Enhance's
+            code, message = status_for(error)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("EstimateTime from %s failed", context.peer())
+        await context.abort(code, message)  # outside the handler, as Enhance's: it raises
+        raise AssertionError("unreachable: abort raises")
+
+    async def _estimate(self, request: pb.EstimateTimeRequest) -> pb.TimeEstimate:
+        """The job's estimate, made on the engine's worker: it may time the model first, and the engine
+        runs one thing at a time (so the answer waits for the jobs queued before it)."""
+        spec = validation.image_info(request.image, self._max_pixels)
+        options, _ = await self._with_model(validation.request_options(request.options, spec))
+        if options.faces_only:
+            raise validation.invalid("restoring faces only runs no enhancement model: no time to estimate")
+        second_pass = request.varying_alpha and spec.channels in (2, 4) and options.alpha_mode == "model"
+        shape = JobShape(spec.height, spec.width, spec.channels, 2 if second_pass else 1)
+
+        def estimate(cancelled: Callable[[], bool]) -> TimeEstimate:
+            seconds = self._planner.estimate(options.model, shape, options, cancelled)
+            if seconds is None:
+                raise RuntimeError(f"{options.model} could not be timed on this device")
+            choice = self._enhancer.job_choice(shape.height, shape.width, options)
+            return TimeEstimate(seconds, choice.runtime, choice.precision)
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        self._jobs.reserve()
+        job = Job(None, options, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), estimate)
+        self._jobs.submit(job)
+        try:
+            while (event := await events.get()).result is None:
+                if event.error is not None:
+                    raise event.error
+            return wire.time_estimate_message(event.result)
+        finally:
+            job.cancel()  # the client left: no timing for nobody
+            self._jobs.finished(job)
 
     # --- metadata ------------------------------------------------------------------------------------
 

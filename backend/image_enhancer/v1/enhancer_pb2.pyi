@@ -221,3 +221,23 @@ class InstallProgress(_message.Message):
     total_bytes: int
     message: str
     def __init__(self, model: _Optional[str] = ..., stage: _Optional[str] = ..., done_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class EstimateTimeRequest(_message.Message):
+    __slots__ = ("image", "options", "varying_alpha")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VARYING_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    image: ImageHeader
+    options: EnhanceOptions
+    varying_alpha: bool
+    def __init__(self, image: _Optional[_Union[ImageHeader, _Mapping]] = ..., options: _Optional[_Union[EnhanceOptions, _Mapping]] = ..., varying_alpha: _Optional[bool] = ...) -> None: ...
+
+class TimeEstimate(_message.Message):
+    __slots__ = ("seconds", "runtime", "precision")
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    seconds: float
+    runtime: str
+    precision: str
+    def __init__(self, seconds: _Optional[float] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
