@@ -17,9 +17,9 @@ host's loopback, with the plug-in's timing switch on. The plug-in reports, for t
 GIMP's own start and the image set-up are not part of the round trip and are shown separately.
 
 With ``--estimate``, the backend first runs the job the dialog's preview sends (its 384-pixel "after" at
-1:1, so the backend has measured the model as it has when a person presses OK), then the time the
-dialog shows is computed from the backend's answer by the plug-in's own code, and printed against the
-actual round trip:
+1:1, as when a person presses OK), then the time the dialog shows is asked of the backend by the
+plug-in's own code (EstimateTime for the layer's size, which times the model first where it never
+measured it), and printed against the actual round trip:
 
     sudo python bench/bench_gimp_roundtrip.py --side 1024 --height 768 --scale x2 \
         --model realesrgan-x4plus --estimate
@@ -57,16 +57,19 @@ def photo(width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(source.resize((width, height), Image.Resampling.BICUBIC)))
 
 
-def dialog_estimate(client: EnhancerClient, model: str, size: tuple[int, int], scale: int) -> float | None:
-    """The seconds the dialog shows for this layer, after the preview's job has run: the plug-in's own
-    estimate from the backend's model list."""
+def dialog_estimate(address: str, model: str, size: tuple[int, int], scale: int) -> float | None:
+    """The seconds the dialog shows for this layer: the plug-in's own call (its time_estimate module, as
+    the dialog uses it) to the backend's EstimateTime, after the preview's job has run."""
     sys.path.insert(0, str(PLUGIN))
-    import settings  # the plug-in's module (pure Python), as the dialog uses it
+    import time_estimate  # the plug-in's module (no GIMP)
+
+    from image_enhancer.request import EnhanceOptions
 
     side = PREVIEW_SIDE // scale
-    client.enhance(photo(side, side).tobytes(), side, side, 3, "u8", model=model, scale=scale)
-    info = next(m for m in client.list_models() if m.name == model)
-    return settings.estimate_seconds(settings.network_jobs([size], info), info)
+    with EnhancerClient(address) as client:
+        client.enhance(photo(side, side).tobytes(), side, side, 3, "u8", model=model, scale=scale)
+    job = time_estimate.EstimateJob((time_estimate.LayerWork(*size, 3, False),), EnhanceOptions(model, scale))
+    return time_estimate.ask_backend(address, job, lambda: False).seconds
 
 
 def main() -> int:
@@ -92,7 +95,7 @@ def main() -> int:
             device = client.describe().device_name
             size = (args.side, args.height or args.side)
             scale = int(args.scale[1:])
-            estimate = dialog_estimate(client, args.model, size, max(scale, 1)) if args.estimate else None
+            estimate = dialog_estimate(address, args.model, size, max(scale, 1)) if args.estimate else None
             if estimate is not None:
                 print(f"the dialog's estimate: {estimate:.1f} s", flush=True)  # the job may take long
         started = time.perf_counter()
