@@ -15,6 +15,7 @@ import pytest
 import torch
 from face_models import identity_state_dict, random_gfpgan
 
+from image_enhancer import wire
 from image_enhancer.weights.integrity import sha256_file
 from image_enhancer.weights.manifest import Manifest, Source, load_manifest
 from image_enhancer.weights.provision import ProvisionError, provision_models
@@ -113,7 +114,7 @@ def test_install_model_call_installs_a_face_model_and_lists_it(release, model_st
     running = serve(Enhancer(store, device="cpu"), "127.0.0.1:0", warm_up=[])
     try:
         with LiteClient(running.address) as client:  # the GIMP plug-in's client and its catalogue
-            assert client.describe().protocol_version == 2
+            assert client.describe().protocol_version >= wire.FACES_PROTOCOL_VERSION
             assert client.list_face_models() == []
             offered = {m.name: m for m in client.catalogue().face_models}
             assert set(offered) == {e.name for e in manifest.face_models}  # every one, none installed
