@@ -11,7 +11,6 @@ Real engine, real compact model, real files.
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 import sys
 import textwrap
@@ -283,15 +282,12 @@ def test_the_cli_streams_to_the_file_and_falls_back_for_the_comparison(engine, t
 PEAK_SCRIPT = textwrap.dedent(
     """
     import sys
+    import tracemalloc
     from pathlib import Path
     import numpy as np
     from image_enhancer.batch import Enhance, Job, _process
     from image_enhancer.engine.enhancer import Enhancer, EnhanceOptions
     from image_enhancer.weights.store import ModelStore
-
-    def status(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
     source, folder, tile, suffix = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
     engine = Enhancer(ModelStore(), device="cpu", batch_size=1)  # the same tiles, whatever memory is free
@@ -308,12 +304,11 @@ PEAK_SCRIPT = textwrap.dedent(
     # measured jobs must not pay for.
     _process(Job(source, folder / "first.png"), Enhance(run, engine.max_pixels), "first", {}, False, False)
     for kind in ("streamed", "whole"):
-        start = status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the high-water mark starts again from here
+        tracemalloc.start()
         enhance = Enhance(run, engine.max_pixels, run_into if kind == "streamed" else None)
         _process(Job(source, folder / f"{kind}{suffix}"), enhance, kind, {}, False, False)
-        print(kind, status("VmHWM") - start)
+        print(kind, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
     """
 )
 
@@ -321,25 +316,21 @@ PEAK_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_a_streamed_result_never_sits_in_memory(model_store, tmp_path: Path, suffix) -> None:
     """A ×4 of 800×600 (a 7.7-megapixel, 23 MB result) through the CLI's path, in one process: streamed
-    to its file, the job's peak is lower by about the result than when the result is built whole and then
-    saved. Not by all of it: the peak comes as the last row of tiles runs, when the whole result holds all
-    the rows above it (measured on 2 cores, both formats: 53–64 MB against 73–78 MB over the process
-    before the job). A JPEG's spooled bands are read back once the model is done, into Pillow's 4 bytes
-    a pixel (31 MB), when the model's working memory is free again."""
+    to its file, the job's arrays never hold the result; built whole, they hold it once. Counted as the
+    peak of the arrays NumPy allocates (tracemalloc traces them), which is exact: the process's peak RSS
+    moved by ±10 MB from run to run with the runtimes' own arenas and the allocator's thresholds, which
+    once left the streamed job only 7 MB below the whole one. Measured on 2 cores: 11–13 MB streamed
+    (the photo and the bands in flight) against 34 MB whole, for both formats."""
     source = tmp_path / "in.png"
     with Image.open(REPO_ROOT / "tests" / "data" / "forest_256.png") as im:
         im.convert("RGB").resize((800, 600), Image.BICUBIC).save(source)
-    # glibc keeps freed blocks below a threshold that it raises as large blocks are freed, and the peak
-    # then tells what the allocator kept (±30 MB from run to run); a fixed threshold gives freed large
-    # blocks back, so the peak follows what the job holds.
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     run = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, str(source), str(tmp_path), "128", MODEL, suffix],
-        capture_output=True, text=True, timeout=300, check=True, env=environment,
+        capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    grown = {kind: int(value) for kind, value in (line.split() for line in run.stdout.splitlines()[-2:])}
+    peak = {kind: int(value) for kind, value in (line.split() for line in run.stdout.splitlines()[-2:])}
     streamed, whole = (read_image(tmp_path / f"{kind}{suffix}").pixels for kind in ("streamed", "whole"))
     np.testing.assert_array_equal(streamed, whole)
     result = 3200 * 2400 * 3
-    message = f"streamed {grown['streamed'] / 1e6:.0f} MB, whole {grown['whole'] / 1e6:.0f} MB"
-    assert grown["whole"] - grown["streamed"] > result / 3, message
+    message = f"streamed {peak['streamed'] / 1e6:.0f} MB, whole {peak['whole'] / 1e6:.0f} MB"
+    assert peak["whole"] - peak["streamed"] > 0.8 * result, message
