@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,6 +137,7 @@ def graph_key(loaded: LoadedModel, threads: int) -> str:
     return digest.hexdigest()[:32]
 
 
+@cache  # reading a package's metadata takes milliseconds, and every job asks for the key
 def _version(package: str) -> str:
     try:
         return metadata.version(package)

@@ -81,6 +81,12 @@ class Fp32Rerun(Generic[Precision]):
 
 
 def _finite(values: np.ndarray | torch.Tensor) -> bool:
+    """Whether every value is finite, from their sum: a NaN or an Inf anywhere makes it NaN or Inf, and
+    pixel values cannot overflow it. A fifth of the time of testing each value, which on a compact
+    model's 1024² output took a fifth of the engine's own time per job."""
     if isinstance(values, torch.Tensor):
-        return bool(torch.isfinite(values).all())
-    return bool(np.isfinite(values).all())
+        if values.device.type != "cpu" or values.dtype is torch.bfloat16:  # NumPy has no bf16
+            return bool(torch.isfinite(values.sum(dtype=torch.float64)))
+        values = values.detach().numpy()  # NumPy's sum is the faster on a CPU
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(values.sum(dtype=np.float64)))
