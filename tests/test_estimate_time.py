@@ -12,7 +12,7 @@ from PIL import Image
 
 from image_enhancer.client.core import EnhancerError
 from image_enhancer.request import EnhanceOptions
-from tests.conftest import FAST_MODEL, REPO_ROOT
+from tests.conftest import FAST_MODEL, REPO_ROOT, engine_held
 
 
 def _photo(width: int, height: int) -> np.ndarray:
@@ -90,3 +90,25 @@ def test_a_server_older_than_the_estimate_is_refused_by_the_client(make_enhancer
     finally:
         old.stop()
     assert caught.value.kind == "unsupported"
+
+
+@pytest.mark.parametrize("client_kind", ["grpcio", "lite"])
+def test_an_estimate_waiting_behind_a_job_stops_when_the_caller_cancels(grpc_server, client_kind) -> None:  # noqa: ANN001
+    """The GIMP dialog asks in the background and closes while the answer waits behind a preview or a
+    calibration: the call must end within a poll of `cancelled`, not when the server gets to it."""
+    from image_enhancer.client.grpc_client import EnhancerClient
+    from image_enhancer.client.lite import LiteClient
+
+    with engine_held(grpc_server.address) as job:
+        kind = EnhancerClient if client_kind == "grpcio" else LiteClient
+        with kind(grpc_server.address) as client:
+            asked = time.monotonic()
+            with pytest.raises(EnhancerError) as caught:
+                client.estimate_time(
+                    64, 64, 3, model=FAST_MODEL, cancelled=lambda: time.monotonic() > asked + 0.3
+                )
+            waited = time.monotonic() - asked
+        assert caught.value.kind == "cancelled" and waited < 1.5, (caught.value, waited)
+        assert job.is_alive(), "the job in front ended first: make it longer"
+    with EnhancerClient(grpc_server.address) as client:  # the server answers the next one as usual
+        assert client.estimate_time(64, 64, 3, model=FAST_MODEL).seconds > 0

@@ -15,7 +15,7 @@ import pytest
 
 from image_enhancer.request import EnhanceOptions
 from image_enhancer.wire import ModelInfo
-from tests.conftest import FAST_MODEL
+from tests.conftest import FAST_MODEL, engine_held
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "gimp_plugin" / "ai_enhance"))
@@ -89,3 +89,21 @@ def test_an_older_backend_is_estimated_from_the_model_lists_speed() -> None:
     sizes = [(layer.width, layer.height) for layer in JOB.layers]
     assert line == settings.estimate_text(settings.network_jobs(sizes, measured), measured, "cpu")
     assert not asked
+
+
+def test_closing_the_dialog_drops_a_question_waiting_behind_a_job(grpc_server) -> None:  # noqa: ANN001
+    """OK closes the dialog while the estimate waits behind the preview's job: the question is withdrawn
+    within a poll, so the backend never computes it ahead of OK's own job, and nothing is delivered."""
+    import time
+
+    delivered: list[object] = []
+    with engine_held(grpc_server.address) as job:
+        ask = lambda job, cancelled: time_estimate.ask_backend(grpc_server.address, job, cancelled)  # noqa: E731
+        runner = NewestOnly(ask, delivered.append, "The time estimate")
+        runner.request(EstimateJob(JOB.layers, EnhanceOptions(FAST_MODEL, 3.5)))  # not answered yet
+        time.sleep(0.3)
+        stopped = time.monotonic()
+        runner.stop(timeout=5.0)
+        waited = time.monotonic() - stopped
+        assert waited < 1.0 and job.is_alive(), (waited, job.is_alive())
+    assert delivered == []

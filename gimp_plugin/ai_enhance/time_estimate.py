@@ -59,9 +59,11 @@ def ask_backend(address: str, job: EstimateJob, cancelled: Callable[[], bool]) -
                     raise Superseded
                 seconds += client.estimate_time(
                     layer.width, layer.height, layer.channels, options=job.options,
-                    varying_alpha=layer.varying_alpha, timeout=ANSWER_TIMEOUT_S,
+                    varying_alpha=layer.varying_alpha, timeout=ANSWER_TIMEOUT_S, cancelled=cancelled,
                 ).seconds  # fmt: skip
     except EnhancerError as error:
+        if error.kind == "cancelled" and cancelled():
+            raise Superseded from None  # the backend dropped the question: OK's job is not kept waiting
         return Answer(job, None, transport.explain(error))
     return Answer(job, seconds)
 

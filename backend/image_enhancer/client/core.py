@@ -26,6 +26,8 @@ from ..v1 import enhancer_pb2 as pb
 from ..wire import ImageInfo, InstallEvent, ModelInfo, ServerInfo, TimeEstimate
 
 T = TypeVar("T")
+#: How often a call that can be cancelled from the caller's side asks whether it is (`_unary`).
+CANCEL_POLL_S = 0.1
 
 
 class EnhancerError(Exception):
@@ -273,8 +275,17 @@ class Client(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
-        """One request, one reply; failures as EnhancerError."""
+    def _unary(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        timeout: float | None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> T:
+        """One request, one reply; failures as EnhancerError. `cancelled` is asked every `CANCEL_POLL_S`
+        while the call waits: once true, the call is cancelled (the server drops its work) and
+        EnhancerError("cancelled") raised."""
 
     @abstractmethod
     def _server_stream(
@@ -379,12 +390,14 @@ class Client(ABC):
         *,
         varying_alpha: bool = False,
         timeout: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
         **option_fields: Any,
     ) -> TimeEstimate:
         """How long `enhance` would take for an image of this size and these options (as its keywords),
         once the model is loaded; `varying_alpha` when its alpha is not one value throughout. A
         combination the server never measured is timed first (seconds for the slow models, after the
-        jobs queued before it). EnhancerError("unsupported") from a server older than protocol 3."""
+        jobs queued before it). EnhancerError("unsupported") from a server older than protocol 3;
+        EnhancerError("cancelled") once `cancelled()` is true while it waits (the server stops timing)."""
         options = options or EnhanceOptions(**option_fields)
         image = ImageInfo(width, height, channels, sample_type)
         try:
@@ -398,7 +411,8 @@ class Client(ABC):
                 "unsupported", f"this backend (protocol {version}) cannot estimate a job's time: update it"
             )
         request = pb.EstimateTimeRequest(image=header, options=message, varying_alpha=varying_alpha)
-        return wire.time_estimate(self._unary(wire.ESTIMATE_METHOD, request, pb.TimeEstimate, timeout))
+        reply = self._unary(wire.ESTIMATE_METHOD, request, pb.TimeEstimate, timeout, cancelled)
+        return wire.time_estimate(reply)
 
     def check_supported(self, options: EnhanceOptions, timeout: float | None = None) -> None:
         """Raise EnhancerError("unsupported") when the server is too old for what `options` ask (faces

@@ -89,14 +89,30 @@ class EnhancerClient(core.Client):
     def close(self) -> None:
         self._channel.close()
 
-    def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
+    def _unary(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        timeout: float | None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> T:
         call = self._channel.unary_unary(
             method,
             request_serializer=type(request).SerializeToString,
             response_deserializer=reply_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return call(request, timeout=timeout, metadata=self._metadata)
+            if cancelled is None:
+                return call(request, timeout=timeout, metadata=self._metadata)
+            future = call.future(request, timeout=timeout, metadata=self._metadata)
+            while True:
+                try:
+                    return future.result(timeout=core.CANCEL_POLL_S)
+                except grpc.FutureTimeoutError:
+                    if cancelled():
+                        future.cancel()
+                        raise EnhancerError("cancelled", "cancelled") from None
         except grpc.RpcError as error:
             raise _error(error) from None
 

@@ -60,6 +60,20 @@ def _error(error: BaseException) -> EnhancerError:
     return core.error_from_status("UNAVAILABLE", str(error) or type(error).__name__)
 
 
+async def _until_cancelled(call: Coroutine[Any, Any, T], cancelled: Callable[[], bool]) -> T:
+    """`call`'s result, or EnhancerError("cancelled") once `cancelled()` is true: the call's task is then
+    cancelled, which resets its HTTP/2 stream, and the server's handler is cancelled with it."""
+    task = asyncio.ensure_future(call)
+    while not task.done():
+        await asyncio.wait({task}, timeout=core.CANCEL_POLL_S)
+        if not task.done() and cancelled():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_CALL_ERRORS):
+                await task
+            raise EnhancerError("cancelled", "cancelled")
+    return task.result()
+
+
 class LiteClient(core.Client):
     """`core.Client` on a grpclib channel driven by a private event loop."""
 
@@ -140,8 +154,16 @@ class LiteClient(core.Client):
         except (OSError, StreamTerminatedError) as error:
             raise _NotConnected() from error
 
-    def _unary(self, method: str, request: Message, reply_type: type[T], timeout: float | None) -> T:
-        return self._run(lambda: self._unary_call(method, request, reply_type, timeout))
+    def _unary(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[T],
+        timeout: float | None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> T:
+        call = lambda: self._unary_call(method, request, reply_type, timeout)  # noqa: E731
+        return self._run(call if cancelled is None else lambda: _until_cancelled(call(), cancelled))
 
     async def _unary_call(
         self, method: str, request: Message, reply_type: type[T], timeout: float | None
