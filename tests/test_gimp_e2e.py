@@ -243,7 +243,10 @@ class _Probe(threading.Thread):
 
 def test_killed_plugin_leaves_the_backend_serving(gimp: ChrootGimp, backend_address: str) -> None:
     big = np.asarray(Image.open(REPO / "tests" / "data" / "forest_256.png").convert("RGB"))
-    big = np.ascontiguousarray(np.tile(big, (2, 2, 1)))  # 512 x 512 at x4: about a minute here
+    # 1024 × 1024 at ×4 in 64-pixel tiles: about 10 s on a CPU with native bf16, minutes without. The job
+    # must outlast the probing below on the fastest CPU (512² took 2–3 s in bf16 and ended unseen); it is
+    # killed as soon as it holds the backend, so a slower CPU does not wait for it.
+    big = np.ascontiguousarray(np.tile(big, (4, 4, 1)))
     process, folder = gimp.start_job(
         "killed", big, arguments={"model": MODEL, "scale": "x4", "tile-size": 64}
     )
