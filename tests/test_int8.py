@@ -77,7 +77,7 @@ def test_int8_on_request_is_made_once_and_stays_within_the_bound(model_store, in
 def test_auto_takes_a_made_int8_version_only_where_it_pays(model_store, int8_cache, photo):
     options = EnhanceOptions(model=COMPACT, scale=4)
     loaded = model_store.get(COMPACT)
-    fp32_network = networks(loaded, int8_cache)[0][0]
+    fp32_network = networks(loaded, int8_cache)[0].model
     _path, record = openvino_int8.quantize(loaded, fp32_network, int8_cache / "int8")
     enhancer = engine(model_store, int8_cache, "auto")
     enhancer.enhance(photo, options)

@@ -15,8 +15,10 @@ from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
 
 from image_enhancer.architectures import rrdbnet
+from image_enhancer.architectures.base import Part, Sum
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.runtimes.cpu import native_bf16
 from image_enhancer.runtimes.openvino import cpu_precision
 from image_enhancer.runtimes.openvino import export as openvino_export
 from image_enhancer.runtimes.openvino.runner import OpenVinoRunner
@@ -101,6 +103,40 @@ def test_rrdbnet_in_stages_equals_the_whole_network(scale, shuffle, tmp_path):
     assert torch.equal(chained, expected)
     runner = OpenVinoRunner(model, tmp_path, strip_pixels=3 * 28 // (shuffle or 1))  # 3 body rows
     assert (runner(batch) - expected).abs().max() < 1e-4
+
+
+def _run_chain(chain: list[Part | Sum[Part]], x: torch.Tensor) -> torch.Tensor:
+    for item in chain:
+        x = x + _run_chain(list(item.parts), x) if isinstance(item, Sum) else item.module(x)
+    return x
+
+
+def test_rrdbnet_for_a_reduced_precision_is_the_same_network_with_its_sums_outside():
+    """The first conv in fp32, each block's residual and the trunk's shortcut as sums, the tail in
+    strips: run in PyTorch, exactly the whole network."""
+    model = tiny_rrdb(0)
+    chain = rrdbnet.ARCHITECTURE.reduced_precision_split(model.module)
+    head, trunk, tail = chain
+    assert head.fp32 and not tail.fp32 and tail.halo == rrdbnet.TAIL_HALO
+    assert [type(item) for item in trunk.parts] == [Sum, Sum, Part]  # two blocks, then conv_body
+    batch = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert (_run_chain(chain, batch) - model.module(batch)).abs().max() < 1e-6
+
+
+def test_a_reduced_precision_runs_the_blocks_through_one_network_taking_their_weights(tmp_path):
+    """RRDBNet in bf16 on OpenVINO: its blocks share one converted and compiled network that takes each
+    block's weights as inputs; the result is the network's (bf16-close where the CPU computes bf16,
+    fp32-exact where OpenVINO falls back to fp32)."""
+    model = tiny_rrdb(0)
+    batch = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    runner = OpenVinoRunner(model, tmp_path, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = model.module(batch)
+    tolerance = 0.02 if native_bf16() else 1e-4
+    assert (runner(batch) - expected).abs().max() < tolerance * max(1.0, float(expected.abs().max()))
+    # Two stages for fp32, four parts for bf16 (first conv, one block for both, conv_body, tail).
+    assert len(list(tmp_path.glob("*.xml"))) == 2 + 4
 
 
 class Squared(torch.nn.Module):

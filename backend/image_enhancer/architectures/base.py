@@ -5,13 +5,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 
 from image_enhancer.architectures.graph import GraphStage, Op
 
 StateDict = dict[str, Tensor]
+Item = TypeVar("Item")
+Mapped = TypeVar("Mapped")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One network of a chain, for a runtime that converts modules."""
+
+    module: nn.Module
+    #: > 0: it works at the output resolution and runs in strips of rows with this much context.
+    halo: int = 0
+    #: Computed in fp32 whatever the job's precision (a small part whose error the rest carries on).
+    fp32: bool = False
+
+
+@dataclass(frozen=True)
+class Sum(Generic[Item]):
+    """A chain whose output is added to its own input, the sum kept in fp32 outside the runtime."""
+
+    parts: tuple[Item | Sum[Item], ...]
+
+
+def map_chain(
+    chain: Sequence[Item | Sum[Item]], change: Callable[[Item], Mapped]
+) -> list[Mapped | Sum[Mapped]]:
+    """The same chain, each item changed (its sums kept)."""
+    return [
+        Sum(tuple(map_chain(item.parts, change))) if isinstance(item, Sum) else change(item) for item in chain
+    ]
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,10 @@ class Architecture:
     #: The network as a chain of ``(module, halo)`` stages, for a runtime that converts modules (a
     #: halo > 0: the stage works at the output resolution and runs in strips of rows); None: whole.
     split: Callable[[nn.Module], list[tuple[nn.Module, int]] | None] | None = None
+    #: The network as a chain whose residual sums stay in fp32, for a runtime that computes in a
+    #: reduced precision (bf16 keeps 8 bits: RRDBNet's trunk, rounded after each of its 23 blocks,
+    #: drifted 0.7 levels from fp32 on a photo); None: ``split``'s chain in every precision.
+    reduced_precision_split: Callable[[nn.Module], list[Part | Sum[Part]] | None] | None = None
     #: The runtimes (by name) that convert a traced module and were seen to run this architecture in
     #: its family test: such a runtime takes no other architecture (OpenVINO's compiler crashed the
     #: whole process on some).

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import torch
 
+from image_enhancer.architectures.base import Sum
 from image_enhancer.engine import watch
 
 #: Input pixels per strip: for x4plus's tail (about 55 kB of working memory per input pixel) 4096
@@ -49,11 +50,19 @@ def run_in_strips(
     return np.concatenate(parts, axis=-2)
 
 
-def run_stages(
-    stages: Iterable[tuple[Callable[[np.ndarray], np.ndarray], int]], values: np.ndarray, strip_pixels: int
-) -> np.ndarray:
-    """A chain of ``(run, halo)`` stages over ``values``; a stage with a halo runs in strips of rows."""
-    for run, halo in stages:
+Stage = tuple[Callable[[np.ndarray], np.ndarray], int]
+
+
+def run_stages(stages: Iterable[Stage | Sum[Stage]], values: np.ndarray, strip_pixels: int) -> np.ndarray:
+    """A chain of ``(run, halo)`` stages over ``values``; a stage with a halo runs in strips of rows; a
+    ``Sum``'s chain is added to its input here, in float32 whatever the runtime computes in."""
+    for stage in stages:
+        if isinstance(stage, Sum):
+            total = run_stages(stage.parts, values, strip_pixels)  # a new array: the sum goes in place
+            total += values
+            values = total
+            continue
+        run, halo = stage
         values = run_in_strips(run, values, halo, strip_pixels) if halo else run(values)
     return values
 

@@ -188,7 +188,7 @@ def int8_version(
         make = precision == "int8" or job_pixels >= INT8_MAKE_PIXELS
         if known is None and make and key not in _int8_failed:
             log.info("making the int8 version of this %s network (once per weights)", architecture)
-            known = quantize(loaded, networks(loaded, cache_dir)[0][0], int8_dir)
+            known = quantize(loaded, networks(loaded, cache_dir)[0].model, int8_dir)
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as why:
         _int8_failed.add(key)
         log.warning("no int8 version of this %s network (%s); running in fp32", architecture, why)

@@ -5,7 +5,8 @@ fastest CPU runtime in bench/README.md: x4plus 1.3–2× faster than PyTorch and
 Xeon, and on par with or ahead of ncnn on an AVX2 EPYC. Every architecture OpenVINO's converter takes
 reaches it (``export.py``), every strength included; the engine keeps tiling, alpha
 and colour. RRDBNet runs as its body and then its ×4 tail in strips of rows
-(``export.split``), which keeps a whole 512² image one window within 2.5 GB. Each
+(``export.split``), which keeps a whole 512² image one window within 2.5 GB. In a reduced precision
+its residual sums stay in fp32 between finer parts (``export.reduced_precision_networks``). Each
 stage is compiled for the shape it meets (dynamic shapes ran 2× slower), and only the last shape's
 compiled stage is kept, so its working memory is held once.
 """
@@ -23,10 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_enhancer.architectures.base import Sum, map_chain
 from image_enhancer.engine import watch
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
 from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
-from image_enhancer.runtimes.openvino.export import networks, split
+from image_enhancer.runtimes.openvino.export import Network, networks, reduced_precision_networks, split
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
@@ -77,11 +79,18 @@ class OpenVinoRunner:
         self._core = ov.Core()
         # An int8 network (``int8_network``) runs whole, its float parts in fp32.
         self.int8 = int8 is not None
-        self._stages = [(self._core.read_model(int8), 0)] if int8 is not None else networks(loaded, cache_dir)
+        if int8 is not None:
+            self._stages: list[Network | Sum[Network]] = [Network(self._core.read_model(int8), "int8")]
+        else:
+            self._stages = networks(loaded, cache_dir)
+        # A reduced precision runs the architecture's finer chain, where it has one; fp32 (and a rerun
+        # in fp32) the plain one.
+        reduced = dtype != torch.float32 and int8 is None
+        self._reduced_stages = reduced_precision_networks(loaded, cache_dir) if reduced else None
         self._threads = threads or torch.get_num_threads()
         self.strip_pixels = strip_pixels
-        # Per stage: (precision, input shape) and its inference request.
-        self._compiled: dict[int, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
+        # Per network key: (precision, input shape) and its inference request.
+        self._compiled: dict[str, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
         self._rerun = Fp32Rerun(dtype, torch.float32)
         self._lock = threading.Lock()
         # Inference seconds per input pixel, per precision: tells a call in progress how far it is.
@@ -120,29 +129,35 @@ class OpenVinoRunner:
         return self._rerun.fallbacks
 
     def _infer(self, dtype: torch.dtype, window: torch.Tensor) -> torch.Tensor:
-        stages = [(partial(self._run, index, dtype), halo) for index, (_, halo) in enumerate(self._stages)]
+        chain = self._stages
+        if dtype != torch.float32 and self._reduced_stages is not None:
+            chain = self._reduced_stages
+        stages = map_chain(chain, lambda network: (partial(self._run, network, dtype), network.halo))
         return torch.from_numpy(run_stages(stages, window.contiguous().numpy(), self.strip_pixels))
 
-    def _run(self, stage: int, dtype: torch.dtype, values: np.ndarray) -> np.ndarray:
-        request = self._request(stage, dtype, tuple(values.shape))
+    def _run(self, network: Network, dtype: torch.dtype, values: np.ndarray) -> np.ndarray:
+        dtype = torch.float32 if network.fp32 else dtype
+        request = self._request(network, dtype, tuple(values.shape))
         # OpenVINO reads the input and writes the output in place, in arrays of ours: no copies of
         # the result (a 4096² output is 200 MB; copying it out cost 15% of a compact model's run).
         output = np.empty(tuple(request.get_output_tensor(0).shape), np.float32)
         request.set_output_tensor(0, self._ov.Tensor(output, shared_memory=True))
+        inputs = {0: np.ascontiguousarray(values)}
+        inputs.update(enumerate(network.weights, start=1))
         try:
-            self._await(request, np.ascontiguousarray(values))
+            self._await(request, inputs)
         except RuntimeError as error:
             if "alloc" in str(error).lower() or "memory" in str(error).lower():
                 raise MemoryError(f"OpenVINO ran out of memory for a tile: {error}") from error
             raise
         return output
 
-    def _await(self, request: object, values: np.ndarray) -> None:
+    def _await(self, request: object, inputs: dict[int, np.ndarray]) -> None:
         """Infer, telling the job's watch how far the call has got and stopping when it is cancelled
         (OpenVINO stops between two layers: well within a second)."""
         job = watch.current()
         started = time.perf_counter()
-        request.start_async({0: values}, share_inputs=True)
+        request.start_async(inputs, share_inputs=True)
         try:
             while not request.wait_for(POLL_MS):
                 if job is None:
@@ -161,15 +176,15 @@ class OpenVinoRunner:
         finally:
             self._busy += time.perf_counter() - started
 
-    def _request(self, stage: int, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
-        """An inference request for this stage compiled for this precision and input shape; the
-        stage's previous shape is dropped first, so only one holds working memory."""
+    def _request(self, network: Network, dtype: torch.dtype, shape: tuple[int, ...]) -> object:
+        """An inference request for this network compiled for this precision and input shape; the
+        network's previous shape is dropped first, so only one holds working memory."""
         key = (dtype, shape)
-        known = self._compiled.get(stage)
+        known = self._compiled.get(network.key)
         if known is None or known[0] != key:
-            self._compiled.pop(stage, None)
-            model = self._stages[stage][0].clone()
-            model.reshape(list(shape))
+            self._compiled.pop(network.key, None)
+            model = network.model.clone()
+            model.reshape({0: list(shape)})  # the picture; weights given as inputs keep their shapes
             compiled = self._core.compile_model(
                 model,
                 "CPU",
@@ -179,8 +194,8 @@ class OpenVinoRunner:
                     "NUM_STREAMS": 1,
                 },
             )
-            self._compiled[stage] = (key, compiled.create_infer_request())
-        return self._compiled[stage][1]
+            self._compiled[network.key] = (key, compiled.create_infer_request())
+        return self._compiled[network.key][1]
 
 
 class NetworkRunner:
