@@ -16,8 +16,9 @@ fp32 (matched precision):
   includes converting the graph the first time it is met);
 - ``ours-pytorch``, ``ours-openvino``, ``ours-ncnn``: the same on one CPU runtime, to show the choice
   ``auto`` made and the engine's overhead against the plain run on that runtime;
-- ``ours-fp32``, ``ours-int8``: ours with ``--precision fp32`` / ``int8`` (int8: the compact models on
-  OpenVINO, made by NNCF before the timed runs; "load" includes making it the first time).
+- ``ours-fp32``, ``ours-bf16``, ``ours-int8``: ours with ``--precision fp32`` / ``bf16`` / ``int8``
+  (bf16: what a user who asks for it gets, e.g. x4plus where ``auto`` keeps fp32; int8: the compact
+  models on OpenVINO, made by NNCF before the timed runs; "load" includes making it the first time).
 
 Every variant starts from the 8-bit photo and ends with an 8-bit image (the peers convert as
 Real-ESRGAN's inference script does), so each pays for its own conversions. Prints output megapixels
@@ -57,7 +58,7 @@ DEFAULT_CASES = [
 ]
 VARIANTS = (
     "pytorch", "ncnn", "openvino", "openvino-fp32",
-    "ours", "ours-fp32", "ours-int8", "ours-pytorch", "ours-openvino", "ours-ncnn",
+    "ours", "ours-fp32", "ours-bf16", "ours-int8", "ours-pytorch", "ours-openvino", "ours-ncnn",
 )  # fmt: skip
 DEFAULT_VARIANTS = (
     "pytorch", "ncnn", "openvino", "openvino-fp32", "ours-int8", "ours", "ours-fp32", "ours-ncnn",
@@ -194,7 +195,7 @@ PREPARE = {
         f"ours-{precision}": lambda model, image, threads, precision=precision: prepare_ours(
             model, image, threads, precision=precision
         )
-        for precision in ("fp32", "int8")
+        for precision in ("fp32", "bf16", "int8")
     },
     **{
         f"ours-{runtime}": lambda model, image, threads, runtime=runtime: prepare_ours(
