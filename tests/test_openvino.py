@@ -105,12 +105,6 @@ def test_rrdbnet_in_stages_equals_the_whole_network(scale, shuffle, tmp_path):
     assert (runner(batch) - expected).abs().max() < 1e-4
 
 
-def _run_chain(chain: list[Part | Sum[Part]], x: torch.Tensor) -> torch.Tensor:
-    for item in chain:
-        x = x + _run_chain(list(item.parts), x) if isinstance(item, Sum) else item.module(x)
-    return x
-
-
 def test_rrdbnet_for_a_reduced_precision_is_the_same_network_with_its_sums_outside():
     """The first conv in fp32, each block's residual and the trunk's shortcut as sums, the tail in
     strips: run in PyTorch, exactly the whole network."""
@@ -121,7 +115,8 @@ def test_rrdbnet_for_a_reduced_precision_is_the_same_network_with_its_sums_outsi
     assert [type(item) for item in trunk.parts] == [Sum, Sum, Part]  # two blocks, then conv_body
     batch = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        assert (_run_chain(chain, batch) - model.module(batch)).abs().max() < 1e-6
+        chained = openvino_export._walk(chain, batch, [])  # the walk that gives each part its check input
+        assert (chained - model.module(batch)).abs().max() < 1e-6
 
 
 def test_a_reduced_precision_runs_the_blocks_through_one_network_taking_their_weights(tmp_path):

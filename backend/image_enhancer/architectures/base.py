@@ -81,9 +81,9 @@ class Architecture:
     #: unnamed): None when the graph is not of this architecture, ValueError (why) when it looks like
     #: this architecture but fits none of its graphs.
     read_graph: Callable[[Sequence[Op]], dict[str, Any] | None] | None = None
-    #: The network as a chain of ``(module, halo)`` stages, for a runtime that converts modules (a
-    #: halo > 0: the stage works at the output resolution and runs in strips of rows); None: whole.
-    split: Callable[[nn.Module], list[tuple[nn.Module, int]] | None] | None = None
+    #: The network as a chain of stages, for a runtime that converts modules (a halo > 0: the stage works
+    #: at the output resolution and runs in strips of rows); None: whole.
+    split: Callable[[nn.Module], list[Part] | None] | None = None
     #: The network as a chain whose residual sums stay in fp32, for a runtime that computes in a
     #: reduced precision (bf16 keeps 8 bits: RRDBNet's trunk, rounded after each of its 23 blocks,
     #: drifted 0.7 levels from fp32 on a photo); None: ``split``'s chain in every precision.

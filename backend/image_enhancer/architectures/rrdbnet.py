@@ -103,10 +103,10 @@ def split_tail(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return None
 
 
-def _stages(module: torch.nn.Module) -> list[tuple[torch.nn.Module, int]] | None:
+def _stages(module: torch.nn.Module) -> list[Part] | None:
     """Body, then the tail in strips: split off, a whole 512² image stays one window within 2.5 GB."""
     parts = split_tail(module)
-    return None if parts is None else [(parts[0], 0), (parts[1], TAIL_HALO)]
+    return None if parts is None else [Part(parts[0]), Part(parts[1], TAIL_HALO)]
 
 
 #: RRDBNet's residual scaling: each dense block's and each RRDB's output is added as 0.2 × it + input.

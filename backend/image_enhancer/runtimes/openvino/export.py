@@ -212,9 +212,7 @@ def split(loaded: LoadedModel) -> list[Part]:
     its tail in strips); any other network whole."""
     splitter = architectures.get(loaded.descriptor.architecture).split
     parts = splitter(loaded.module) if splitter is not None else None
-    if parts is None:
-        return [Part(loaded.module)]
-    return [Part(module, halo) for module, halo in parts]
+    return [Part(loaded.module)] if parts is None else parts
 
 
 @dataclass(frozen=True)
@@ -256,10 +254,11 @@ def reduced_precision_networks(loaded: LoadedModel, cache_dir: Path) -> list[Net
         return None
     d = loaded.descriptor
     label = f"{d.architecture} part"
-    examples: dict[int, torch.Tensor] = {}
+    walked: list[tuple[Part, torch.Tensor]] = []
     with torch.inference_mode():
-        _walk(chain, check_input(loaded), examples)
-    digests = {id(part): graph_digest(part.module, label, d.hyperparameters) for part in _parts(chain)}
+        _walk(chain, check_input(loaded), walked)
+    examples = {id(part): example for part, example in walked}
+    digests = {id(part): graph_digest(part.module, label, d.hyperparameters) for part, _ in walked}
     repeats = Counter(digests.values())
     shared: dict[str, tuple[ov.Model, list[tuple[str, float, tuple[int, ...]]]] | None] = {}
 
@@ -268,9 +267,9 @@ def reduced_precision_networks(loaded: LoadedModel, cache_dir: Path) -> list[Net
         if repeats[digest] == 1:
             model = network(part.module, example, label, d.hyperparameters, cache_dir)
             return Network(model, digest, part.halo, part.fp32)
-        if digest not in shared:
-            network(part.module, example, label, d.hyperparameters, cache_dir)  # converted and mapped once
-            shared[digest] = _taking_weights(cache_dir, digest)
+        if digest not in shared:  # converted and mapped once, its constants then made inputs
+            model = network(part.module, example, label, d.hyperparameters, cache_dir)
+            shared[digest] = _taking_weights(model, Path(cache_dir) / f"{digest}.json")
         if shared[digest] is None:
             raise UnsupportedGraphError(f"{label}'s weights cannot be given as inputs")
         model, order = shared[digest]
@@ -287,36 +286,31 @@ def reduced_precision_networks(loaded: LoadedModel, cache_dir: Path) -> list[Net
         return None
 
 
-def _parts(chain: list[Part | Sum[Part]]) -> list[Part]:
-    """Every part of the chain, in order, its sums' included."""
-    parts: list[Part] = []
-    for item in chain:
-        parts.extend(_parts(list(item.parts)) if isinstance(item, Sum) else [item])
-    return parts
-
-
-def _walk(chain: list[Part | Sum[Part]], x: torch.Tensor, examples: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Runs the chain in PyTorch, noting each part's input (its check input for conversion)."""
+def _walk(
+    chain: list[Part | Sum[Part]], x: torch.Tensor, walked: list[tuple[Part, torch.Tensor]]
+) -> torch.Tensor:
+    """Runs the chain in PyTorch, noting each part, in order, with its input (its check input for
+    conversion)."""
     for item in chain:
         if isinstance(item, Sum):
-            x = x + _walk(list(item.parts), x, examples)
+            x = x + _walk(list(item.parts), x, walked)
         else:
-            examples[id(item)] = x
+            walked.append((item, x))
             x = item.module(x)
     return x
 
 
 def _taking_weights(
-    cache_dir: Path, digest: str
+    model: ov.Model, record: Path
 ) -> tuple[ov.Model, list[tuple[str, float, tuple[int, ...]]]] | None:
-    """The cached graph with each mapped weight constant turned into an input after the picture, and
-    per input its state-dict key, factor and shape; None when the graph has no weight map."""
+    """``model`` (a graph converted once, ``record`` its weight map) with each mapped weight constant
+    turned into an input after the picture, and per input its state-dict key, factor and shape; None
+    when the graph has no weight map."""
     import openvino as ov
 
-    mapping = load_json(Path(cache_dir) / f"{digest}.json", max_bytes=16 << 20).get("weights")
+    mapping = load_json(record, max_bytes=16 << 20).get("weights")
     if mapping is None:
         return None
-    model = ov.Core().read_model(Path(cache_dir) / f"{digest}.xml")
     inputs, order = list(model.get_parameters()), []
     for constant in _float_constants(model):
         name = constant.get_friendly_name()
