@@ -112,8 +112,11 @@ def test_a_slow_but_steady_reader_gets_its_whole_result(make_enhancer):
         with own_connection(running.address) as channel:
             chunks = []
             for reply in enhancer_pb2_grpc.EnhancerStub(channel).Enhance(iter(requests), timeout=120):
-                time.sleep(0.3)  # a pause at every message, each well under the idle limit
                 if reply.chunk:
+                    # A pause at every part of the result (e.g. writing it to a slow disk), each well under
+                    # the idle limit. Progress is read at once, as clients do: a reader that pauses at every
+                    # message falls behind by all of them, which the server sees as idle (see Replies).
+                    time.sleep(0.6)
                     chunks.append(reply.chunk)
         assert len(chunks) >= 4  # the result came in several messages, each waited for
         result = np.frombuffer(b"".join(chunks), np.float32).reshape(expected.shape)

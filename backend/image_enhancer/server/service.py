@@ -177,7 +177,12 @@ class Upload:
 
 
 class Replies:
-    """An Enhance call's outgoing messages, each of which the client must start taking within `idle_s`."""
+    """An Enhance call's outgoing messages, each of which the client must start taking within `idle_s`.
+
+    gRPC says only when a message found room in the client's flow-control window, not when the client
+    read it; so a message also waits while the client reads the ones before it, and a client that lags
+    many messages behind looks idle for as long as those take it (a reader pausing 0.3 s per message
+    with ten small progress messages ahead of a result chunk waits 3 s for the chunk)."""
 
     def __init__(self, context: grpc.aio.ServicerContext, idle_s: float) -> None:
         self._context = context
