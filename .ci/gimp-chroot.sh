@@ -43,15 +43,40 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 2
 fi
 
-usable() {
-    [[ -f "$STAMP" ]] || return 1
+# The packages asked for that the chroot was not built with.
+missing_packages() {
     local built
     built=" $(sed -n 's/^packages=//p' "$STAMP") "
-    [[ "$(sed -n 's/^suite=//p' "$STAMP")" == "$SUITE" ]] || { log "built for another suite"; return 1; }
     for package in $PACKAGES; do
-        [[ "$built" == *" $package "* ]] || { log "$package is missing"; return 1; }
+        [[ "$built" == *" $package "* ]] || echo "$package"
     done
+}
+
+# Packages asked for later (e.g. --with-xvfb) go into a chroot that is otherwise fine, not a new one.
+add_packages() {
+    local extra
+    extra="$(missing_packages | xargs)"
+    [[ -n "$extra" ]] || return 0
+    log "adding $extra"
+    mount -t proc proc "$ROOT/proc"
+    # shellcheck disable=SC2086
+    if chroot "$ROOT" apt-get update -qq >&2 && chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends $extra >&2; then
+        chroot "$ROOT" apt-get clean
+        local built_at
+        built_at="$(stat -c %Y "$STAMP")"
+        sed -i "s/^packages=.*/& $extra/" "$STAMP"
+        touch -d "@$built_at" "$STAMP"  # the chroot's age still counts from its build
+    fi
+    umount "$ROOT/proc"
+}
+
+usable() {
+    [[ -f "$STAMP" ]] || return 1
+    [[ "$(sed -n 's/^suite=//p' "$STAMP")" == "$SUITE" ]] || { log "built for another suite"; return 1; }
     [[ -z "$(find "$STAMP" -mtime +"$MAX_AGE_DAYS")" ]] || { log "older than $MAX_AGE_DAYS days"; return 1; }
+    add_packages
+    [[ -z "$(missing_packages)" ]] || { log "$(missing_packages | xargs) could not be added"; return 1; }
     chroot "$ROOT" "gimp-console-$GIMP_VERSION" --version >/dev/null 2>&1 || { log "gimp does not run"; return 1; }
     chroot "$ROOT" python3 -c 'import gi; gi.require_version("Gimp", "3.0")' 2>/dev/null \
         || { log "GIMP's Python bindings are missing"; return 1; }

@@ -235,7 +235,7 @@ class AIEnhance(Gimp.PlugIn):
         scales = Gimp.Choice.new()
         for index, key in enumerate(SCALE_CHOICES):
             scales.add(key, index, "Custom" if key == "custom" else key.replace("x", "\u00d7"), "")
-        procedure.add_choice_argument("scale", "_Scale", "Output scale", scales, _DEFAULTS.scale_choice, rw)
+        procedure.add_choice_argument("scale", "Scal_e", "Output scale", scales, _DEFAULTS.scale_choice, rw)
         procedure.add_double_argument(
             "custom-scale",
             "C_ustom scale",
@@ -295,7 +295,7 @@ class AIEnhance(Gimp.PlugIn):
         )
         procedure.add_string_argument(
             "face-model",
-            "Face mo_del",
+            "Face mode_l",
             "Face model name as the backend lists it; empty uses its default face model",
             _DEFAULTS.face_model,
             rw,

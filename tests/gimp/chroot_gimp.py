@@ -27,6 +27,7 @@ import install_gimp  # noqa: E402
 
 GIMP_TIMEOUT = 300
 BATCH_SCRIPT = Path(__file__).resolve().parent / "batch_enhance.py"
+DIALOG_SCRIPT = Path(__file__).resolve().parent / "drive_dialog.py"
 GIMP_VERSIONS = ("3.0", "3.2")  # the releases the plug-in is tested on, each in its own chroot
 
 
@@ -73,6 +74,24 @@ def backend_process(address: str, log: Path, env: dict[str, str] | None = None) 
         except subprocess.TimeoutExpired:
             process.kill()
     assert process.returncode in (0, -signal.SIGTERM, -signal.SIGKILL), log.read_text()
+
+
+@contextlib.contextmanager
+def virtual_display(root: Path, size: str = "1280x900x24") -> Iterator[str]:
+    """An X server inside the chroot (built --with-xvfb) on a display number it picks itself, so that
+    runs never meet an earlier server's leftovers; yields the DISPLAY value."""
+    if not (root / "usr" / "bin" / "Xvfb").exists():
+        raise RuntimeError(f"{root} has no X server: build it with .ci/gimp-chroot.sh --with-xvfb")
+    command = ["chroot", str(root), "Xvfb", "-displayfd", "1", "-screen", "0", size, "-nolisten", "tcp"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        number = server.stdout.readline().strip()  # written once the server accepts clients
+        if not number.isdigit():
+            raise RuntimeError(f"Xvfb did not start (exit status {server.poll()})")
+        yield f":{number}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()
 
 
 def plugin_pids() -> list[int]:
@@ -185,6 +204,26 @@ class ChrootGimp:
         result = json.loads((folder / "result.json").read_text())
         result["folder"] = folder
         result["output"] = output
+        return result
+
+    def drive_dialog(self, name: str, photo: Path, display: str, **job: object) -> dict:
+        """Open the plug-in's dialog on `photo` on `display` and work it with drive_dialog.py; `job` holds
+        the rest of its job.json (the scenarios). Returns result.json plus "output" (GIMP's) and
+        "returncode"."""
+        inside = self.job_dir(name)
+        folder = self.host(inside)
+        shutil.copy(photo, folder / photo.name)
+        shutil.copy(DIALOG_SCRIPT, folder / DIALOG_SCRIPT.name)
+        plugin_inside = Path("/") / self.plugin.relative_to(self.root)
+        spec = {"photo": photo.name, "plugin_dir": str(plugin_inside), **job}
+        (folder / "job.json").write_text(json.dumps(spec))
+        code = f'exec(open("{inside / DIALOG_SCRIPT.name}").read())'
+        env = {"JOB_DIR": str(inside), "DISPLAY": display}
+        done = subprocess.run(self.command(code, env=env), capture_output=True, text=True)
+        result_file = folder / "result.json"
+        result = json.loads(result_file.read_text()) if result_file.exists() else {}
+        result["output"] = done.stdout + done.stderr
+        result["returncode"] = done.returncode
         return result
 
     def read(self, result: dict, key: str, dtype: type, channels: int) -> np.ndarray:

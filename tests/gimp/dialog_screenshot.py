@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from chroot_gimp import REPO, ChrootGimp, build_chroot, free_address
+from chroot_gimp import REPO, ChrootGimp, build_chroot, free_address, virtual_display
 from PIL import Image
 
 from image_enhancer.client.grpc_client import EnhancerClient
 
 SAMPLE = REPO / "docs" / "samples" / "fallen_leaf_320x200.png"
-DISPLAY = ":57"
 
 OPEN_DIALOG = """
 from gi.repository import Gimp, Gio
@@ -60,23 +59,20 @@ def dialog_screenshot(gimp: ChrootGimp, out: Path) -> None:
     """Show the dialog on a virtual display and capture it (no window manager: the dialog sits at 0,0)."""
     shot_dir = gimp.job_dir("screenshot")
     (gimp.host(shot_dir) / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
-    screen = ["Xvfb", DISPLAY, "-screen", "0", "1280x900x24", "-nolisten", "tcp"]
-    xvfb = subprocess.Popen(["chroot", str(gimp.root), *screen], start_new_session=True)
     code = OPEN_DIALOG.format(sample=shot_dir / SAMPLE.name)
-    # Its own process group, so that GIMP and its plug-ins go with it (the dialog never gets an answer).
-    gimp_process = subprocess.Popen(
-        gimp.command(code, env={"DISPLAY": DISPLAY}), stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        time.sleep(30)  # GIMP starts, the plug-in asks the backend for its models, the dialog maps
-        xwd = shot_dir / "screen.xwd"
-        capture = ["xwd", "-root", "-silent", "-display", DISPLAY, "-out", str(xwd)]
-        subprocess.run(["chroot", str(gimp.root), *capture], check=True)
-    finally:
-        os.killpg(gimp_process.pid, signal.SIGKILL)
-        os.killpg(xvfb.pid, signal.SIGTERM)
-        gimp_process.wait()
-        xvfb.wait()
+    xwd = shot_dir / "screen.xwd"
+    with virtual_display(gimp.root) as display:
+        # Its own process group, so that GIMP and its plug-ins go with it (the dialog never gets an answer).
+        gimp_process = subprocess.Popen(
+            gimp.command(code, env={"DISPLAY": display}), stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            time.sleep(30)  # GIMP starts, the plug-in asks the backend for its models, the dialog maps
+            capture = ["xwd", "-root", "-silent", "-display", display, "-out", str(xwd)]
+            subprocess.run(["chroot", str(gimp.root), *capture], check=True)
+        finally:
+            os.killpg(gimp_process.pid, signal.SIGKILL)
+            gimp_process.wait()
     png = shot_dir / "screen.png"
     subprocess.run(gimp.command(XWD_TO_PNG.format(xwd=xwd, png=png)), check=True, capture_output=True)
     screen = Image.open(gimp.host(png)).convert("RGB")
