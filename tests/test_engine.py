@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -392,3 +394,28 @@ def test_cpu_memory_budget_follows_the_memory_limit(monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "lots")
     with pytest.raises(ValueError, match="not a size"):
         memory_budget(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc keeps freed memory; others differ")
+def test_cpu_memory_budget_counts_freed_memory_as_free(monkeypatch):
+    """Memory the C allocator freed but kept (256 MB in 64 KB blocks below a block still in use, so
+    glibc cannot shrink its heap by itself) is free for the next job's windows: the budget does not
+    depend on what ran before."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, str(resident_bytes() + (1 << 30)))
+    before = memory_budget(torch.device("cpu"))
+    held = resident_bytes()
+    blocks = [libc.malloc(64 << 10) for _ in range(4096)]
+    pin = libc.malloc(64 << 10)
+    for block in blocks:
+        ctypes.memset(block, 1, 64 << 10)  # resident
+    for block in blocks:
+        libc.free(block)
+    try:
+        assert resident_bytes() - held > 200 << 20  # freed, yet still held by the process
+        after = memory_budget(torch.device("cpu"))
+    finally:
+        libc.free(pin)
+    assert abs(after - before) < 64 << 20, (before >> 20, after >> 20)
