@@ -33,9 +33,9 @@ def loaded(module: torch.nn.Module, architecture: str, scale: int) -> LoadedMode
     return LoadedModel(module.eval(), descriptor)
 
 
-def tiny_rrdb(seed: int) -> LoadedModel:
+def tiny_rrdb(seed: int, blocks: int = 2) -> LoadedModel:
     torch.manual_seed(seed)
-    return loaded(RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4), "RRDBNet", 4)
+    return loaded(RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=blocks, scale=4), "RRDBNet", 4)
 
 
 def tiny_compact(seed: int) -> LoadedModel:
@@ -132,6 +132,28 @@ def test_a_reduced_precision_runs_the_blocks_through_one_network_taking_their_we
     assert (runner(batch) - expected).abs().max() < tolerance * max(1.0, float(expected.abs().max()))
     # Two stages for fp32, four parts for bf16 (first conv, one block for both, conv_body, tail).
     assert len(list(tmp_path.glob("*.xml"))) == 2 + 4
+
+
+def test_a_reduced_precision_keeps_a_sixth_of_the_blocks_at_each_end_in_fp32(tmp_path):
+    """12 blocks: the first two and the last two in fp32, the rest in bf16; one converted graph for all
+    twelve, compiled once per precision (its fp32 and bf16 compilations never replace each other)."""
+    model = tiny_rrdb(0, blocks=12)
+    _head, trunk, _tail = rrdbnet.ARCHITECTURE.reduced_precision_split(model.module)
+    blocks = [item.parts[0] for item in trunk.parts[:-1]]
+    assert [block.fp32 for block in blocks] == [True] * 2 + [False] * 8 + [True] * 2
+    runner = OpenVinoRunner(model, tmp_path, dtype=torch.bfloat16)
+    batch = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model.module(batch)
+    tolerance = 0.02 if native_bf16() else 1e-4
+    requests = []
+    for _ in range(2):
+        assert (runner(batch) - expected).abs().max() < tolerance * max(1.0, float(expected.abs().max()))
+        requests.append({key: request for key, (_shape, request) in runner._compiled.items()})
+    assert len(list(tmp_path.glob("*.xml"))) == 2 + 4  # the plain two stages; head, block, body, tail
+    (fp32_blocks,) = [key for key in requests[0] if key.endswith("-fp32")]
+    assert fp32_blocks.removesuffix("-fp32") in requests[0]  # the same graph, compiled in each precision
+    assert all(requests[1][key] is request for key, request in requests[0].items())  # once each
 
 
 class Squared(torch.nn.Module):

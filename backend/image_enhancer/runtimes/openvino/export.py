@@ -277,7 +277,9 @@ def reduced_precision_networks(loaded: LoadedModel, cache_dir: Path) -> list[Net
         weights = tuple(
             (_as_float32(state[key]) * np.float32(factor)).reshape(shape) for key, factor, shape in order
         )
-        return Network(model, digest, part.halo, part.fp32, weights)
+        # Parts of one graph in both precisions are compiled once each: the key tells them apart.
+        key = f"{digest}-fp32" if part.fp32 else digest
+        return Network(model, key, part.halo, part.fp32, weights)
 
     try:
         return map_chain(chain, convert_part)
