@@ -108,6 +108,8 @@ class OpenVinoRunner:
         from image_enhancer.runtimes.openvino import RUNTIME  # its package, imported before this module runs
 
         per_pixel = RUNTIME.working_memory(estimate, in_stages=len(self._stages) > 1)
+        if self._reduced_stages is not None:  # fp32 parts beside reduced ones, and fp32 sums between
+            return per_pixel * RUNTIME.memory_factor_reduced_chain
         return per_pixel * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
