@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_ray import ray_or_skip, start_local_ray
 from PIL import Image
 
 from image_enhancer.cli import main
@@ -30,21 +31,11 @@ FAST_MODEL = "realesr-animevideov3"
 PHOTOS = 6
 
 
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Ray is not installed; CI installs the cluster extra (python3 install.py --cluster)")
-        pytest.skip("Ray (the cluster extra) is not installed")
-    return ray
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(model_store):
     """A one-machine Ray cluster with 2 CPUs, shared by the module (starting one takes seconds)."""
-    ray = _ray()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray = ray_or_skip()
+    start_local_ray(ray)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from face_models import IDENTITY, RANDOM_GFPGAN, face_models_folder, home_with
+from local_ray import ray_or_skip, start_local_ray
 from PIL import Image
 from skimage import data
 
@@ -26,17 +27,12 @@ FACE = (55, 55, 152, 180)  # the astronaut's face in portrait.png (x1, y1, x2, y
 
 @pytest.fixture(scope="module")
 def ray_with_faces(model_store, tmp_path_factory: pytest.TempPathFactory):
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Ray is not installed; CI installs the cluster extra (python3 install.py --cluster)")
-        pytest.skip("Ray (the cluster extra) is not installed")
+    ray = ray_or_skip()
     models = face_models_folder(tmp_path_factory.mktemp("face-models"))
     home = home_with(tmp_path_factory.mktemp("data") / "home", models)
     before = os.environ.get(HOME_ENV)
     os.environ[HOME_ENV] = str(home)  # before Ray starts: its workers inherit it
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(ray)
     try:
         yield
     finally:
