@@ -86,7 +86,6 @@ class Driver:
         chooser, panel = one(dialog, model_chooser.ModelChooser), one(dialog, preview_panel.PreviewPanel)
         if not self.first_model:
             self.first_model = chooser._combo.get_active_id()
-            self.seen["models_listed"] = [row[1] for row in chooser._combo.get_model()]
         while self.steps:
             step = self.steps[0]
             waited = time.monotonic() - self.step_started

@@ -36,7 +36,7 @@ from image_enhancer.engine.tiling import auto_tile, context_pad
 from image_enhancer.paths import user_home
 from image_enhancer.runtimes.base import Runner
 from image_enhancer.runtimes.cpu import cpu_features, cpu_name
-from image_enhancer.runtimes.memory import memory_budget, return_freed_memory
+from image_enhancer.runtimes.memory import memory_budget
 from image_enhancer.safe_json import JsonFileError, load_json
 from image_enhancer.weights.integrity import write_atomically
 
@@ -298,7 +298,6 @@ class RuntimeTable:
             others = OtherCpuUse()
             known = measure(loaded, make_runner, context_pad(loaded.descriptor), budget)
             busy = others.share()
-            return_freed_memory()  # the candidates' runners are gone: their buffers too
             log.info(
                 "timed the CPU runtimes for this %s network in %.1f s",
                 loaded.descriptor.architecture, time.perf_counter() - started,
