@@ -31,13 +31,15 @@ MEMORY_MARGIN = 150_000_000
 MIN_CPU_BUDGET = 256 << 20
 
 
-def memory_budget(device: torch.device, fraction: float = 0.6) -> int:
+def memory_budget(device: torch.device, fraction: float = 0.6, reusable: int = 0) -> int:
     """Bytes the network's working memory may use for one batch on ``device``.
 
     CUDA (and ROCm) or XPU: a share of the free memory now. CPU: what the process may still take within
     its memory limit (``memory_limit()``, less what it holds now and a margin) and within a share of
     the RAM still available, so windows are as large as the memory actually free allows: one window,
     no context computed twice, where it fits. MPS: a fixed 2 GiB (unified memory, no reliable free figure).
+    ``reusable``: CPU bytes the process holds for the runner asking (its compiled network's working
+    memory), which the job reuses or frees before taking more.
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -50,8 +52,8 @@ def memory_budget(device: torch.device, fraction: float = 0.6) -> int:
     # Freed but still resident memory (glibc keeps it) would make the budget depend on what ran before:
     # the same job planned as one window or as four.
     return_freed_memory()
-    within_limit = memory_limit() - resident_bytes() - MEMORY_MARGIN
-    return int(max(MIN_CPU_BUDGET, min(available_ram() * fraction, within_limit)))
+    within_limit = memory_limit() - resident_bytes() + reusable - MEMORY_MARGIN
+    return int(max(MIN_CPU_BUDGET, min(available_ram() * fraction + reusable, within_limit)))
 
 
 def memory_limit() -> int:

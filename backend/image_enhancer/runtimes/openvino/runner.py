@@ -27,7 +27,7 @@ import torch
 from image_enhancer.architectures.base import Sum, map_chain
 from image_enhancer.engine import watch
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
-from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
+from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget, resident_bytes
 from image_enhancer.runtimes.openvino.export import Network, networks, reduced_precision_networks, split
 
 if TYPE_CHECKING:
@@ -91,6 +91,11 @@ class OpenVinoRunner:
         self.strip_pixels = strip_pixels
         # Per network key: (precision, input shape) and its inference request.
         self._compiled: dict[str, tuple[tuple[torch.dtype, tuple[int, ...]], object]] = {}
+        # Per network key: the memory its compiled network holds between jobs (OpenVINO keeps its
+        # working memory), measured around its first inference; the resident size before, until then.
+        self._held: dict[str, int] = {}
+        self._resident_before: dict[str, int] = {}
+        self._per_pixel: float | None = None
         self._rerun = Fp32Rerun(dtype, torch.float32)
         self._lock = threading.Lock()
         # Inference seconds per input pixel, per precision: tells a call in progress how far it is.
@@ -103,6 +108,11 @@ class OpenVinoRunner:
         self._pace.setdefault(self.dtype, watch.Pace()).seconds_per_pixel = seconds_per_pixel
 
     def bytes_per_pixel(self) -> float:
+        if self._per_pixel is None:
+            self._per_pixel = self._estimate_bytes_per_pixel()
+        return self._per_pixel
+
+    def _estimate_bytes_per_pixel(self) -> float:
         d = self.descriptor
         estimate = activation_bytes_per_pixel(self._first_stage, d.in_channels, d.size_multiple, d.min_size)
         from image_enhancer.runtimes.openvino import RUNTIME  # its package, imported before this module runs
@@ -113,7 +123,10 @@ class OpenVinoRunner:
         return per_pixel * torch.finfo(self.dtype).bits / 32
 
     def memory_budget(self) -> int:
-        return memory_budget(torch.device("cpu"))
+        # What the compiled networks hold is reused, or freed before another shape is compiled: without
+        # counting it, a 1024² job planned as one window left 0.43 GB held, the next one was planned as
+        # four windows (and compiled again), the one after that as one window again.
+        return memory_budget(torch.device("cpu"), reusable=sum(self._held.values()))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
@@ -146,12 +159,17 @@ class OpenVinoRunner:
         request.set_output_tensor(0, self._ov.Tensor(output, shared_memory=True))
         inputs = {0: np.ascontiguousarray(values)}
         inputs.update(enumerate(network.weights, start=1))
+        before = self._resident_before.pop(network.key, None)  # measured only on a first inference done
         try:
             self._await(request, inputs)
         except RuntimeError as error:
             if "alloc" in str(error).lower() or "memory" in str(error).lower():
                 raise MemoryError(f"OpenVINO ran out of memory for a tile: {error}") from error
             raise
+        if before is not None:  # its first inference: what it took, less our output, is held from now
+            grown = resident_bytes() - before - output.nbytes
+            estimate = self.bytes_per_pixel() * values.shape[-2] * values.shape[-1]
+            self._held[network.key] = int(min(max(grown, 0), estimate))
         return output
 
     def _await(self, request: object, inputs: dict[int, np.ndarray]) -> None:
@@ -185,6 +203,8 @@ class OpenVinoRunner:
         known = self._compiled.get(network.key)
         if known is None or known[0] != key:
             self._compiled.pop(network.key, None)
+            self._held.pop(network.key, None)
+            self._resident_before[network.key] = resident_bytes()
             model = network.model.clone()
             model.reshape({0: list(shape)})  # the picture; weights given as inputs keep their shapes
             compiled = self._core.compile_model(
