@@ -79,7 +79,9 @@ class OpenVino(Runtime):
     ) -> Runner:
         cache = self.cache(settings)
         if precision == "int8":
-            runner = OpenVinoRunner(loaded, cache, int8=_int8().int8_network(loaded, cache, "int8"))
+            quantized = _int8()
+            network = quantized.int8_network(loaded, cache, "int8")
+            runner = OpenVinoRunner(loaded, cache, quantized.float_dtype(), int8=network)
         else:
             runner = OpenVinoRunner(loaded, cache, dtype_of(precision))
         if seconds_per_pixel:

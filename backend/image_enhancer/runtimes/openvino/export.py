@@ -54,6 +54,8 @@ TOLERANCE = 1e-4
 
 #: This runtime's name (``Runtime.name``), as architecture files list it in ``verified_on``.
 NAME = "openvino"
+#: OpenVINO's name of each precision a network computes in (its inference precision hint).
+HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def supports(architecture: str) -> bool:

@@ -28,7 +28,13 @@ from image_enhancer.architectures.base import Sum, map_chain
 from image_enhancer.engine import watch
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
 from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget, resident_bytes
-from image_enhancer.runtimes.openvino.export import Network, networks, reduced_precision_networks, split
+from image_enhancer.runtimes.openvino.export import (
+    HINTS,
+    Network,
+    networks,
+    reduced_precision_networks,
+    split,
+)
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
@@ -41,9 +47,6 @@ OPENVINO_STRIP_PIXELS = 4 * STRIP_PIXELS
 
 #: How often a pending inference looks at its job: cancelled, and how far it has got.
 POLL_MS = 100
-
-#: OpenVINO's name of each precision a user can ask for.
-_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 @cache
@@ -77,7 +80,7 @@ class OpenVinoRunner:
         self._first_stage = split(loaded)[0].module
         self._ov = ov
         self._core = ov.Core()
-        # An int8 network (``int8_network``) runs whole, its float parts in fp32.
+        # An int8 network (``int8_network``) runs whole, its float parts in ``dtype`` (``int8.float_dtype``).
         self.int8 = int8 is not None
         if int8 is not None:
             self._stages: list[Network | Sum[Network]] = [Network(self._core.read_model(int8), "int8")]
@@ -211,7 +214,7 @@ class OpenVinoRunner:
                 model,
                 "CPU",
                 {
-                    "INFERENCE_PRECISION_HINT": _HINTS[dtype],
+                    "INFERENCE_PRECISION_HINT": HINTS[dtype],
                     "INFERENCE_NUM_THREADS": self._threads,
                     "NUM_STREAMS": 1,
                 },
