@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from image_enhancer.engine import runtime_choice
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.engine.precision import SHIPPED_PHOTOS, Difference, calibration_photo
 from image_enhancer.engine.runtime_choice import Candidate, RuntimeTable, Timing, best
+from image_enhancer.models.descriptor import LoadedModel
 from image_enhancer.paths import HOME_ENV, user_home
 from image_enhancer.runtimes.ncnn.runner import NcnnRunner
 
@@ -50,6 +52,19 @@ def test_every_installed_runtime_is_timed_once_and_remembered(engine, model_stor
     assert runtime_choice.graph_key(first, 2) == runtime_choice.graph_key(second, 2)
     assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(loaded, 2)
     assert runtime_choice.graph_key(first, 2) != runtime_choice.graph_key(first, 4)
+
+
+def test_a_model_s_keys_are_derived_once_and_not_carried_to_a_copy(model_store, monkeypatch):
+    """Every job asks for its network's keys; a digest over the weights is derived once per loaded
+    model, and a copy with other weights (``dataclasses.replace``) derives its own."""
+    derived = []
+    monkeypatch.setattr(runtime_choice, "_graph_key", lambda loaded, threads: derived.append(loaded) or "k")
+    stored = model_store.get(COMPACT)
+    loaded = LoadedModel(stored.module, stored.descriptor)  # none of its keys derived yet
+    assert runtime_choice.graph_key(loaded, 2) == runtime_choice.graph_key(loaded, 2) == "k"
+    other = dataclasses.replace(loaded, module=model_store.get("ie-compact-x4-gan").module)
+    runtime_choice.graph_key(other, 2)
+    assert derived == [loaded, other]
 
 
 def test_timings_taken_while_other_work_loads_the_cpu_are_not_kept(engine, model_store):

@@ -136,6 +136,10 @@ def candidates(architecture: str) -> list[Candidate]:
 def graph_key(loaded: LoadedModel, threads: int) -> str:
     """What the timings hold for: the network's graph (names and shapes, not values: two strengths of a
     pair run alike), this CPU, the thread count and the runtimes' versions."""
+    return loaded.key(f"runtime-choice-{threads}", lambda: _graph_key(loaded, threads))
+
+
+def _graph_key(loaded: LoadedModel, threads: int) -> str:
     digest = hashlib.sha256(f"{TABLE_VERSION}{loaded.descriptor.architecture}".encode())
     for name, tensor in sorted(loaded.module.state_dict().items()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
@@ -323,4 +327,3 @@ class RuntimeTable:
         except (JsonFileError, OSError):
             return {}  # damaged: measured again and rewritten
         return table if isinstance(table, dict) else {}
-

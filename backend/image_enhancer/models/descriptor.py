@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,19 @@ class ModelDescriptor:
 
 @dataclass
 class LoadedModel:
-    """A ready network (eval mode, fp32, CPU) with its descriptor."""
+    """A ready network (eval mode, fp32, CPU) with its descriptor. Its weights never change once loaded
+    (another strength is another LoadedModel), so keys derived from them are computed once (``key``)."""
 
     module: torch.nn.Module
     descriptor: ModelDescriptor
+    _keys: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def key(self, name: str, derive: Callable[[], str]) -> str:
+        """The key ``name`` of this network, ``derive()`` the first time: a digest over the weights
+        takes milliseconds, and every job asks for its keys."""
+        if name not in self._keys:
+            self._keys[name] = derive()
+        return self._keys[name]
 
     @property
     def scale(self) -> int:

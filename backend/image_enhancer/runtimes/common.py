@@ -67,6 +67,12 @@ def run_stages(stages: Iterable[Stage | Sum[Stage]], values: np.ndarray, strip_p
     return values
 
 
+def as_batch(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """The tiles' outputs as one batch; a single one without a copy (a 1024² compact job's result is a
+    200 MB tile, and copying it cost a tenth of the job)."""
+    return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+
+
 Precision = TypeVar("Precision")
 Values = TypeVar("Values", np.ndarray, torch.Tensor)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from image_enhancer.models.registry import stored_state_dict
-from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
+from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
 from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
 from image_enhancer.runtimes.ncnn.export import INPUT, OUTPUT, cached_export
 
@@ -144,7 +144,7 @@ class NcnnRunner:
                 outputs.append(torch.from_numpy(self._rerun(partial(self._chain, values=tile))))
             for pool in self._pools:
                 pool.clear()
-        return torch.stack(outputs)
+        return as_batch(outputs)
 
     @property
     def fallbacks(self) -> int:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,9 +98,10 @@ def cache_key(loaded: LoadedModel) -> str:
     import openvino as ov
 
     settings = f"openvino-int8-{INT8_VERSION}-{name_of(float_dtype())}-{ov.get_version()}-{_nncf_version()}"
-    return state_digest(loaded.module.state_dict(), settings)
+    return loaded.key(settings, lambda: state_digest(loaded.module.state_dict(), settings))
 
 
+@cache  # reading a package's metadata takes a millisecond, and every job on a compact model asks
 def _nncf_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

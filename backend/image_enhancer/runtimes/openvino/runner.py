@@ -26,7 +26,7 @@ import torch
 
 from image_enhancer.architectures.base import Sum, map_chain
 from image_enhancer.engine import watch
-from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, run_stages
+from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
 from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget, resident_bytes
 from image_enhancer.runtimes.openvino.export import (
     HINTS,
@@ -139,7 +139,7 @@ class OpenVinoRunner:
             for tile in batch.detach().to("cpu", torch.float32):
                 outputs.append(self._rerun(partial(self._infer, window=tile[None]))[0])
             self._pace.setdefault(self.dtype, watch.Pace()).learn(self._call_pixels, self._busy)
-        return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+        return as_batch(outputs)
 
     @property
     def fallbacks(self) -> int:
