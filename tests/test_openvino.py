@@ -14,6 +14,7 @@ import torch
 from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
 
+from image_enhancer import architectures
 from image_enhancer.architectures import rrdbnet
 from image_enhancer.architectures.base import Part, Sum
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
@@ -46,6 +47,10 @@ def tiny_compact(seed: int) -> LoadedModel:
     )
 
 
+def stages_of(model: LoadedModel) -> list[Part]:
+    return architectures.stages(model.module, model.descriptor.architecture)
+
+
 def run_both(model: LoadedModel, cache: Path, side: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     batch = torch.rand(2, 3, side, side + 8, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
@@ -59,7 +64,7 @@ def test_converted_network_equals_pytorch_and_is_cached_once_per_graph(make, tmp
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
     graphs = sorted(tmp_path.glob("*.xml"))
-    assert len(graphs) == len(openvino_export.split(make(0)))  # one per stage
+    assert len(graphs) == len(stages_of(make(0)))  # one per stage
 
     # Another model of the same graph (a community file, another strength): its weights are swapped
     # into the cached graph, nothing is converted again, and it computes with its own weights.
@@ -78,7 +83,7 @@ def test_weights_the_converter_folded_into_a_scaling_are_found_with_their_factor
     openvino_export.networks(model, tmp_path)
     maps = [json.loads(record.read_text())["weights"] for record in tmp_path.glob("*.json")]
     assert len(maps) == 2  # the body, and the tail that runs in strips
-    body, tail = (stage.module.state_dict() for stage in openvino_export.split(model))
+    body, tail = (stage.module.state_dict() for stage in stages_of(model))
     assert sorted({key for mapping in maps for key, _ in mapping.values()}) == sorted({*body, *tail})
     factors = {key: factor for mapping in maps for key, factor in mapping.values()}
     assert factors["layers.1.sub.0.RDB1.conv5.0.weight"] == pytest.approx(0.2, rel=1e-5)
@@ -97,7 +102,7 @@ def test_rrdbnet_in_stages_equals_the_whole_network(scale, shuffle, tmp_path):
     with torch.inference_mode():
         expected = model.module(batch)
         chained = batch
-        stages = openvino_export.split(model)
+        stages = stages_of(model)
         for stage in stages:
             chained = stage.module(chained)
     assert [stage.halo for stage in stages] == [0, rrdbnet.TAIL_HALO]

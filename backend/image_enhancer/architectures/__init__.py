@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from image_enhancer.architectures import rrdbnet, span, srvgg_compact
-from image_enhancer.architectures.base import Architecture
+from image_enhancer.architectures.base import Architecture, Part
 
 #: Every architecture with facts of its own, in the order they are matched (a spandrel id's first
 #: claimant wins; a graph read from files goes to the first that reads it).
@@ -56,3 +58,11 @@ def with_graphs() -> list[Architecture]:
     """The architectures whose runtime-neutral graph is known, in registry order."""
     return [architecture for architecture in ALL if architecture.graph is not None]
 
+
+
+def stages(module: nn.Module, architecture: str) -> list[Part]:
+    """The network as the chain of stages its architecture splits it into (RRDBNet: its body, then its
+    tail in strips); any other network whole."""
+    splitter = get(architecture).split
+    parts = splitter(module) if splitter is not None else None
+    return [Part(module)] if parts is None else parts

@@ -49,8 +49,8 @@ TABLE_FILE = "runtime_choice.json"
 #: Part of every key: timings measured by an older rule are measured again (4: none kept that were
 #: timed under load; 5: reduced precisions judged on every shipped photo, not the forest alone; 6:
 #: RRDBNet's residual sums kept in fp32 in a reduced precision on OpenVINO; 7: and a sixth of its blocks
-#: at each end in fp32; 8: judged on a soft picture too).
-TABLE_VERSION = 8
+#: at each end in fp32; 8: judged on a soft picture too; 9: ncnn sizes its windows by its first stage).
+TABLE_VERSION = 9
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the timing window is cut from (a real photo: reduced precision errs most on real
 #: detail); a reduced precision's difference from fp32 is the worst of windows of every shipped photo.

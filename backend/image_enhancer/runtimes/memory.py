@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import torch
+
+from image_enhancer import architectures
+
+if TYPE_CHECKING:
+    from image_enhancer.models.descriptor import LoadedModel
 
 
 def set_cpu_threads(threads: int | None) -> None:
@@ -112,10 +118,33 @@ def activation_bytes_per_pixel(
     Forward hooks record each layer's output size; the peak is taken as three times the largest
     (input, output and a temporary of a layer are alive together) plus the network's output.
     """
+    probe = _probe(module, in_channels, multiple, min_size)
+    return _peak_values(module, probe)[0] * dtype_bytes / probe[0, 0].numel()
+
+
+def stage_bytes_per_pixel(loaded: LoadedModel, dtype_bytes: int = 4) -> list[float]:
+    """``activation_bytes_per_pixel`` of each stage of ``loaded``'s chain (``architectures.stages``: RRDBNet's
+    body, then its tail), per pixel of the image the chain is given."""
+    d = loaded.descriptor
+    probe = _probe(loaded.module, d.in_channels, d.size_multiple, d.min_size)
+    pixels = probe[0, 0].numel()
+    found = []
+    for part in architectures.stages(loaded.module, d.architecture):
+        peak, probe = _peak_values(part.module, probe)
+        found.append(peak * dtype_bytes / pixels)
+    return found
+
+
+def _probe(module: torch.nn.Module, in_channels: int, multiple: int, min_size: int) -> torch.Tensor:
     side = max(16, min_size)
     side = -(-side // multiple) * multiple
+    parameter = next(module.parameters())
+    return torch.zeros(1, in_channels, side, side, dtype=parameter.dtype, device=parameter.device)
+
+
+def _peak_values(module: torch.nn.Module, probe: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """The estimated peak number of values alive while ``module`` runs on ``probe``, and its output."""
     largest = 0
-    output_numel = 0
 
     def record(_module: torch.nn.Module, _inputs: object, output: object) -> None:
         nonlocal largest
@@ -125,19 +154,11 @@ def activation_bytes_per_pixel(
     handles = [m.register_forward_hook(record) for m in module.modules() if not list(m.children())]
     try:
         with torch.inference_mode():
-            probe = torch.zeros(
-                1,
-                in_channels,
-                side,
-                side,
-                dtype=next(module.parameters()).dtype,
-                device=next(module.parameters()).device,
-            )
-            output_numel = module(probe).numel()
+            output = module(probe)
     finally:
         for handle in handles:
             handle.remove()
-    return (3 * largest + output_numel) * dtype_bytes / (side * side)
+    return 3 * largest + output.numel(), output
 
 
 def return_freed_memory() -> None:

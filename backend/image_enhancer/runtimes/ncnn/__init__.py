@@ -31,11 +31,15 @@ class Ncnn(Runtime):
     package = "ncnn"
     # Winograd keeps transformed copies of a layer's input and output. Measured peak RSS over the
     # loaded model, with our pools: compact model 640 MiB at 512² and 2136 MiB at 1024² (estimates 240
-    # and 960: 2.7× and 2.2×); x4plus with its tail in strips 443 MiB at 128² and 1004 MiB at 256²
-    # (estimates 195 and 780: 2.3× and 1.3×, a fixed part dominating small tiles). 1.9 keeps a 256²
-    # x4plus image one window inside the 1.5 GiB CPU budget.
+    # and 960: 2.7× and 2.2×).
     memory_factor = 2.8
-    memory_factor_in_stages = 1.9
+    # A chain in stages (x4plus): its first stage over the window, the last in strips (``common``). One
+    # window of x4plus held 376, 533, 775 and 1206 MB over the loaded model at 128², 192², 256² and
+    # 320²: about 243 MB for the tail's strip whatever the window (4.75× the last stage's estimate,
+    # 12480 bytes per pixel, over 4096 pixels), and for the body 7.7 to 11.7 kB per pixel added (its
+    # estimate is 1024), the more the larger the window.
+    memory_factor_in_stages = 10.0
+    memory_factor_strip = 5.0
 
     def available(self) -> bool:
         return ncnn_module() is not None

@@ -21,7 +21,7 @@ import torch
 
 from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
-from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget
+from image_enhancer.runtimes.memory import memory_budget, stage_bytes_per_pixel
 from image_enhancer.runtimes.ncnn.export import INPUT, OUTPUT, cached_export
 
 if TYPE_CHECKING:
@@ -106,7 +106,14 @@ class NcnnRunner:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
         self._nets = {precision: self._load(precision)}  # fp32's are added when a tile is rerun
         self._rerun = Fp32Rerun(precision, "fp32")
-        self._source = loaded.module
+        self._stage_estimates = stage_bytes_per_pixel(loaded)
+        from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
+
+        #: Working memory a strip of a later stage takes whatever the window (kept out of the budget).
+        in_strips = len(self._stage_estimates) > 1
+        self.strip_bytes = int(
+            self._stage_estimates[-1] * RUNTIME.memory_factor_strip * strip_pixels * in_strips
+        )
         self._lock = threading.Lock()
 
     def _load(self, precision: str) -> list[object]:
@@ -124,17 +131,19 @@ class NcnnRunner:
         return nets
 
     def bytes_per_pixel(self) -> float:
-        d = self.descriptor
-        estimate = activation_bytes_per_pixel(self._source, d.in_channels, d.size_multiple, d.min_size)
+        """Working memory per pixel of a window: its first stage's, a later stage running in strips
+        (``memory_budget`` keeps a strip's memory aside)."""
         from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
 
-        return RUNTIME.working_memory(estimate, in_stages=any(stage.halo for stage in self.stages))
+        return RUNTIME.working_memory(self._stage_estimates[0], in_stages=len(self._stage_estimates) > 1)
 
     def memory_budget(self) -> int:
         if self.vulkan is None:
-            return memory_budget(torch.device("cpu"))
-        heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
-        return int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)
+            budget = memory_budget(torch.device("cpu"))
+        else:
+            heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
+            budget = int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)
+        return max(budget // 4, budget - self.strip_bytes)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""

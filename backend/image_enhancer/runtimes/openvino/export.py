@@ -209,14 +209,6 @@ def matches(model: ov.Model, module: torch.nn.Module, batch: torch.Tensor) -> bo
     return True
 
 
-def split(loaded: LoadedModel) -> list[Part]:
-    """The network as the chain of stages its architecture file splits it into (RRDBNet: its body, then
-    its tail in strips); any other network whole."""
-    splitter = architectures.get(loaded.descriptor.architecture).split
-    parts = splitter(loaded.module) if splitter is not None else None
-    return [Part(loaded.module)] if parts is None else parts
-
-
 @dataclass(frozen=True)
 class Network:
     """One converted part of a chain. Parts of one graph (RRDBNet's 23 blocks) share one model that
@@ -234,7 +226,7 @@ class Network:
 def networks(loaded: LoadedModel, cache_dir: Path) -> list[Network]:
     """``loaded``'s stages as OpenVINO models with its weights, each with its halo."""
     d = loaded.descriptor
-    stages = split(loaded)
+    stages = architectures.stages(loaded.module, d.architecture)
     example = check_input(loaded)
     result = []
     for index, stage in enumerate(stages):

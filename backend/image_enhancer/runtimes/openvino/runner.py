@@ -5,7 +5,7 @@ fastest CPU runtime in bench/README.md: x4plus 1.3–2× faster than PyTorch and
 Xeon, and on par with or ahead of ncnn on an AVX2 EPYC. Every architecture OpenVINO's converter takes
 reaches it (``export.py``), every strength included; the engine keeps tiling, alpha
 and colour. RRDBNet runs as its body and then its ×4 tail in strips of rows
-(``export.split``), which keeps a whole 512² image one window within 2.5 GB. In a reduced precision
+(``architectures.stages``), which keeps a whole 512² image one window within 2.5 GB. In a reduced precision
 its residual sums stay in fp32 between finer parts (``export.reduced_precision_networks``). Each
 stage is compiled for the shape it meets (dynamic shapes ran 2× slower), and only the last shape's
 compiled stage is kept, so its working memory is held once.
@@ -27,14 +27,8 @@ import torch
 from image_enhancer.architectures.base import Sum, map_chain
 from image_enhancer.engine import watch
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
-from image_enhancer.runtimes.memory import activation_bytes_per_pixel, memory_budget, resident_bytes
-from image_enhancer.runtimes.openvino.export import (
-    HINTS,
-    Network,
-    networks,
-    reduced_precision_networks,
-    split,
-)
+from image_enhancer.runtimes.memory import memory_budget, resident_bytes, stage_bytes_per_pixel
+from image_enhancer.runtimes.openvino.export import HINTS, Network, networks, reduced_precision_networks
 
 if TYPE_CHECKING:
     from image_enhancer.models.descriptor import LoadedModel
@@ -77,7 +71,7 @@ class OpenVinoRunner:
         self.descriptor = loaded.descriptor
         self.device = torch.device("cpu")  # where batches come from and results go
         self.dtype = dtype
-        self._first_stage = split(loaded)[0].module
+        self._loaded = loaded
         self._ov = ov
         self._core = ov.Core()
         # An int8 network (``int8_network``) runs whole, its float parts in ``dtype`` (``int8.float_dtype``).
@@ -116,8 +110,7 @@ class OpenVinoRunner:
         return self._per_pixel
 
     def _estimate_bytes_per_pixel(self) -> float:
-        d = self.descriptor
-        estimate = activation_bytes_per_pixel(self._first_stage, d.in_channels, d.size_multiple, d.min_size)
+        estimate = stage_bytes_per_pixel(self._loaded)[0]  # a later stage runs in strips
         from image_enhancer.runtimes.openvino import RUNTIME  # its package, imported before this module runs
 
         per_pixel = RUNTIME.working_memory(estimate, in_stages=len(self._stages) > 1)
