@@ -171,6 +171,7 @@ def prepare_openvino(model: str, image: np.ndarray, threads: int, precision: str
 
 
 def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "auto", precision: str = "auto"):
+    from image_enhancer import runtimes
     from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
     from image_enhancer.weights.store import ModelStore
 
@@ -182,6 +183,8 @@ def prepare_ours(model: str, image: np.ndarray, threads: int, runtime: str = "au
     def run() -> np.ndarray:
         return enhancer.enhance(image, options)
 
+    choice = enhancer.job_choice(*image.shape[:2], options)
+    run.runs = f"{runtimes.get(choice.runtime).display_name} {choice.precision}"  # the table names it
     return run
 
 
@@ -218,7 +221,8 @@ def child(variant: str, model: str, size: int, repeat: int, threads: int, output
         result = run()
         times.append(time.perf_counter() - start)
     np.save(output, result)
-    print(json.dumps({"load": load, "time": min(times), "peak": peak_rss()}))
+    runs = getattr(run, "runs", "")  # what ours chose
+    print(json.dumps({"load": load, "time": min(times), "peak": peak_rss(), "runs": runs}))
 
 
 def peak_rss() -> int:
@@ -299,7 +303,8 @@ def main() -> None:
                 ratio = f"{r['time'] / ours['time']:.2f}×" if "time" in ours else "–"
                 diff = (f"{levels_apart(r['output'], results['pytorch']['output'])}"
                         if "output" in results.get("pytorch", {}) else "–")
-                print(f"| {variant} | {out_mp / r['time']:.3f} | {r['time']:.2f} s | {r['load']:.1f} s "
+                name = f"{variant} ({r['runs']})" if r.get("runs") else variant
+                print(f"| {name} | {out_mp / r['time']:.3f} | {r['time']:.2f} s | {r['load']:.1f} s "
                       f"| {r['peak'] / 2**30:.2f} GB | {ratio} | {diff} |", flush=True)
 
 
