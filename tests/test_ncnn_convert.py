@@ -136,8 +136,8 @@ def test_our_exported_compact_graph_reads_back_to_the_same_tensors(scale):
     network = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
     state = {k: v.clone() for k, v in network.state_dict().items()}
     hyperparameters = {"scale": scale, "num_conv": 2}
-    ((text, data, halo),) = export.export(state, "SRVGGNetCompact", hyperparameters)
-    assert halo == 0
+    ((text, data, stage),) = export.export(state, "SRVGGNetCompact", hyperparameters)
+    assert stage.halo == 0
     back = ncnn.convert(text, data)
     assert list(back) == list(state)
     for key, tensor in state.items():

@@ -59,7 +59,6 @@ def with_graphs() -> list[Architecture]:
     return [architecture for architecture in ALL if architecture.graph is not None]
 
 
-
 def stages(module: nn.Module, architecture: str) -> list[Part]:
     """The network as the chain of stages its architecture splits it into (RRDBNet: its body, then its
     tail in strips); any other network whole."""

@@ -90,7 +90,10 @@ class Graph:
 @dataclass(frozen=True)
 class GraphStage:
     """One network of a model's chain. ``halo`` > 0: it works at the output resolution and may run on
-    strips of rows with that many rows of context each side (``runtimes/common.py``)."""
+    strips of rows with that many rows of context each side (``runtimes/common.py``). ``checkpoints``:
+    values, in execution order, a runtime that runs the stage in one call may compute one after another,
+    looking at its job between them (progress, cancel): x4plus's body runs for seconds in one call."""
 
     graph: Graph
     halo: int = 0
+    checkpoints: tuple[str, ...] = ()

@@ -154,7 +154,8 @@ def _reduced_precision_stages(module: torch.nn.Module) -> list[Part | Sum[Part]]
 
 
 def graph(hp: dict[str, Any]) -> list[g.GraphStage]:
-    """Two stages: the body at the input's resolution, then the ×4 upsampling tail (in strips of rows)."""
+    """Two stages: the body at the input's resolution (each block's output a checkpoint), then the ×4
+    upsampling tail (in strips of rows)."""
     body = g.Graph()
     x = body.input()
     unshuffle = {4: 1, 2: 2, 1: 4}[hp["scale"]]
@@ -162,6 +163,7 @@ def graph(hp: dict[str, Any]) -> list[g.GraphStage]:
         x = body.pixel_unshuffle(x, unshuffle)
     feat = body.conv("conv_first", x)
     trunk = feat
+    block_outputs = []
     for b in range(hp["num_block"]):
         block_in = trunk
         for r in (1, 2, 3):
@@ -172,6 +174,7 @@ def graph(hp: dict[str, Any]) -> list[g.GraphStage]:
             x5 = body.conv(f"body.{b}.rdb{r}.conv5", body.concat(*dense))
             trunk = body.weighted_sum((x5, rdb_in), RESIDUAL)
         trunk = body.weighted_sum((trunk, block_in), RESIDUAL)
+        block_outputs.append(trunk)
     body.add(feat, body.conv("conv_body", trunk))
 
     tail = g.Graph()
@@ -179,7 +182,8 @@ def graph(hp: dict[str, Any]) -> list[g.GraphStage]:
     for up in ("conv_up1", "conv_up2"):
         feat = tail.conv(up, tail.upsample(feat, 2), LEAKY_SLOPE)
     tail.conv("conv_last", tail.conv("conv_hr", feat, LEAKY_SLOPE))
-    return [g.GraphStage(body), g.GraphStage(tail, TAIL_HALO)]
+    # Every block's output a checkpoint: x4plus's 23 blocks take about 0.4 s each for a 256² window.
+    return [g.GraphStage(body, checkpoints=tuple(block_outputs)), g.GraphStage(tail, TAIL_HALO)]
 
 
 def read_graph(ops: Sequence[g.Op]) -> dict[str, Any] | None:

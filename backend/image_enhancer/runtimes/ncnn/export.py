@@ -31,7 +31,7 @@ from image_enhancer.weights.integrity import write_atomically
 
 INPUT, OUTPUT = "in0", "out0"
 #: Bumped whenever the written graph changes, so cached files of an older layout are not reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 
 
 @dataclass
@@ -107,11 +107,13 @@ def _fp32(tensor: Tensor) -> bytes:
 @dataclass(frozen=True)
 class Stage:
     """One ncnn network of a model's chain. ``halo`` > 0: the stage may run on strips of rows with
-    that many rows of context each side (and must, for memory: it works at the output resolution)."""
+    that many rows of context each side (and must, for memory: it works at the output resolution).
+    ``checkpoints``: blobs extracted one after another before the output (``GraphStage.checkpoints``)."""
 
     param: Path
     weights: Path
     halo: int
+    checkpoints: tuple[str, ...] = ()
 
 
 def supports(architecture: str) -> bool:
@@ -120,20 +122,20 @@ def supports(architecture: str) -> bool:
 
 def export(
     state: dict[str, Tensor], architecture: str, hyperparameters: dict
-) -> list[tuple[str, bytes, int]]:
-    """The stages of a known architecture's ncnn graph: `.param` text, `.bin` bytes and halo each."""
+) -> list[tuple[str, bytes, g.GraphStage]]:
+    """The stages of a known architecture's ncnn graph: `.param` text, `.bin` bytes and the stage each."""
     graph = architectures.get(architecture).graph
     if graph is None:
         raise UnsupportedGraphError(f"no ncnn graph for {architecture}; it runs on the PyTorch runtime")
     try:
-        stages = [(_layers(stage.graph, state), stage.halo) for stage in graph(hyperparameters)]
+        stages = [(_layers(stage.graph, state), stage) for stage in graph(hyperparameters)]
     except KeyError as missing:
         # The graphs read Real-ESRGAN's canonical names; a module keeping its weights under other
         # names is run by PyTorch instead.
         raise UnsupportedGraphError(
             f"the {architecture} state dict has no {missing}; the ncnn graph needs Real-ESRGAN's names"
         ) from None
-    return [(*text_and_weights(layers), halo) for layers, halo in stages]
+    return [(*text_and_weights(layers), stage) for layers, stage in stages]
 
 
 def state_digest(state: dict[str, Tensor]) -> str:
@@ -149,16 +151,18 @@ def cached_export(
     if not supports(architecture):
         raise UnsupportedGraphError(f"no ncnn graph for {architecture}; it runs on the PyTorch runtime")
     digest = state_digest(state)
-    index = Path(cache_dir) / f"{digest}.stages"  # written last: its presence means all stages are there
+    # One line per stage: its halo, then its checkpoints. Written last: its presence means all are there.
+    index = Path(cache_dir) / f"{digest}.stages"
     if not index.is_file():
-        halos = []
-        for number, (text, data, halo) in enumerate(export(state, architecture, hyperparameters)):
+        lines = []
+        for number, (text, data, stage) in enumerate(export(state, architecture, hyperparameters)):
             write_atomically(Path(cache_dir) / f"{digest}.{number}.bin", data)
             write_atomically(Path(cache_dir) / f"{digest}.{number}.param", text.encode("ascii"))
-            halos.append(str(halo))
-        write_atomically(index, (" ".join(halos) + "\n").encode("ascii"))
-    halos = [int(h) for h in index.read_text(encoding="ascii").split()]
-    return [
-        Stage(Path(cache_dir) / f"{digest}.{n}.param", Path(cache_dir) / f"{digest}.{n}.bin", halo)
-        for n, halo in enumerate(halos)
-    ]
+            lines.append(" ".join([str(stage.halo), *stage.checkpoints]))
+        write_atomically(index, "".join(f"{line}\n" for line in lines).encode("ascii"))
+    stages = []
+    for n, line in enumerate(index.read_text(encoding="ascii").splitlines()):
+        halo, *checkpoints = line.split()
+        param, weights = Path(cache_dir) / f"{digest}.{n}.param", Path(cache_dir) / f"{digest}.{n}.bin"
+        stages.append(Stage(param, weights, int(halo), tuple(checkpoints)))
+    return stages

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_enhancer.engine import watch
 from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
 from image_enhancer.runtimes.memory import memory_budget, stage_bytes_per_pixel
@@ -115,6 +116,7 @@ class NcnnRunner:
             self._stage_estimates[-1] * RUNTIME.memory_factor_strip * strip_pixels * in_strips
         )
         self._lock = threading.Lock()
+        self._tile = (0, 1)  # the tile of the current call being run, and the call's tiles
 
     def _load(self, precision: str) -> list[object]:
         options = ncnn_options(self._ncnn, self.vulkan, precision, self._threads)
@@ -148,8 +150,10 @@ class NcnnRunner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""
         outputs = []
+        tiles = batch.detach().to("cpu", torch.float32).numpy()
         with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
-            for tile in batch.detach().to("cpu", torch.float32).numpy():
+            for index, tile in enumerate(tiles):
+                self._tile = (index, len(tiles))
                 outputs.append(torch.from_numpy(self._rerun(partial(self._chain, values=tile))))
             for pool in self._pools:
                 pool.clear()
@@ -164,18 +168,34 @@ class NcnnRunner:
         if precision not in self._nets:
             self._nets[precision] = self._load(precision)
         nets = self._nets[precision]
-        stages = [(partial(self._run, net), s.halo) for net, s in zip(nets, self.stages, strict=True)]
+        stages = [
+            (partial(self._run, net, s.checkpoints), s.halo) for net, s in zip(nets, self.stages, strict=True)
+        ]
         return run_stages(stages, values, self.strip_pixels)
 
-    def _run(self, net: object, values: np.ndarray) -> np.ndarray:
+    def _run(self, net: object, checkpoints: tuple[str, ...], values: np.ndarray) -> np.ndarray:
         # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
         values = np.ascontiguousarray(values, dtype=np.float32)
         extractor = net.create_extractor()
         extractor.input(INPUT, self._ncnn.Mat(values))
+        # The stage's checkpoints first, one after another: ncnn cannot be stopped inside an extraction,
+        # so between them the job is told how far this call is and stops when cancelled. Each is taken
+        # as ncnn holds it (type 1: not unpacked), and dropped at once.
+        job = watch.current()
+        for done, blob in enumerate(checkpoints):
+            if job is not None:
+                job.check()
+                index, tiles = self._tile
+                job.part_done((index + done / len(checkpoints)) / tiles)
+            self._checked(extractor.extract(blob, 1)[0])
         status, output = extractor.extract(OUTPUT)
+        self._checked(status)
+        return np.array(output)
+
+    @staticmethod
+    def _checked(status: int) -> None:
         if status != 0:
             # ncnn reports a failed allocation as -100; anything else is a broken graph.
             if status == -100:
                 raise MemoryError("ncnn ran out of memory for a tile")
             raise RuntimeError(f"ncnn failed on a tile (status {status})")
-        return np.array(output)
