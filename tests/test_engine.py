@@ -25,6 +25,7 @@ from image_enhancer.engine.enhancer import (
 from image_enhancer.engine.pixels import PixelFormatError
 from image_enhancer.engine.tiling import PARTS_PER_TILE, Tiler, TileSettings
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
+from image_enhancer.runtimes.common import Fp32Rerun
 from image_enhancer.runtimes.memory import (
     DEFAULT_MEMORY_LIMIT,
     MEMORY_LIMIT_ENV,
@@ -332,6 +333,21 @@ def test_reduced_precision_batches_with_nan_or_inf_are_rerun_in_fp32():
     output = runner(batch)
     assert output.dtype == torch.float32 and runner.fallbacks == 1
     torch.testing.assert_close(output, batch)
+
+
+def test_only_a_precision_narrower_than_fp32_is_checked_for_overflow():
+    """fp16 overflows where fp32 does not; bf16 has fp32's range (the same exponent), so a bf16 result
+    is not searched for NaN and Inf on every job."""
+    ran: list[object] = []
+
+    def run(precision: object) -> torch.Tensor:
+        ran.append(precision)
+        return torch.full((2,), float("nan") if precision != torch.float32 else 0.0)
+
+    for narrow, checked in ((torch.float16, True), ("fp16-storage", True), (torch.bfloat16, False)):
+        ran.clear()
+        Fp32Rerun(narrow, torch.float32)(run)
+        assert ran == ([narrow, torch.float32] if checked else [narrow])
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,10 @@ def test_from_tensor_rounds_and_clamps_integers():
     tensor = torch.tensor([[[0.0, 0.5 / 255, 0.6 / 255, 1.2, -0.3]]])
     assert pixels.from_tensor(tensor, np.uint8).flatten().tolist() == [0, 0, 1, 255, 0]
     assert pixels.from_tensor(tensor, np.uint16).flatten().tolist() == [0, 128, 154, 65535, 0]
+    assert tensor.flatten().tolist()[3:] == pytest.approx([1.2, -0.3])  # left as it was
+    # A tensor given as scratch converts alike, without a float copy: it is overwritten instead.
+    assert pixels.from_tensor(tensor, np.uint8, scratch=True).flatten().tolist() == [0, 0, 1, 255, 0]
+    assert tensor.flatten().tolist()[3:] == [255.0, 0.0]
 
 
 def test_two_dimensional_arrays_are_gray():

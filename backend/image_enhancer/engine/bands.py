@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 #: Receives final rows: ``sink(top, rows)`` with ``rows`` a float32 ``(C, n, W)`` CPU tensor for output
-#: rows ``[top, top + n)``; called in order, every row exactly once.
+#: rows ``[top, top + n)``; called in order, every row exactly once. The rows are let go after: the
+#: sink may change them in place.
 RowSink = Callable[[int, torch.Tensor], None]
 
 

@@ -303,7 +303,7 @@ class Enhancer:
                 values = colour.apply_levels(values, levels, options.auto_contrast)
             if options.linear:
                 values = pixels.srgb_to_linear(values)
-            samples = pixels.from_tensor(values, dtype)
+            samples = pixels.from_tensor(values, dtype, scratch=True)  # the band's rows are let go after
             if shape[2] == channels:  # no alpha: the converted colour is the band, not copied again
                 rows.write(samples)
                 return

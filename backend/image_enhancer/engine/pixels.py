@@ -118,12 +118,13 @@ def split_range(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None
     return inside, tensor - inside
 
 
-def from_tensor(tensor: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
+def from_tensor(tensor: torch.Tensor, dtype: np.dtype | type, scratch: bool = False) -> np.ndarray:
     """float32 ``(C, H, W)`` tensor → ``H×W×C`` array of ``dtype`` (uint8, uint16 or float32).
 
     Integer types are clamped to ``[0, 1]`` and rounded to the nearest step, so 16-bit results keep their
     full precision. Float results keep their values as they are, also outside ``[0, 1]``: what the range is
     for float is the caller's decision (the engine clamps what the network made and nothing else).
+    ``scratch``: the tensor may be overwritten, which saves a float copy of it (a band of a ×4 result).
     """
     dtype = np.dtype(dtype)
     if dtype.newbyteorder("=") not in {d.newbyteorder("=") for d in SAMPLE_DTYPES.values()}:
@@ -135,7 +136,7 @@ def from_tensor(tensor: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
     if maximum is None:
         # One pass from the channels-first floats to the interleaved result, without a float copy between.
         return values.permute(1, 2, 0).numpy().astype(dtype.newbyteorder("="), order="C")
-    values = values.clamp(0.0, 1.0).mul_(maximum).round_()
+    values = (values.clamp_(0.0, 1.0) if scratch else values.clamp(0.0, 1.0)).mul_(maximum).round_()
     # PyTorch converts and interleaves in one pass too, about a fifth faster than NumPy's astype.
     integer = torch.uint8 if maximum == 255 else torch.uint16
     return values.permute(1, 2, 0).to(integer, memory_format=torch.contiguous_format).numpy()
