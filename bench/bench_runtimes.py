@@ -276,9 +276,12 @@ def main() -> None:
         child(variant, model, int(size), int(repeat), int(threads), Path(output))
         return
 
-    # ncnn's OpenMP threads spin between layers by default; our engine makes them sleep (see
-    # runtimes/ncnn/runner.py), and the ncnn peer gets the same setting so the comparison is of the work.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's threads spin between parallel regions by default; our command line makes them sleep
+    # (``image_enhancer.let_openmp_threads_sleep``), and every variant here, the peers included, gets
+    # the same setting, so the comparison is of the work.
+    from image_enhancer import let_openmp_threads_sleep
+
+    let_openmp_threads_sleep()
     from image_enhancer.engine.devices import choose_device
     from image_enhancer.runtimes.cpu import cpu_features, cpu_name
 

@@ -9,7 +9,6 @@ so every model and every strength runs here; the engine keeps tiling, alpha and 
 
 from __future__ import annotations
 
-import os
 import threading
 from functools import cache, partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_enhancer import let_openmp_threads_sleep
 from image_enhancer.engine import watch
 from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
@@ -35,13 +35,9 @@ VULKAN_BUDGET_SHARE = 0.6
 
 @cache
 def ncnn_module() -> ModuleType | None:
-    """The ncnn module, or None when it cannot be imported on this platform.
-
-    ncnn's OpenMP threads spin for a while after each layer; on a machine shared with GIMP and other
-    work that spinning starves the threads that have work (measured 5–10× slower runs on 2 busy
-    cores), so they sleep instead unless the user chose otherwise.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """The ncnn module, or None when it cannot be imported on this platform. Its OpenMP threads sleep
+    between layers (``let_openmp_threads_sleep``): spinning, they starve the threads that have work."""
+    let_openmp_threads_sleep()
     try:
         import ncnn
     except ImportError:
