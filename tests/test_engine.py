@@ -435,31 +435,3 @@ def test_cpu_memory_budget_counts_freed_memory_as_free(monkeypatch):
     finally:
         libc.free(pin)
     assert abs(after - before) < 64 << 20, (before >> 20, after >> 20)
-
-
-@pytest.mark.parametrize("runtime", ["openvino", "ncnn"])
-def test_a_job_is_planned_as_the_one_before_it_that_left_its_working_memory_held(
-    runtime, model_store, tmp_path, monkeypatch
-):
-    """OpenVINO keeps a compiled network's working memory between jobs, ncnn its pools. The next job
-    reuses it (or frees it before taking another shape), so a job planned as one window under a tight
-    memory limit is planned as one window again after it ran, not as several (each compiled anew)."""
-    side = 512
-    image = np.asarray(np.random.default_rng(2).integers(0, 256, (side, side, 3)), dtype=np.uint8)
-    options = EnhanceOptions(model="ie-compact-x4-psnr")
-    engine = Enhancer(model_store, device="cpu", runtime=runtime, precision="fp32", runtime_cache=tmp_path)
-    engine.enhance(image[:16, :16], options)  # loaded and converted, as the server's warm-up does
-
-    def one_window(limit: int) -> bool:
-        monkeypatch.setenv(MEMORY_LIMIT_ENV, str(limit))
-        return engine.tile_settings(side, side, options).tile >= side
-
-    low, high = resident_bytes(), resident_bytes() + (4 << 30)  # the least limit for one window, to 4 MB
-    assert one_window(high)
-    while high - low > 4 << 20:
-        middle = (low + high) // 2
-        low, high = (low, middle) if one_window(middle) else (middle, high)
-    limit = high + (40 << 20)
-    assert one_window(limit)
-    engine.enhance(image, options)
-    assert one_window(limit)

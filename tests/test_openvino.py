@@ -20,6 +20,7 @@ from image_enhancer.architectures.base import Part, Sum
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.models.descriptor import LoadedModel, ModelDescriptor
 from image_enhancer.runtimes.cpu import native_bf16
+from image_enhancer.runtimes.memory import MEMORY_LIMIT_ENV, resident_bytes
 from image_enhancer.runtimes.openvino import cpu_precision
 from image_enhancer.runtimes.openvino import export as openvino_export
 from image_enhancer.runtimes.openvino.runner import OpenVinoRunner
@@ -241,3 +242,30 @@ def test_a_graph_openvino_cannot_run_goes_to_pytorch(tmp_path):
         engine.enhance(image, EnhanceOptions(model="tiny")),
         reference.enhance(image, EnhanceOptions(model="tiny")),
     )
+
+
+def test_a_job_is_planned_as_the_one_before_it_that_left_its_network_compiled(
+    model_store, tmp_path, monkeypatch
+):
+    """OpenVINO keeps a compiled network's working memory between jobs. The next job reuses it (or
+    frees it before compiling another shape), so a job planned as one window under a tight memory limit
+    is planned as one window again after it ran, not as several (each compiled anew)."""
+    side = 512
+    image = np.asarray(np.random.default_rng(2).integers(0, 256, (side, side, 3)), dtype=np.uint8)
+    options = EnhanceOptions(model="ie-compact-x4-psnr")
+    engine = Enhancer(model_store, device="cpu", runtime="openvino", precision="fp32", runtime_cache=tmp_path)
+    engine.enhance(image[:16, :16], options)  # loaded and converted, as the server's warm-up does
+
+    def one_window(limit: int) -> bool:
+        monkeypatch.setenv(MEMORY_LIMIT_ENV, str(limit))
+        return engine.tile_settings(side, side, options).tile >= side
+
+    low, high = resident_bytes(), resident_bytes() + (4 << 30)  # the least limit for one window, to 4 MB
+    assert one_window(high)
+    while high - low > 4 << 20:
+        middle = (low + high) // 2
+        low, high = (low, middle) if one_window(middle) else (middle, high)
+    limit = high + (40 << 20)
+    assert one_window(limit)
+    engine.enhance(image, options)
+    assert one_window(limit)

@@ -22,7 +22,7 @@ from image_enhancer import let_openmp_threads_sleep
 from image_enhancer.engine import watch
 from image_enhancer.models.registry import stored_state_dict
 from image_enhancer.runtimes.common import STRIP_PIXELS, Fp32Rerun, as_batch, run_stages
-from image_enhancer.runtimes.memory import memory_budget, resident_bytes, stage_bytes_per_pixel
+from image_enhancer.runtimes.memory import memory_budget, stage_bytes_per_pixel
 from image_enhancer.runtimes.ncnn.export import INPUT, OUTPUT, cached_export
 
 if TYPE_CHECKING:
@@ -96,12 +96,9 @@ class NcnnRunner:
         self._threads = threads or torch.get_num_threads()
         # Our own pools instead of the net's default one: a pool that hands out any cached block at
         # least half the requested size (not three quarters) keeps fewer blocks of near-equal sizes,
-        # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256². Kept from one
-        # batch to the next of the same shape (freed and taken again, a 256² compact job took 5 % longer)
-        # and counted as reusable in the memory budget; cleared when the shape changes.
+        # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256²; cleared after each
+        # batch, so an idle server does not hold a tile's worth of memory.
         self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
-        self._pooled_shape: tuple[int, ...] | None = None
-        self._held = 0  # what the pools hold between batches, measured on the first of their shape
         for pool in self._pools:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
         self._nets = {precision: self._load(precision)}  # fp32's are added when a tile is rerun
@@ -140,7 +137,7 @@ class NcnnRunner:
 
     def memory_budget(self) -> int:
         if self.vulkan is None:
-            budget = memory_budget(torch.device("cpu"), reusable=self._held)
+            budget = memory_budget(torch.device("cpu"))
         else:
             heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
             budget = int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)
@@ -151,23 +148,12 @@ class NcnnRunner:
         outputs = []
         tiles = batch.detach().to("cpu", torch.float32).numpy()
         with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
-            first = tiles.shape != self._pooled_shape
-            if first:
-                self._clear_pools()
-                before = resident_bytes()
             for index, tile in enumerate(tiles):
                 self._tile = (index, len(tiles))
                 outputs.append(torch.from_numpy(self._rerun(partial(self._chain, values=tile))))
-            if first:  # what the pools took, less our outputs, stays held for the next batch
-                grown = resident_bytes() - before - sum(output.numel() * 4 for output in outputs)
-                window = self.bytes_per_pixel() * tiles.shape[-2] * tiles.shape[-1] + self.strip_bytes
-                self._pooled_shape, self._held = tiles.shape, int(min(max(grown, 0), window))
+            for pool in self._pools:
+                pool.clear()
         return as_batch(outputs)
-
-    def _clear_pools(self) -> None:
-        for pool in self._pools:
-            pool.clear()
-        self._pooled_shape, self._held = None, 0
 
     @property
     def fallbacks(self) -> int:
