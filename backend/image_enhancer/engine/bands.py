@@ -45,7 +45,11 @@ class ArrayRows:
 
     def write(self, band: np.ndarray) -> None:
         assert self.array is not None
-        self.array[self._top : self._top + band.shape[0]] = band
+        whole = band.shape == self.array.shape and band.dtype == self.array.dtype
+        if whole and band.flags.c_contiguous and band.flags.writeable:
+            self.array = band  # one band is the whole result: taken as it is, not copied
+        else:
+            self.array[self._top : self._top + band.shape[0]] = band
         self._top += band.shape[0]
 
 

@@ -274,6 +274,7 @@ class RuntimeTable:
         self.path = path or user_home() / TABLE_FILE
         self._lock = threading.Lock()
         self._not_kept: dict[str, list[Timing]] = {}
+        self._parsed: tuple[tuple[int, int, int], dict] | None = None
 
     def get(self, key: str) -> list[Timing] | None:
         entry = self._read().get(key)
@@ -320,10 +321,17 @@ class RuntimeTable:
         return known
 
     def _read(self) -> dict:
-        if not self.path.is_file():
-            return {}
+        """The table as the file holds it now (a copy: ``put`` adds to it); parsed again only when the
+        file changed, which every job would otherwise pay for."""
         try:
-            table = load_json(self.path, TABLE_MAX_BYTES)
-        except (JsonFileError, OSError):
-            return {}  # damaged: measured again and rewritten
-        return table if isinstance(table, dict) else {}
+            stat = self.path.stat()
+        except OSError:
+            return {}
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rewrite replaces the file
+        if self._parsed is None or self._parsed[0] != stamp:
+            try:
+                table = load_json(self.path, TABLE_MAX_BYTES)
+            except (JsonFileError, OSError):
+                return {}  # damaged: measured again and rewritten
+            self._parsed = (stamp, table if isinstance(table, dict) else {})
+        return dict(self._parsed[1])

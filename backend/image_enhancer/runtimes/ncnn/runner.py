@@ -173,20 +173,25 @@ class NcnnRunner:
         # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
         values = np.ascontiguousarray(values, dtype=np.float32)
         extractor = net.create_extractor()
-        extractor.input(INPUT, self._ncnn.Mat(values))
-        # The stage's checkpoints first, one after another: ncnn cannot be stopped inside an extraction,
-        # so between them the job is told how far this call is and stops when cancelled. Each is taken
-        # as ncnn holds it (type 1: not unpacked), and dropped at once.
-        job = watch.current()
-        for done, blob in enumerate(checkpoints):
-            if job is not None:
-                job.check()
-                index, tiles = self._tile
-                job.part_done((index + done / len(checkpoints)) / tiles)
-            self._checked(extractor.extract(blob, 1)[0])
-        status, output = extractor.extract(OUTPUT)
-        self._checked(status)
-        return np.array(output)
+        try:
+            extractor.input(INPUT, self._ncnn.Mat(values))
+            # The stage's checkpoints first, one after another: ncnn cannot be stopped inside an
+            # extraction, so between them the job is told how far this call is and stops when cancelled.
+            # Each is taken as ncnn holds it (type 1: not unpacked), and dropped at once.
+            job = watch.current()
+            for done, blob in enumerate(checkpoints):
+                if job is not None:
+                    job.check()
+                    index, tiles = self._tile
+                    job.part_done((index + done / len(checkpoints)) / tiles)
+                self._checked(extractor.extract(blob, 1)[0])
+            status, output = extractor.extract(OUTPUT)
+            self._checked(status)
+            return np.array(output)
+        finally:
+            # The blobs go back to the pools now: a stopped extraction's traceback would otherwise hold
+            # them, maybe beyond the pools themselves (ncnn then reports a pool destroyed in use).
+            extractor.clear()
 
     @staticmethod
     def _checked(status: int) -> None:

@@ -111,6 +111,11 @@ def _nncf_version() -> str:
         return "missing"
 
 
+#: Records read, per record file: written once and never changed (the key names everything they
+#: depend on), so every job need not parse one again.
+_records: dict[Path, Int8Record] = {}
+
+
 def cached(key: str, cache_dir: Path) -> tuple[Path, Int8Record] | None:
     """The int8 model's path and record when the weights of ``key`` (``cache_key``) were quantized before."""
     from image_enhancer.safe_json import load_json
@@ -118,8 +123,9 @@ def cached(key: str, cache_dir: Path) -> tuple[Path, Int8Record] | None:
     record_path = Path(cache_dir) / f"{key}.json"
     if not record_path.is_file():
         return None
-    record = Int8Record(**load_json(record_path, max_bytes=4096))
-    return record_path.with_suffix(".xml"), record
+    if record_path not in _records:
+        _records[record_path] = Int8Record(**load_json(record_path, max_bytes=4096))
+    return record_path.with_suffix(".xml"), _records[record_path]
 
 
 def quantize(loaded: LoadedModel, fp32_model: ov.Model, cache_dir: Path) -> tuple[Path, Int8Record]:
