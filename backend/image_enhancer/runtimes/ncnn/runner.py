@@ -103,16 +103,16 @@ class NcnnRunner:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
         self._nets = {precision: self._load(precision)}  # fp32's are added when a tile is rerun
         self._rerun = Fp32Rerun(precision, "fp32")
-        self._stage_estimates = stage_bytes_per_pixel(loaded)
         from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
 
-        #: Working memory a strip of a later stage takes whatever the window (kept out of the budget).
-        in_strips = len(self._stage_estimates) > 1
-        self.strip_bytes = int(
-            self._stage_estimates[-1] * RUNTIME.memory_factor_strip * strip_pixels * in_strips
-        )
+        # A window's working memory comes from its first stage; a later stage runs in strips, whose
+        # memory (``strip_bytes``) is the same whatever the window and is kept out of the budget.
+        estimates = stage_bytes_per_pixel(loaded)
+        in_strips = len(estimates) > 1
+        self._per_pixel = RUNTIME.working_memory(estimates[0], in_stages=in_strips)
+        strip = estimates[-1] * RUNTIME.memory_factor_strip * strip_pixels
+        self.strip_bytes = int(strip) if in_strips else 0
         self._lock = threading.Lock()
-        self._tile = (0, 1)  # the tile of the current call being run, and the call's tiles
 
     def _load(self, precision: str) -> list[object]:
         options = ncnn_options(self._ncnn, self.vulkan, precision, self._threads)
@@ -129,11 +129,7 @@ class NcnnRunner:
         return nets
 
     def bytes_per_pixel(self) -> float:
-        """Working memory per pixel of a window: its first stage's, a later stage running in strips
-        (``memory_budget`` keeps a strip's memory aside)."""
-        from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
-
-        return RUNTIME.working_memory(self._stage_estimates[0], in_stages=len(self._stage_estimates) > 1)
+        return self._per_pixel
 
     def memory_budget(self) -> int:
         if self.vulkan is None:
@@ -149,8 +145,8 @@ class NcnnRunner:
         tiles = batch.detach().to("cpu", torch.float32).numpy()
         with self._lock:  # one extraction at a time: ncnn's blob allocators are per net
             for index, tile in enumerate(tiles):
-                self._tile = (index, len(tiles))
-                outputs.append(torch.from_numpy(self._rerun(partial(self._chain, values=tile))))
+                run = partial(self._chain, values=tile, share=(index, len(tiles)))
+                outputs.append(torch.from_numpy(self._rerun(run)))
             for pool in self._pools:
                 pool.clear()
         return as_batch(outputs)
@@ -160,16 +156,20 @@ class NcnnRunner:
         """Tiles rerun in fp32 because fp16 overflowed to Inf/NaN."""
         return self._rerun.fallbacks
 
-    def _chain(self, precision: str, values: np.ndarray) -> np.ndarray:
+    def _chain(self, precision: str, values: np.ndarray, share: tuple[int, int]) -> np.ndarray:
+        """One tile through the chain; ``share``: which tile of the call it is, and of how many."""
         if precision not in self._nets:
             self._nets[precision] = self._load(precision)
         nets = self._nets[precision]
         stages = [
-            (partial(self._run, net, s.checkpoints), s.halo) for net, s in zip(nets, self.stages, strict=True)
+            (partial(self._run, net, s.checkpoints, share), s.halo)
+            for net, s in zip(nets, self.stages, strict=True)
         ]
         return run_stages(stages, values, self.strip_pixels)
 
-    def _run(self, net: object, checkpoints: tuple[str, ...], values: np.ndarray) -> np.ndarray:
+    def _run(
+        self, net: object, checkpoints: tuple[str, ...], share: tuple[int, int], values: np.ndarray
+    ) -> np.ndarray:
         # ncnn's Mat borrows the array's memory: the array must outlive the extraction.
         values = np.ascontiguousarray(values, dtype=np.float32)
         extractor = net.create_extractor()
@@ -182,7 +182,7 @@ class NcnnRunner:
             for done, blob in enumerate(checkpoints):
                 if job is not None:
                     job.check()
-                    index, tiles = self._tile
+                    index, tiles = share
                     job.part_done((index + done / len(checkpoints)) / tiles)
                 self._checked(extractor.extract(blob, 1)[0])
             status, output = extractor.extract(OUTPUT)
