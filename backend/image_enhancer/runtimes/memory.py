@@ -37,7 +37,9 @@ MEMORY_MARGIN = 150_000_000
 MIN_CPU_BUDGET = 256 << 20
 
 
-def memory_budget(device: torch.device, fraction: float = 0.6, reusable: int = 0) -> int:
+def memory_budget(
+    device: torch.device, fraction: float = 0.6, reusable: int = 0, give_back_freed: bool = True
+) -> int:
     """Bytes the network's working memory may use for one batch on ``device``.
 
     CUDA (and ROCm) or XPU: a share of the free memory now. CPU: what the process may still take within
@@ -57,7 +59,8 @@ def memory_budget(device: torch.device, fraction: float = 0.6, reusable: int = 0
         return 2 << 30
     # Freed but still resident memory (glibc keeps it) would make the budget depend on what ran before:
     # the same job planned as one window or as four.
-    return_freed_memory()
+    if give_back_freed:
+        return_freed_memory()
     within_limit = memory_limit() - resident_bytes() + reusable - MEMORY_MARGIN
     return int(max(MIN_CPU_BUDGET, min(available_ram() * fraction + reusable, within_limit)))
 
@@ -165,7 +168,7 @@ def return_freed_memory() -> None:
     """Give memory freed by the C allocator back to the system (glibc keeps it otherwise), so that the
     resident size the memory budget starts from is what is really in use: after the runtimes were
     timed, 0.27 GB of x4plus's freed buffers stayed resident; after one compact-model job at 1024²,
-    60 MB."""
+    60 MB. Not free: the next job's buffers are faulted in again (5 ms of a 70 ms compact job at 256²)."""
     if not sys.platform.startswith("linux"):
         return
     try:

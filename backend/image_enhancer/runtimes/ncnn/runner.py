@@ -131,9 +131,9 @@ class NcnnRunner:
     def bytes_per_pixel(self) -> float:
         return self._per_pixel
 
-    def memory_budget(self) -> int:
+    def memory_budget(self, give_back_freed: bool = True) -> int:
         if self.vulkan is None:
-            budget = memory_budget(torch.device("cpu"))
+            budget = memory_budget(torch.device("cpu"), give_back_freed=give_back_freed)
         else:
             heap_mb = self._ncnn.get_gpu_device(self.vulkan).get_heap_budget()
             budget = int(heap_mb * (1 << 20) * VULKAN_BUDGET_SHARE)

@@ -118,11 +118,12 @@ class OpenVinoRunner:
             return per_pixel * RUNTIME.memory_factor_reduced_chain
         return per_pixel * torch.finfo(self.dtype).bits / 32
 
-    def memory_budget(self) -> int:
+    def memory_budget(self, give_back_freed: bool = True) -> int:
         # What the compiled networks hold is reused, or freed before another shape is compiled: without
         # counting it, a 1024² job planned as one window left 0.43 GB held, the next one was planned as
         # four windows (and compiled again), the one after that as one window again.
-        return memory_budget(torch.device("cpu"), reusable=sum(self._held.values()))
+        held = sum(self._held.values())
+        return memory_budget(torch.device("cpu"), reusable=held, give_back_freed=give_back_freed)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 → ``(N, C', h·s, w·s)`` float32 on the CPU, one tile at a time."""

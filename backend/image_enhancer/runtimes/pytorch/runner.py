@@ -43,8 +43,8 @@ class ModelRunner:
         module = copy.deepcopy(self._source).to(device=self.device, dtype=dtype, memory_format=memory_format)
         return watch.watch_layers(module.eval())
 
-    def memory_budget(self) -> int:
-        return memory_budget(self.device)
+    def memory_budget(self, give_back_freed: bool = True) -> int:
+        return memory_budget(self.device, give_back_freed=give_back_freed)
 
     def bytes_per_pixel(self) -> float:
         """Peak working memory per input pixel at this runner's precision."""
