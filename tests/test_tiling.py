@@ -164,14 +164,45 @@ def test_nearest_neighbour_op_is_reproduced_exactly(tile, pad, batch):
     torch.testing.assert_close(tiler.run(image), nearest_x2(image[None])[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("widen", [False, True])
 @pytest.mark.parametrize("feather", ["linear", "cosine"])
 @pytest.mark.parametrize(("tile", "multiple"), [(16, 1), (24, 4), (32, 1)])
-def test_tiled_equals_untiled_with_enough_context(feather, tile, multiple):
+def test_tiled_equals_untiled_with_enough_context(feather, tile, multiple, widen):
     net = ConvNet(depth=4)
     image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(3))
-    settings = TileSettings(tile=tile, scale=2, overlap=4, pad=4, multiple=multiple, feather=feather)
+    settings = TileSettings(
+        tile=tile, scale=2, overlap=4, pad=4, multiple=multiple, feather=feather, widen=widen
+    )
     expected = untiled(net, image, multiple)
     torch.testing.assert_close(Tiler(net, settings).run(image), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "pad", "multiple"),
+    [(1024, 1024, 664, 18, 1), (768, 768, 680, 18, 1), (512, 512, 232, 32, 1), (300, 1000, 96, 10, 4),
+     (3000, 4000, 384, 18, 1), (500, 500, 152, 32, 1), (40, 900, 16, 2, 1)],
+)  # fmt: skip
+def test_wider_rows_compute_fewer_pixels_in_windows_no_larger(height, width, tile, pad, multiple):
+    """Widened, a plan's windows are no taller and no larger in area than the square ones (the memory
+    they were sized for), all alike (one shape to compile, windows that stack into batches), cover the
+    image, and compute no more pixels: 1024² with room for 700² windows, 3 rows instead of 2×2 squares."""
+
+    def pixels(plan: list) -> int:
+        return sum(t.y.window_size * t.x.window_size for t in plan)
+
+    square = plan_tiles(0, 0, height, width, tile, 8, pad, multiple)
+    wide = plan_tiles(0, 0, height, width, tile, 8, pad, multiple, widen=True)
+    top = -(-pad // multiple) * multiple
+    assert len({(t.y.window_size, t.x.window_size) for t in wide}) == 1
+    assert wide[0].y.window_size <= square[0].y.window_size
+    assert wide[0].y.window_size * wide[0].x.window_size <= (tile + 2 * top) ** 2
+    assert pixels(wide) <= pixels(square)
+    covered = torch.zeros(height, width, dtype=torch.int32)
+    for t in wide:
+        covered[t.y.core_start : t.y.core_end, t.x.core_start : t.x.core_end] = 1
+    assert bool(covered.all())
+    if (height, width, tile) == (1024, 1024, 664):
+        assert (len(wide), len(square)) == (3, 4) and pixels(wide) < 0.97 * pixels(square)
 
 
 def test_batches_are_sent_a_few_tiles_at_a_time():
@@ -227,11 +258,12 @@ class OutOfMemoryAbove:
         return nearest_x2(batch)
 
 
+@pytest.mark.parametrize("widen", [False, True])
 @pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError, MemoryError])
-def test_out_of_memory_halves_the_tile_and_finishes(error):
+def test_out_of_memory_halves_the_tile_and_finishes(error, widen):
     image = torch.rand(3, 70, 70, generator=torch.Generator().manual_seed(5))
     op = OutOfMemoryAbove(max_pixels=40 * 40, error=error)
-    tiler = Tiler(op, TileSettings(tile=64, scale=2, overlap=4, pad=2, batch_size=4))
+    tiler = Tiler(op, TileSettings(tile=64, scale=2, overlap=4, pad=2, batch_size=4, widen=widen))
     result = tiler.run(image)
     torch.testing.assert_close(result, nearest_x2(image[None])[0], atol=1e-6, rtol=0)
     assert 2 <= op.failures <= 4  # batches split, then the tile; later tiles start small, not failing
@@ -276,12 +308,13 @@ def test_auto_tile_grows_with_the_budget_and_is_bounded():
     assert auto_tile(1, bytes_per_pixel=4096, pad=10) == 16
 
 
+@pytest.mark.parametrize("widen", [False, True])
 @pytest.mark.parametrize("size", [None, (90, 52)])
-def test_rows_handed_on_in_bands_equal_the_whole_canvas(size):
+def test_rows_handed_on_in_bands_equal_the_whole_canvas(size, widen):
     """With a sink the result arrives in bands of final rows, in order, each row once, equal to the
     canvas built whole; the float canvas held at any time is a few rows of tiles, not the image."""
     image = torch.rand(3, 70, 40)
-    settings = TileSettings(tile=16, scale=2, overlap=4, pad=2, batch_size=2)
+    settings = TileSettings(tile=20, scale=2, overlap=4, pad=2, batch_size=2, widen=widen)  # 15 tiles, or 10
     whole = Tiler(nearest_x2, settings).run(image, size=size)
     pieces: list[tuple[int, torch.Tensor]] = []
     tiler = Tiler(nearest_x2, settings)

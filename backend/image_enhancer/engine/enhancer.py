@@ -29,13 +29,13 @@ from image_enhancer.engine.bands import ArrayRows, ResultRows, RowSink
 from image_enhancer.engine.devices import choose_device
 from image_enhancer.engine.precision import check_precision
 from image_enhancer.engine.tiling import (
+    DEFAULT_OVERLAP,
     Tile,
     TileHook,
     Tiler,
     TileSettings,
     auto_tile,
     context_pad,
-    plan_tiles,
 )
 from image_enhancer.engine.watch import JobCancelled
 from image_enhancer.paths import runtime_cache_dir
@@ -53,8 +53,6 @@ __all__ = ["EnhanceOptions", "Enhancer", "ImageTooLargeError", "JobCancelled", "
 #: Default limits: a 40-megapixel input and a 160-megapixel result (≈1.9 GB as float32 RGB).
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_OUTPUT_PIXELS = 160_000_000
-#: Overlap between neighbouring tile cores, blended with feathered weights, in input pixels.
-DEFAULT_OVERLAP = 8
 #: Input pixels one CPU forward pass should cover for the cores to be used well, and the batch cap.
 CPU_PIXELS_PER_PASS = 65_536
 MAX_BATCH = 8
@@ -362,8 +360,7 @@ class Enhancer:
         The work of a job is close to proportional to it (prepares the model when needed); ``chosen_for``
         as in ``enhance``."""
         s = self.tile_settings(height, width, options, channels, chosen_for)
-        plan = plan_tiles(0, 0, height, width, s.tile, s.overlap, s.pad, s.multiple, s.min_size)
-        return passes * s.scale**2 * sum(t.y.window_size * t.x.window_size for t in plan)
+        return passes * s.scale**2 * sum(t.y.window_size * t.x.window_size for t in s.plan(height, width))
 
     def job_choice(self, height: int, width: int, options: EnhanceOptions) -> runtime_choice.Timing:
         """The runtime and precision a job on a ``height × width`` image runs with (prepares the model;
@@ -519,6 +516,7 @@ class Enhancer:
             multiple=descriptor.size_multiple,
             min_size=descriptor.min_size,
             batch_size=batch,
+            widen=not options.tile,
         )
 
     @staticmethod

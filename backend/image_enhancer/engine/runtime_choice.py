@@ -32,7 +32,7 @@ import torch
 
 from image_enhancer import runtimes
 from image_enhancer.engine.precision import SHIPPED_PHOTOS, Difference, calibration_photo
-from image_enhancer.engine.tiling import auto_tile, context_pad
+from image_enhancer.engine.tiling import DEFAULT_OVERLAP, auto_tile, context_pad, plan_tiles
 from image_enhancer.paths import user_home
 from image_enhancer.runtimes.base import Runner
 from image_enhancer.runtimes.cpu import cpu_features, cpu_name
@@ -102,15 +102,13 @@ class Timing:
 
     def work(self, size: tuple[int, int] | None = None) -> float:
         """The pixels this runtime's windows compute for an image of ``size`` (None: a large one), per
-        pixel of the image: each boundary between tiles costs ``2·pad`` twice over, once per side."""
+        pixel of the image: where two windows meet, each computes the other's context."""
         if self.core <= 0:
             return 1.0
         if size is None:
             return ((self.core + 2 * self.pad) / self.core) ** 2
-        factor = 1.0
-        for length in size:
-            factor *= (length + 2 * self.pad * (math.ceil(length / self.core) - 1)) / length
-        return factor
+        plan = plan_tiles(0, 0, *size, self.core, DEFAULT_OVERLAP, self.pad, widen=True)  # as a job is
+        return sum(t.y.window_size * t.x.window_size for t in plan) / (size[0] * size[1])
 
     def seconds_per_job_pixel(self, size: tuple[int, int] | None = None) -> float:
         """Seconds per pixel of a job on an image of ``size`` (None: a large one), context included."""

@@ -139,12 +139,58 @@ def plan_tiles(
     min_size: int = 1,
     height: int | None = None,
     width: int | None = None,
+    widen: bool = False,
 ) -> list[Tile]:
     """The tiles covering ``[top, bottom) × [left, right)`` of a ``height × width`` image (default: the
-    rectangle reaches its far edges), row by row."""
+    rectangle reaches its far edges), row by row: square cores of at most ``tile``, or with ``widen``,
+    rows of windows no taller than those squares' and no larger in area, as wide as that allows, in
+    as many rows as compute the fewest pixels (``_wider_rows``)."""
     rows = plan_axis(top, bottom, tile, overlap, pad, multiple, min_size, height)
     cols = plan_axis(left, right, tile, overlap, pad, multiple, min_size, width)
+    if widen and len(cols) > 1:
+        rows, cols = _wider_rows(rows, cols, (top, bottom, height), (left, right, width), tile,
+                                 (overlap, pad, multiple, min_size))  # fmt: skip
     return [Tile(y, x) for y in rows for x in cols]
+
+
+def _wider_rows(
+    rows: tuple[Span, ...],
+    cols: tuple[Span, ...],
+    vertical: tuple[int, int, int | None],
+    horizontal: tuple[int, int, int | None],
+    tile: int,
+    rules: tuple[int, int, int, int],
+) -> tuple[tuple[Span, ...], tuple[Span, ...]]:
+    """Of the square plan (``rows`` × ``cols``) and plans of as many rows or a few more, each row's
+    windows as wide as the square window's area allows, the one computing the fewest pixels (then the
+    one with fewest windows). Context is computed twice only where windows meet, so fewer, wider windows
+    waste less: a 1024² image with room for 700² windows takes three full-width rows (1.11× its pixels
+    computed) instead of four squares (1.16×). Rows stay no taller, so a row of windows' share of a
+    result built in bands stays what its memory was sized for."""
+    overlap, pad, multiple, min_size = rules
+    area = (tile + 2 * pad) ** 2
+    top, bottom, height = vertical
+    left, right, width = horizontal
+
+    def pixels(plan: tuple[tuple[Span, ...], tuple[Span, ...]]) -> tuple[int, int]:
+        ys, xs = plan
+        return sum(y.window_size for y in ys) * sum(x.window_size for x in xs), len(ys) * len(xs)
+
+    best = (rows, cols)
+    for count in range(len(rows), len(rows) + 4):
+        row_tile = -(-(bottom - top + (count - 1) * overlap) // count)
+        ys = plan_axis(top, bottom, row_tile, overlap, pad, multiple, min_size, height)
+        if ys[0].window_size > rows[0].window_size:
+            continue
+        col_tile = area // ys[0].window_size - 2 * pad
+        while col_tile >= MIN_TILE:
+            xs = plan_axis(left, right, col_tile, overlap, pad, multiple, min_size, width)
+            if ys[0].window_size * xs[0].window_size <= area:  # within the memory the squares had
+                if pixels((ys, xs)) < pixels(best):
+                    best = (ys, xs)
+                break
+            col_tile -= multiple
+    return best
 
 
 def blend_weights(
@@ -226,12 +272,26 @@ class TileSettings:
     min_size: int = 1
     batch_size: int = 1
     feather: str = "cosine"
+    #: Windows may be wider than ``tile`` (``plan_tiles``): the engine's own tile size bounds their
+    #: memory, which wider, lower rows keep to; a tile size the user chose is kept as it is.
+    widen: bool = False
 
     def __post_init__(self) -> None:
         if self.tile < MIN_TILE:
             raise ValueError(f"tile size must be at least {MIN_TILE} pixels, got {self.tile}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+    def plan(
+        self, height: int, width: int, region: tuple[int, int, int, int] | None = None, tile: int = 0
+    ) -> list[Tile]:
+        """The tiles covering ``region`` (top, left, bottom, right; default: all) of a ``height × width``
+        image, with cores of ``tile`` (default: this plan's; a smaller one, after running out of memory,
+        is kept square: the back-off then knows each core's size from it)."""
+        top, left, bottom, right = region or (0, 0, height, width)
+        widen = self.widen and tile in (0, self.tile)
+        return plan_tiles(top, left, bottom, right, tile or self.tile, self.overlap, self.pad, self.multiple,
+                          self.min_size, height, width, widen)  # fmt: skip
 
 
 class Tiler:
@@ -303,10 +363,7 @@ class Tiler:
     def _plan(
         self, size: tuple[int, int], top: int, left: int, bottom: int, right: int, tile: int
     ) -> list[Tile]:
-        s = self.settings
-        return plan_tiles(
-            top, left, bottom, right, tile, s.overlap, s.pad, s.multiple, s.min_size, size[0], size[1]
-        )
+        return self.settings.plan(*size, (top, left, bottom, right), tile)
 
     def _render(
         self,
@@ -450,6 +507,8 @@ class Tiler:
 
 #: Context a tile gets when the model's descriptor does not say (tile_pad = 0).
 DEFAULT_PAD = 16
+#: Overlap between neighbouring tile cores, blended with feathered weights, in input pixels.
+DEFAULT_OVERLAP = 8
 
 
 def context_pad(descriptor: ModelDescriptor) -> int:
