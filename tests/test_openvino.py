@@ -76,6 +76,18 @@ def test_converted_network_equals_pytorch_and_is_cached_once_per_graph(make, tmp
     assert [graph.stat().st_mtime_ns for graph in graphs] == stamps
 
 
+def test_a_network_run_whole_gives_its_result_channels_last(tmp_path):
+    """As OpenVINO computes its last layers and as a picture interleaves its samples: no reorder there
+    and no transposing copy when the picture is made. A network run in stages keeps its layout."""
+    batch = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
+    for model, channels_last in ((tiny_compact(0), True), (tiny_rrdb(0), False)):
+        got = OpenVinoRunner(model, tmp_path)(batch)
+        with torch.inference_mode():
+            expected = model.module(batch)
+        assert got.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert (got - expected).abs().max() < 1e-4
+
+
 def test_weights_the_converter_folded_into_a_scaling_are_found_with_their_factor(tmp_path):
     """RRDBNet scales each dense block's last conv by 0.2; the converter folds that into the weights,
     so the map records the factor and a swap writes 0.2 × the new weights."""
