@@ -27,7 +27,7 @@ relative to each peer, and each output's largest and mean difference from the pl
 result in 8-bit levels, away from a 16-pixel output border. The first line names the CPU and its
 features (AVX2, AVX-512, VNNI, BF16, AMX): which runtime and precision win depends on them.
 
-    python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (10 min)
+    python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (15 min)
     python bench/bench_runtimes.py --cases realesrgan-x4plus:512:2 --variants pytorch ncnn openvino ours
 """
 
@@ -48,13 +48,16 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "forest_256.png"
-# MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores.
+# MODEL:SIZE[:REPEAT]; one timed run of x4plus at 256² takes 10–30 s per variant on 2 cores. A job of
+# 40–200 ms (256²) is timed more often: a shared machine's noise is larger than the differences.
 DEFAULT_CASES = [
     "realesrgan-x4plus:256:2",
-    "realesr-animevideov3:256:3",
+    "realesr-animevideov3:256:10",
     "realesr-animevideov3:1024:2",
-    "ie-compact-x4-gan:256:3",
+    "ie-compact-x4-gan:256:15",
     "ie-compact-x4-gan:1024:2",
+    "ie-compact-x4-psnr:256:15",
+    "ie-compact-x4-psnr:1024:2",
 ]
 VARIANTS = (
     "pytorch", "ncnn", "openvino", "openvino-fp32",

@@ -158,6 +158,18 @@ def test_the_choice_counts_the_context_of_the_jobs_own_tiles():
     assert Timing("pytorch", "fp32", 1e-6).work((5000, 5000)) == 1.0  # no core known: no context
 
 
+def test_a_fast_network_is_timed_on_the_photo_mirrored_beyond_its_size():
+    """A fast network's cost per pixel grows with the window (PyTorch more than OpenVINO), so it is
+    timed on a window as large as a real job's: the shipped photo with its mirror images around it."""
+    photo = torch.from_numpy(calibration_photo(runtime_choice.PHOTO))
+    grown = runtime_choice._mirrored(photo, runtime_choice.MAX_SIDE)
+    side = photo.shape[-1]
+    assert min(grown.shape[-2:]) >= runtime_choice.MAX_SIDE > side
+    assert torch.equal(grown[..., :side, :side], photo)
+    assert torch.equal(grown[..., :side, side : 2 * side], photo.flip(-1))
+    assert torch.equal(grown[..., side : 2 * side, :side], photo.flip(-2))
+
+
 def test_a_damaged_table_is_measured_again(engine, model_store, monkeypatch):
     monkeypatch.setattr(runtime_choice, "BUSY_SHARE", 1.0)  # kept even if other work runs meanwhile
     engine.runtime_table.path.write_text("{not json" * 10)

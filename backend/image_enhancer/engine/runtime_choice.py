@@ -49,17 +49,22 @@ TABLE_FILE = "runtime_choice.json"
 #: Part of every key: timings measured by an older rule are measured again (4: none kept that were
 #: timed under load; 5: reduced precisions judged on every shipped photo, not the forest alone; 6:
 #: RRDBNet's residual sums kept in fp32 in a reduced precision on OpenVINO; 7: and a sixth of its blocks
-#: at each end in fp32; 8: judged on a soft picture too; 9: ncnn sizes its windows by its first stage).
-TABLE_VERSION = 9
+#: at each end in fp32; 8: judged on a soft picture too; 9: ncnn sizes its windows by its first stage;
+#: 10: timed on windows up to 512², the photo mirrored).
+TABLE_VERSION = 10
 TABLE_MAX_BYTES = 1 << 20
 #: The shipped photo the timing window is cut from (a real photo: reduced precision errs most on real
 #: detail); a reduced precision's difference from fp32 is the worst of windows of every shipped photo.
 PHOTO = "forest_256.png"
 #: The window is sized for a reference run of about REFERENCE_S: large enough that per-call overheads
 #: are small against the work (they favour the runtime with the least of them, which is not the
-#: fastest on the large windows of real jobs), small enough that timing all takes seconds.
-MIN_SIDE, MAX_SIDE = 48, 256
-REFERENCE_S = 0.3
+#: fastest on the large windows of real jobs) and that a fast network's cost per pixel is that of a
+#: real job's window (the compact model on PyTorch: 1.96 µs a pixel at 256², 3.14 at 768², on
+#: OpenVINO 1.64 and 1.80: timed at 256², `--precision fp32` ran a 1024² job on PyTorch in 3.45 s
+#: instead of OpenVINO's 2.11), small enough that timing all takes seconds. The photo is mirrored
+#: beyond its own size.
+MIN_SIDE, MAX_SIDE = 48, 512
+REFERENCE_S = 0.4
 #: The smallest window a reduced precision is judged on: a GAN model's invented detail, which a reduced
 #: precision makes differently, needs room to show (x4plus in bf16 on the soft forest: 0.21 levels off
 #: fp32 at 48², 1.06 at 96², 1.11 at 144²).
@@ -170,7 +175,7 @@ def measure(loaded: LoadedModel, make_runner: RunnerFactory, pad: int, budget: i
     reference_op(small)
     per_pixel = (time.perf_counter() - started) / MIN_SIDE**2
     side = min(MAX_SIDE, max(MIN_SIDE, 16 * round(math.sqrt(REFERENCE_S / max(per_pixel, 1e-12)) / 16)))
-    window = photo[..., :side, :side]
+    window = _mirrored(photo, side)[..., :side, :side].contiguous()
     reference = reference_op(window)
     ops: dict[Candidate, tuple[Runner, Difference]] = {}
     cores: dict[Candidate, int] = {}
@@ -216,6 +221,15 @@ def _judge_on_every_photo(
         outputs = [op(window).cpu().numpy() for window in windows]
         others = [Difference.between(out, fp32) for out, fp32 in zip(outputs, references, strict=True)]
         ops[candidate] = (op, Difference.worst([difference, *others]))
+
+
+def _mirrored(photo: torch.Tensor, side: int) -> torch.Tensor:
+    """``photo`` with mirror images of itself beside and below it until it is ``side`` on each side."""
+    while photo.shape[-1] < side:
+        photo = torch.cat([photo, photo.flip(-1)], dim=-1)
+    while photo.shape[-2] < side:
+        photo = torch.cat([photo, photo.flip(-2)], dim=-2)
+    return photo
 
 
 def _centre(photo: torch.Tensor, side: int) -> torch.Tensor:
