@@ -78,10 +78,11 @@ class RunningServer:
         """True once warm-up is over and health says SERVING."""
         return self.jobs.ready.wait(timeout)
 
-    def stop(self, grace: float = 2.0) -> None:
-        """Refuse new calls, give running ones `grace` seconds, cancel the jobs and end the loop."""
+    def stop(self, grace: float = 2.0) -> bool:
+        """Refuse new calls, give running ones `grace` seconds, cancel the jobs and end the loop; False
+        when the job worker is still busy after that (see ``JobQueue.stop``)."""
         if self._loop.is_closed():
-            return
+            return True
         log.info("stopping: new calls are refused, calls in progress get %g s to finish", grace)
 
         async def shut_down() -> None:
@@ -90,11 +91,12 @@ class RunningServer:
             await self.server.stop(grace)
 
         asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(grace + 30)
-        self.jobs.stop(timeout=grace + 5.0)
+        ended = self.jobs.stop(timeout=grace + 5.0)
         _end_loop(self._loop, self._thread)
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
+        return ended
 
 
 def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:

@@ -133,8 +133,9 @@ class JobQueue:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Cancel whatever is queued or running and end the worker."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel whatever is queued or running and end the worker; False when it is still busy after
+        ``timeout`` (inside a runtime's code that cannot be stopped)."""
         with self._lock:
             self._stopping = True
             jobs = list(self._waiting) + ([self._running] if self._running else [])
@@ -142,6 +143,7 @@ class JobQueue:
         for job in jobs:
             job.cancel()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def reserve(self) -> None:
         """Take a slot for an upload about to start; QueueFullError when none is free."""
