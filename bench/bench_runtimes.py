@@ -27,7 +27,7 @@ relative to each peer, and each output's largest and mean difference from the pl
 result in 8-bit levels, away from a 16-pixel output border. The first line names the CPU and its
 features (AVX2, AVX-512, VNNI, BF16, AMX): which runtime and precision win depends on them.
 
-    python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (15 min)
+    python bench/bench_runtimes.py                   # x4plus 256², compact models 256² and 1024² (20 min)
     python bench/bench_runtimes.py --cases realesrgan-x4plus:512:2 --variants pytorch ncnn openvino ours
 """
 
@@ -53,11 +53,11 @@ PHOTO = REPO / "tests" / "data" / "forest_256.png"
 DEFAULT_CASES = [
     "realesrgan-x4plus:256:2",
     "realesr-animevideov3:256:10",
-    "realesr-animevideov3:1024:2",
+    "realesr-animevideov3:1024:3",
     "ie-compact-x4-gan:256:15",
-    "ie-compact-x4-gan:1024:2",
+    "ie-compact-x4-gan:1024:3",
     "ie-compact-x4-psnr:256:15",
-    "ie-compact-x4-psnr:1024:2",
+    "ie-compact-x4-psnr:1024:3",
 ]
 VARIANTS = (
     "pytorch", "ncnn", "openvino", "openvino-fp32",
