@@ -11,6 +11,8 @@ the only place that converts between the two, so rounding and clamping happen ex
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -100,6 +102,11 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     maximum = _INT_MAX.get(pixels.dtype)
+    if pixels.dtype == np.uint8:  # widened and made channels-first in one pass (a fifth of three passes)
+        with warnings.catch_warnings():  # a read-only array (a request's bytes) is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            planes = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        return planes.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / maximum)
     # numpy does the dtype widening: torch has no arithmetic for uint16.
     array = pixels.astype(np.float32, copy=maximum is None)
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
