@@ -164,7 +164,7 @@ def _wider_rows(
     """Of the square plan (``rows`` × ``cols``) and plans of as many rows or a few more, each row's
     windows as wide as the square window's area allows, the one computing the fewest pixels (then the
     one with fewest windows). Context is computed twice only where windows meet, so fewer, wider windows
-    waste less: a 1024² image with room for 700² windows takes three full-width rows (1.11× its pixels
+    waste less: a 1024² image with room for 700² windows takes three full-width rows (1.12× its pixels
     computed) instead of four squares (1.16×). Rows stay no taller, so a row of windows' share of a
     result built in bands stays what its memory was sized for."""
     overlap, pad, multiple, min_size = rules
