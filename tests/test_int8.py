@@ -11,6 +11,7 @@ import pytest
 
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.engine.precision import calibration_photo
+from image_enhancer.runtimes import cpu
 from image_enhancer.runtimes.cpu import cpu_flags
 from image_enhancer.runtimes.openvino import int8 as openvino_int8
 from image_enhancer.runtimes.openvino.export import networks
@@ -72,6 +73,27 @@ def test_int8_on_request_is_made_once_and_stays_within_the_bound(model_store, in
     again = engine(model_store, int8_cache, "int8")
     assert np.array_equal(again.enhance(photo, options), got)
     assert sorted(p.name for p in (int8_cache / "int8").iterdir()) == files
+
+
+def test_the_int8_network_keeps_its_first_convolution_and_residual_in_float(model_store, int8_cache, photo):
+    import openvino as ov
+
+    engine(model_store, int8_cache, "int8").enhance(photo, EnhanceOptions(model=COMPACT, scale=4))
+    key = openvino_int8.cache_key(model_store.get(COMPACT))
+    path, _record = openvino_int8.cached(key, int8_cache / "int8")
+    operations = list(ov.Core().read_model(path).get_ordered_ops())
+
+    def quantized(operation) -> bool:  # NNCF quantizes an operation's inputs
+        sources = (i.get_source_output().get_node() for i in operation.inputs())
+        return any(source.get_type_name() == "FakeQuantize" for source in sources)
+
+    convolutions = [op for op in operations if op.get_type_name() == "Convolution"]
+    assert not quantized(convolutions[0])
+    assert all(quantized(convolution) for convolution in convolutions[1:-1])
+    # The last one in int8 only where the CPU adds int8 products into 32-bit sums (no saturation).
+    assert quantized(convolutions[-1]) == cpu.native_int8()
+    residual = [op for op in operations if op.get_type_name() == "Add"][-1]
+    assert not quantized(residual)
 
 
 def test_auto_takes_a_made_int8_version_only_where_it_pays(model_store, int8_cache, photo):

@@ -45,11 +45,12 @@ def map_chain(
 
 @dataclass(frozen=True)
 class FloatOperations:
-    """Which operations of an int8 version stay in float: the first and last convolutions (the first
-    sees the picture itself, the last makes the result's sub-pixels) and the operations of these
-    kinds (``graph.py``'s) after the last convolution."""
+    """Which operations of an int8 version stay in float: the first convolution (it sees the picture
+    itself), the last one (it makes the result's sub-pixels), and the operations of these kinds
+    (``graph.py``'s) after the last convolution. The runtime may keep more (``openvino/int8.py``)."""
 
-    first_and_last_convolutions: bool
+    first_convolution: bool
+    last_convolution: bool
     kinds_after_last: tuple[str, ...]
 
 

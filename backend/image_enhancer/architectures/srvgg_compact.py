@@ -58,8 +58,11 @@ ARCHITECTURE = Architecture(
     graph=graph,
     read_graph=read_graph,
     verified_on=frozenset({"openvino"}),
-    # int8 keeps the first convolution (it sees the picture), the last (its channels are the result's
-    # sub-pixels, whose ranges differ: one int8 scale for all cost 5 levels on average) and the
-    # residual path (the input upscaled and added: in int8 the picture itself would be rounded).
-    int8_float=FloatOperations(first_and_last_convolutions=True, kinds_after_last=(g.UPSAMPLE, g.ADD)),
+    # int8 keeps the first convolution (it sees the picture: quantized, 0.1–0.3 levels more on
+    # average) and the residual path (the input upscaled and added: in int8 the picture itself would be
+    # rounded) in float. The last convolution is quantized with a scale per output channel (each a
+    # sub-pixel of its own range): 0.03–0.06 levels more, the network 4–5 % faster (EPYC, 256²).
+    int8_float=FloatOperations(
+        first_convolution=True, last_convolution=False, kinds_after_last=(g.UPSAMPLE, g.ADD)
+    ),
 )

@@ -38,6 +38,12 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_int8() -> bool:
+    """Whether the CPU adds int8 products into 32-bit sums natively (AVX-512 VNNI, AVX-VNNI, AMX)."""
+    flags = cpu_flags() or frozenset()
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
 def native_fp16() -> bool:
     """Whether an ARM CPU has fp16 arithmetic (ARMv8.2 FP16: "fphp" and "asimdhp")."""
     flags = cpu_flags() or frozenset()
