@@ -279,12 +279,12 @@ def main() -> None:
         child(variant, model, int(size), int(repeat), int(threads), Path(output))
         return
 
-    # OpenMP's threads spin between parallel regions by default; our command line makes them sleep
-    # (``image_enhancer.let_openmp_threads_sleep``), and every variant here, the peers included, gets
-    # the same setting, so the comparison is of the work.
-    from image_enhancer import let_openmp_threads_sleep
+    # OpenMP's threads spin between parallel regions by default and NumPy asks for huge pages; our
+    # command line makes the threads sleep and NumPy not ask (``image_enhancer.set_process_defaults``),
+    # and every variant here, the peers included, gets the same settings, so the comparison is of the work.
+    from image_enhancer import set_process_defaults
 
-    let_openmp_threads_sleep()
+    set_process_defaults()
     from image_enhancer.engine.devices import choose_device
     from image_enhancer.runtimes.cpu import cpu_features, cpu_name
 

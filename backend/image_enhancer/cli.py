@@ -7,13 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from image_enhancer import __version__, let_openmp_threads_sleep
+from image_enhancer import __version__, set_process_defaults
 from image_enhancer.arguments import add_device_arguments, add_renamed, float_in, int_in, positive_float
 from image_enhancer.request import DEFAULT_FACE_STRENGTH, MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    let_openmp_threads_sleep()  # before any command imports PyTorch
+    set_process_defaults()  # before any command imports NumPy or PyTorch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
