@@ -20,6 +20,8 @@ from image_enhancer.engine import pixels
 from image_enhancer.engine.choices import RUNTIMES
 from image_enhancer.engine.devices import choose_device, discover
 from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
+from image_enhancer.engine.tiling import Tiler, TileSettings
+from image_enhancer.engine.watch import JobCancelled
 from image_enhancer.models.registry import load_model, stored_state_dict
 from image_enhancer.runtimes.memory import resident_bytes, return_freed_memory
 from image_enhancer.runtimes.ncnn import export as ncnn_export
@@ -136,6 +138,35 @@ def test_the_upsampling_tail_in_strips_equals_the_whole_tail(cache):
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
+class CountedClears:
+    """One of the runner's ncnn pools, its emptying counted."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.clears = pool, 0
+
+    def clear(self) -> None:
+        self.clears += 1
+        self.pool.clear()
+
+
+def test_ncnn_keeps_its_pools_through_a_pass_over_the_windows_and_empties_them_after(model_store, cache):
+    runner = NcnnRunner(model_store.get("realesr-animevideov3"), cache)
+    runner._pools = tuple(CountedClears(pool) for pool in runner._pools)
+    image = torch.rand(3, 40, 100, generator=torch.Generator().manual_seed(2))
+    whole = runner(image[None])[0]
+    assert [pool.clears for pool in runner._pools] == [1, 1]  # a call on its own empties them at once
+
+    tiler = Tiler(runner, TileSettings(tile=32, scale=4, pad=18))
+    assert tiler.count_tiles(40, 100) > 2
+    torch.testing.assert_close(tiler.run(image), whole, atol=1e-4, rtol=0)
+    assert [pool.clears for pool in runner._pools] == [2, 2]  # once, after the last window
+
+    cancelled = Tiler(runner, TileSettings(tile=32, scale=4, pad=18), cancelled=lambda: True)
+    with pytest.raises(JobCancelled):
+        cancelled.run(image)
+    assert [pool.clears for pool in runner._pools] == [3, 3]  # also when the pass ends early
+
+
 def test_x4plus_windows_are_sized_by_the_memory_ncnn_really_takes(model_store, photo, cache):
     """ncnn sizes x4plus's windows by its body and keeps a strip of its tail aside (the tail runs in
     strips): one 192² window takes no more than that, and not much less, which would waste windows on

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -357,8 +358,10 @@ class Tiler:
             reduction = Reduction.bicubic(full, (size[0], size[1]))
         if progress_offset == 0:  # the network is starting: the caller's stage changes now, not after a batch
             self._report(0.0)
-        return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
-                            per_tile=per_tile, sink=sink)
+        # A runtime may keep what one window allocated for the next until the pass ends (ncnn's pools).
+        with getattr(self.op, "windows", nullcontext)():
+            return self._render(image, 0, 0, height, width, self.tile, report=True, reduction=reduction,
+                                per_tile=per_tile, sink=sink)
 
     def _plan(
         self, size: tuple[int, int], top: int, left: int, bottom: int, right: int, tile: int

@@ -10,6 +10,8 @@ so every model and every strength runs here; the engine keeps tiling, alpha and 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
@@ -96,11 +98,13 @@ class NcnnRunner:
         self._threads = threads or torch.get_num_threads()
         # Our own pools instead of the net's default one: a pool that hands out any cached block at
         # least half the requested size (not three quarters) keeps fewer blocks of near-equal sizes,
-        # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256²; cleared after each
-        # batch, so an idle server does not hold a tile's worth of memory.
+        # measured 1004 instead of 1478 MiB over the loaded model for x4plus at 256²; emptied after each
+        # batch or pass over an image's windows (``windows``), so an idle server does not hold a tile's
+        # worth of memory.
         self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
         for pool in self._pools:
             pool.set_size_compare_ratio(POOL_SIZE_RATIO)
+        self._passes = 0  # passes over an image's windows under way (``windows``)
         self._nets = {precision: self._load(precision)}  # fp32's are added when a tile is rerun
         self._rerun = Fp32Rerun(precision, "fp32")
         from image_enhancer.runtimes.ncnn import RUNTIME  # its package, imported before this module runs
@@ -147,9 +151,28 @@ class NcnnRunner:
             for index, tile in enumerate(tiles):
                 run = partial(self._chain, values=tile, share=(index, len(tiles)))
                 outputs.append(torch.from_numpy(self._rerun(run)))
-            for pool in self._pools:
-                pool.clear()
+            if not self._passes:
+                self._empty_pools()
         return as_batch(outputs)
+
+    @contextmanager
+    def windows(self) -> Iterator[None]:
+        """One pass over an image's windows (the tiler's): the pools keep what a window allocated for the
+        next, which then does not fault it in again (three rows of 1024-wide windows of animevideov3:
+        7 % faster), and are emptied when the pass ends."""
+        with self._lock:
+            self._passes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passes -= 1
+                if not self._passes:
+                    self._empty_pools()
+
+    def _empty_pools(self) -> None:
+        for pool in self._pools:
+            pool.clear()
 
     @property
     def fallbacks(self) -> int:
