@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ from image_enhancer.engine.enhancer import EnhanceOptions, Enhancer
 from image_enhancer.engine.tiling import Tiler, TileSettings
 from image_enhancer.engine.watch import JobCancelled
 from image_enhancer.models.registry import load_model, stored_state_dict
-from image_enhancer.runtimes.memory import resident_bytes, return_freed_memory
+from image_enhancer.runtimes.memory import MEMORY_LIMIT_ENV, resident_bytes, return_freed_memory
 from image_enhancer.runtimes.ncnn import export as ncnn_export
+from image_enhancer.runtimes.ncnn import runner as ncnn_runner
 from image_enhancer.runtimes.ncnn.runner import NcnnRunner
 
 DATA = Path(__file__).parent / "data"
@@ -137,7 +139,6 @@ def test_the_upsampling_tail_in_strips_equals_the_whole_tail(cache):
     torch.testing.assert_close(runner(batch), plain(loaded, batch), atol=2e-5, rtol=0)
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
 class CountedClears:
     """One of the runner's ncnn pools, its emptying counted."""
 
@@ -149,24 +150,45 @@ class CountedClears:
         self.pool.clear()
 
 
-def test_ncnn_keeps_its_pools_through_a_pass_over_the_windows_and_empties_them_after(model_store, cache):
+def test_ncnn_keeps_its_pools_through_a_pass_over_the_windows_and_a_while_after(
+    model_store, cache, monkeypatch
+):
     runner = NcnnRunner(model_store.get("realesr-animevideov3"), cache)
     runner._pools = tuple(CountedClears(pool) for pool in runner._pools)
     image = torch.rand(3, 40, 100, generator=torch.Generator().manual_seed(2))
     whole = runner(image[None])[0]
     assert [pool.clears for pool in runner._pools] == [1, 1]  # a call on its own empties them at once
 
+    # Holding much of its memory limit, the runner empties them as the pass ends: once, after the last
+    # window, also when the pass ends early.
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, str(resident_bytes() + (300 << 20)))
     tiler = Tiler(runner, TileSettings(tile=32, scale=4, pad=18))
     assert tiler.count_tiles(40, 100) > 2
     torch.testing.assert_close(tiler.run(image), whole, atol=1e-4, rtol=0)
-    assert [pool.clears for pool in runner._pools] == [2, 2]  # once, after the last window
-
+    assert [pool.clears for pool in runner._pools] == [2, 2]
     cancelled = Tiler(runner, TileSettings(tile=32, scale=4, pad=18), cancelled=lambda: True)
     with pytest.raises(JobCancelled):
         cancelled.run(image)
-    assert [pool.clears for pool in runner._pools] == [3, 3]  # also when the pass ends early
+    assert [pool.clears for pool in runner._pools] == [3, 3]
+
+    # Holding little, it keeps them for the next job, and empties them once idle.
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1000G")
+    monkeypatch.setattr(ncnn_runner, "POOLS_IDLE_S", 0.3)
+    tiler.run(image)
+    tiler.run(image)
+    assert [pool.clears for pool in runner._pools] == [3, 3]
+    deadline = time.monotonic() + 10
+    while runner._pools[0].clears == 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.4)  # the first pass's timer, had it not been superseded, would have fired by now
+    assert [pool.clears for pool in runner._pools] == [4, 4]
+    # A job planned by what memory is left takes the kept pools back first.
+    tiler.run(image)
+    runner.memory_budget(give_back_freed=True)
+    assert [pool.clears for pool in runner._pools] == [5, 5]
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
 def test_x4plus_windows_are_sized_by_the_memory_ncnn_really_takes(model_store, photo, cache):
     """ncnn sizes x4plus's windows by its body and keeps a strip of its tail aside (the tail runs in
     strips): one 192² window takes no more than that, and not much less, which would waste windows on
