@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 POOL_SIZE_RATIO = 0.5
 #: After a pass over an image's windows the pools are kept for the next job while the process holds
-#: less than this share of its memory limit (a small job's pools are small: a 256² compact job then
-#: takes 0.239 s instead of 0.250, as fast as ncnn's own net, which never empties its pools) ...
+#: less than this share of its memory limit (a small job's pools are small: a 256² animevideov3 job in
+#: fp32 then takes 0.244 s instead of 0.265; ncnn's own net, which never empties its pools, 0.237) ...
 KEEP_POOLS_BELOW = 0.5
 #: ... and emptied once the runner has been idle this long, so an idle server holds none of it.
 POOLS_IDLE_S = 2.0
